@@ -1,0 +1,36 @@
+# Two commands a new user types: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# A CPU build of torch from local disk; a bare range would fetch a CUDA build.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/probing.py
+
+test: $(STAMP)
+	$(PY) -m ruff check ptera tests examples benchmarks
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+lint: $(STAMP)
+	$(PY) -m ruff check ptera tests examples benchmarks
+	$(PY) -m ruff format --check ptera tests examples benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format ptera tests examples benchmarks
+	$(PY) -m ruff check --fix ptera tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,283 @@
+"""What one match holds, and when it fires.
+
+A ``Rule`` is a compiled selector plus what to do with its results. When a live
+call matches one of the rule's templates, an ``Act`` (activation) holds that
+call's captures. Each reported variable goes through *handlers*, small functions
+built once per (template, variable, rule): the common case (an immediate focus
+with nothing else to check) is one closure that builds the result dict and
+emits it.
+
+Immediate rules emit when the focus is set, with the values every other capture
+has then (outer scopes and the same scope). Total rules pool captures until the
+focus is set again or its scope ends (core.md section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .match import Compiled, Template, VarSpec
+from .selector import NOVALUE
+from .transform import ABSENT
+
+
+class Capture:
+    """A captured variable: its name in results, the real names and the values."""
+
+    __slots__ = ("name", "names", "values")
+
+    def __init__(self, name: str, names: list, values: list):
+        self.name, self.names, self.values = name, names, values
+
+    @property
+    def value(self) -> Any:
+        """The single value; an error if the capture has several (use ``values``)."""
+        if len(self.values) != 1:
+            raise ValueError(
+                f"capture '{self.name}' has {len(self.values)} values {self.values!r};"
+                " use .values (or map_all / raw=True)"
+            )
+        return self.values[0]
+
+    def __repr__(self) -> str:
+        return f"Capture({self.name!r}, {self.names!r}, {self.values!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Capture) and (self.name, self.names, self.values) == (
+            other.name,
+            other.names,
+            other.values,
+        )
+
+
+def filter_eq(a: Any, b: Any) -> bool:
+    """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
+    if isinstance(b, bool) or b is None:
+        return a is b
+    if isinstance(a, bool):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class Rule:
+    """A compiled selector and what to do with its matches.
+
+    ``emit(data)`` receives a dict of captures (plain values, or ``Capture``
+    objects when ``raw``); for an immediate rule that ``intercepts``, its return
+    value (unless ``ABSENT``) replaces the focus value.
+    """
+
+    __slots__ = ("compiled", "immediate", "raw", "emit", "intercepts", "wrap", "handlers")
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        emit: Callable[[dict], Any],
+        *,
+        immediate: bool,
+        raw: bool = False,
+        intercepts: bool = False,
+        wrap: str | None = None,
+    ):
+        self.compiled = compiled
+        self.emit = emit
+        self.immediate = immediate
+        self.raw = raw
+        self.intercepts = intercepts
+        # With a name, the `!`/`!!` pair emits giving's `$wrap` begin/end markers.
+        self.wrap = wrap
+        self.handlers: dict[int, dict[str, tuple]] = {
+            id(t): {
+                name: tuple(_handler(spec, t, self) for spec in specs)
+                for name, specs in t.vars.items()
+            }
+            for temps in compiled.templates.values()
+            for t in temps
+        }
+
+
+class Act:
+    """The captures of one live call for one template of one rule."""
+
+    __slots__ = ("t", "rule", "parent", "caps", "names", "failed", "pending", "holder")
+
+    def __init__(self, t: Template, rule: Rule, parent: Act | None):
+        self.t = t
+        self.rule = rule
+        self.parent = parent
+        self.caps: dict = {}
+        self.names: dict = {}
+        self.failed = t.filters  # equality filters not yet satisfied
+        self.pending = {} if t.collects else None
+        holder = None
+        if not rule.immediate:
+            a = self
+            while a is not None and not a.t.holder:
+                a = a.parent
+            holder = a
+        self.holder = holder
+
+    def check(self, spec: VarSpec, value: Any) -> None:
+        ok = filter_eq(value, spec.value)
+        key = ("#filter", spec.out)
+        seen = self.names.get(key)
+        if seen is None:
+            self.failed -= ok
+        elif seen != ok:
+            self.failed += -1 if ok else 1
+        self.names[key] = ok
+
+    def chain(self) -> list[Act] | None:
+        """This activation and its ancestors, outermost first; None if a filter fails."""
+        out = []
+        a = self
+        while a is not None:
+            if a.failed:
+                return None
+            out.append(a)
+            a = a.parent
+        out.reverse()
+        return out
+
+    def set_key(self, out: str, key: Any) -> None:
+        if self.rule.immediate:
+            self.caps[out] = key
+            self.names[out] = "#key"
+        else:
+            self.add(out, ("#key", key))
+
+    # -- total rules ----------------------------------------------------
+    def add(self, out: str | None, entry: tuple) -> None:
+        if out is None:
+            return
+        self.caps.setdefault(out, []).append(entry)
+        h = self.holder
+        if h is not None and h.pending is not None:
+            h.pending.setdefault(out, []).append(entry)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        if self.chain() is None:
+            return
+        data = {
+            out: Capture(out, [n for n, _ in lst], [v for _, v in lst])
+            for out, lst in pending.items()
+        }
+        if not self.rule.raw:
+            data = {out: cap.value for out, cap in data.items()}
+        self.rule.emit(data)
+
+
+def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
+    """The function that handles one reported variable for ``spec``."""
+    if not rule.immediate:
+        return lambda act, name, value, key: _total(act, spec, name, value, key)
+    fires = spec.focus == 1 or (spec.focus == 2 and rule.wrap is not None)
+    simple = (
+        t.parent is None
+        and not t.filters
+        and spec.key is NOVALUE
+        and spec.key_out is None
+        and not rule.raw
+        and rule.wrap is None
+    )
+    if fires and simple:
+        return _fast_focus(spec.out, rule.emit, rule.intercepts)
+    if fires:
+        return lambda act, name, value, key: _fire(act, spec, name, value, key)
+    return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+
+
+def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
+    if intercepts:
+
+        def focus(act, name, value, key):
+            data = act.caps.copy()
+            if value is not ABSENT:
+                data[out] = value
+            result = emit(data)
+            return value if result is ABSENT else result
+
+    else:
+
+        def focus(act, name, value, key):
+            if value is not ABSENT:
+                data = act.caps.copy()
+                data[out] = value
+                emit(data)
+            return value
+
+    return focus
+
+
+def _immediate(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+        return value
+    if value is ABSENT:
+        return value
+    if spec.value is not NOVALUE:
+        act.check(spec, value)
+    if spec.out is not None:
+        act.caps[spec.out] = value
+        act.names[spec.out] = name
+    if spec.key_out is not None:
+        act.set_key(spec.key_out, key)
+    return value
+
+
+def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+        return value
+    rule = act.rule
+    if value is ABSENT and not rule.intercepts:
+        return value
+    if spec.value is not NOVALUE and not filter_eq(value, spec.value):
+        return value
+    chain = act.chain()
+    if chain is None:
+        return value
+    data, names = {}, {}
+    for a in chain:
+        data.update(a.caps)
+        names.update(a.names)
+    if value is not ABSENT:
+        data[spec.out] = value
+        names[spec.out] = name
+    if spec.key_out is not None:
+        data[spec.key_out] = key
+        names[spec.key_out] = "#key"
+    if rule.raw:
+        data = {k: Capture(k, [names.get(k, k)], [v]) for k, v in data.items()}
+    if rule.wrap is not None:
+        step = "begin" if spec.focus == 1 else "end"
+        data["$wrap"] = {"id": id(act), "name": rule.wrap, "step": step}
+    result = rule.emit(data)
+    return value if result is ABSENT or not rule.intercepts else result
+
+
+def _total(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+    if value is ABSENT:
+        return value
+    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+        return value
+    if spec.value is not NOVALUE:
+        act.check(spec, value)
+    entry = (name, value)
+    if spec.focus == 1:
+        if act.pending is not None:
+            act.flush()
+        pending: dict = {}
+        for a in act.chain() or [act]:
+            for out, lst in a.caps.items():
+                pending[out] = [lst[-1]]
+        pending[spec.out] = [entry]
+        act.pending = pending
+        return value
+    act.add(spec.out, entry)
+    if spec.key_out is not None:
+        act.add(spec.key_out, ("#key", key))
+    return value

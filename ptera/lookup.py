@@ -1,0 +1,270 @@
+"""Find functions by name or path, and swap their code objects in place.
+
+Each instrumentable function has one ``FnState``: its parsed source, the function
+objects that share its code, and the code they run while idle. ``install`` puts an
+instrumented variant into every one of those function objects (so references held
+elsewhere see it) and ``restore`` puts the idle code back.
+
+Names in selectors resolve, in order: in the ``env`` mapping, in the caller's
+scope, among functions decorated with ``@tooled`` (by name or qualified name), then
+as import paths (``torch.nn.Linear``). ``/pkg.mod/Cls.meth`` and ``pkg.mod:f``
+always import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import threading
+import types
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .transform import Source, TransformError, compile_variant, parse_function
+
+_fids = itertools.count(1)
+_lock = threading.RLock()
+_by_code: dict[types.CodeType, FnState] = {}
+_by_fid: dict[int, FnState] = {}
+# Functions decorated with @tooled: candidates for `*` and for names not in scope.
+_tooled: dict[int, FnState] = {}
+
+
+class FnState:
+    """The instrumentation state of one function (shared by all its function objects)."""
+
+    def __init__(self, fn: types.FunctionType):
+        self.fid = next(_fids)
+        self.original = fn.__code__
+        self.name = fn.__name__
+        self.qualname = fn.__qualname__
+        self.module = fn.__module__
+        self._functions: list[weakref.ref] = [weakref.ref(fn)]
+        self._source: Source | None = None
+        self._source_error: str | None = None
+        self.idle = self.original
+        self.current = self.original
+        self.tooled = False
+        self.info: dict[str, dict] | None = None
+        self._variants: dict = {}
+
+    # -- source ---------------------------------------------------------
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            fn = self.function
+            if fn is None:
+                raise TransformError(f"{self.qualname} no longer exists")
+            self._source = parse_function(fn)
+            self._source.fid = self.fid
+        return self._source
+
+    @property
+    def function(self) -> types.FunctionType | None:
+        for ref in self._functions:
+            fn = ref()
+            if fn is not None:
+                return fn
+        return None
+
+    def functions(self) -> list[types.FunctionType]:
+        out = [f for f in (r() for r in self._functions) if f is not None]
+        self._functions = [weakref.ref(f) for f in out]
+        return out
+
+    def adopt(self, fn: types.FunctionType) -> None:
+        """Also swap code in ``fn`` (another function object running this code)."""
+        if all(r() is not fn for r in self._functions):
+            self._functions.append(weakref.ref(fn))
+            if fn.__code__ is not self.current:
+                fn.__code__ = self.current
+
+    def variables(self) -> dict:
+        return self.source.variables
+
+    # -- swapping -------------------------------------------------------
+    def code_for(self, interest: frozenset | None) -> types.CodeType:
+        if interest is not None and not interest:
+            return self.idle
+        code = self._variants.get(interest)
+        if code is None:
+            code = self._variants[interest] = compile_variant(self.source, interest)
+            _by_code.setdefault(code, self)
+        return code
+
+    def set_code(self, code: types.CodeType) -> None:
+        if code is self.current:
+            return
+        for fn in self.functions():
+            fn.__code__ = code
+        self.current = code
+
+    def __repr__(self) -> str:
+        return f"<FnState {self.module}.{self.qualname}>"
+
+
+def state_of(code: types.CodeType) -> FnState | None:
+    """The state of a function given any of its code objects (original or variant)."""
+    return _by_code.get(code)
+
+
+def state_by_fid(fid: int) -> FnState:
+    return _by_fid[fid]
+
+
+def unwrap(fn: Any) -> Any:
+    """The innermost function below decorators, bound methods and selfless objects."""
+    seen = set()
+    while id(fn) not in seen:
+        seen.add(id(fn))
+        if isinstance(fn, (types.MethodType, staticmethod, classmethod)):
+            fn = fn.__func__
+        elif isinstance(fn, property) and fn.fget is not None:
+            fn = fn.fget
+        elif hasattr(fn, "__ptera_function__"):
+            fn = fn.__ptera_function__
+        elif getattr(fn, "__wrapped__", None) is not None:
+            fn = fn.__wrapped__
+        else:
+            break
+    return fn
+
+
+def state_for(fn: types.FunctionType, *, discover: bool = False) -> FnState:
+    """The ``FnState`` of a function, created on first use.
+
+    With ``discover``, other function objects sharing the code (a closure made
+    twice, a reference kept in a registry) are found with codefind so the swap
+    reaches them too.
+    """
+    with _lock:
+        state = _by_code.get(fn.__code__)
+        if state is None:
+            state = FnState(fn)
+            _by_code[fn.__code__] = state
+            _by_fid[state.fid] = state
+            if discover:
+                import codefind
+
+                for other in codefind.get_functions(fn.__code__):
+                    if isinstance(other, types.FunctionType) and other is not fn:
+                        state.adopt(other)
+        else:
+            state.adopt(fn)
+        return state
+
+
+def registry_version() -> int:
+    """Changes whenever a function is decorated (wildcard matches may change)."""
+    return _version[0]
+
+
+_version = [0]
+
+
+def register_tooled(fn: types.FunctionType) -> FnState:
+    """Mark ``fn`` as decorated: it answers ``*`` and names not found in scope."""
+    state = state_for(fn)
+    state.tooled = True
+    _tooled[state.fid] = state
+    _version[0] += 1
+    if state.source.declared:
+        # Reading an unset declared variable must raise a clear error even when idle.
+        state.idle = compile_variant(state.source, frozenset())
+        _by_code.setdefault(state.idle, state)
+        state.set_code(state.idle)
+    return state
+
+
+def tooled_states() -> list[FnState]:
+    """Every function decorated with ``@tooled`` that still exists."""
+    dead = [fid for fid, st in _tooled.items() if st.function is None]
+    for fid in dead:
+        del _tooled[fid]
+    return list(_tooled.values())
+
+
+class NotFound(LookupError):
+    """A name in a selector resolves to nothing."""
+
+
+def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
+    """The Python functions a resolved selector name stands for."""
+    if isinstance(obj, type):
+        for attr in ("forward", "__call__"):
+            for klass in obj.__mro__:
+                if attr in vars(klass) and klass is not object:
+                    return functions_of(vars(klass)[attr], name)
+        raise NotFound(f"'{name}' is a class without a forward or __call__ method: name a method")
+    fn = unwrap(obj)
+    if isinstance(fn, types.FunctionType):
+        return [fn]
+    if callable(fn) and not isinstance(fn, types.BuiltinFunctionType):
+        return functions_of(type(fn), name)
+    raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
+
+
+def _getattr_path(obj: Any, parts: Iterable[str]) -> Any:
+    for part in parts:
+        if isinstance(obj, type):
+            # Look into the class dict to see staticmethods and properties as such.
+            for klass in obj.__mro__:
+                if part in vars(klass):
+                    obj = vars(klass)[part]
+                    break
+            else:
+                obj = getattr(obj, part)
+        else:
+            obj = getattr(obj, part)
+    return obj
+
+
+def _import_path(path: str) -> Any:
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            return _getattr_path(module, parts[i:])
+        except AttributeError:
+            break
+    raise NotFound(f"cannot import '{path}'")
+
+
+def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
+    """Resolve a selector's function name to the states of the functions it names."""
+    if name.startswith("/"):
+        _, module, path = name.split("/", 2)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise NotFound(f"cannot import module '{module}' ({exc})") from None
+        try:
+            obj = _getattr_path(mod, path.split("."))
+        except AttributeError:
+            raise NotFound(f"module '{module}' has no '{path}'") from None
+        return [state_for(f, discover=True) for f in functions_of(obj, name)]
+    head, *rest = name.split(".")
+    if env is not None and head in env:
+        try:
+            obj = _getattr_path(env[head], rest)
+        except AttributeError:
+            raise NotFound(f"'{name}' cannot be resolved: no attribute '{'.'.join(rest)}'") from None
+        return [state_for(f, discover=not _is_tooled(f)) for f in functions_of(obj, name)]
+    found = [
+        st
+        for st in tooled_states()
+        if st.name == name or st.qualname == name or st.qualname.endswith("." + name)
+    ]
+    if found:
+        return found
+    obj = _import_path(name)
+    return [state_for(f, discover=True) for f in functions_of(obj, name)]
+
+
+def _is_tooled(fn: Any) -> bool:
+    st = _by_code.get(getattr(unwrap(fn), "__code__", None))
+    return bool(st and st.tooled)

@@ -1,0 +1,294 @@
+"""Compile a selector tree into per-function templates: what each function reports.
+
+For every function a selector can touch, a ``Template`` says which of its variables
+matter (``vars``: real variable name -> the ``VarSpec`` of each matching selector
+variable), where the node sits in the tree (``node``, ``parent``, ``deep``), and
+what key the call must have. The engine keeps these in dicts keyed by function
+id, so the hot path never walks a selector.
+
+Decisions:
+
+* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it.
+* ``h[1] as h`` where ``h`` names no function is a keyed variable (a ``Recurrence``
+  slot or a subscript assignment ``h[k] = v``) of the enclosing scope.
+* Naming a variable that the named function does not have is an error, not an
+  empty stream; so is naming a function that cannot be found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .lookup import FnState, NotFound, registry_version, resolve, tooled_states
+from .selector import NOVALUE, Scope, SelectorError, Var
+from .tags import Tag, annotation_matches
+from .transform import CALLKEY, TransformError
+
+META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
+FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
+META_POINTS = {"#enter", "#exit", "#error", "#value", "#yield", "#receive"}
+
+
+@dataclass(frozen=True)
+class VarSpec:
+    """A selector variable as it applies to one real variable."""
+
+    out: str | None  # key in results (None: not captured)
+    focus: int
+    value: Any = NOVALUE  # equality filter
+    key: Any = NOVALUE  # for keyed variables: the key filter
+    key_out: str | None = None  # for keyed variables: capture the key as
+
+
+@dataclass
+class Template:
+    """One selector node as matched in one function."""
+
+    node: int
+    parent: int | None
+    deep: bool
+    vars: dict[str, tuple[VarSpec, ...]] = field(default_factory=dict)
+    key: Any = NOVALUE
+    key_out: str | None = None
+    filters: int = 0  # number of variables with an equality filter
+    holder: bool = False  # holds the focus (or is the root of a focusless selector)
+    collects: bool = False  # a holder without a focus variable: pools from entry to exit
+
+
+@dataclass
+class Compiled:
+    """A selector compiled against the functions it names."""
+
+    selector: Scope
+    templates: dict[int, list[Template]]  # fid -> templates
+    interest: dict[FnState, set[str]]
+    focus: Var | None
+    secondary: Var | None
+    parents: dict[int, int | None]  # node -> parent node
+    pushers: set[int]  # nodes with child nodes
+
+
+def _error(selector: Scope, needle: str, message: str) -> SelectorError:
+    text = str(selector)
+    col = max(text.find(needle), 0)
+    return SelectorError(text, col, message)
+
+
+def _is_slot(node: Scope) -> bool:
+    return bool(node.children) and all(
+        isinstance(c, Var) and c.name in ("#key", "#value") for c in node.children
+    )
+
+
+def _slot_var(node: Scope) -> tuple[Var, Var | None]:
+    """``h{#key=1, #value as h}`` seen as the variable ``h`` and its key filter."""
+    key = next((c for c in node.children if c.name == "#key"), None)
+    val = next((c for c in node.children if c.name == "#value"), None)
+    var = Var(
+        node.fn,
+        val.capture if val else None,
+        focus=val.focus if val else 0,
+        value=val.value if val else NOVALUE,
+        deep=node.deep,
+    )
+    return var, key
+
+
+class _Compiler:
+    def __init__(self, selector: Scope, env, collect: bool, resolved: dict):
+        self.selector = selector
+        self.collect = collect
+        self.resolved = resolved
+        self.env = env
+        self.templates: dict[int, list[Template]] = {}
+        self.interest: dict[FnState, set[str]] = {}
+        self.parents: dict[int, int | None] = {}
+        self.pushers: set[int] = set()
+        self.counter = 0
+        self.keyed_calls = False
+        self.named: list[FnState] = []
+
+    def compile(self) -> Compiled:
+        root = self.selector
+        if root.fn is not None and _is_slot(root) and not self._names_function(root):
+            root = Scope(None, (root,))
+        self.node(root, None)
+        if self.keyed_calls:
+            for st in tooled_states():
+                if st.source.keyed_calls:
+                    self.interest.setdefault(st, set()).add(CALLKEY)
+        return Compiled(
+            self.selector,
+            self.templates,
+            self.interest,
+            self.selector.focus,
+            self.selector.secondary,
+            self.parents,
+            self.pushers,
+        )
+
+    def functions(self, node: Scope) -> list[FnState] | None:
+        if node.fn is None:
+            return None
+        found = self.resolved[node.fn]
+        if isinstance(found, NotFound):
+            raise _error(self.selector, node.fn, f"cannot find function '{node.fn}': {found}")
+        if isinstance(found, TransformError):
+            raise _error(self.selector, node.fn, str(found))
+        return found
+
+    def node(self, node: Scope, parent: int | None) -> None:
+        nid = self.counter
+        self.counter += 1
+        self.parents[nid] = parent
+        fns = self.functions(node)
+        key, key_out = NOVALUE, None
+        vars_: list[Var] = []
+        for child in node.children:
+            if isinstance(child, Var) and child.name == "#key":
+                key, key_out = child.value, child.capture
+                self.keyed_calls = True
+            elif isinstance(child, Var):
+                vars_.append(child)
+        pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_]
+        sub_scopes = []
+        for child in node.children:
+            if isinstance(child, Scope):
+                if _is_slot(child) and not self._names_function(child):
+                    pairs.append(_slot_var(child))
+                else:
+                    sub_scopes.append(child)
+        if self.collect:
+            holds = parent is None
+        else:
+            holds = any(v.focus == 1 for v, _ in pairs) or (
+                parent is None and self.selector.focus is None
+            )
+        deep_vars = [v for v, _ in pairs if v.deep]
+        if sub_scopes or deep_vars:
+            self.pushers.add(nid)
+        candidates = fns if fns is not None else self._wildcard_candidates()
+        for st in candidates:
+            try:
+                variables = st.variables()
+            except TransformError as exc:
+                if fns is None:
+                    continue
+                raise _error(self.selector, node.fn or "*", str(exc)) from None
+            t = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
+            for var, keyvar in pairs:
+                names = self.names_for(var, st, variables, strict=fns is not None and not var.deep)
+                spec = VarSpec(
+                    out=var.out_name,
+                    focus=0 if self.collect else var.focus,
+                    value=var.value,
+                    key=keyvar.value if keyvar is not None else NOVALUE,
+                    key_out=keyvar.capture if keyvar is not None else None,
+                )
+                if var.value is not NOVALUE:
+                    t.filters += 1
+                for name in names:
+                    t.vars[name] = t.vars.get(name, ()) + (spec,)
+            t.collects = holds and (self.collect or self.selector.focus is None)
+            if fns is None and not t.vars and not sub_scopes and not deep_vars:
+                continue
+            self.templates.setdefault(st.fid, []).append(t)
+            self.interest.setdefault(st, set()).update(t.vars, (FRAME_POINT,))
+        for var in deep_vars:
+            # `f >> x`: x also in any instrumented call below f.
+            self.node(Scope(None, (Var(var.name, var.capture, var.focus, var.tag, var.value),), deep=True), nid)
+        for child in sub_scopes:
+            self.node(child, nid)
+
+    def _names_function(self, node: Scope) -> bool:
+        return isinstance(self.resolved.get(node.fn), list)
+
+    def _wildcard_candidates(self) -> list[FnState]:
+        return tooled_states()
+
+    def names_for(self, var: Var, st: FnState, variables: dict, strict: bool) -> list[str]:
+        if var.name is not None and var.name.startswith("#"):
+            return [var.name] if var.name in META_POINTS or var.name.startswith(("#loop_", "#endloop_")) else []
+        if var.name is not None:
+            v = variables.get(var.name)
+            if v is None or v.provenance == "external":
+                if strict:
+                    known = ", ".join(n for n, x in variables.items() if x.provenance != "external")
+                    raise _error(
+                        self.selector,
+                        var.name,
+                        f"'{st.qualname}' has no variable '{var.name}' (it has: {known or 'none'})",
+                    )
+                return []
+            names = [var.name]
+        elif var.tag in META_TAGS:
+            return list(META_TAGS[var.tag])
+        else:
+            names = [n for n, x in variables.items() if x.provenance != "external"]
+        if var.tag is not None:
+            wanted = self.tag(var.tag)
+            names = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
+        return names
+
+    def tag(self, text: str) -> Any:
+        env = self.env or {}
+        if text.startswith("##"):
+            if text not in env:
+                raise _error(self.selector, text, f"'{text}' is not bound in env")
+            return env[text]
+        head, *rest = text.split(".")
+        if head in env:
+            obj = env[head]
+            try:
+                for part in rest:
+                    obj = getattr(obj, part)
+            except AttributeError:
+                return text
+            if isinstance(obj, (Tag, type)):
+                return obj
+        return text.split(".")[-1] if not rest else text
+
+
+def compile_selector(
+    selector: Scope, env: Mapping[str, Any] | None = None, *, collect: bool = False
+) -> Compiled:
+    """Resolve the functions a selector names and build its per-function templates.
+
+    With ``collect``, the root call holds every capture, focuses included, until
+    it ends (what ``Grad`` needs: all the tensors of one call at once).
+    """
+    env = env if env is not None else selector.env
+    resolved: dict[str, list[FnState] | Exception] = {}
+    for node in selector.walk():
+        if isinstance(node, Scope) and node.fn is not None and node.fn not in resolved:
+            try:
+                resolved[node.fn] = resolve(node.fn, env)
+            except (NotFound, TransformError) as exc:
+                resolved[node.fn] = exc
+    signature = tuple(
+        (name, tuple(st.fid for st in found) if isinstance(found, list) else str(found))
+        for name, found in resolved.items()
+    )
+    tags = tuple(
+        (n.tag, id(_tag_object(n.tag, env)))
+        for n in selector.walk()
+        if isinstance(n, Var) and n.tag is not None
+    )
+    key = (selector, collect, signature, tags, registry_version())
+    compiled = _cache.get(key)
+    if compiled is None:
+        compiled = _Compiler(selector, env, collect, resolved).compile()
+        if len(_cache) > 512:
+            _cache.clear()
+        _cache[key] = compiled
+    return compiled
+
+
+_cache: dict = {}
+
+
+def _tag_object(text: str, env) -> Any:
+    head = text.split(".")[0]
+    return env.get(text if text.startswith("##") else head) if env else None

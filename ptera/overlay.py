@@ -1,0 +1,453 @@
+"""The overlay engine: active rules, live calls, and what fires when.
+
+State lives in context variables, so threads and asyncio tasks each see their
+own overlays; ``global_probe`` rules live in a process-wide tuple that every
+context picks up. A ``Plan`` (one per set of active rules) maps each function id to
+the templates that can match it; instrumented code calls the helpers below, which
+answer "not interested" with one dict lookup.
+
+A live call that some template matched is a ``Frame``; each template it matched
+is an activation (``_Imm`` for immediate rules, ``_Tot`` for total ones) that
+holds the captures of that call. Frames of calls that are outer scopes in some
+selector are pushed on a linked stack in a context variable.
+
+Decisions:
+
+* ``f > g`` is direct when no other instrumented call lies between them on the
+  Python stack; uninstrumented frames (wrappers, ``nn.Module.__call__``) are
+  transparent.
+* Generator frames are not pushed on the stack (they would leak into the
+  consumer's calls while suspended): a generator is a leaf scope.
+* ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from typing import Any
+
+from .capture import Act, Rule, filter_eq
+from .lookup import FnState, _by_code, state_by_fid
+from .match import Template, compile_selector
+from .selector import NOVALUE, Scope, select
+from .transform import (
+    ABSENT,
+    ABSENT_NAME,
+    DECLARE,
+    ENTER,
+    EXIT,
+    MISSING,
+    REPORT,
+    REPORT_KEY,
+    SETKEY,
+)
+
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+class PteraNameError(NameError):
+    """A declared variable was read but no value was given for it."""
+
+    def __init__(self, name: str, state: FnState):
+        loc = state.source.variables.get(name)
+        where = f" ({loc.location[0]}:{loc.location[2]})" if loc else ""
+        super().__init__(
+            f"variable '{name}' of {state.qualname}{where} is declared but has no value:"
+            f" give it one with {state.name}.new({name}=...), a tweak, or the command line",
+            name=name,
+        )
+        self.varname = name
+        self.state = state
+
+    def info(self) -> dict:
+        """The variable's record in ``__ptera_info__`` (coleo reads it)."""
+        fn = self.state.function
+        infos = getattr(fn, "__ptera_info__", None) or {}
+        return infos.get(self.varname, {})
+
+
+# ---------------------------------------------------------------------------
+# Plans and frames
+
+
+class _FnPlan:
+    """What one function does in one plan: its (template, rule) entries and flags."""
+
+    __slots__ = ("entries", "push", "keyed", "direct", "exit", "static")
+
+    def __init__(self):
+        self.entries: list[tuple[Template, Rule, dict]] = []
+        self.push = False  # the call is an outer scope: push it on the frame stack
+        self.keyed = False  # some template filters or captures the call key
+        self.direct = False  # some template needs a direct parent (`f > g`)
+        self.exit = False  # the exit helper has work to do
+        self.static: Frame | None = None  # a shared frame for stateless matches
+
+    def finish(self, generator: bool) -> None:
+        if generator:
+            self.push = False
+        self.exit = self.push or any(
+            not rule.immediate or "#exit" in t.vars or "#error" in t.vars
+            for t, rule, _ in self.entries
+        )
+        stateless = not (self.push or self.keyed or self.direct or self.exit) and all(
+            t.parent is None
+            and not t.filters
+            and all(s.focus == 1 and s.key is NOVALUE for specs in t.vars.values() for s in specs)
+            for t, _, _ in self.entries
+        )
+        if stateless:
+            # Nothing is ever stored: every call can share one frame.
+            acts = [(Act(t, rule, None), h) for t, rule, h in self.entries]
+            self.static = Frame(None, acts, None, False)
+
+
+class Plan:
+    """The rules active in one context (plus the global ones), indexed by function id."""
+
+    __slots__ = ("rules", "epoch", "fns")
+
+    def __init__(self, rules: tuple[Rule, ...], epoch: int):
+        self.rules = rules
+        self.epoch = epoch
+        fns: dict[int, _FnPlan] = {}
+        everything = _globals.rules + rules
+        # Interceptors first, so that listeners see the values that are really used.
+        ordered = [r for r in everything if r.intercepts] + [
+            r for r in everything if not r.intercepts
+        ]
+        for rule in ordered:
+            comp = rule.compiled
+            for fid, temps in comp.templates.items():
+                fp = fns.get(fid)
+                if fp is None:
+                    fp = fns[fid] = _FnPlan()
+                for t in temps:
+                    fp.entries.append((t, rule, rule.handlers[id(t)]))
+                    fp.push |= t.node in comp.pushers
+                    fp.keyed |= t.key is not NOVALUE or t.key_out is not None
+                    fp.direct |= t.parent is not None and not t.deep
+        for fid, fp in fns.items():
+            fp.finish(bool(state_by_fid(fid).original.co_flags & _GENERATOR_FLAGS))
+        self.fns = fns
+
+
+class _Globals:
+    def __init__(self):
+        self.rules: tuple[Rule, ...] = ()
+        self.epoch = 0
+        self.lock = threading.RLock()
+        self.counts: dict[FnState, dict[str, int]] = {}
+
+
+_globals = _Globals()
+
+
+class Frame:
+    """A live call of an instrumented function that some active template matched.
+
+    ``acts`` pairs each activation with its handlers; ``act``/``h`` repeat the pair
+    when there is exactly one, for the fast path of ``_report``.
+    """
+
+    __slots__ = ("parent", "acts", "act", "h", "token", "pyframe", "exit")
+
+    def __init__(self, parent, acts, pyframe, exit):
+        self.parent = parent
+        self.acts = acts
+        self.pyframe = pyframe
+        self.exit = exit
+        self.token = None
+        if len(acts) == 1:
+            self.act, self.h = acts[0]
+        else:
+            self.act = self.h = None
+
+
+_EMPTY = Plan((), 0)
+_plan: ContextVar[Plan] = ContextVar("ptera_plan", default=_EMPTY)
+_frame: ContextVar[Frame | None] = ContextVar("ptera_frame", default=None)
+_pending_key: ContextVar[Any] = ContextVar("ptera_key", default=ABSENT)
+
+
+def current_plan() -> Plan:
+    """The plan of this context, rebuilt if the global rules changed since."""
+    plan = _plan.get()
+    if plan.epoch != _globals.epoch:
+        plan = Plan(plan.rules, _globals.epoch)
+        _plan.set(plan)
+    return plan
+
+
+def _find_parent(frame, rule, node, deep, pyframe):
+    if frame is None:
+        return None
+    if not deep:
+        for a, _ in frame.acts:
+            if a.rule is rule and a.t.node == node:
+                return a if _direct(pyframe, frame.pyframe) else None
+        return None
+    while frame is not None:
+        for a, _ in frame.acts:
+            if a.rule is rule and a.t.node == node:
+                return a
+        frame = frame.parent
+    return None
+
+
+def _direct(child, parent) -> bool:
+    """No instrumented call between the child's Python frame and the parent's."""
+    f = child.f_back
+    while f is not None and f is not parent:
+        st = _by_code.get(f.f_code)
+        if st is not None and (st.tooled or f.f_code is not st.original):
+            return False
+        f = f.f_back
+    return True
+
+
+def _enter(fid):
+    plan = _plan.get()
+    if plan.epoch != _globals.epoch:
+        plan = current_plan()
+    fp = plan.fns.get(fid)
+    if fp is None:
+        return None
+    if fp.static is not None:
+        return fp.static
+    parent = _frame.get()
+    pyframe = sys._getframe(1) if (fp.push or fp.direct) else None
+    key = _pending_key.get() if fp.keyed else ABSENT
+    acts = []
+    for t, rule, handlers in fp.entries:
+        if t.parent is None:
+            pact = None
+        else:
+            pact = _find_parent(parent, rule, t.parent, t.deep, pyframe)
+            if pact is None:
+                continue
+        if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
+            continue
+        act = Act(t, rule, pact)
+        if t.key_out is not None and key is not ABSENT:
+            act.set_key(t.key_out, key)
+        acts.append((act, handlers))
+    if not acts:
+        return None
+    frame = Frame(parent, acts, pyframe, fp.exit)
+    if fp.push:
+        frame.token = _frame.set(frame)
+    return frame
+
+
+def _report(F, name, value):
+    if F is None:
+        return value
+    act = F.act
+    if act is not None:
+        hs = F.h.get(name)
+        if hs is not None:
+            for h in hs:
+                value = h(act, name, value, ABSENT)
+        return value
+    for act, handlers in F.acts:
+        hs = handlers.get(name)
+        if hs is not None:
+            for h in hs:
+                value = h(act, name, value, ABSENT)
+    return value
+
+
+def _report_key(F, name, value, key):
+    if F is None:
+        return value
+    for act, handlers in F.acts:
+        hs = handlers.get(name)
+        if hs is not None:
+            for h in hs:
+                value = h(act, name, value, key)
+    return value
+
+
+def _declare(F, name):
+    return _report(F, name, ABSENT)
+
+
+def _exit(F, error):
+    if F is None or not F.exit:
+        return
+    if F.token is not None:
+        try:
+            _frame.reset(F.token)
+        except ValueError:
+            _frame.set(F.parent)
+        F.token = None
+    for act, handlers in F.acts:
+        if error is not ABSENT and not isinstance(error, GeneratorExit):
+            for h in handlers.get("#error", ()):
+                h(act, "#error", error, ABSENT)
+        for h in handlers.get("#exit", ()):
+            h(act, "#exit", True, ABSENT)
+        if act.pending is not None and act.t.holder:
+            act.flush()
+
+
+def _missing(fid, name):
+    raise PteraNameError(name, state_by_fid(fid))
+
+
+def _setkey(key):
+    _pending_key.set(key)
+
+
+HELPERS = {
+    ENTER: _enter,
+    EXIT: _exit,
+    REPORT: _report,
+    REPORT_KEY: _report_key,
+    DECLARE: _declare,
+    MISSING: _missing,
+    SETKEY: _setkey,
+    ABSENT_NAME: ABSENT,
+}
+
+
+# ---------------------------------------------------------------------------
+# Activation of rules and code swapping
+
+
+def _install(states: Iterable[FnState]) -> None:
+    for st in states:
+        fn = st.function
+        if fn is not None and fn.__globals__.get(ENTER) is not _enter:
+            fn.__globals__.update(HELPERS)
+        names = {n for n, c in _globals.counts.get(st, {}).items() if c > 0}
+        st.set_code(st.code_for(frozenset(names)) if names else st.idle)
+
+
+def _count(rules: Iterable[Rule], delta: int) -> set[FnState]:
+    touched = set()
+    for rule in rules:
+        for st, names in rule.compiled.interest.items():
+            counts = _globals.counts.setdefault(st, {})
+            for n in names:
+                counts[n] = counts.get(n, 0) + delta
+            touched.add(st)
+    return touched
+
+
+def activate(rules: tuple[Rule, ...], *, glob: bool = False):
+    """Activate rules in this context (or everywhere); return a token for ``deactivate``."""
+    with _globals.lock:
+        touched = _count(rules, +1)
+        try:
+            _install(touched)
+        except Exception:
+            _install(_count(rules, -1))
+            raise
+        if glob:
+            _globals.rules += rules
+            _globals.epoch += 1
+            return ("global", rules)
+        plan = current_plan()
+        token = _plan.set(Plan(plan.rules + rules, _globals.epoch))
+        return ("local", rules, token)
+
+
+def deactivate(token) -> None:
+    """Undo ``activate``: remove the rules and restore code that nothing needs."""
+    with _globals.lock:
+        rules = token[1]
+        if token[0] == "global":
+            _globals.rules = tuple(r for r in _globals.rules if all(r is not x for x in rules))
+            _globals.epoch += 1
+        else:
+            try:
+                _plan.reset(token[2])
+            except ValueError:
+                plan = _plan.get()
+                kept = tuple(r for r in plan.rules if all(r is not x for x in rules))
+                _plan.set(Plan(kept, _globals.epoch))
+            plan = _plan.get()
+            if plan.epoch != _globals.epoch:
+                _plan.set(Plan(plan.rules, _globals.epoch))
+        _install(_count(rules, -1))
+
+
+def active_rule_count() -> int:
+    """How many rules are active in this context plus globally (for leak checks)."""
+    return len(_plan.get().rules) + len(_globals.rules)
+
+
+# ---------------------------------------------------------------------------
+# The coleo-facing overlay API
+
+
+class Immediate:
+    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set."""
+
+    def __init__(self, selector, intercept: Callable | None = None, trigger: Callable | None = None):
+        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.intercept, self.trigger = intercept, trigger
+
+    def rule(self) -> Rule:
+        comp = compile_selector(self.selector)
+        if self.intercept is not None:
+            return Rule(comp, self.intercept, immediate=True, intercepts=True)
+        trigger = self.trigger
+
+        def emit(data):
+            trigger(data)
+            return ABSENT
+
+        return Rule(comp, emit, immediate=True)
+
+
+class Total:
+    """Call ``close(captures)`` with pooled captures when each match completes."""
+
+    def __init__(self, selector, close: Callable):
+        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.close = close
+
+    def rule(self) -> Rule:
+        return Rule(compile_selector(self.selector), self.close, immediate=False, raw=True)
+
+
+class BaseOverlay:
+    """A context manager that activates handlers (``Immediate``, ``Total`` or rules)."""
+
+    def __init__(self, *handlers):
+        self.handlers = handlers
+        self._tokens: list = []
+
+    def __enter__(self):
+        rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
+        self._tokens.append(activate(rules))
+        return self
+
+    def __exit__(self, *exc):
+        deactivate(self._tokens.pop())
+        return False
+
+
+def caller_env(skip: int = 1) -> dict:
+    """Names visible where the user called us: locals over globals, past ptera's frames."""
+    f = sys._getframe(skip + 1)
+    while f is not None and f.f_globals.get("__name__", "").split(".")[0] in ("ptera", "contextlib"):
+        f = f.f_back
+    if f is None:
+        return {}
+    return {**f.f_globals, **f.f_locals}
+
+
+def selector_with_env(sel: str | Scope, env: dict | None, skip: int = 1) -> Scope:
+    """Parse ``sel`` and attach the env that resolves its names."""
+    tree = select(sel)
+    if env is None and tree.env is None:
+        env = caller_env(skip + 1)
+    return select(tree, env=env) if env is not None else tree

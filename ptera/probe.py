@@ -1,0 +1,204 @@
+"""Probes: streams of captured values, on the ``giving`` library.
+
+``probing(selector)`` is a context manager that yields a giving ``ObservableProxy``
+of dicts, one per match; every giving operator works on it. ``global_probe``
+does the same in every thread until ``deactivate()``.
+
+Decisions:
+
+* A selector with a focus gives an immediate probe (one dict when the focus is
+  set); one without gives a total probe (one dict per call of the outermost
+  function). ``probe_type`` forces either.
+* A selector with both ``!`` and ``!!`` in an immediate probe emits giving's
+  ``$wrap`` begin/end markers named after the function holding the focus, so
+  ``probe.wmap(fn)`` and ``probe.wrap(...)`` can bracket the region.
+* ``override`` on an overridable probe replaces the focus value with the value
+  (or ``fn(item)``) of the last override subscriber that saw the emission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from giving import SourceProxy
+
+from .capture import Rule
+from .match import compile_selector
+from .overlay import activate, caller_env, deactivate
+from .selector import Scope, SelectorError, select, split_selectors
+from .transform import ABSENT
+
+__all__ = ["OverridableProbe", "Probe", "global_probe", "probing"]
+
+
+def _selectors(selectors: tuple) -> list[Scope]:
+    out = []
+    for s in selectors:
+        texts = split_selectors(s) if isinstance(s, str) else [s]
+        out.extend(select(text) for text in texts)
+    return out
+
+
+def _wrap_name(sel: Scope) -> str | None:
+    def holder(node: Scope) -> str | None:
+        for child in node.children:
+            if isinstance(child, Scope):
+                found = holder(child)
+                if found:
+                    return found
+            elif child.focus == 1:
+                return node.fn or "*"
+        return None
+
+    if sel.focus is not None and sel.secondary is not None:
+        return holder(sel)
+    return None
+
+
+class Probe(SourceProxy):
+    """A stream of the values that selectors capture (a giving ``SourceProxy``)."""
+
+    def __init__(
+        self,
+        *selectors: str | Scope,
+        raw: bool = False,
+        probe_type: str | None = None,
+        env: dict | None = None,
+        _obs=None,
+        _root=None,
+    ):
+        super().__init__(_obs=_obs, _root=_root)
+        if _obs is not None:
+            return
+        if not selectors:
+            raise TypeError("probing() needs at least one selector")
+        if probe_type not in (None, "immediate", "total"):
+            raise TypeError(f"probe_type must be 'immediate', 'total' or None, not {probe_type!r}")
+        self._env = env if env is not None else caller_env(2)
+        self._selectors = _selectors(selectors)
+        self._raw = raw
+        self._rules = tuple(self._rule(sel, probe_type) for sel in self._selectors)
+        self._token = None
+        self._used = False
+
+    def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
+        immediate = probe_type == "immediate" or (probe_type is None and sel.focus is not None)
+        if immediate and sel.focus is None:
+            raise SelectorError(str(sel), 0, "an immediate probe needs a focus: mark a variable with '!'")
+        return Rule(
+            comp,
+            self._emit,
+            immediate=immediate,
+            raw=self._raw,
+            wrap=_wrap_name(sel) if immediate else None,
+        )
+
+    def _emit(self, data: dict) -> Any:
+        self._push(data)
+        return ABSENT
+
+    def _enter(self, glob: bool = False):
+        if self._used:
+            raise RuntimeError("a probe can be activated only once; make a new one")
+        self._used = True
+        self._token = activate(self._rules, glob=glob)
+        return self
+
+    def _exit(self):
+        if self._token is not None:
+            token, self._token = self._token, None
+            deactivate(token)
+
+    def activate(self) -> Probe:
+        """Activate this probe in the current context (until ``deactivate``)."""
+        return self.__enter__()
+
+    def deactivate(self) -> None:
+        """Stop this probe; every probed function runs its original code again."""
+        self._root.__exit__(None, None, None)
+
+    # giving's failure helpers should point past ptera's and reactivex's frames.
+    def fail(self, *args, skip=(), **kwargs):
+        return super().fail(*args, skip=["ptera.*", "reactivex.*", "giving.*", *skip], **kwargs)
+
+
+class OverridableProbe(Probe):
+    """A probe whose subscribers can replace the focus value (``override``)."""
+
+    def __init__(self, *selectors, _obs=None, _root=None, **kwargs):
+        if _obs is None:
+            self._cell = None
+        super().__init__(*selectors, _obs=_obs, _root=_root, **kwargs)
+
+    def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        if probe_type == "total" or sel.focus is None:
+            raise SelectorError(str(sel), 0, "an overridable probe needs a focus: mark a variable with '!'")
+        comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
+        return Rule(comp, self._emit, immediate=True, raw=self._raw, intercepts=True)
+
+    def _emit(self, data: dict) -> Any:
+        root = self._root
+        cell, root._cell = root._cell, [ABSENT]
+        try:
+            self._push(data)
+            return root._cell[0]
+        finally:
+            root._cell = cell
+
+    def override(self, setter: Any = None) -> Any:
+        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable."""
+        root = self._root
+
+        def change(item):
+            root._cell[0] = setter(item) if callable(setter) else setter
+
+        return self.subscribe(change)
+
+    def koverride(self, setter: Callable) -> Any:
+        """Replace the focus value with ``setter(**item)``."""
+        root = self._root
+
+        def change(item):
+            root._cell[0] = setter(**item)
+
+        return self.subscribe(change)
+
+
+def probing(
+    *selectors: str | Scope,
+    raw: bool = False,
+    probe_type: str | None = None,
+    env: dict | None = None,
+    overridable: bool = False,
+) -> Probe:
+    """A probe on ``selectors``, active inside a ``with`` block.
+
+    >>> with probing("f > y") as probe:   # doctest: +SKIP
+    ...     probe["y"].print()
+    ...     f(3)
+    """
+    env = env if env is not None else caller_env(1)
+    cls = OverridableProbe if overridable else Probe
+    return cls(*selectors, raw=raw, probe_type=probe_type, env=env)
+
+
+def global_probe(
+    *selectors: str | Scope,
+    raw: bool = False,
+    probe_type: str | None = None,
+    env: dict | None = None,
+) -> Probe:
+    """A probe active in every thread at once, until its ``deactivate()``."""
+    env = env if env is not None else caller_env(1)
+    probe = Probe(*selectors, raw=raw, probe_type=probe_type, env=env)
+    probe._enter(glob=True)
+    probe.__class__ = _GlobalProbe
+    return probe
+
+
+class _GlobalProbe(Probe):
+    def __enter__(self):
+        # Already active; `with global_probe(...)` just scopes its lifetime.
+        return self

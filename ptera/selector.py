@@ -1,0 +1,495 @@
+"""The selector language: parse text into a frozen tree, print it back.
+
+A selector names values inside running functions::
+
+    f > x                    # x, set directly in a call of f
+    f(a, b as c) > g >> y    # y anywhere under g called from f, with a and c
+    step{!!loss} >> $p:Parameter
+
+Every selector is a tree of two node types. ``Scope`` is a function call (``fn``
+is ``None`` for ``*``) whose children are what it captures; ``Var`` is a variable
+(``name`` is ``None`` for ``*`` and ``$v``). The root is always a ``Scope``:
+``x`` parses as ``*{!x}``.
+
+Decisions where the spec is silent:
+
+* ``deep`` marks a child reached through ``>>``. A deep ``Scope`` is any call below
+  its parent; a deep ``Var`` is set in the parent's own call or any call below it.
+* Meta-variables (``#value``, ``#key``, ...) are not captured under their own name
+  unless they are the focus or renamed with ``as``, so ``f[0] > x`` gives only x.
+* ``a > b`` makes ``b`` the focus when ``b`` is a single variable (or a keyed
+  variable ``h[1] as h``) and the selector has no ``!`` elsewhere. Two implicit
+  candidates without a ``!`` are ambiguous and rejected.
+* ``as`` on a function (``f{} as out``) adds ``#value as out`` without making it
+  the focus, so that ``a{} as b`` equals ``a{#value as b}``.
+* Inside ``f<...>`` a ``>`` closes the bracket; use ``{}`` or ``()`` to nest.
+* The canonical form uses ``{}`` brackets everywhere and ``>>`` inside them for
+  deep children: ``f >> g > x`` prints as ``f{>> g{!x}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
+from typing import Any
+
+__all__ = ["Scope", "SelectorError", "Var", "select", "split_selectors"]
+
+
+class SelectorError(ValueError):
+    """A selector could not be parsed or resolved; the message points at the column."""
+
+    def __init__(self, text: str, col: int, expected: str):
+        super().__init__(f"{expected}\n  {text}\n  {' ' * col}^")
+        self.text, self.col, self.expected = text, col, expected
+
+
+class _NoValue:
+    """Marks a variable without an ``=literal`` filter."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOVALUE"
+
+    def __reduce__(self):
+        return (_NoValue, ())
+
+
+NOVALUE = _NoValue()
+
+META_DEFAULT_CAPTURE = None
+
+
+@dataclass(frozen=True)
+class Var:
+    """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
+
+    name: str | None  # None for ``*`` and ``$v``
+    capture: str | None  # the key in results; None: not captured
+    focus: int = 0  # 0, 1 for ``!``, 2 for ``!!``
+    tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
+    value: Any = NOVALUE  # equality filter
+    deep: bool = False
+
+    @property
+    def is_meta(self) -> bool:
+        return self.name is not None and self.name.startswith("#")
+
+    @property
+    def out_name(self) -> str | None:
+        """The name this variable has in results (its own name if it is the focus)."""
+        if self.capture is None and self.focus:
+            return self.name
+        return self.capture
+
+    def __str__(self) -> str:
+        out = ">> " if self.deep else ""
+        out += "!" * self.focus
+        if self.name is None:
+            out += f"${self.capture}" if self.capture is not None else "*"
+        else:
+            out += self.name
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.value is not NOVALUE:
+            out += f"={self.value!r}"
+        if self.name is not None and self.capture != _default_capture(self.name):
+            out += f" as {self.capture}"
+        return out
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A call of a function (``fn=None`` for any function) and what to capture in it."""
+
+    fn: str | None
+    children: tuple[Node, ...] = ()
+    deep: bool = False
+    env: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        out = ">> " if self.deep else ""
+        out += self.fn or "*"
+        return out + "{" + ", ".join(map(str, self.children)) + "}"
+
+    def walk(self):
+        """Yield every node of the tree, parents first."""
+        yield self
+        for child in self.children:
+            if isinstance(child, Scope):
+                yield from child.walk()
+            else:
+                yield child
+
+    @cached_property
+    def focus(self) -> Var | None:
+        """The primary focus variable, if any."""
+        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 1), None)
+
+    @cached_property
+    def secondary(self) -> Var | None:
+        """The secondary focus (``!!``), if any."""
+        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 2), None)
+
+
+Node = Var | Scope
+
+
+def _default_capture(name: str) -> str | None:
+    return META_DEFAULT_CAPTURE if name.startswith("#") else name
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+_NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+_KEYWORDS = {"None": None, "True": True, "False": False}
+_OPENERS = {"(": ")", "{": "}", "<": ">"}
+_MAX_DEPTH = 64
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+        self.depth = 0
+        self.bang_at: list[int] = []  # columns of explicit `!`
+        self.bangbang_at: list[int] = []
+        self.as_var: Var | None = None
+
+    # -- characters -------------------------------------------------------
+    def error(self, expected: str, col: int | None = None):
+        raise SelectorError(self.text, self.pos if col is None else col, expected)
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in " \t\n\r":
+            self.pos += 1
+
+    def peek(self, n: int = 1) -> str:
+        self.skip_ws()
+        return self.text[self.pos : self.pos + n]
+
+    def take(self, s: str) -> bool:
+        if self.peek(len(s)) == s:
+            self.pos += len(s)
+            return True
+        return False
+
+    def ident(self, what: str) -> str:
+        self.skip_ws()
+        m = _IDENT.match(self.text, self.pos)
+        if not m:
+            self.error(f"expected {what}")
+        self.pos = m.end()
+        return m.group()
+
+    def dotted(self, what: str) -> str:
+        parts = [self.ident(what)]
+        while self.text.startswith(".", self.pos):
+            self.pos += 1
+            parts.append(self.ident("a name after '.'"))
+        return ".".join(parts)
+
+    def literal(self) -> Any:
+        self.skip_ws()
+        text, pos = self.text, self.pos
+        if pos < len(text) and text[pos] in "'\"":
+            quote, end = text[pos], pos + 1
+            while end < len(text) and text[end] != quote:
+                end += 2 if text[end] == "\\" else 1
+            if end >= len(text):
+                self.error(f"unterminated string: expected a closing {quote}")
+            self.pos = end + 1
+            try:
+                return _unescape(text[pos : end + 1])
+            except (ValueError, SyntaxError):
+                self.error("invalid escape in string", pos)
+        m = _NUMBER.match(text, pos)
+        if m and not _IDENT.match(text, m.end()):
+            self.pos = m.end()
+            s = m.group()
+            return float(s) if any(c in s for c in ".eE") else int(s)
+        m = _IDENT.match(text, pos)
+        if m and m.group() in _KEYWORDS:
+            self.pos = m.end()
+            return _KEYWORDS[m.group()]
+        self.error("expected a literal (a number, a quoted string, None, True or False)")
+
+    # -- grammar ----------------------------------------------------------
+    def parse(self) -> Scope:
+        node = self.chain(closer=None)
+        self.skip_ws()
+        if self.pos < len(self.text):
+            if self.text[self.pos] == ";":
+                self.error("';' separates selectors: pass each selector on its own")
+            self.error("expected '>', '>>' or the end of the selector")
+        if isinstance(node, Var):
+            node = Scope(None, (_as_candidate(node),))
+        return self.settle_focus(node)
+
+    def chain(self, closer: str | None) -> Node:
+        start = self.pos
+        item = self.item()
+        self.skip_ws()
+        if closer == ">" or not self.text.startswith(">", self.pos):
+            return item
+        deep = self.text.startswith(">>", self.pos)
+        op_at = self.pos
+        self.pos += 2 if deep else 1
+        scope = self.as_scope(item, start, op_at)
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            self.error("selector is nested too deeply")
+        rhs = self.chain(closer)
+        self.depth -= 1
+        if isinstance(rhs, Var):
+            rhs = _as_candidate(rhs)
+        elif self.as_var is not None and any(c is self.as_var for c in rhs.children):
+            kids = tuple(_as_candidate(c) if c is self.as_var else c for c in rhs.children)
+            rhs = replace(rhs, children=kids)
+        if deep:
+            rhs = replace(rhs, deep=True)
+        return replace(scope, children=scope.children + (rhs,))
+
+    def as_scope(self, item: Node, start: int, op_at: int) -> Scope:
+        if isinstance(item, Scope):
+            return item
+        if item.focus or item.tag is not None or item.value is not NOVALUE:
+            self.error("a function before '>' cannot have '!', ':' or '='", start)
+        if item.name is None and item.capture is not None:
+            self.error("'$name' captures a variable and cannot be a function", start)
+        if item.name is not None and (item.is_meta or item.capture != item.name):
+            self.error("expected a function name before '>'", start)
+        return Scope(item.name)
+
+    def item(self) -> Node:
+        self.skip_ws()
+        start = self.pos
+        focus = 0
+        if self.take("!!"):
+            focus = 2
+            self.bangbang_at.append(start)
+        elif self.take("!"):
+            focus = 1
+            self.bang_at.append(start)
+        self.skip_ws()
+        name_at = self.pos
+        c = self.text[self.pos : self.pos + 1]
+        var: Var | None = None
+        fn: str | None = None
+        is_fn_path = False
+        if c == "$":
+            self.pos += 1
+            if not _IDENT.match(self.text, self.pos):
+                self.error("expected a variable name after '$'")
+            var = Var(None, self.ident("a variable name after '$'"))
+        elif c == "*":
+            self.pos += 1
+            var = Var(None, None)
+        elif c == "#":
+            self.pos += 1
+            prefix = "#"
+            if self.text.startswith("#", self.pos):
+                self.pos += 1
+                prefix = "##"
+            name = prefix + self.ident(f"a name after '{prefix}'")
+            var = Var(name, _default_capture(name))
+        elif c == "/":
+            fn, is_fn_path = self.module_path(), True
+        elif c and _IDENT.match(self.text, self.pos):
+            name = self.dotted("a variable or function name")
+            if self.text.startswith(":", self.pos) and self.followed_by_scope():
+                self.pos += 1
+                fn, is_fn_path = f"/{name}/" + self.dotted("a function name after ':'"), True
+            elif "." in name:
+                fn = name
+            else:
+                var = Var(name, name)
+        else:
+            self.error(
+                "expected a variable or function name, '$name', '*', '#meta' or '/module/path'"
+            )
+
+        key = self.key()
+        if self.peek() in _OPENERS or key is not None:
+            if var is not None:
+                if var.name is None and var.capture is not None:
+                    self.error("'$name' cannot be followed by brackets or a key", name_at)
+                if var.is_meta and not var.name.startswith("##"):
+                    self.error("a meta-variable cannot be called", name_at)
+                fn = var.name
+            if focus:
+                self.error("a function call cannot be the focus: put '!' on a variable", start)
+            children = self.bracket() if self.peek() in _OPENERS else ()
+            if key is None:
+                key = self.key()
+            if key is not None:
+                children = (key, *children)
+            scope = Scope(fn, children)
+            self.as_var = None
+            if self.take_word("as"):
+                self.as_var = Var("#value", self.ident("a name after 'as'"))
+                scope = replace(scope, children=scope.children + (self.as_var,))
+            return scope
+        if var is None:
+            if is_fn_path or self.peek() == ">":
+                return Scope(fn)
+            self.error("a dotted name or module path names a function: expected '>' or brackets")
+
+        if self.take(":"):
+            var = replace(var, tag=self.tag())
+        if self.take("="):
+            var = replace(var, value=self.literal())
+        if self.take_word("as"):
+            if var.name is None and var.capture is not None:
+                self.error("'$name' is already a capture name; 'as' is not allowed", name_at)
+            var = replace(var, capture=self.ident("a name after 'as'"))
+        return replace(var, focus=focus)
+
+    def take_word(self, word: str) -> bool:
+        self.skip_ws()
+        m = _IDENT.match(self.text, self.pos)
+        if m and m.group() == word:
+            self.pos = m.end()
+            return True
+        return False
+
+    def followed_by_scope(self) -> bool:
+        """After ``a:b``: whether it is ``module:function`` (a scope follows)."""
+        save = self.pos
+        try:
+            self.pos += 1
+            if not _IDENT.match(self.text, self.pos):
+                return False
+            self.dotted("")
+            return self.peek() in ("(", "{", "<", "[", ">")
+        except SelectorError:
+            return False
+        finally:
+            self.pos = save
+
+    def module_path(self) -> str:
+        self.pos += 1  # '/'
+        module = self.dotted("a module name after '/'")
+        if not self.text.startswith("/", self.pos):
+            self.error("expected '/' after the module name")
+        self.pos += 1
+        parts = [self.ident("a function name after the module path")]
+        while self.text[self.pos : self.pos + 1] in (".", "/") and self.pos < len(self.text):
+            self.pos += 1
+            parts.append(self.ident("a name after '.' or '/'"))
+        return f"/{module}/" + ".".join(parts)
+
+    def tag(self) -> str:
+        self.skip_ws()
+        if self.text.startswith("@", self.pos):
+            self.pos += 1
+            return "@" + self.ident("a meta-tag name after '@'")
+        if self.text.startswith("##", self.pos):
+            self.pos += 2
+            return "##" + self.ident("a name after '##'")
+        return self.dotted("a tag or class name after ':'")
+
+    def key(self) -> Var | None:
+        if not self.take("["):
+            return None
+        if self.take("$"):
+            if not _IDENT.match(self.text, self.pos):
+                self.error("expected a variable name after '$'")
+            key = Var("#key", self.ident("a name after '$'"))
+        else:
+            key = Var("#key", None, value=self.literal())
+        if not self.take("]"):
+            self.error("expected ']' to close the key")
+        return key
+
+    def bracket(self) -> tuple[Node, ...]:
+        opener_at = self.pos
+        opener = self.text[self.pos]
+        closer = _OPENERS[opener]
+        self.pos += 1
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            self.error("selector is nested too deeply")
+        children: list[Node] = []
+        while not self.take(closer):
+            if children and not self.take(","):
+                if self.pos >= len(self.text):
+                    self.error(f"expected ',' or {closer!r} to close {opener!r}", opener_at)
+                self.error(f"expected ',' or {closer!r}")
+            if self.take(closer):  # trailing comma
+                break
+            deep = False
+            if closer != ">" and self.take(">>"):
+                deep = True
+            children.append(self.chain(closer))
+            if deep:
+                children[-1] = replace(children[-1], deep=True)
+        self.depth -= 1
+        return tuple(children)
+
+    def settle_focus(self, root: Scope) -> Scope:
+        if len(self.bang_at) > 1:
+            self.error("a selector has one focus: a second '!' is not allowed", self.bang_at[1])
+        if len(self.bangbang_at) > 1:
+            self.error("a selector has one secondary focus: '!!' appears twice", self.bangbang_at[1])
+        candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == -1]
+        if len(candidates) > 1 and not self.bang_at:
+            self.error("ambiguous focus: mark the variable you want with '!'", 0)
+        resolved = 0 if self.bang_at else 1
+        return _map_vars(root, lambda v: replace(v, focus=resolved) if v.focus == -1 else v)
+
+
+def _as_candidate(var: Node) -> Node:
+    if isinstance(var, Var) and var.focus == 0:
+        return replace(var, focus=-1)
+    return var
+
+
+def _map_vars(scope: Scope, fn) -> Scope:
+    kids = tuple(_map_vars(c, fn) if isinstance(c, Scope) else fn(c) for c in scope.children)
+    return replace(scope, children=kids)
+
+
+def _unescape(quoted: str) -> str:
+    import ast
+
+    value = ast.literal_eval(quoted)
+    if not isinstance(value, str):
+        raise ValueError(quoted)
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> Scope:
+    return _Parser(text).parse()
+
+
+def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
+    """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references."""
+    tree = text if isinstance(text, Scope) else _parse(text)
+    if env is not None:
+        tree = replace(tree, env=env)
+    return tree
+
+
+def split_selectors(text: str) -> list[str]:
+    """Split ``"a > x; b > y"`` on the semicolons that are outside strings."""
+    parts, start, quote = [], 0, None
+    for i, c in enumerate(text):
+        if quote:
+            if c == quote and text[i - 1] != "\\":
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c == ";":
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]

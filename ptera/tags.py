@@ -1,0 +1,111 @@
+"""Tags: names that annotations carry so that selectors can filter variables.
+
+``lr: tag.HyperParameter = default(0.1)`` tags ``lr``; ``n: tag.CliArgument & int``
+tags ``n`` and also says it is an ``int``. A selector filters on tags with
+``:HyperParameter``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A named marker used in annotations (``x: tag.Important``)."""
+
+    name: str
+
+    def __and__(self, other: object) -> TagSet:
+        return TagSet.of(self, other)
+
+    def __rand__(self, other: object) -> TagSet:
+        return TagSet.of(other, self)
+
+    def __repr__(self) -> str:
+        return f"tag.{self.name}"
+
+
+@dataclass(frozen=True)
+class TagSet:
+    """An annotation made of several parts: ``tag.A & tag.B & int``."""
+
+    members: frozenset
+
+    @classmethod
+    def of(cls, *parts: object) -> TagSet:
+        """Combine tags, types and tag sets into one flat set."""
+        members = set()
+        for part in parts:
+            members.update(part.members if isinstance(part, TagSet) else (part,))
+        return cls(frozenset(members))
+
+    def __and__(self, other: object) -> TagSet:
+        return TagSet.of(self, other)
+
+    def __rand__(self, other: object) -> TagSet:
+        return TagSet.of(other, self)
+
+    def __repr__(self) -> str:
+        return " & ".join(sorted(map(_annotation_repr, self.members)))
+
+
+def _annotation_repr(x: object) -> str:
+    return repr(x) if isinstance(x, Tag) else getattr(x, "__qualname__", repr(x))
+
+
+class _TagFactory:
+    """``tag.Name`` gives the ``Tag`` named ``Name`` (the same object each time)."""
+
+    def __init__(self):
+        self._tags: dict[str, Tag] = {}
+
+    def __getattr__(self, name: str) -> Tag:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._tags.setdefault(name, Tag(name))
+
+
+tag = _TagFactory()
+
+
+def match_tag(wanted: object, annotation: object) -> bool:
+    """Whether ``annotation`` is the tag ``wanted`` or a ``TagSet`` containing it."""
+    if annotation == wanted:
+        return True
+    return isinstance(annotation, TagSet) and wanted in annotation.members
+
+
+def annotation_parts(annotation: object) -> frozenset:
+    """The members of an annotation: itself, or the parts of a ``TagSet``."""
+    if isinstance(annotation, TagSet):
+        return annotation.members
+    return frozenset((annotation,))
+
+
+def annotation_matches(annotation: object, wanted: object) -> bool:
+    """Whether an annotation satisfies a selector's ``:Tag`` filter.
+
+    ``wanted`` is a ``Tag``, a class (the annotation is it or a subclass), or a
+    name, which matches a tag of that name or a class whose MRO has that name
+    (so ``:Parameter`` matches ``torch.nn.Parameter`` without importing torch).
+    """
+    for part in annotation_parts(annotation):
+        if isinstance(wanted, str):
+            if isinstance(part, Tag):
+                if part.name == wanted:
+                    return True
+            elif isinstance(part, type):
+                names = {c.__name__ for c in part.__mro__}
+                names |= {f"{c.__module__}.{c.__qualname__}" for c in part.__mro__}
+                if wanted in names:
+                    return True
+        elif isinstance(wanted, Tag):
+            if part == wanted:
+                return True
+        elif isinstance(wanted, type) and isinstance(part, type):
+            if issubclass(part, wanted):
+                return True
+        elif part is wanted:
+            return True
+    return False

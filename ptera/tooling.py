@@ -1,0 +1,44 @@
+"""The ``@tooled`` decorator: make a function's variables addressable.
+
+The decorator returns the very same function object (so calling it costs nothing
+extra), registered with the engine and carrying ``__ptera_info__``. Its code stays
+the original until an overlay needs it; a function that declares variables
+without values (``z: int``) runs a light variant that only guards their reads.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from .lookup import register_tooled, unwrap
+from .overlay import HELPERS
+
+__all__ = ["is_tooled", "tooled"]
+
+
+def tooled(fn: Any) -> Any:
+    """Instrument ``fn`` so that selectors can address its variables; returns ``fn``."""
+    if isinstance(fn, (staticmethod, classmethod)):
+        tooled(fn.__func__)
+        return fn
+    target = unwrap(fn)
+    if not isinstance(target, types.FunctionType):
+        raise TypeError(f"@tooled needs a Python function, not {type(fn).__name__}")
+    target.__globals__.update(HELPERS)
+    state = register_tooled(target)
+    if not hasattr(target, "__ptera_info__"):
+        target.__ptera_info__ = {n: v.as_dict() for n, v in state.source.variables.items()}
+    if fn is not target and not hasattr(fn, "__ptera_info__"):
+        try:
+            fn.__ptera_info__ = target.__ptera_info__
+        except AttributeError:
+            pass
+    return fn
+
+
+def is_tooled(fn: Any) -> bool:
+    """Whether ``fn`` (or the function of a bound method) was decorated with ``@tooled``."""
+    if isinstance(fn, types.MethodType):
+        fn = fn.__func__
+    return hasattr(fn, "__ptera_info__")

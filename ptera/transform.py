@@ -1,0 +1,642 @@
+"""Rewrite a function's AST so that each of its points can report to the engine.
+
+A *point* is a place where a variable gets a value: an argument on entry, every
+assignment form, a bare declaration (``W: Parameter``), the return value
+(``#value``), yields and what they receive, loop iterations, call entry and exit.
+
+One function has many instrumented variants: each reports only the points in its
+*interest* set, so a probe on ``b`` pays nothing for ``a``. Variants are compiled
+on demand and cached. Helpers reach the code as globals named ``__ptera_*__`` (the
+trailing underscores keep them safe from class-private name mangling), so the
+variant keeps the original's free variables and can be swapped into the same
+function object.
+
+Decisions:
+
+* Points are reported after Python's own evaluation, in Python's order; a report
+  may return a replacement value (an override), which is what gets stored. For
+  unpacking targets the names are bound first, then each is reported and rebound.
+* ``h[k] = v`` evaluates ``v``, ``h`` and ``k`` once, in Python's order, and reports
+  variable ``h`` with key ``k``. When ``v`` is a call and some active selector keys
+  calls, ``k`` is evaluated before the call and becomes the callee's key.
+* A declared variable with no value (``z: int``) holds a sentinel; reading it
+  raises ``PteraNameError`` naming the variable and the function.
+* Nested functions, lambdas and classes defined in the body are left alone: they
+  are functions of their own.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import linecache
+import sys
+import textwrap
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+H = "__ptera_{}__"  # helper global names
+FRAME = "__ptera_F__"  # the local holding the call's frame record
+
+ABSENT_NAME = H.format("ABSENT")
+ENTER, EXIT, REPORT, REPORT_KEY = (H.format(n) for n in ("enter", "exit", "report", "rkey"))
+DECLARE, MISSING, SETKEY = (H.format(n) for n in ("declare", "missing", "setkey"))
+
+CALLKEY = "#callkey"  # interest flag: pass subscript keys to calls
+
+
+class _Absent:
+    """The value of a declared variable that was given none."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self):
+        return (_Absent, ())
+
+
+ABSENT = _Absent()
+
+
+class TransformError(Exception):
+    """A function cannot be instrumented (no source, a lambda, ...)."""
+
+
+@dataclass
+class Variable:
+    """What is known of one variable of a function (the coleo-facing record)."""
+
+    annotation: Any
+    provenance: str  # "argument", "body" or "external"
+    doc: str | None
+    location: tuple
+
+    def as_dict(self) -> dict:
+        return {
+            "annotation": self.annotation,
+            "provenance": self.provenance,
+            "doc": self.doc,
+            "location": self.location,
+        }
+
+
+@dataclass
+class Source:
+    """The parsed source of a function, ready to be instrumented."""
+
+    fn: types.FunctionType
+    tree: ast.FunctionDef | ast.AsyncFunctionDef
+    filename: str
+    lines: list[str]
+    variables: dict[str, Variable]
+    declared: frozenset[str]  # declared without a value
+    loops: frozenset[str]  # names of for-loop variables
+    keyed_calls: bool
+    class_name: str | None
+    fid: int = 0
+    variants: dict = field(default_factory=dict)
+
+    @property
+    def local_names(self) -> frozenset[str]:
+        return frozenset(
+            n for n, v in self.variables.items() if v.provenance in ("argument", "body")
+        )
+
+
+def _class_of(qualname: str) -> str | None:
+    parts = qualname.split(".")
+    if len(parts) >= 2 and parts[-2] != "<locals>":
+        return parts[-2]
+    return None
+
+
+def parse_function(fn: types.FunctionType) -> Source:
+    """Read and parse the source of ``fn``; collect its variables."""
+    code = fn.__code__
+    if code.co_name == "<lambda>":
+        raise TransformError(f"cannot instrument a lambda ({code.co_filename}:{code.co_firstlineno})")
+    filename = code.co_filename
+    try:
+        lines = _source_lines(fn)
+        block = inspect.getblock(lines[code.co_firstlineno - 1 :])
+    except (OSError, TypeError, IndexError) as exc:
+        raise TransformError(
+            f"cannot instrument {fn.__qualname__}: its source is not available ({exc})"
+        ) from None
+    if filename.startswith("<frozen "):
+        filename = inspect.getsourcefile(sys.modules[fn.__module__]) or filename
+    src = textwrap.dedent("".join(block))
+    module = ast.parse(src)
+    ast.increment_lineno(module, code.co_firstlineno - 1)
+    tree = module.body[0]
+    if not isinstance(tree, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise TransformError(f"cannot instrument {fn.__qualname__}: not a def statement")
+    tree.decorator_list = []
+    all_lines = lines
+    scan = _Scanner()
+    for stmt in tree.body:
+        scan.visit(stmt)
+    variables = _collect_variables(fn, tree, scan, all_lines)
+    return Source(
+        fn=fn,
+        tree=tree,
+        filename=filename,
+        lines=all_lines,
+        variables=variables,
+        declared=frozenset(scan.declared.keys() - scan.assigned.keys() - _arg_names(tree.args)),
+        loops=frozenset(scan.loops),
+        keyed_calls=scan.keyed_calls,
+        class_name=_class_of(fn.__qualname__),
+    )
+
+
+def _source_lines(fn: types.FunctionType) -> list[str]:
+    """The lines of the file that defines ``fn`` (frozen stdlib modules included)."""
+    try:
+        return inspect.findsource(fn.__code__)[0]
+    except OSError:
+        module = sys.modules.get(fn.__module__)
+        path = module and inspect.getsourcefile(module)
+        lines = path and linecache.getlines(path)
+        if not lines:
+            raise
+        return lines
+
+
+def _arg_names(args: ast.arguments) -> set[str]:
+    names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    return set(names)
+
+
+def _target_names(target: ast.AST) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for elt in target.elts for n in _target_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []
+
+
+class _Scanner(ast.NodeVisitor):
+    """Find the variables a function body binds and reads (not nested scopes)."""
+
+    def __init__(self):
+        self.assigned: dict[str, int] = {}
+        self.declared: dict[str, int] = {}
+        self.annotations: dict[str, ast.expr] = {}
+        self.loaded: set[str] = set()
+        self.loops: set[str] = set()
+        self.keyed_calls = False
+
+    def bind(self, name: str, line: int) -> None:
+        self.assigned.setdefault(name, line)
+
+    def visit_FunctionDef(self, node):
+        self.bind(node.name, node.lineno)
+        for d in node.decorator_list:
+            self.visit(d)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):
+        self.bind(node.name, node.lineno)
+
+    def visit_Lambda(self, node):
+        pass
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load):
+            self.loaded.add(node.id)
+        else:
+            self.bind(node.id, node.lineno)
+
+    def visit_AnnAssign(self, node):
+        if isinstance(node.target, ast.Name):
+            name = node.target.id
+            self.annotations.setdefault(name, node.annotation)
+            if node.value is None:
+                self.declared.setdefault(name, node.lineno)
+            else:
+                self.bind(name, node.lineno)
+                self.visit(node.value)
+        else:
+            self.generic_visit(node)
+
+    def visit_For(self, node):
+        for name in _target_names(node.target):
+            self.loops.add(name)
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For
+
+    def visit_Assign(self, node):
+        if (
+            len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Subscript)
+            and isinstance(node.value, ast.Call)
+        ):
+            self.keyed_calls = True
+        self.generic_visit(node)
+
+    def visit_ExceptHandler(self, node):
+        if node.name:
+            self.bind(node.name, node.lineno)
+        self.generic_visit(node)
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            self.bind((alias.asname or alias.name).split(".")[0], node.lineno)
+
+    visit_ImportFrom = visit_Import
+
+
+def _comment_above(lines: list[str], lineno: int) -> str | None:
+    """The block of ``#`` comments right above line ``lineno`` (1-based), or a trailing one."""
+    docs = []
+    i = lineno - 2
+    while i >= 0 and lines[i].strip().startswith("#"):
+        docs.append(lines[i].strip()[1:].strip())
+        i -= 1
+    if docs:
+        return "\n".join(reversed(docs))
+    if 0 < lineno <= len(lines) and "#" in lines[lineno - 1]:
+        code, _, comment = lines[lineno - 1].partition("#")
+        if code.strip() and comment.strip() and code.count("'") % 2 == 0 and code.count('"') % 2 == 0:
+            return comment.strip()
+    return None
+
+
+def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
+    if expr is None:
+        return ABSENT
+    env = dict(fn.__globals__)
+    if fn.__closure__:
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+            try:
+                env[name] = cell.cell_contents
+            except ValueError:
+                pass
+    try:
+        return eval(compile(ast.Expression(expr), "<annotation>", "eval"), env)
+    except Exception:
+        return ABSENT
+
+
+def _collect_variables(fn, tree, scan: _Scanner, lines) -> dict[str, Variable]:
+    qual = fn.__qualname__
+    filename = fn.__code__.co_filename
+    out: dict[str, Variable] = {}
+    args = tree.args
+    arg_nodes = args.posonlyargs + args.args + args.kwonlyargs
+    arg_nodes += [a for a in (args.vararg, args.kwarg) if a is not None]
+    for a in arg_nodes:
+        ann = fn.__annotations__.get(a.arg, ABSENT)
+        out[a.arg] = Variable(ann, "argument", _comment_above(lines, a.lineno), (filename, qual, a.lineno))
+    for name, line in sorted({**scan.declared, **scan.assigned}.items(), key=lambda kv: kv[1]):
+        if name in out:
+            continue
+        ann = _eval_annotation(scan.annotations.get(name), fn)
+        decl_line = scan.declared.get(name, line)
+        out[name] = Variable(ann, "body", _comment_above(lines, decl_line), (filename, qual, decl_line))
+    for name in sorted(scan.loaded - out.keys()):
+        out[name] = Variable(ABSENT, "external", None, (filename, qual, None))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The rewriter
+
+
+def _name(id: str, ctx=None) -> ast.Name:
+    return ast.Name(id=id, ctx=ctx or ast.Load())
+
+
+def _const(v: Any) -> ast.Constant:
+    return ast.Constant(value=v)
+
+
+def _call(fn: str, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=_name(fn), args=list(args), keywords=[])
+
+
+def _report(name: str, value: ast.expr) -> ast.Call:
+    return _call(REPORT, _name(FRAME), _const(name), value)
+
+
+def _rebind(name: str, node: ast.AST) -> ast.Assign:
+    """``name = report(F, "name", name)``, located at ``node``."""
+    stmt = ast.Assign(targets=[_name(name, ast.Store())], value=_report(name, _name(name)))
+    return ast.copy_location(stmt, node)
+
+
+class _Instrumenter(ast.NodeTransformer):
+    """Rewrite one function body for a given interest set (``None``: everything)."""
+
+    def __init__(self, source: Source, interest: frozenset | None):
+        self.source = source
+        self.interest = interest
+        self.tmp = 0
+
+    def wants(self, name: str) -> bool:
+        return self.interest is None or name in self.interest
+
+    def fresh(self) -> str:
+        self.tmp += 1
+        return f"__ptera_t{self.tmp}__"
+
+    # Nested scopes are functions of their own.
+    def visit_FunctionDef(self, node):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.bases = [self.visit(b) for b in node.bases]
+        return node
+
+    def visit_Lambda(self, node):
+        return node
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.source.declared:
+            # Reading a declared variable that got no value is an error with a name.
+            check = ast.IfExp(
+                test=ast.Compare(
+                    left=_name(node.id), ops=[ast.IsNot()], comparators=[_name(ABSENT_NAME)]
+                ),
+                body=_name(node.id),
+                orelse=_call(MISSING, _const(self.source.fid), _const(node.id)),
+            )
+            return ast.copy_location(check, node)
+        return node
+
+    def visit_NamedExpr(self, node):
+        node.value = self.visit(node.value)
+        name = node.target.id
+        if self.wants(name):
+            node.value = ast.copy_location(_report(name, node.value), node.value)
+        return node
+
+    def visit_Return(self, node):
+        if node.value is not None:
+            node.value = self.visit(node.value)
+        if self.wants("#value"):
+            value = node.value or _const(None)
+            node.value = ast.copy_location(_report("#value", value), node)
+        return node
+
+    def visit_Yield(self, node):
+        if node.value is not None:
+            node.value = self.visit(node.value)
+        if self.wants("#yield"):
+            node.value = ast.copy_location(_report("#yield", node.value or _const(None)), node)
+        if self.wants("#receive"):
+            return ast.copy_location(_report("#receive", node), node)
+        return node
+
+    def visit_Assign(self, node):
+        target = node.targets[0]
+        if len(node.targets) == 1 and isinstance(target, ast.Name):
+            node.value = self.visit(node.value)
+            if self.wants(target.id):
+                node.value = ast.copy_location(_report(target.id, node.value), node.value)
+            return node
+        if (
+            len(node.targets) == 1
+            and isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and (self.wants(target.value.id) or self.wants(CALLKEY))
+        ):
+            return self.keyed_assign(node, target)
+        node = self.generic_visit(node)
+        names = [n for t in node.targets for n in _target_names(t)]
+        return [node] + [_rebind(n, node) for n in dict.fromkeys(names) if self.wants(n)]
+
+    def keyed_assign(self, node: ast.Assign, target: ast.Subscript):
+        """``h[k] = v``: report ``h`` with key ``k``; key a call on the right."""
+        name = target.value.id
+        value = self.visit(node.value)
+        tv, th, tk = self.fresh(), self.fresh(), self.fresh()
+        out = []
+        keyed_call = isinstance(value, ast.Call) and self.wants(CALLKEY)
+        if keyed_call:
+            # Documented exception to Python's order: the key is computed first.
+            out.append(ast.Assign(targets=[_name(tk, ast.Store())], value=self.visit(target.slice)))
+            out.append(ast.Expr(_call(SETKEY, _name(tk))))
+            out.append(ast.Assign(targets=[_name(tv, ast.Store())], value=value))
+            out.append(ast.Assign(targets=[_name(th, ast.Store())], value=_name(name)))
+        else:
+            out.append(ast.Assign(targets=[_name(tv, ast.Store())], value=value))
+            out.append(ast.Assign(targets=[_name(th, ast.Store())], value=_name(name)))
+            out.append(ast.Assign(targets=[_name(tk, ast.Store())], value=self.visit(target.slice)))
+        stored = _name(tv)
+        if self.wants(name):
+            stored = _call(REPORT_KEY, _name(FRAME), _const(name), _name(tv), _name(tk))
+        sub = ast.Subscript(value=_name(th), slice=_name(tk), ctx=ast.Store())
+        out.append(ast.Assign(targets=[sub], value=stored))
+        return [ast.copy_location(s, node) for s in out]
+
+    def visit_AugAssign(self, node):
+        node = self.generic_visit(node)
+        if isinstance(node.target, ast.Name) and self.wants(node.target.id):
+            return [node, _rebind(node.target.id, node)]
+        return node
+
+    def visit_AnnAssign(self, node):
+        if not isinstance(node.target, ast.Name):
+            return self.generic_visit(node)
+        name = node.target.id
+        if node.value is not None:
+            node.value = self.visit(node.value)
+            if self.wants(name):
+                node.value = ast.copy_location(_report(name, node.value), node.value)
+            return node
+        if name not in self.source.declared:
+            return node
+        value = _call(DECLARE, _name(FRAME), _const(name)) if self.wants(name) else _name(ABSENT_NAME)
+        return ast.copy_location(ast.Assign(targets=[_name(name, ast.Store())], value=value), node)
+
+    def visit_For(self, node):
+        node = self.generic_visit(node)
+        names = _target_names(node.target)
+        pre = [_rebind(n, node) for n in names if self.wants(n)]
+        loopvars = [n for n in names if self.wants(f"#loop_{n}") or self.wants(f"#endloop_{n}")]
+        body = node.body
+        for n in loopvars:
+            if self.wants(f"#loop_{n}"):
+                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _name(n))), node))
+            if self.wants(f"#endloop_{n}"):
+                end = ast.Expr(_report(f"#endloop_{n}", _name(n)))
+                body = [ast.copy_location(ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node)]
+        node.body = pre + body
+        return node
+
+    visit_AsyncFor = visit_For
+
+    def visit_With(self, node):
+        node = self.generic_visit(node)
+        names = [n for item in node.items if item.optional_vars for n in _target_names(item.optional_vars)]
+        node.body = [_rebind(n, node) for n in names if self.wants(n)] + node.body
+        return node
+
+    visit_AsyncWith = visit_With
+
+    def visit_ExceptHandler(self, node):
+        node = self.generic_visit(node)
+        if node.name and self.wants(node.name):
+            node.body = [_rebind(node.name, node)] + node.body
+        return node
+
+    def visit_Import(self, node):
+        names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        return [node] + [_rebind(n, node) for n in names if self.wants(n)]
+
+    visit_ImportFrom = visit_Import
+
+    # -- the function itself ----------------------------------------------
+    def instrument(self, tree: ast.FunctionDef) -> ast.FunctionDef:
+        body = [self.visit(stmt) for stmt in tree.body]
+        body = [s for b in body for s in (b if isinstance(b, list) else [b])]
+        doc = []
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            if isinstance(body[0].value.value, str):
+                doc, body = [body[0]], body[1:]
+        first = tree.body[0]
+        if self.interest is not None and not self.interest:
+            # The light variant: only declarations are handled, no frame.
+            setup = [ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None))]
+            tree.body = doc + [ast.copy_location(s, first) for s in setup] + (body or [ast.Pass()])
+            return tree
+        enter = ast.Assign(targets=[_name(FRAME, ast.Store())], value=_call(ENTER, _const(self.source.fid)))
+        args = [n for n in _arg_names(tree.args) if self.wants(n)]
+        ordered = [a.arg for a in tree.args.posonlyargs + tree.args.args]
+        ordered += [a.arg for a in (tree.args.vararg,) if a] + [a.arg for a in tree.args.kwonlyargs]
+        ordered += [a.arg for a in (tree.args.kwarg,) if a]
+        setup = [enter] + [_rebind(n, first) for n in ordered if n in args]
+        if self.wants("#enter"):
+            setup.append(ast.Expr(_report("#enter", _const(True))))
+        err = "__ptera_err__"
+        guarded = ast.Try(
+            body=setup[1:] + (body or [ast.Pass()]),
+            handlers=[
+                ast.ExceptHandler(
+                    type=_name("BaseException"),
+                    name=err,
+                    body=[ast.Expr(_call(EXIT, _name(FRAME), _name(err))), ast.Raise()],
+                )
+            ],
+            orelse=[],
+            finalbody=[],
+        )
+        # Exit on normal completion runs in `finally` only when no error went by.
+        tree.body = doc + [ast.copy_location(setup[0], first), ast.copy_location(guarded, first)]
+        guarded.finalbody = [ast.Expr(_call(EXIT, _name(FRAME), _name(ABSENT_NAME)))]
+        guarded.handlers[0].body = [
+            ast.Expr(_call(EXIT, _name(FRAME), _name(err))),
+            ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None)),
+            ast.Raise(),
+        ]
+        for n in ast.walk(guarded):
+            if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
+                ast.copy_location(n, first)
+        return tree
+
+
+class _Mangler(ast.NodeTransformer):
+    """Apply class-private name mangling, since the method is compiled outside its class."""
+
+    def __init__(self, cls: str):
+        self.prefix = "_" + cls.lstrip("_")
+
+    def mangle(self, name: str | None) -> str | None:
+        if name and name.startswith("__") and not name.endswith("__") and self.prefix != "_":
+            return self.prefix + name
+        return name
+
+    def visit_Name(self, node):
+        node.id = self.mangle(node.id)
+        return node
+
+    def visit_Attribute(self, node):
+        self.generic_visit(node)
+        node.attr = self.mangle(node.attr)
+        return node
+
+    def visit_arg(self, node):
+        node.arg = self.mangle(node.arg)
+        return node
+
+    def visit_keyword(self, node):
+        self.generic_visit(node)
+        node.arg = self.mangle(node.arg)
+        return node
+
+
+def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:
+    """Compile the instrumented code object of ``source`` for ``interest`` (cached)."""
+    key = interest
+    if key in source.variants:
+        return source.variants[key]
+    import copy
+
+    tree = copy.deepcopy(source.tree)
+    if source.class_name:
+        tree = _Mangler(source.class_name).visit(tree)
+    tree = _Instrumenter(source, interest).instrument(tree)
+    # A neutral name, so that the factory does not bind the function's own name
+    # (which would turn a recursive call into a closure reference).
+    tree.name = "__ptera_fn__"
+    fn = source.fn
+    freevars = fn.__code__.co_freevars
+    inner: list[ast.stmt] = [tree]
+    if freevars:
+        # Keep every free variable referenced so the variant has the same closure.
+        keep = ast.If(
+            test=_const(False),
+            body=[ast.Expr(ast.Tuple(elts=[_name(v) for v in freevars], ctx=ast.Load()))],
+            orelse=[],
+        )
+        tree.body.append(ast.copy_location(keep, tree.body[-1]))
+    factory = ast.FunctionDef(
+        name="__ptera_factory__",
+        args=ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(arg=v) for v in freevars],
+            kwonlyargs=[],
+            kw_defaults=[],
+            defaults=[],
+        ),
+        body=inner + [ast.Return(value=_name(tree.name))],
+        decorator_list=[],
+    )
+    module = ast.Module(body=[factory], type_ignores=[])
+    ast.fix_missing_locations(module)
+    for node in ast.walk(factory):
+        if isinstance(node, (ast.stmt, ast.expr)) and getattr(node, "lineno", None) is None:
+            node.lineno = tree.lineno
+    compiled = compile(module, source.filename, "exec", dont_inherit=True)
+    code = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
+    code = next(c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == tree.name)
+    if code.co_freevars != freevars:
+        raise TransformError(
+            f"cannot instrument {fn.__qualname__}: free variables changed "
+            f"from {freevars} to {code.co_freevars}"
+        )
+    code = code.replace(co_name=fn.__code__.co_name, co_qualname=fn.__code__.co_qualname)
+    source.variants[key] = code
+    return code
