@@ -214,8 +214,15 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
     return focus
 
 
+def _key_ok(spec: VarSpec, key: Any) -> bool:
+    """A keyed variable (``h[1]``, ``h[$i]``) matches only assignments with a key."""
+    if spec.key is NOVALUE and spec.key_out is None:
+        return True
+    return key is not ABSENT and (spec.key is NOVALUE or filter_eq(key, spec.key))
+
+
 def _immediate(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
-    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+    if not _key_ok(spec, key):
         return value
     if value is ABSENT:
         return value
@@ -230,7 +237,7 @@ def _immediate(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
 
 
 def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
-    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+    if not _key_ok(spec, key):
         return value
     rule = act.rule
     if value is ABSENT and not rule.intercepts:
@@ -262,7 +269,7 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
 def _total(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if value is ABSENT:
         return value
-    if spec.key is not NOVALUE and not filter_eq(key, spec.key):
+    if not _key_ok(spec, key):
         return value
     if spec.value is not NOVALUE:
         act.check(spec, value)
