@@ -252,7 +252,9 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
         try:
             obj = _getattr_path(env[head], rest)
         except AttributeError:
-            raise NotFound(f"'{name}' cannot be resolved: no attribute '{'.'.join(rest)}'") from None
+            raise NotFound(
+                f"'{name}' cannot be resolved: no attribute '{'.'.join(rest)}'"
+            ) from None
         return [state_for(f, discover=not _is_tooled(f)) for f in functions_of(obj, name)]
     found = [
         st

@@ -198,7 +198,12 @@ class _Compiler:
             self.interest.setdefault(st, set()).update(t.vars, (FRAME_POINT,))
         for var in deep_vars:
             # `f >> x`: x also in any instrumented call below f.
-            self.node(Scope(None, (Var(var.name, var.capture, var.focus, var.tag, var.value),), deep=True), nid)
+            self.node(
+                Scope(
+                    None, (Var(var.name, var.capture, var.focus, var.tag, var.value),), deep=True
+                ),
+                nid,
+            )
         for child in sub_scopes:
             self.node(child, nid)
 
@@ -210,7 +215,11 @@ class _Compiler:
 
     def names_for(self, var: Var, st: FnState, variables: dict, strict: bool) -> list[str]:
         if var.name is not None and var.name.startswith("#"):
-            return [var.name] if var.name in META_POINTS or var.name.startswith(("#loop_", "#endloop_")) else []
+            return (
+                [var.name]
+                if var.name in META_POINTS or var.name.startswith(("#loop_", "#endloop_"))
+                else []
+            )
         if var.name is not None:
             v = variables.get(var.name)
             if v is None or v.provenance == "external":

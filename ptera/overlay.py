@@ -390,7 +390,9 @@ def active_rule_count() -> int:
 class Immediate:
     """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set."""
 
-    def __init__(self, selector, intercept: Callable | None = None, trigger: Callable | None = None):
+    def __init__(
+        self, selector, intercept: Callable | None = None, trigger: Callable | None = None
+    ):
         self.selector = select(selector) if isinstance(selector, str) else selector
         self.intercept, self.trigger = intercept, trigger
 
@@ -438,7 +440,10 @@ class BaseOverlay:
 def caller_env(skip: int = 1) -> dict:
     """Names visible where the user called us: locals over globals, past ptera's frames."""
     f = sys._getframe(skip + 1)
-    while f is not None and f.f_globals.get("__name__", "").split(".")[0] in ("ptera", "contextlib"):
+    while f is not None and f.f_globals.get("__name__", "").split(".")[0] in (
+        "ptera",
+        "contextlib",
+    ):
         f = f.f_back
     if f is None:
         return {}

@@ -438,7 +438,9 @@ class _Parser:
         if len(self.bang_at) > 1:
             self.error("a selector has one focus: a second '!' is not allowed", self.bang_at[1])
         if len(self.bangbang_at) > 1:
-            self.error("a selector has one secondary focus: '!!' appears twice", self.bangbang_at[1])
+            self.error(
+                "a selector has one secondary focus: '!!' appears twice", self.bangbang_at[1]
+            )
         candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == -1]
         if len(candidates) > 1 and not self.bang_at:
             self.error("ambiguous focus: mark the variable you want with '!'", 0)

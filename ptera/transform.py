@@ -125,7 +125,9 @@ def parse_function(fn: types.FunctionType) -> Source:
     """Read and parse the source of ``fn``; collect its variables."""
     code = fn.__code__
     if code.co_name == "<lambda>":
-        raise TransformError(f"cannot instrument a lambda ({code.co_filename}:{code.co_firstlineno})")
+        raise TransformError(
+            f"cannot instrument a lambda ({code.co_filename}:{code.co_firstlineno})"
+        )
     filename = code.co_filename
     try:
         lines = _source_lines(fn)
@@ -274,7 +276,12 @@ def _comment_above(lines: list[str], lineno: int) -> str | None:
         return "\n".join(reversed(docs))
     if 0 < lineno <= len(lines) and "#" in lines[lineno - 1]:
         code, _, comment = lines[lineno - 1].partition("#")
-        if code.strip() and comment.strip() and code.count("'") % 2 == 0 and code.count('"') % 2 == 0:
+        if (
+            code.strip()
+            and comment.strip()
+            and code.count("'") % 2 == 0
+            and code.count('"') % 2 == 0
+        ):
             return comment.strip()
     return None
 
@@ -304,13 +311,17 @@ def _collect_variables(fn, tree, scan: _Scanner, lines) -> dict[str, Variable]:
     arg_nodes += [a for a in (args.vararg, args.kwarg) if a is not None]
     for a in arg_nodes:
         ann = fn.__annotations__.get(a.arg, ABSENT)
-        out[a.arg] = Variable(ann, "argument", _comment_above(lines, a.lineno), (filename, qual, a.lineno))
+        out[a.arg] = Variable(
+            ann, "argument", _comment_above(lines, a.lineno), (filename, qual, a.lineno)
+        )
     for name, line in sorted({**scan.declared, **scan.assigned}.items(), key=lambda kv: kv[1]):
         if name in out:
             continue
         ann = _eval_annotation(scan.annotations.get(name), fn)
         decl_line = scan.declared.get(name, line)
-        out[name] = Variable(ann, "body", _comment_above(lines, decl_line), (filename, qual, decl_line))
+        out[name] = Variable(
+            ann, "body", _comment_above(lines, decl_line), (filename, qual, decl_line)
+        )
     for name in sorted(scan.loaded - out.keys()):
         out[name] = Variable(ABSENT, "external", None, (filename, qual, None))
     return out
@@ -468,7 +479,9 @@ class _Instrumenter(ast.NodeTransformer):
             return node
         if name not in self.source.declared:
             return node
-        value = _call(DECLARE, _name(FRAME), _const(name)) if self.wants(name) else _name(ABSENT_NAME)
+        value = (
+            _call(DECLARE, _name(FRAME), _const(name)) if self.wants(name) else _name(ABSENT_NAME)
+        )
         return ast.copy_location(ast.Assign(targets=[_name(name, ast.Store())], value=value), node)
 
     def visit_For(self, node):
@@ -482,7 +495,11 @@ class _Instrumenter(ast.NodeTransformer):
                 pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _name(n))), node))
             if self.wants(f"#endloop_{n}"):
                 end = ast.Expr(_report(f"#endloop_{n}", _name(n)))
-                body = [ast.copy_location(ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node)]
+                body = [
+                    ast.copy_location(
+                        ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node
+                    )
+                ]
         node.body = pre + body
         return node
 
@@ -490,7 +507,12 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_With(self, node):
         node = self.generic_visit(node)
-        names = [n for item in node.items if item.optional_vars for n in _target_names(item.optional_vars)]
+        names = [
+            n
+            for item in node.items
+            if item.optional_vars
+            for n in _target_names(item.optional_vars)
+        ]
         node.body = [_rebind(n, node) for n in names if self.wants(n)] + node.body
         return node
 
@@ -522,7 +544,9 @@ class _Instrumenter(ast.NodeTransformer):
             setup = [ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None))]
             tree.body = doc + [ast.copy_location(s, first) for s in setup] + (body or [ast.Pass()])
             return tree
-        enter = ast.Assign(targets=[_name(FRAME, ast.Store())], value=_call(ENTER, _const(self.source.fid)))
+        enter = ast.Assign(
+            targets=[_name(FRAME, ast.Store())], value=_call(ENTER, _const(self.source.fid))
+        )
         args = [n for n in _arg_names(tree.args) if self.wants(n)]
         ordered = [a.arg for a in tree.args.posonlyargs + tree.args.args]
         ordered += [a.arg for a in (tree.args.vararg,) if a] + [a.arg for a in tree.args.kwonlyargs]
@@ -631,7 +655,9 @@ def compile_variant(source: Source, interest: frozenset | None) -> types.CodeTyp
             node.lineno = tree.lineno
     compiled = compile(module, source.filename, "exec", dont_inherit=True)
     code = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
-    code = next(c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == tree.name)
+    code = next(
+        c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == tree.name
+    )
     if code.co_freevars != freevars:
         raise TransformError(
             f"cannot instrument {fn.__qualname__}: free variables changed "

@@ -96,13 +96,21 @@ def gen(n):
         ("h >> f > b", lambda: h(1), [{"b": 4}]),
         ("h(x) >> b", lambda: h(2), [{"x": 2, "b": 6}]),
         ("g(x) >> f(a) > b", lambda: g(1), [{"x": 1, "a": 2, "b": 4}]),
-        ("sumsquares(x) > square > rval", lambda: sumsquares(3, 4), [{"x": 3, "rval": 9}, {"x": 3, "rval": 16}]),
+        (
+            "sumsquares(x) > square > rval",
+            lambda: sumsquares(3, 4),
+            [{"x": 3, "rval": 9}, {"x": 3, "rval": 16}],
+        ),
         ("sumsquares > rval", lambda: sumsquares(3, 4), [{"rval": 25}]),
         ("square > #value", lambda: sumsquares(3, 4), [{"#value": 9}, {"#value": 16}]),
         ("square(x) > #value as r", lambda: square(5), [{"x": 5, "r": 25}]),
         ("fact(n) > r", lambda: fact(3), [{"n": 1, "r": 1}, {"n": 2, "r": 2}, {"n": 3, "r": 6}]),
         ("fact > fact(n) > r", lambda: fact(3), [{"n": 1, "r": 1}, {"n": 2, "r": 2}]),
-        ("flagged(mode='eval') > out", lambda: (flagged(1), flagged(2, mode="eval")), [{"mode": "eval", "out": 20}]),
+        (
+            "flagged(mode='eval') > out",
+            lambda: (flagged(1), flagged(2, mode="eval")),
+            [{"mode": "eval", "out": 20}],
+        ),
         ("f(x=2) > b", lambda: (f(1), f(2)), [{"x": 2, "b": 6}]),
         ("seq > acts[2] as a2", lambda: seq(1), [{"a2": 4}]),
         ("seq > acts[$k] as a", lambda: seq(1), [{"k": k, "a": 2**k} for k in range(4)]),
@@ -124,7 +132,11 @@ def test_probe_values(selector, run, expected):
     "selector, run, expected",
     [
         ("sumsquares{!x} > square{rval}", lambda: sumsquares(3, 4), [{"x": [3], "rval": [9, 16]}]),
-        ("square{rval} > x", lambda: sumsquares(3, 4), [{"x": [3], "rval": [9]}, {"x": [4], "rval": [16]}]),
+        (
+            "square{rval} > x",
+            lambda: sumsquares(3, 4),
+            [{"x": [3], "rval": [9]}, {"x": [4], "rval": [16]}],
+        ),
         ("sumsquares(x, y)", lambda: sumsquares(1, 2), [{"x": [1], "y": [2]}]),
         ("sumsquares{square{rval}}", lambda: sumsquares(1, 2), [{"rval": [1, 4]}]),
         ("f{y}", lambda: f(1), [{"y": [0, 4, 9, 15]}]),
@@ -193,7 +205,10 @@ def test_override_replaces_the_focus_value():
 
 
 def test_listener_sees_overridden_value():
-    with probing("square > rval", overridable=True) as over, probing("square > rval").values() as seen:
+    with (
+        probing("square > rval", overridable=True) as over,
+        probing("square > rval").values() as seen,
+    ):
         over.override(7)
         sumsquares(1, 2)
     assert seen == [{"rval": 7}, {"rval": 7}]

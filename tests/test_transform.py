@@ -57,7 +57,10 @@ def test_same_results_with_every_point_probed(name):
     [
         (programs.p_assign, [("a", 1), ("b", 2)]),
         (programs.p_tuple_unpack, [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]),
-        (programs.p_star_unpack, [("first", 1), ("rest", [2, 3, 4]), ("init", ["a", "b"]), ("last", "c")]),
+        (
+            programs.p_star_unpack,
+            [("first", 1), ("rest", [2, 3, 4]), ("init", ["a", "b"]), ("last", "c")],
+        ),
         (programs.p_augmented, [("x", 1), ("x", 3), ("x", 9), ("s", "a"), ("s", "ab")]),
         (programs.p_annotated, [("x", 3), ("y", [3])]),
         (programs.p_except_as, [("err", "division by zero"), ("kind", "ZeroDivisionError")]),
