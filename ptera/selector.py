@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
+from .sentinel import Sentinel
+
 __all__ = ["Scope", "SelectorError", "Var", "select", "split_selectors"]
 
 
@@ -46,24 +48,7 @@ class SelectorError(ValueError):
         self.text, self.col, self.expected = text, col, expected
 
 
-class _NoValue:
-    """Marks a variable without an ``=literal`` filter."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NOVALUE"
-
-    def __reduce__(self):
-        return (_NoValue, ())
-
-
-NOVALUE = _NoValue()
+NOVALUE = Sentinel("NOVALUE")
 
 META_DEFAULT_CAPTURE = None
 

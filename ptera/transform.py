@@ -36,6 +36,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sentinel import Sentinel
+
 H = "__ptera_{}__"  # helper global names
 FRAME = "__ptera_F__"  # the local holding the call's frame record
 
@@ -46,27 +48,7 @@ DECLARE, MISSING, SETKEY = (H.format(n) for n in ("declare", "missing", "setkey"
 CALLKEY = "#callkey"  # interest flag: pass subscript keys to calls
 
 
-class _Absent:
-    """The value of a declared variable that was given none."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self):
-        return (_Absent, ())
-
-
-ABSENT = _Absent()
+ABSENT = Sentinel("ABSENT", truthy=False)
 
 
 class TransformError(Exception):
