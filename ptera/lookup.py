@@ -46,7 +46,6 @@ class FnState:
         self.idle = self.original
         self.current = self.original
         self.tooled = False
-        self.info: dict[str, dict] | None = None
         self._variants: dict = {}
 
     # -- source ---------------------------------------------------------

@@ -169,7 +169,7 @@ class _Compiler:
         deep_vars = [v for v, _ in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
-        candidates = fns if fns is not None else self._wildcard_candidates()
+        candidates = fns if fns is not None else tooled_states()
         for st in candidates:
             try:
                 variables = st.variables()
@@ -209,9 +209,6 @@ class _Compiler:
 
     def _names_function(self, node: Scope) -> bool:
         return isinstance(self.resolved.get(node.fn), list)
-
-    def _wildcard_candidates(self) -> list[FnState]:
-        return tooled_states()
 
     def names_for(self, var: Var, st: FnState, variables: dict, strict: bool) -> list[str]:
         if var.name is not None and var.name.startswith("#"):

@@ -33,7 +33,7 @@ from typing import Any
 from .capture import Act, Rule, filter_eq
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
-from .selector import NOVALUE, Scope, select
+from .selector import NOVALUE, select
 from .transform import (
     ABSENT,
     ABSENT_NAME,
@@ -448,11 +448,3 @@ def caller_env(skip: int = 1) -> dict:
     if f is None:
         return {}
     return {**f.f_globals, **f.f_locals}
-
-
-def selector_with_env(sel: str | Scope, env: dict | None, skip: int = 1) -> Scope:
-    """Parse ``sel`` and attach the env that resolves its names."""
-    tree = select(sel)
-    if env is None and tree.env is None:
-        env = caller_env(skip + 1)
-    return select(tree, env=env) if env is not None else tree

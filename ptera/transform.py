@@ -537,26 +537,25 @@ class _Instrumenter(ast.NodeTransformer):
         if self.wants("#enter"):
             setup.append(ast.Expr(_report("#enter", _const(True))))
         err = "__ptera_err__"
+        # On an error the handler exits (reporting #error) and clears the frame, so
+        # the `finally` exit, meant for normal completion, does nothing.
         guarded = ast.Try(
             body=setup[1:] + (body or [ast.Pass()]),
             handlers=[
                 ast.ExceptHandler(
                     type=_name("BaseException"),
                     name=err,
-                    body=[ast.Expr(_call(EXIT, _name(FRAME), _name(err))), ast.Raise()],
+                    body=[
+                        ast.Expr(_call(EXIT, _name(FRAME), _name(err))),
+                        ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None)),
+                        ast.Raise(),
+                    ],
                 )
             ],
             orelse=[],
-            finalbody=[],
+            finalbody=[ast.Expr(_call(EXIT, _name(FRAME), _name(ABSENT_NAME)))],
         )
-        # Exit on normal completion runs in `finally` only when no error went by.
         tree.body = doc + [ast.copy_location(setup[0], first), ast.copy_location(guarded, first)]
-        guarded.finalbody = [ast.Expr(_call(EXIT, _name(FRAME), _name(ABSENT_NAME)))]
-        guarded.handlers[0].body = [
-            ast.Expr(_call(EXIT, _name(FRAME), _name(err))),
-            ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None)),
-            ast.Raise(),
-        ]
         for n in ast.walk(guarded):
             if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
                 ast.copy_location(n, first)
