@@ -1,9 +1,17 @@
 """ptera: look inside and steer Python programs with selectors, without editing them."""
 
+import sys as _sys
+import types as _types
+
 from .capture import Capture
+from .effects import Overlay, rewriting, tweaking, using
 from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
+from .recurrence import Recurrence
+from .results import Collection, Result
 from .selector import Scope, SelectorError, Var, select
+from .selfless import PteraFunction, defaults
+from .state import ConflictError, Override, State, default
 from .tags import Tag, TagSet, match_tag, tag
 from .tooling import is_tooled, tooled
 from .transform import ABSENT, TransformError
@@ -11,28 +19,52 @@ from .transform import ABSENT, TransformError
 __version__ = "1.4.2"
 
 ptera = tooled
+tooled.defaults = defaults  # `from ptera import ptera` then `@ptera.defaults(...)`
+
+
+class _CallableModule(_types.ModuleType):
+    """``import ptera`` then ``@ptera``: the module decorates like ``ptera.ptera``."""
+
+    def __call__(self, fn):
+        return tooled(fn)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "ABSENT",
     "BaseOverlay",
     "Capture",
+    "Collection",
+    "ConflictError",
     "Immediate",
+    "Overlay",
     "OverridableProbe",
+    "Override",
     "Probe",
+    "PteraFunction",
     "PteraNameError",
+    "Recurrence",
+    "Result",
     "Scope",
     "SelectorError",
+    "State",
     "Tag",
     "TagSet",
     "Total",
     "TransformError",
     "Var",
+    "default",
+    "defaults",
     "global_probe",
     "is_tooled",
     "match_tag",
     "probing",
     "ptera",
+    "rewriting",
     "select",
     "tag",
     "tooled",
+    "tweaking",
+    "using",
 ]

@@ -168,8 +168,8 @@ def register_tooled(fn: types.FunctionType) -> FnState:
     state.tooled = True
     _tooled[state.fid] = state
     _version[0] += 1
-    if state.source.declared:
-        # Reading an unset declared variable must raise a clear error even when idle.
+    if state.source.stateful:
+        # Declared and defaulted variables take values from the call's state even when idle.
         state.idle = compile_variant(state.source, frozenset())
         _by_code.setdefault(state.idle, state)
         state.set_code(state.idle)

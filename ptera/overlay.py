@@ -34,16 +34,18 @@ from .capture import Act, Rule, filter_eq
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
+from .state import settle, take
 from .transform import (
     ABSENT,
     ABSENT_NAME,
-    DECLARE,
     ENTER,
     EXIT,
     MISSING,
     REPORT,
     REPORT_KEY,
     SETKEY,
+    SETTLE,
+    TAKE,
 )
 
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -273,10 +275,6 @@ def _report_key(F, name, value, key):
     return value
 
 
-def _declare(F, name):
-    return _report(F, name, ABSENT)
-
-
 def _exit(F, error):
     if F is None or not F.exit:
         return
@@ -309,7 +307,8 @@ HELPERS = {
     EXIT: _exit,
     REPORT: _report,
     REPORT_KEY: _report_key,
-    DECLARE: _declare,
+    TAKE: take,
+    SETTLE: settle,
     MISSING: _missing,
     SETKEY: _setkey,
     ABSENT_NAME: ABSENT,

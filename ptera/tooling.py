@@ -1,7 +1,8 @@
 """The ``@tooled`` decorator: make a function's variables addressable.
 
 The decorator returns the very same function object (so calling it costs nothing
-extra), registered with the engine and carrying ``__ptera_info__``. Its code stays
+extra), registered with the engine and carrying ``__ptera_info__`` and the object
+methods of ``selfless.py`` (``new``, ``using``, ``tweak``, ...). Its code stays
 the original until an overlay needs it; a function that declares variables
 without values (``z: int``) runs a light variant that only guards their reads.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from .lookup import register_tooled, unwrap
 from .overlay import HELPERS
+from .selfless import attach
 
 __all__ = ["is_tooled", "tooled"]
 
@@ -29,6 +31,7 @@ def tooled(fn: Any) -> Any:
     state = register_tooled(target)
     if not hasattr(target, "__ptera_info__"):
         target.__ptera_info__ = {n: v.as_dict() for n, v in state.source.variables.items()}
+    attach(target, state)
     if fn is not target and not hasattr(fn, "__ptera_info__"):
         try:
             fn.__ptera_info__ = target.__ptera_info__

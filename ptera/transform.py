@@ -19,8 +19,12 @@ Decisions:
 * ``h[k] = v`` evaluates ``v``, ``h`` and ``k`` once, in Python's order, and reports
   variable ``h`` with key ``k``. When ``v`` is a call and some active selector keys
   calls, ``k`` is evaluated before the call and becomes the callee's key.
-* A declared variable with no value (``z: int``) holds a sentinel; reading it
-  raises ``PteraNameError`` naming the variable and the function.
+* A declared variable with no value (``z: int``) takes its value from the
+  call's *state* (a selfless object's, see ``selfless.py``), else it holds a
+  sentinel and reading it raises ``PteraNameError`` naming the variable and the
+  function. ``x = default(v)`` (or ``Override(v)``), recognised by the callee's
+  name, is *settled* against the state by priority. Functions with either kind
+  of point fetch their state once per call, even when idle.
 * Nested functions, lambdas and classes defined in the body are left alone: they
   are functions of their own.
 """
@@ -43,7 +47,10 @@ FRAME = "__ptera_F__"  # the local holding the call's frame record
 
 ABSENT_NAME = H.format("ABSENT")
 ENTER, EXIT, REPORT, REPORT_KEY = (H.format(n) for n in ("enter", "exit", "report", "rkey"))
-DECLARE, MISSING, SETKEY = (H.format(n) for n in ("declare", "missing", "setkey"))
+MISSING, SETKEY = H.format("missing"), H.format("setkey")
+TAKE, SETTLE = H.format("take"), H.format("settle")
+STATE = "__ptera_S__"  # the local holding the call's state
+PRIORITY_WRAPPERS = ("default", "Override")  # callees that make `x = default(v)` settle
 
 CALLKEY = "#callkey"  # interest flag: pass subscript keys to calls
 
@@ -83,6 +90,7 @@ class Source:
     lines: list[str]
     variables: dict[str, Variable]
     declared: frozenset[str]  # declared without a value
+    defaulted: frozenset[str]  # assigned `default(v)` / `Override(v)`
     loops: frozenset[str]  # names of for-loop variables
     keyed_calls: bool
     class_name: str | None
@@ -94,6 +102,11 @@ class Source:
         return frozenset(
             n for n, v in self.variables.items() if v.provenance in ("argument", "body")
         )
+
+    @property
+    def stateful(self) -> bool:
+        """Whether calls fetch a state (declared or defaulted variables)."""
+        return bool(self.declared or self.defaulted)
 
 
 def _class_of(qualname: str) -> str | None:
@@ -139,6 +152,7 @@ def parse_function(fn: types.FunctionType) -> Source:
         lines=all_lines,
         variables=variables,
         declared=frozenset(scan.declared.keys() - scan.assigned.keys() - _arg_names(tree.args)),
+        defaulted=frozenset(scan.defaulted),
         loops=frozenset(scan.loops),
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
@@ -183,6 +197,7 @@ class _Scanner(ast.NodeVisitor):
         self.annotations: dict[str, ast.expr] = {}
         self.loaded: set[str] = set()
         self.loops: set[str] = set()
+        self.defaulted: set[str] = set()
         self.keyed_calls = False
 
     def bind(self, name: str, line: int) -> None:
@@ -215,6 +230,8 @@ class _Scanner(ast.NodeVisitor):
                 self.declared.setdefault(name, node.lineno)
             else:
                 self.bind(name, node.lineno)
+                if is_priority_call(node.value):
+                    self.defaulted.add(name)
                 self.visit(node.value)
         else:
             self.generic_visit(node)
@@ -227,6 +244,9 @@ class _Scanner(ast.NodeVisitor):
     visit_AsyncFor = visit_For
 
     def visit_Assign(self, node):
+        target = node.targets[0]
+        if len(node.targets) == 1 and isinstance(target, ast.Name) and is_priority_call(node.value):
+            self.defaulted.add(target.id)
         if (
             len(node.targets) == 1
             and isinstance(node.targets[0], ast.Subscript)
@@ -245,6 +265,15 @@ class _Scanner(ast.NodeVisitor):
             self.bind((alias.asname or alias.name).split(".")[0], node.lineno)
 
     visit_ImportFrom = visit_Import
+
+
+def is_priority_call(node: ast.expr) -> bool:
+    """Whether ``node`` is ``default(...)`` or ``Override(...)`` (bare or as an attribute)."""
+    if not isinstance(node, ast.Call):
+        return False
+    fn = node.func
+    name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else None
+    return name in PRIORITY_WRAPPERS
 
 
 def _comment_above(lines: list[str], lineno: int) -> str | None:
@@ -405,7 +434,7 @@ class _Instrumenter(ast.NodeTransformer):
     def visit_Assign(self, node):
         target = node.targets[0]
         if len(node.targets) == 1 and isinstance(target, ast.Name):
-            node.value = self.visit(node.value)
+            node.value = self.settle(target.id, self.visit(node.value))
             if self.wants(target.id):
                 node.value = ast.copy_location(_report(target.id, node.value), node.value)
             return node
@@ -455,16 +484,24 @@ class _Instrumenter(ast.NodeTransformer):
             return self.generic_visit(node)
         name = node.target.id
         if node.value is not None:
-            node.value = self.visit(node.value)
+            node.value = self.settle(name, self.visit(node.value))
             if self.wants(name):
                 node.value = ast.copy_location(_report(name, node.value), node.value)
             return node
         if name not in self.source.declared:
             return node
-        value = (
-            _call(DECLARE, _name(FRAME), _const(name)) if self.wants(name) else _name(ABSENT_NAME)
-        )
+        get = ast.Attribute(value=_name(STATE), attr="get", ctx=ast.Load())
+        value = ast.Call(func=get, args=[_const(name), _name(ABSENT_NAME)], keywords=[])
+        if self.wants(name):
+            value = _report(name, value)
         return ast.copy_location(ast.Assign(targets=[_name(name, ast.Store())], value=value), node)
+
+    def settle(self, name: str, value: ast.expr) -> ast.expr:
+        """``default(v)`` / ``Override(v)`` on the right: settle it against the state."""
+        if name not in self.source.defaulted or not is_priority_call(value):
+            return value
+        call = _call(SETTLE, _name(STATE), _const(self.source.fid), _const(name), value)
+        return ast.copy_location(call, value)
 
     def visit_For(self, node):
         node = self.generic_visit(node)
@@ -521,10 +558,19 @@ class _Instrumenter(ast.NodeTransformer):
             if isinstance(body[0].value.value, str):
                 doc, body = [body[0]], body[1:]
         first = tree.body[0]
+        take = []
+        if self.source.stateful:
+            fetch = _call(TAKE, _const(self.source.fid))
+            take = [
+                ast.copy_location(
+                    ast.Assign(targets=[_name(STATE, ast.Store())], value=fetch), first
+                )
+            ]
         if self.interest is not None and not self.interest:
-            # The light variant: only declarations are handled, no frame.
+            # The light variant: only declarations and defaults are handled, no frame.
             setup = [ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None))]
-            tree.body = doc + [ast.copy_location(s, first) for s in setup] + (body or [ast.Pass()])
+            setup = take + [ast.copy_location(s, first) for s in setup]
+            tree.body = doc + setup + (body or [ast.Pass()])
             return tree
         enter = ast.Assign(
             targets=[_name(FRAME, ast.Store())], value=_call(ENTER, _const(self.source.fid))
@@ -555,7 +601,9 @@ class _Instrumenter(ast.NodeTransformer):
             orelse=[],
             finalbody=[ast.Expr(_call(EXIT, _name(FRAME), _name(ABSENT_NAME)))],
         )
-        tree.body = doc + [ast.copy_location(setup[0], first), ast.copy_location(guarded, first)]
+        tree.body = (
+            doc + take + [ast.copy_location(setup[0], first), ast.copy_location(guarded, first)]
+        )
         for n in ast.walk(guarded):
             if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
                 ast.copy_location(n, first)

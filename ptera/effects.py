@@ -1,0 +1,191 @@
+"""Tweaks, rewrites, collections and listeners, composed into one ``Overlay``.
+
+An ``Overlay`` is an immutable list of effects; ``tweak``, ``rewrite``, ``using``
+and ``on`` return a new one. Entering it (``with overlay as result``) activates
+all its effects at once and yields a fresh ``Result`` that its collections and
+listeners fill. Selfless objects run every call inside their overlay; code that
+does not call through an object uses the context managers ``tweaking``,
+``rewriting`` and ``using`` directly.
+
+Decisions:
+
+* ``tweak`` and ``rewrite`` act when the focus is set (immediate); ``using`` and
+  ``on`` see each match once it is complete (total, core.md section 3).
+* A listener's return value is collected under the listener's name; a capture
+  with several values passed to a listener is an error (as in ``map``).
+* A *plugin* (``Grad``) is any object with ``__ptera_rules__(emit, env)``: it
+  builds its own rules and calls ``emit`` with dicts of ``Capture``.
+* Entering an overlay that is already active in this context does not stack it
+  twice: the inner call reuses the outer activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from .capture import Capture, Rule
+from .lookup import registry_version
+from .match import compile_selector
+from .overlay import activate, caller_env, deactivate
+from .results import Collection, Result, call_with
+from .selector import Scope, SelectorError, select
+from .transform import ABSENT
+
+__all__ = ["Overlay", "rewriting", "tweaking", "using"]
+
+
+def _parse(selector: str | Scope) -> Scope:
+    return select(selector) if isinstance(selector, str) else selector
+
+
+def _needs_focus(sel: Scope, what: str) -> Scope:
+    if sel.focus is None:
+        raise SelectorError(str(sel), 0, f"{what} needs a focus: mark a variable with '!'")
+    return sel
+
+
+class _Effect:
+    """One effect: its kind, result name, selector or plugin, and value or function."""
+
+    __slots__ = ("kind", "name", "target", "value", "env")
+
+    def __init__(self, kind: str, name: str | None, target: Any, value: Any, env: Mapping):
+        self.kind, self.name, self.target, self.value, self.env = kind, name, target, value, env
+
+
+class Overlay:
+    """A composable set of effects (``tweak``, ``rewrite``, ``using``, ``on``)."""
+
+    def __init__(self, effects: tuple = ()):
+        self.effects = effects
+        self._current: ContextVar[Result | None] = ContextVar("ptera_result", default=None)
+        self._rules: tuple[Rule, ...] | None = None
+        self._version = -1
+
+    def __bool__(self) -> bool:
+        return bool(self.effects)
+
+    def _with(self, effects: list) -> Overlay:
+        return Overlay(self.effects + tuple(effects))
+
+    # -- composing --------------------------------------------------------
+    def tweak(self, values: Mapping, env: Mapping | None = None) -> Overlay:
+        """Replace each selector's focus value by the given value."""
+        env = env if env is not None else caller_env(1)
+        return self._with(
+            _Effect("tweak", None, _needs_focus(_parse(s), "a tweak"), v, env)
+            for s, v in values.items()
+        )
+
+    def rewrite(self, functions: Mapping, env: Mapping | None = None) -> Overlay:
+        """Replace each selector's focus value by ``fn(**captures)``."""
+        env = env if env is not None else caller_env(1)
+        effects = []
+        for s, fn in functions.items():
+            if not callable(fn):
+                raise TypeError(f"rewrite needs functions; got {fn!r} for {s!r} (use tweak)")
+            effects.append(_Effect("rewrite", None, _needs_focus(_parse(s), "a rewrite"), fn, env))
+        return self._with(effects)
+
+    def using(self, *selectors: Any, env: Mapping | None = None, **named: Any) -> Overlay:
+        """Collect each selector's matches under a name (positional ones: the focus name)."""
+        env = env if env is not None else caller_env(1)
+        effects = []
+        for s in selectors:
+            sel = _parse(s)
+            if sel.focus is None:
+                raise TypeError(
+                    f"using({str(sel)!r}): a selector without a focus needs a name: using(name=...)"
+                )
+            effects.append(_Effect("using", sel.focus.out_name, sel, None, env))
+        for name, s in named.items():
+            target = s if hasattr(s, "__ptera_rules__") else _parse(s)
+            effects.append(_Effect("using", name, target, None, env))
+        return self._with(effects)
+
+    def on(self, target: Any, fn: Callable, env: Mapping | None = None) -> Overlay:
+        """Call ``fn(**captures)`` on each match; collect its results under ``fn.__name__``."""
+        env = env if env is not None else caller_env(1)
+        target = target if hasattr(target, "__ptera_rules__") else _parse(target)
+        return self._with([_Effect("on", fn.__name__, target, fn, env)])
+
+    # -- running ------------------------------------------------------------
+    def rules(self) -> tuple[Rule, ...]:
+        version = registry_version()
+        if self._rules is None or self._version != version:
+            self._rules = tuple(r for e in self.effects for r in self._rules_for(e))
+            self._version = version
+        return self._rules
+
+    def _rules_for(self, e: _Effect) -> tuple[Rule, ...]:
+        current = self._current
+        if e.kind == "tweak":
+            value = e.value
+            comp = compile_selector(e.target, e.env)
+            return (Rule(comp, lambda data: value, immediate=True, intercepts=True),)
+        if e.kind == "rewrite":
+            fn = e.value
+            comp = compile_selector(e.target, e.env)
+            return (Rule(comp, lambda data: call_with(fn, data), immediate=True, intercepts=True),)
+        name, listener = e.name, e.value
+
+        def emit(caps: dict[str, Capture]) -> Any:
+            result = current.get()
+            if result is None:
+                return ABSENT
+            if listener is None:
+                result.field(name, Collection).append(caps)
+            else:
+                data = {k: c.value for k, c in caps.items()}
+                result.field(name).append(call_with(listener, data))
+            return ABSENT
+
+        if hasattr(e.target, "__ptera_rules__"):
+            return tuple(e.target.__ptera_rules__(emit, e.env))
+        comp = compile_selector(e.target, e.env)
+        return (Rule(comp, emit, immediate=False, raw=True),)
+
+    def __enter__(self) -> Result:
+        result = Result()
+        for e in self.effects:
+            if e.kind in ("using", "on"):
+                result.field(e.name, Collection if e.kind == "using" else list)
+        if self._current.get() is not None:
+            result.activation = (None, self._current.set(result))
+            return result
+        rules = self.rules()
+        token = self._current.set(result)
+        try:
+            result.activation = (activate(rules) if rules else None, token)
+        except BaseException:
+            self._current.reset(token)
+            raise
+        return result
+
+    def __exit__(self, *exc) -> bool:
+        # The context's current result knows how it was activated (thread-safe).
+        active, token = self._current.get().activation
+        try:
+            if active is not None:
+                deactivate(active)
+        finally:
+            self._current.reset(token)
+        return False
+
+
+def tweaking(values: Mapping, env: Mapping | None = None) -> Overlay:
+    """A context manager that replaces focus values: ``with tweaking({"f > x": 0}): ...``."""
+    return Overlay().tweak(values, env=env if env is not None else caller_env(1))
+
+
+def rewriting(functions: Mapping, env: Mapping | None = None) -> Overlay:
+    """A context manager that recomputes focus values: ``{"f{a} > x": lambda a: a + 1}``."""
+    return Overlay().rewrite(functions, env=env if env is not None else caller_env(1))
+
+
+def using(*selectors: Any, env: Mapping | None = None, **named: Any) -> Overlay:
+    """A context manager yielding a ``Result`` that collects matches by name."""
+    env = env if env is not None else caller_env(1)
+    return Overlay().using(*selectors, env=env, **named)

@@ -1,0 +1,125 @@
+"""What a call through a selfless object gives back: its value and its collections.
+
+``f.using(q="square > x")(3, 4)`` returns a ``Result`` whose ``value`` is the
+return value and whose ``q`` is a ``Collection``: one entry per match, each a
+dict of ``Capture`` objects. ``map`` reads single values (a capture with
+several values is an error that says to use ``map_all``), ``map_all`` lists,
+``map_full`` the capture objects themselves.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .capture import Capture
+from .transform import ABSENT
+
+__all__ = ["Collection", "Result", "call_with"]
+
+
+class Result:
+    """The value of a call (``value``) and what its overlays collected, by name."""
+
+    def __init__(self, value: Any = ABSENT):
+        self.value = value
+        self.fields: dict[str, list] = {}
+        self.activation: tuple | None = None  # set by the overlay that made it
+
+    def field(self, name: str, kind: type = list) -> list:
+        got = self.fields.get(name)
+        if got is None:
+            got = self.fields[name] = kind()
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(
+            f"the result has no collection '{name}' (it has: {', '.join(fields) or 'none'})"
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
+        return f"Result(value={self.value!r}{', ' if inner else ''}{inner})"
+
+
+class Collection(list):
+    """The matches of one selector in one call: a list of dicts of ``Capture``."""
+
+    def _one(self, caps: dict, name: str) -> Capture:
+        try:
+            return caps[name]
+        except KeyError:
+            raise KeyError(
+                f"no capture '{name}' in this match (it has: {', '.join(caps) or 'none'})"
+            ) from None
+
+    def _read(self, what: tuple, get: Callable[[Capture], Any]) -> list:
+        if len(what) == 1 and callable(what[0]):
+            fn = what[0]
+            return [call_with(fn, {k: get(c) for k, c in caps.items()}, fn) for caps in self]
+        if not what:
+            return [{k: get(c) for k, c in caps.items()} for caps in self]
+        if len(what) == 1:
+            return [get(self._one(caps, what[0])) for caps in self]
+        return [tuple(get(self._one(caps, n)) for n in what) for caps in self]
+
+    def map(self, *what: str | Callable) -> list:
+        """Single values: ``map("x")``, tuples ``map("x", "y")``, or ``map(fn)`` by parameter."""
+        return self._read(what, lambda c: c.value)
+
+    def map_all(self, *what: str | Callable) -> list:
+        """Like ``map``, with each capture as the list of all its values."""
+        return self._read(what, lambda c: c.values)
+
+    def map_full(self, *what: str | Callable) -> list:
+        """Like ``map``, with the ``Capture`` objects (``name``, ``value``, ``names``, ``values``)."""
+        return self._read(what, lambda c: c)
+
+
+_params_cache: dict = {}
+
+
+def _params(fn: Callable) -> tuple[tuple[str, ...], frozenset, bool]:
+    """Names ``fn`` accepts by keyword, those it requires, and whether it takes ``**kw``."""
+    target = getattr(fn, "__func__", fn)
+    key = (getattr(target, "__code__", None) or id(target), hasattr(fn, "__self__"))
+    got = _params_cache.get(key)
+    if got is None:
+        sig = inspect.signature(fn)
+        kinds = inspect.Parameter
+        names = tuple(
+            p.name
+            for p in sig.parameters.values()
+            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        )
+        required = frozenset(
+            p.name for p in sig.parameters.values() if p.name in names and p.default is p.empty
+        )
+        varkw = any(p.kind is kinds.VAR_KEYWORD for p in sig.parameters.values())
+        got = (names, required, varkw)
+        if len(_params_cache) > 4096:
+            _params_cache.clear()
+        _params_cache[key] = got
+    return got
+
+
+def call_with(fn: Callable, data: dict, who: Any = None) -> Any:
+    """Call ``fn`` with the entries of ``data`` that its parameters name (all, for ``**kw``)."""
+    names, required, varkw = _params(fn)
+    if varkw:
+        return fn(**data)
+    missing = required - data.keys()
+    if missing:
+        name = getattr(who or fn, "__qualname__", repr(who or fn))
+        raise TypeError(
+            f"{name} wants {', '.join(sorted(missing))} but the match has only"
+            f" {', '.join(data) or 'nothing'}; name its parameters after the captures"
+        )
+    return fn(**{n: data[n] for n in names if n in data})

@@ -1,0 +1,274 @@
+"""Functions as configurable objects: ``new``, ``state``, ``using``, ``tweak``, ``on``.
+
+``@ptera`` leaves the function itself unchanged and gives it these methods; each
+returns a ``PteraFunction``: the same function with its own ``State`` (values for
+declared variables and argument defaults) and its own ``Overlay`` (tweaks,
+rewrites, collections, listeners). Objects compose and never change the
+function they came from.
+
+Decisions:
+
+* ``on`` adds a listener to the object it is called on (as in the seed:
+  ``model = ....clone(); @model.on(...)``). On a plain ``@ptera`` function it is
+  an error, since that function must not change: clone it first.
+* Values given to ``new`` for arguments are defaults of those arguments; wrap
+  them in ``Override`` to force them over the call's own values.
+* Names that ``new`` or ``state`` accept: arguments, declared variables
+  (``z: int``) and defaulted ones (``x = default(1)``). Anything else is an
+  error that lists what is settable.
+* ``f.state`` of a plain function is the state of direct calls (what
+  ``@ptera.defaults`` fills); objects copy the state they are made from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .effects import Overlay
+from .lookup import FnState
+from .overlay import caller_env
+from .results import Result
+from .state import HIGH, ConflictError, State, base_state, hand_over, same, split_priority
+
+__all__ = ["PteraFunction", "attach", "defaults"]
+
+_LATER = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def settable_kinds(st: FnState) -> dict[str, str]:
+    """The names a state can hold for ``st``'s function, with their kinds."""
+    source = st.source
+    params = inspect.signature(st.function).parameters.values()
+    kinds = {
+        p.name: "argument"
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY)
+    }
+    kinds.update((n, "declared") for n in sorted(source.declared))
+    kinds.update((n, "default") for n in sorted(source.defaulted))
+    return kinds
+
+
+class PteraFunction:
+    """A ``@ptera`` function with its own state and overlay; call it like the function."""
+
+    def __init__(
+        self,
+        fn: types.FunctionType,
+        st: FnState,
+        state: State,
+        overlay: Overlay | None = None,
+        return_object: bool = False,
+    ):
+        self.__wrapped__ = fn
+        self.__name__, self.__qualname__, self.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        self._st = st
+        self.state = state
+        self._overlay = overlay or Overlay()
+        self._return_object = return_object
+        self._stateful = st.source.stateful
+        self._later = bool(st.original.co_flags & _LATER)
+        self._positions = {
+            p.name: i
+            for i, p in enumerate(inspect.signature(fn).parameters.values())
+            if p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+
+    # -- making new objects ------------------------------------------------
+    def _copy(self, overlay: Overlay | None = None, return_object: bool | None = None):
+        return PteraFunction(
+            self.__wrapped__,
+            self._st,
+            self.state.copy(),
+            self._overlay if overlay is None else overlay,
+            self._return_object if return_object is None else return_object,
+        )
+
+    def new(self, **values: Any) -> PteraFunction:
+        """A copy whose state also holds ``values`` (wrap in ``default``/``Override`` for priority)."""
+        obj = self._copy()
+        for name, value in values.items():
+            obj.state.set(name, value, f"{self.__name__}.new({name}=...)")
+        return obj
+
+    def clone(self, return_object: bool | None = None) -> PteraFunction:
+        """A copy; with ``return_object=True`` calls return the ``Result`` object."""
+        return self._copy(return_object=return_object)
+
+    def using(self, *selectors: Any, **named: Any) -> PteraFunction:
+        """A copy whose calls return a ``Result`` with one collection per selector."""
+        overlay = self._overlay.using(*selectors, env=caller_env(1), **named)
+        return self._copy(overlay, return_object=True)
+
+    def tweak(self, values: Mapping) -> PteraFunction:
+        """A copy that replaces the focus of each selector with the given value."""
+        return self._copy(self._overlay.tweak(values, env=caller_env(1)))
+
+    def rewrite(self, functions: Mapping) -> PteraFunction:
+        """A copy that replaces the focus of each selector with ``fn(**captures)``."""
+        return self._copy(self._overlay.rewrite(functions, env=caller_env(1)))
+
+    def on(self, target: Any) -> Callable[[Callable], Callable]:
+        """Decorator: call the listener on each match; results go to ``result.<listener>``."""
+        env = caller_env(1)
+
+        def register(fn: Callable) -> Callable:
+            self._overlay = self._overlay.on(target, fn, env=env)
+            return fn
+
+        return register
+
+    # -- calling -----------------------------------------------------------
+    def _bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Apply the state's argument values: defaults, or forced when ``Override``."""
+        state = self.state
+        for name, kind in state._kinds.items():
+            if kind != "argument" or name not in state:
+                continue
+            value, forced = state[name], state.priority(name) >= HIGH
+            i = self._positions.get(name)
+            if i is not None and i < len(args):
+                if forced:
+                    args = args[:i] + (self._force(name, args[i], value),) + args[i + 1 :]
+            elif name in kwargs:
+                if forced:
+                    kwargs[name] = self._force(name, kwargs[name], value)
+            else:
+                kwargs[name] = value
+        return args, kwargs
+
+    def _force(self, name: str, given: Any, value: Any) -> Any:
+        priority, given = split_priority(given)
+        if priority >= HIGH and not same(given, value):
+            raise ConflictError(
+                f"argument '{name}' of {self.__name__} has two Override values:"
+                f" {value!r} from {self.state.source(name)} and {given!r} from the call"
+            )
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        if len(state):
+            args, kwargs = self._bind(args, dict(kwargs))
+        overlay = self._overlay
+        if not overlay.effects:
+            value = self._invoke(args, kwargs)
+            return Result(value) if self._return_object else value
+        with overlay as result:
+            result.value = self._invoke(args, kwargs)
+        return result if self._return_object else result.value
+
+    def _invoke(self, args: tuple, kwargs: dict) -> Any:
+        fn = self.__wrapped__
+        if not self._stateful:
+            return fn(*args, **kwargs)
+        if self._later:
+            return self._invoke_later(args, kwargs)
+        hand_over(self._st.fid, self.state)
+        return fn(*args, **kwargs)
+
+    def _invoke_later(self, args: tuple, kwargs: dict) -> Any:
+        """Generators and coroutines start later: hand the state over when they do."""
+        fn, fid, state = self.__wrapped__, self._st.fid, self.state
+        flags = self._st.original.co_flags
+        if flags & inspect.CO_COROUTINE:
+
+            async def run():
+                hand_over(fid, state)
+                return await fn(*args, **kwargs)
+
+            return run()
+        if flags & inspect.CO_ASYNC_GENERATOR:
+
+            async def agen():
+                hand_over(fid, state)
+                async for item in fn(*args, **kwargs):
+                    yield item
+
+            return agen()
+
+        def gen():
+            hand_over(fid, state)
+            return (yield from fn(*args, **kwargs))
+
+        return gen()
+
+    def __repr__(self) -> str:
+        return f"<PteraFunction {self.__qualname__} state={dict(self.state)!r}>"
+
+
+def _base_object(fn: types.FunctionType, st: FnState) -> PteraFunction:
+    return PteraFunction(fn, st, fn.state)
+
+
+def _on_plain(fn: types.FunctionType) -> Callable:
+    def on(target: Any) -> Callable:
+        raise TypeError(
+            f"{fn.__name__}.on(...) would change {fn.__name__} itself, which ptera never does;"
+            f" listen on a copy: g = {fn.__name__}.clone(return_object=True); @g.on(...)"
+        )
+
+    return on
+
+
+def attach(fn: types.FunctionType, st: FnState) -> None:
+    """Give a ``@ptera`` function its object methods and its base ``state``."""
+    if getattr(fn, "__ptera_object__", None) is st:
+        return
+    fn.state = base_state(st.fid, st.qualname, settable_kinds(st))
+    for name in ("new", "clone", "using", "tweak", "rewrite"):
+        setattr(fn, name, _delegate(fn, st, name))
+    fn.on = _on_plain(fn)
+    fn.__ptera_object__ = st
+
+
+def _delegate(fn: types.FunctionType, st: FnState, name: str) -> Callable:
+    # Selectors still resolve names where the user wrote them: caller_env skips ptera.
+    def method(*args, **kwargs):
+        return getattr(_base_object(fn, st), name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = f"{fn.__name__}.{name}"
+    method.__doc__ = getattr(PteraFunction, name).__doc__
+    return method
+
+
+def defaults(**values: Any) -> Callable:
+    """Decorator: ``@ptera.defaults(debug=False)`` instruments and gives low-priority values."""
+    from .tooling import tooled
+
+    def deco(fn: Any) -> Any:
+        fn = tooled(fn)
+        state = fn.state
+        args = {}
+        for name, value in values.items():
+            state.set(name, value, f"@ptera.defaults({name}=...)")
+            if state._kinds.get(name) == "argument":
+                args[name] = state[name]
+        if args:
+            _set_arg_defaults(fn, args)
+        return fn
+
+    return deco
+
+
+def _set_arg_defaults(fn: types.FunctionType, values: dict) -> None:
+    """Make ``values`` the Python defaults of ``fn``'s arguments, so direct calls see them."""
+    sig = inspect.signature(fn)
+    positional = [p for p in sig.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    kwonly = {p.name: p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    merged = [values.get(p.name, p.default) for p in positional]
+    while merged and merged[0] is inspect.Parameter.empty:
+        merged.pop(0)
+    if any(v is inspect.Parameter.empty for v in merged):
+        first = next(n for n in values if n in (p.name for p in positional))
+        raise TypeError(
+            f"@ptera.defaults: cannot give argument '{first}' of {fn.__name__} a default"
+            " while a later positional argument has none; make it keyword-only"
+        )
+    fn.__defaults__ = tuple(merged) or None
+    kw = dict(fn.__kwdefaults__ or {})
+    kw.update((n, v) for n, v in values.items() if n in kwonly)
+    fn.__kwdefaults__ = kw or None
