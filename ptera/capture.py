@@ -282,6 +282,8 @@ def _total(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
             for out, lst in a.caps.items():
                 pending[out] = [lst[-1]]
         pending[spec.out] = [entry]
+        if spec.key_out is not None:
+            pending[spec.key_out] = [("#key", key)]
         act.pending = pending
         return value
     act.add(spec.out, entry)

@@ -1,0 +1,48 @@
+"""Recurrence: storage by step, reported with its key, bounded by a window."""
+
+import pytest
+
+from ptera import Recurrence, ptera
+
+
+@ptera
+def fib(n):
+    f = Recurrence(window=2)
+    f[0] = 0
+    f[1] = 1
+    for i in range(2, n + 1):
+        f[i] = f[i - 1] + f[i - 2]
+    return f[n]
+
+
+@pytest.mark.parametrize(
+    "selector, names, expected",
+    [
+        ("fib > f[5] as f", ("f",), [5]),
+        ("fib > f[$i] as f", ("i", "f"), [(0, 0), (1, 1), (2, 1), (3, 2), (4, 3), (5, 5)]),
+        ("fib(n) > f[2] as f", ("n", "f"), [(5, 1)]),
+    ],
+)
+def test_each_step_is_reported_with_its_key(selector, names, expected):
+    assert fib.using(q=selector)(5).q.map(*names) == expected
+
+
+def test_window_bounds_memory_and_says_why_a_step_is_gone():
+    h = Recurrence(window=2)
+    for i in range(5):
+        h[i] = i * i
+    assert list(h) == [3, 4] and len(h) == 2 and 4 in h and 0 not in h
+    with pytest.raises(KeyError, match="keeps the last 2 steps"):
+        h[0]
+    assert fib(30) == 832040
+
+
+def test_unbounded_recurrence_and_errors():
+    h = Recurrence()
+    h["a"] = 1
+    h["a"] = 2
+    assert dict(h.items()) == {"a": 2}
+    with pytest.raises(KeyError, match="step 'b' was never set"):
+        h["b"]
+    with pytest.raises(ValueError, match="at least 1"):
+        Recurrence(window=0)
