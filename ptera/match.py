@@ -9,8 +9,9 @@ id, so the hot path never walks a selector.
 Decisions:
 
 * ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it.
-* ``h[1] as h`` where ``h`` names no function is a keyed variable (a ``Recurrence``
-  slot or a subscript assignment ``h[k] = v``) of the enclosing scope.
+* ``h[1] as h`` is a keyed variable (a ``Recurrence`` slot or a subscript
+  assignment ``h[k] = v``) of the enclosing scope when ``h`` names no function,
+  or when some instrumented function assigns ``h[k] = ...``.
 * Naming a variable that the named function does not have is an error, not an
   empty stream; so is naming a function that cannot be found.
 """
@@ -208,7 +209,11 @@ class _Compiler:
             self.node(child, nid)
 
     def _names_function(self, node: Scope) -> bool:
-        return isinstance(self.resolved.get(node.fn), list)
+        # `h[1] as h` is a keyed variable when some instrumented function assigns
+        # `h[k] = ...`, even if a function named `h` exists somewhere.
+        if not isinstance(self.resolved.get(node.fn), list):
+            return False
+        return not any(node.fn in st.source.keyed for st in tooled_states())
 
     def names_for(self, var: Var, st: FnState, variables: dict, strict: bool) -> list[str]:
         if var.name is not None and var.name.startswith("#"):

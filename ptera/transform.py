@@ -91,6 +91,7 @@ class Source:
     variables: dict[str, Variable]
     declared: frozenset[str]  # declared without a value
     defaulted: frozenset[str]  # assigned `default(v)` / `Override(v)`
+    keyed: frozenset[str]  # names assigned by subscript, `h[k] = v`
     loops: frozenset[str]  # names of for-loop variables
     keyed_calls: bool
     class_name: str | None
@@ -153,6 +154,7 @@ def parse_function(fn: types.FunctionType) -> Source:
         variables=variables,
         declared=frozenset(scan.declared.keys() - scan.assigned.keys() - _arg_names(tree.args)),
         defaulted=frozenset(scan.defaulted),
+        keyed=frozenset(scan.keyed),
         loops=frozenset(scan.loops),
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
@@ -198,6 +200,7 @@ class _Scanner(ast.NodeVisitor):
         self.loaded: set[str] = set()
         self.loops: set[str] = set()
         self.defaulted: set[str] = set()
+        self.keyed: set[str] = set()
         self.keyed_calls = False
 
     def bind(self, name: str, line: int) -> None:
@@ -247,6 +250,8 @@ class _Scanner(ast.NodeVisitor):
         target = node.targets[0]
         if len(node.targets) == 1 and isinstance(target, ast.Name) and is_priority_call(node.value):
             self.defaulted.add(target.id)
+        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+            self.keyed.add(target.value.id)
         if (
             len(node.targets) == 1
             and isinstance(node.targets[0], ast.Subscript)
