@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import sys
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -146,7 +148,12 @@ def state_for(fn: types.FunctionType, *, discover: bool = False) -> FnState:
             if discover:
                 import codefind
 
-                for other in codefind.get_functions(fn.__code__):
+                # codefind's scan of live objects touches deprecated attributes of
+                # other libraries (torch.distributed.reduce_op): not the user's concern.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    others = codefind.get_functions(fn.__code__)
+                for other in others:
                     if isinstance(other, types.FunctionType) and other is not fn:
                         state.adopt(other)
         else:
@@ -234,7 +241,11 @@ def _import_path(path: str) -> Any:
 
 
 def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
-    """Resolve a selector's function name to the states of the functions it names."""
+    """Resolve a selector's function name to the states of the functions it names.
+
+    Order: ``/module/path``; the head in ``env``; ``@tooled`` functions by name;
+    ``torch.nn.Module`` subclasses by class name; an import path.
+    """
     if name.startswith("/"):
         _, module, path = name.split("/", 2)
         try:
@@ -262,8 +273,33 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
     ]
     if found:
         return found
+    classes = _module_classes(head)
+    if classes:
+        fns = {f: None for c in classes for f in functions_of(_getattr_path(c, rest), name)}
+        return [state_for(f, discover=True) for f in fns]
     obj = _import_path(name)
     return [state_for(f, discover=True) for f in functions_of(obj, name)]
+
+
+def _module_classes(name: str) -> list[type]:
+    """``torch.nn.Module`` subclasses named ``name`` (when torch is loaded): ``Linear > x``."""
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None:
+        return []
+    canonical = getattr(torch.nn, name, None)
+    if isinstance(canonical, type) and issubclass(canonical, base):
+        return [canonical]  # `Linear` is torch.nn.Linear, not a quantized namesake
+    found, todo, seen = [], [base], set()
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                todo.append(sub)
+                if sub.__name__ == name:
+                    found.append(sub)
+    return found
 
 
 def _is_tooled(fn: Any) -> bool:

@@ -140,7 +140,7 @@ class _Compiler:
             raise _error(self.selector, node.fn, str(found))
         return found
 
-    def node(self, node: Scope, parent: int | None) -> None:
+    def node(self, node: Scope, parent: int | None, extra: tuple = ()) -> None:
         nid = self.counter
         self.counter += 1
         self.parents[nid] = parent
@@ -153,7 +153,7 @@ class _Compiler:
                 self.keyed_calls = True
             elif isinstance(child, Var):
                 vars_.append(child)
-        pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_]
+        pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
         sub_scopes = []
         for child in node.children:
             if isinstance(child, Scope):
@@ -167,10 +167,12 @@ class _Compiler:
             holds = any(v.focus == 1 for v, _ in pairs) or (
                 parent is None and self.selector.focus is None
             )
-        deep_vars = [v for v, _ in pairs if v.deep]
+        deep_vars = [(v, k) for v, k in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
         candidates = fns if fns is not None else tooled_states()
+        # With several functions under one name, a variable must exist in one of them.
+        missing: dict[int, SelectorError] = {}
         for st in candidates:
             try:
                 variables = st.variables()
@@ -179,8 +181,16 @@ class _Compiler:
                     continue
                 raise _error(self.selector, node.fn or "*", str(exc)) from None
             t = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
-            for var, keyvar in pairs:
-                names = self.names_for(var, st, variables, strict=fns is not None and not var.deep)
+            for i, (var, keyvar) in enumerate(pairs):
+                try:
+                    names = self.names_for(
+                        var, st, variables, strict=fns is not None and not var.deep
+                    )
+                except SelectorError as err:
+                    missing.setdefault(i, err)
+                    names = []
+                else:
+                    missing[i] = None
                 spec = VarSpec(
                     out=var.out_name,
                     focus=0 if self.collect else var.focus,
@@ -197,14 +207,13 @@ class _Compiler:
                 continue
             self.templates.setdefault(st.fid, []).append(t)
             self.interest.setdefault(st, set()).update(t.vars, (FRAME_POINT,))
-        for var in deep_vars:
+        for err in missing.values():
+            if err is not None:
+                raise err
+        for var, keyvar in deep_vars:
             # `f >> x`: x also in any instrumented call below f.
-            self.node(
-                Scope(
-                    None, (Var(var.name, var.capture, var.focus, var.tag, var.value),), deep=True
-                ),
-                nid,
-            )
+            below = Var(var.name, var.capture, var.focus, var.tag, var.value)
+            self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
         for child in sub_scopes:
             self.node(child, nid)
 

@@ -292,6 +292,25 @@ def _exit(F, error):
             h(act, "#exit", True, ABSENT)
         if act.pending is not None and act.t.holder:
             act.flush()
+    if _after.calls:
+        # Work that needs every result of this exit first (Grad's one backward pass);
+        # dropped when the call failed.
+        calls, _after.calls = _after.calls, []
+        if error is ABSENT:
+            for call in calls:
+                call()
+
+
+class _After(threading.local):
+    calls: list = []
+
+
+_after = _After()
+
+
+def after_exit(call: Callable[[], Any]) -> None:
+    """Run ``call`` once the exit being processed has emitted all its results."""
+    _after.calls = [*_after.calls, call]
 
 
 def _missing(fid, name):

@@ -6,6 +6,7 @@ does the same in every thread until ``deactivate()``.
 
 Decisions:
 
+* A plugin (``Grad``) may stand in for a selector; its matches are streamed.
 * A selector with a focus gives an immediate probe (one dict when the focus is
   set); one without gives a total probe (one dict per call of the outermost
   function). ``probe_type`` forces either.
@@ -32,9 +33,12 @@ from .transform import ABSENT
 __all__ = ["OverridableProbe", "Probe", "global_probe", "probing"]
 
 
-def _selectors(selectors: tuple) -> list[Scope]:
+def _selectors(selectors: tuple) -> list:
     out = []
     for s in selectors:
+        if hasattr(s, "__ptera_rules__"):
+            out.append(s)  # a plugin such as Grad
+            continue
         texts = split_selectors(s) if isinstance(s, str) else [s]
         out.extend(select(text) for text in texts)
     return out
@@ -78,7 +82,15 @@ class Probe(SourceProxy):
         self._env = env if env is not None else caller_env(2)
         self._selectors = _selectors(selectors)
         self._raw = raw
-        self._rules = tuple(self._rule(sel, probe_type) for sel in self._selectors)
+        self._rules = tuple(
+            rule
+            for sel in self._selectors
+            for rule in (
+                self._plugin(sel)
+                if hasattr(sel, "__ptera_rules__")
+                else (self._rule(sel, probe_type),)
+            )
+        )
         self._token = None
         self._used = False
 
@@ -100,6 +112,15 @@ class Probe(SourceProxy):
     def _emit(self, data: dict) -> Any:
         self._push(data)
         return ABSENT
+
+    def _plugin(self, plugin) -> tuple[Rule, ...]:
+        raw = self._raw
+
+        def emit(caps: dict) -> Any:
+            self._push(caps if raw else {k: c.value for k, c in caps.items()})
+            return ABSENT
+
+        return tuple(plugin.__ptera_rules__(emit, self._env))
 
     def _enter(self, glob: bool = False):
         if self._used:

@@ -1,0 +1,136 @@
+"""PyTorch support: ``Grad``, a listener plugin that differentiates one capture by another.
+
+``Grad("f{!x, !!y}")`` yields, for each value of the focus ``x``, the pair
+``(x, dy/dx)``; the secondary focus ``y`` may be in any scope relative to ``x``
+(``step{!!loss} >> $param:Parameter``, ``step{!!loss} >> h[1] as h``). It works
+with ``f.on(...)``, ``f.using(...)`` and ``probing(...)``.
+
+Decisions:
+
+* Gradients are computed when the outermost call of the selector ends, after
+  every rule of that exit has reported: all ``Grad`` requests of that call that
+  share the same secondary tensor are served by ONE ``torch.autograd.grad`` over
+  the union of their tensors (``retain_graph`` only where another pass follows).
+* A focus tensor that the secondary does not depend on gets a zero gradient.
+* A focus that is not a tensor requiring grad is an error naming the variable;
+  a secondary with several values in one call is an error too.
+* Nothing is computed when the call raised.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .capture import Capture, Rule
+from .match import compile_selector
+from .overlay import after_exit
+from .selector import Scope, SelectorError, select
+
+__all__ = ["Grad"]
+
+
+class Grad:
+    """A listener plugin: each match of the focus ``x`` gives ``(x, d secondary / dx)``."""
+
+    def __init__(
+        self, selector: str | Scope, *, create_graph: bool = False, retain_graph: bool = False
+    ):
+        sel = select(selector) if isinstance(selector, str) else selector
+        if sel.focus is None or sel.secondary is None:
+            raise SelectorError(
+                str(sel),
+                0,
+                "Grad needs a focus '!x' (what to differentiate by) and a secondary focus"
+                " '!!y' (what to differentiate)",
+            )
+        self.selector = sel
+        self.create_graph = create_graph
+        self.retain_graph = retain_graph
+
+    def __repr__(self) -> str:
+        return f"Grad({str(self.selector)!r})"
+
+    def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
+        comp = compile_selector(self.selector, env, collect=True)
+        x, y = self.selector.focus.out_name, self.selector.secondary.out_name
+
+        def close(caps: dict[str, Capture]) -> None:
+            if x not in caps or y not in caps:
+                return
+            target = caps[y]
+            if len(target.values) != 1:
+                raise ValueError(
+                    f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
+                    " call; Grad differentiates one value"
+                )
+            focus = caps[x]
+            for name, value in zip(focus.names, focus.values):
+                if not (isinstance(value, torch.Tensor) and value.requires_grad):
+                    what = type(value).__name__
+                    raise ValueError(
+                        f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
+                        " not require grad; only tensors with requires_grad=True can be"
+                        " differentiated by"
+                    )
+            others = {k: c for k, c in caps.items() if k not in (x, y)}
+
+            def deliver(grads: list) -> None:
+                for name, value, grad in zip(focus.names, focus.values, grads):
+                    emit({**others, x: Capture(x, [name], [(value, grad)])})
+
+            _request(target.values[0], focus.values, deliver, self)
+
+        return (Rule(comp, close, immediate=False, raw=True),)
+
+
+class _Batch:
+    """The ``Grad`` requests of one exit, served by one backward pass per target."""
+
+    def __init__(self):
+        self.requests: list[tuple[torch.Tensor, list, Callable, Grad]] = []
+
+    def run(self) -> None:
+        _local.batch = None
+        groups: dict[int, list] = {}
+        for req in self.requests:
+            groups.setdefault(id(req[0]), []).append(req)
+        pending = list(groups.values())
+        for i, group in enumerate(pending):
+            target = group[0][0]
+            inputs, seen = [], {}
+            for _, xs, _, _ in group:
+                for t in xs:
+                    if id(t) not in seen:
+                        seen[id(t)] = len(inputs)
+                        inputs.append(t)
+            create = any(g.create_graph for *_, g in group)
+            retain = create or any(g.retain_graph for *_, g in group) or i < len(pending) - 1
+            grads = torch.autograd.grad(
+                target,
+                inputs,
+                retain_graph=retain,
+                create_graph=create,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            for _, xs, deliver, _ in group:
+                deliver([grads[seen[id(t)]] for t in xs])
+
+
+class _Local(threading.local):
+    batch: _Batch | None = None
+
+
+_local = _Local()
+
+
+def _request(target, xs: list, deliver: Callable, grad: Grad) -> None:
+    batch = _local.batch
+    if batch is None:
+        batch = _local.batch = _Batch()
+        after_exit(batch.run)
+    batch.requests.append((target, xs, deliver, grad))

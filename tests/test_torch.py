@@ -1,0 +1,260 @@
+"""PyTorch: Grad, probing nn.Modules we did not write, and the seed's MLP snippets."""
+
+import pytest
+import torch
+from torch import nn
+
+from ptera import Recurrence, probing, ptera
+from ptera.torch import Grad
+from tests.torchmods import Block
+
+# -- the seed's MLP, as written in "Using Ptera with PyTorch" -------------------
+
+
+@ptera
+def layer(inp):
+    W: torch.nn.Parameter
+    b: torch.nn.Parameter
+    actfn: object
+
+    act = inp @ W + b
+    return actfn(act)
+
+
+@ptera
+def sequential(inp):
+    layers: list
+
+    h = Recurrence()
+    h[0] = inp
+    for i, layer in enumerate(layers):
+        h[i + 1] = layer(h[i])
+    return h[len(layers)]
+
+
+@ptera
+def step(inp, target):
+    model: object
+    lossfn: object
+
+    output = model(inp)
+    loss = lossfn(output, target)
+    return loss
+
+
+def make_network(*layer_sizes):
+    layers = [
+        layer.new(
+            W=torch.nn.Parameter((torch.rand(nin, nout) * 2 - 1) / (nin**0.5)),
+            b=torch.nn.Parameter((torch.rand(1, nout) * 2 - 1) / (nin**0.5)),
+            actfn=torch.relu,
+        )
+        for nin, nout in zip(layer_sizes[:-1], layer_sizes[1:])
+    ]
+    layers[-1].state.actfn = torch.nn.LogSoftmax(dim=1)
+    network = step.new(lossfn=torch.nn.NLLLoss(), model=sequential.new(layers=layers))
+    return network
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(0)
+    x = torch.randn(64, 20)
+    return x, (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+
+
+@pytest.fixture
+def count_grads(monkeypatch):
+    calls = []
+    real = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    return calls
+
+
+def test_seed_training_with_grad_listeners(data, count_grads):
+    inputs, targets = data
+    model = make_network(20, 32, 4).clone(return_object=True)
+
+    @model.on(Grad("step{!!loss} >> $param:Parameter"))
+    def update(param):
+        param_value, param_grad = param
+        param_value.data.sub_(0.5 * param_grad)
+
+    @model.on(Grad("step{!!loss} >> h[1] as h"))
+    def check_h(h):
+        h_value, h_grad = h
+        assert h_value.shape == h_grad.shape == (64, 32)
+        return h_grad.abs().mean()
+
+    losses = [model(inputs, targets).value.item() for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    results = model(inputs, targets)
+    assert len(results.check_h) == 1 and results.check_h[0] > 0
+    # Both listeners of one call share ONE backward pass over all 5 tensors.
+    assert count_grads[-1] == 5 and len(count_grads) == 31
+
+
+def test_grad_matches_backward():
+    torch.manual_seed(1)
+    model = make_network(5, 3, 2)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 1, 0])
+    res = model.using(g=Grad("step{!!loss} >> $p:Parameter", retain_graph=True))(x, y)
+    grads = res.g.map(lambda p: p[1])
+    res.value.backward()
+    params = [layer.state[n] for layer in model.state.model.state.layers for n in ("W", "b")]
+    assert len(grads) == 4
+    for p, g in zip(params, grads):
+        assert torch.allclose(p.grad, g)
+
+
+def test_grad_in_the_same_scope_and_higher_order():
+    @ptera
+    def f(x):
+        y = (x**3).sum()
+        return y
+
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    with probing(Grad("f{!x, !!y}", create_graph=True)).values() as vals:
+        f(x)
+    ((value, grad),) = [v["x"] for v in vals]
+    assert value is x and torch.allclose(grad, 3 * x**2)
+    (second,) = torch.autograd.grad(grad.sum(), x)
+    assert torch.allclose(second, 6 * x)
+
+
+def test_unused_tensor_gets_zero_gradient_and_bad_focus_is_named():
+    @ptera
+    def g(a, b, n):
+        y = (a * 2).sum()
+        return y
+
+    a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    res = g.using(q=Grad("g{!$t, !!y}"))
+    with pytest.raises(ValueError, match="variable 'n' .* is a int that does not require grad"):
+        res(a, b, 3)
+    out = g.using(q=Grad("g{!a, !!y}"), r=Grad("g{!b, !!y}"))(a, b, 3)
+    assert torch.equal(out.q.map("a")[0][1], torch.full((2,), 2.0))
+    assert torch.equal(out.r.map("b")[0][1], torch.zeros(3))
+    with pytest.raises(Exception, match="secondary focus"):
+        Grad("g > y")
+
+
+def test_seed_regularizer_with_using_inside_a_ptera_function(data):
+    @ptera
+    def reg_step(inp, target):
+        model: object
+        lossfn: object
+
+        output = model.using(weights="$param:Parameter")(inp)
+        reg = sum(output.weights.map(lambda param: param.abs().mean()))
+        loss = lossfn(output.value, target) + reg
+        return loss
+
+    net = make_network(20, 8, 4)
+    inputs, targets = data
+    plain = net(inputs, targets)
+    regularized = reg_step.new(**net.state)(inputs, targets)
+    weights = [lay.state[n] for lay in net.state.model.state.layers for n in ("W", "b")]
+    expected = plain + sum(w.abs().mean() for w in weights)
+    assert torch.allclose(regularized, expected)
+
+
+def test_seed_temperature_tweaks(data):
+    @ptera
+    def hot_layer(inp):
+        W: torch.nn.Parameter
+        b: torch.nn.Parameter
+        T: float  # Declare the new parameter here
+        actfn: object
+
+        act = inp @ W + b
+        return actfn(act / T)  # Use it here
+
+    torch.manual_seed(0)
+    layers = [
+        hot_layer.new(W=torch.randn(20, 8), b=torch.zeros(1, 8), actfn=torch.relu, T=1.0),
+        hot_layer.new(W=torch.randn(8, 4), b=torch.zeros(1, 4), actfn=nn.LogSoftmax(dim=1), T=1.0),
+    ]
+    model = step.new(lossfn=nn.NLLLoss(), model=sequential.new(layers=layers))
+    inp, target = data
+    base = model(inp, target)
+    assert torch.equal(model.tweak({"hot_layer > T": 1.0})(inp, target), base)
+    hot = model.tweak({"hot_layer > T": 2.0})(inp, target)
+    first = model.tweak({"hot_layer[1] > T": 10.0})(inp, target)
+    with probing("hot_layer[$i] > T").values() as temps:
+        model.tweak({"hot_layer[1] > T": 10.0})(inp, target)
+    assert temps == [{"i": 1, "T": 10.0}, {"i": 2, "T": 1.0}]
+    assert not torch.equal(hot, base) and not torch.equal(first, hot)
+
+
+# -- nn.Modules we did not write ------------------------------------------------
+
+
+def test_probing_sequential_gives_the_tensors_of_forward_hooks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Tanh())
+    x = torch.randn(4, 6)
+    hooked = []
+    handles = [
+        m.register_forward_hook(lambda m, i, o: hooked.append((i[0], o)))
+        for m in net
+        if isinstance(m, nn.Linear)
+    ]
+    net(x)
+    for h in handles:
+        h.remove()
+    with probing("Linear(input) > #value as output").values() as probed:
+        net(x)
+    assert len(probed) == len(hooked) == 2
+    for p, (i, o) in zip(probed, hooked):
+        assert torch.equal(p["input"], i) and torch.equal(p["output"], o)
+    assert nn.Linear.forward.__code__.co_filename.endswith("linear.py")
+    assert "__ptera" not in str(nn.Linear.forward.__code__.co_names)
+
+
+@pytest.mark.parametrize(
+    "selector, key",
+    [
+        ("Block.forward > h", "h"),
+        ("Block > out", "out"),
+        ("/tests.torchmods/Block.forward > out", "out"),
+        ("Block > Linear > input", "input"),
+        ("/torch.nn.modules.linear/Linear.forward > input", "input"),
+    ],
+)
+def test_module_selectors(selector, key):
+    torch.manual_seed(0)
+    block = Block(3)
+    x = torch.randn(2, 3)
+    expected = {
+        "h": block.lin(x),
+        "out": torch.tanh(block.lin(x)) + x,
+        "input": x,
+    }[key]
+    with probing(selector).values() as vals:
+        out = block(x)
+    assert len(vals) == 1 and torch.allclose(vals[0][key], expected)
+    assert torch.equal(block(x), out)
+    assert "__ptera" not in str(Block.forward.__code__.co_names)
+
+
+def test_grad_inside_modules():
+    torch.manual_seed(0)
+    net = nn.Sequential(Block(3), nn.Linear(3, 1))
+
+    @ptera
+    def objective(x):
+        y = net(x).pow(2).sum()
+        return y
+
+    x = torch.randn(5, 3)
+    res = objective.using(g=Grad("objective{!!y} >> Block > h"))(x)
+    ((h, gh),) = res.g.map("h")
+    y = net(x).pow(2).sum()
+    assert gh.shape == h.shape == (5, 3) and torch.isfinite(gh).all()
+    assert torch.allclose(res.value, y)
