@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/probing.py
+	$(PY) examples/mlp.py
 
 test: $(STAMP)
 	$(PY) -m ruff check ptera tests examples benchmarks
