@@ -29,7 +29,7 @@ from .capture import Capture, Rule
 from .lookup import registry_version
 from .match import compile_selector
 from .overlay import activate, caller_env, deactivate
-from .results import Collection, Result, call_with
+from .results import Collection, Result, call_with, listener_call
 from .selector import Scope, SelectorError, select
 from .transform import ABSENT
 
@@ -130,17 +130,22 @@ class Overlay:
             comp = compile_selector(e.target, e.env)
             return (Rule(comp, lambda data: call_with(fn, data), immediate=True, intercepts=True),)
         name, listener = e.name, e.value
+        if listener is None:
 
-        def emit(caps: dict[str, Capture]) -> Any:
-            result = current.get()
-            if result is None:
+            def emit(caps: dict[str, Capture]) -> Any:
+                result = current.get()
+                if result is not None:
+                    result.fields[name].append(caps)
                 return ABSENT
-            if listener is None:
-                result.field(name, Collection).append(caps)
-            else:
-                data = {k: c.value for k, c in caps.items()}
-                result.field(name).append(call_with(listener, data))
-            return ABSENT
+
+        else:
+            call = listener_call(listener)
+
+            def emit(caps: dict[str, Capture]) -> Any:
+                result = current.get()
+                if result is not None:
+                    result.fields[name].append(call(caps))
+                return ABSENT
 
         if hasattr(e.target, "__ptera_rules__"):
             return tuple(e.target.__ptera_rules__(emit, e.env))

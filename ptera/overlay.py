@@ -372,8 +372,18 @@ def activate(rules: tuple[Rule, ...], *, glob: bool = False):
             _globals.epoch += 1
             return ("global", rules)
         plan = current_plan()
-        token = _plan.set(Plan(plan.rules + rules, _globals.epoch))
+        # An object activates the same rules on every call: reuse the plan.
+        key = (plan.rules, rules, _globals.epoch)
+        new = _plans.get(key)
+        if new is None:
+            if len(_plans) > 256:
+                _plans.clear()
+            new = _plans[key] = Plan(plan.rules + rules, _globals.epoch)
+        token = _plan.set(new)
         return ("local", rules, token)
+
+
+_plans: dict[tuple, Plan] = {}
 
 
 def deactivate(token) -> None:

@@ -110,6 +110,20 @@ def _params(fn: Callable) -> tuple[tuple[str, ...], frozenset, bool]:
     return got
 
 
+def listener_call(fn: Callable) -> Callable[[dict], Any]:
+    """``caps -> fn(**values)`` with ``fn``'s parameters looked up once, for listeners."""
+    names, required, varkw = _params(fn)
+    if varkw:
+        return lambda caps: fn(**{k: c.value for k, c in caps.items()})
+
+    def call(caps: dict) -> Any:
+        if not required <= caps.keys():
+            return call_with(fn, {k: c.value for k, c in caps.items()})  # raises clearly
+        return fn(**{n: caps[n].value for n in names if n in caps})
+
+    return call
+
+
 def call_with(fn: Callable, data: dict, who: Any = None) -> Any:
     """Call ``fn`` with the entries of ``data`` that its parameters name (all, for ``**kw``)."""
     names, required, varkw = _params(fn)

@@ -115,8 +115,9 @@ class _Batch:
                 retain_graph=retain,
                 create_graph=create,
                 allow_unused=True,
-                materialize_grads=True,
             )
+            # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
             for _, xs, deliver, _ in group:
                 deliver([grads[seen[id(t)]] for t in xs])
 

@@ -1,0 +1,102 @@
+"""W3: one SGD step through a Grad listener vs a hand-written backward + SGD step.
+
+The seed's MLP (`layer`, `sequential`, `step` with declared parameters, 64-256-256-10,
+batch 64), 200 steps per run. Both cases run the same forward code; one updates the
+parameters from `@model.on(Grad("step{!!loss} >> $param:Parameter"))`, the other
+calls `loss.backward()` and subtracts `lr * p.grad` itself.
+"""
+
+import os
+
+import torch
+from timing import interleave, report
+
+from ptera import Recurrence, ptera
+from ptera.torch import Grad
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
+STEPS = 200
+LR = 0.01
+
+
+@ptera
+def layer(inp):
+    W: torch.nn.Parameter
+    b: torch.nn.Parameter
+    actfn: object
+
+    act = inp @ W + b
+    return actfn(act)
+
+
+@ptera
+def sequential(inp):
+    layers: list
+
+    h = Recurrence()
+    h[0] = inp
+    for i, layer in enumerate(layers):
+        h[i + 1] = layer(h[i])
+    return h[len(layers)]
+
+
+@ptera
+def step(inp, target):
+    model: object
+    lossfn: object
+
+    output = model(inp)
+    loss = lossfn(output, target)
+    return loss
+
+
+def make_network(*sizes):
+    layers = [
+        layer.new(
+            W=torch.nn.Parameter((torch.rand(nin, nout) * 2 - 1) / nin**0.5),
+            b=torch.nn.Parameter((torch.rand(1, nout) * 2 - 1) / nin**0.5),
+            actfn=torch.relu,
+        )
+        for nin, nout in zip(sizes[:-1], sizes[1:])
+    ]
+    layers[-1].state.actfn = torch.nn.LogSoftmax(dim=1)
+    return step.new(lossfn=torch.nn.NLLLoss(), model=sequential.new(layers=layers))
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    network = make_network(64, 256, 256, 10)
+    params = [lay.state[n] for lay in network.state.model.state.layers for n in ("W", "b")]
+    xs, ys = torch.randn(STEPS, 64, 64), torch.randint(0, 10, (STEPS, 64))
+
+    model = network.clone(return_object=True)
+
+    @model.on(Grad("step{!!loss} >> $param:Parameter"))
+    def update(param):
+        value, grad = param
+        value.data.sub_(LR * grad)
+
+    def by_hand():
+        for i in range(STEPS):
+            loss = network(xs[i], ys[i])
+            loss.backward()
+            for p in params:
+                p.data.sub_(LR * p.grad)
+                p.grad = None
+
+    def with_grad():
+        for i in range(STEPS):
+            model(xs[i], ys[i])
+
+    times = interleave({"backward + SGD by hand": by_hand, "Grad listener": with_grad}, ROUNDS)
+    report(
+        f"W3: seed MLP 64-256-256-10, {STEPS} SGD steps, 1 thread, {ROUNDS} interleaved rounds",
+        times,
+        "backward + SGD by hand",
+        {"Grad listener": "<=1.05"},
+    )
+
+
+if __name__ == "__main__":
+    main()
