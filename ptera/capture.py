@@ -71,7 +71,16 @@ class Rule:
     value (unless ``ABSENT``) replaces the focus value.
     """
 
-    __slots__ = ("compiled", "immediate", "raw", "emit", "intercepts", "wrap", "handlers")
+    __slots__ = (
+        "compiled",
+        "immediate",
+        "raw",
+        "emit",
+        "intercepts",
+        "wrap",
+        "handlers",
+        "interest",
+    )
 
     def __init__(
         self,
@@ -90,6 +99,7 @@ class Rule:
         self.intercepts = intercepts
         # With a name, the `!`/`!!` pair emits giving's `$wrap` begin/end markers.
         self.wrap = wrap
+        self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
         self.handlers: dict[int, dict[str, tuple]] = {
             id(t): {
                 name: tuple(_handler(spec, t, self) for spec in specs)

@@ -63,6 +63,7 @@ class Overlay:
         self._current: ContextVar[Result | None] = ContextVar("ptera_result", default=None)
         self._rules: tuple[Rule, ...] | None = None
         self._version = -1
+        self._plans: dict = {}  # plans built for these rules, by base (see activate)
 
     def __bool__(self) -> bool:
         return bool(self.effects)
@@ -117,6 +118,7 @@ class Overlay:
         if self._rules is None or self._version != version:
             self._rules = tuple(r for e in self.effects for r in self._rules_for(e))
             self._version = version
+            self._plans = {}
         return self._rules
 
     def _rules_for(self, e: _Effect) -> tuple[Rule, ...]:
@@ -163,7 +165,8 @@ class Overlay:
         rules = self.rules()
         token = self._current.set(result)
         try:
-            result.activation = (activate(rules) if rules else None, token)
+            active = activate(rules, plans=self._plans) if rules else None
+            result.activation = (active, token)
         except BaseException:
             self._current.reset(token)
             raise

@@ -70,8 +70,10 @@ class FnState:
         return None
 
     def functions(self) -> list[types.FunctionType]:
-        out = [f for f in (r() for r in self._functions) if f is not None]
-        self._functions = [weakref.ref(f) for f in out]
+        out = [r() for r in self._functions]
+        if None in out:
+            out = [f for f in out if f is not None]
+            self._functions = [weakref.ref(f) for f in out]
         return out
 
     def adopt(self, fn: types.FunctionType) -> None:

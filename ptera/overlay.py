@@ -143,7 +143,7 @@ class _Globals:
         self.rules: tuple[Rule, ...] = ()
         self.epoch = 0
         self.lock = threading.RLock()
-        self.counts: dict[FnState, dict[str, int]] = {}
+        self.counts: dict[FnState, dict[frozenset, int]] = {}  # interest set -> count
 
 
 _globals = _Globals()
@@ -340,26 +340,43 @@ HELPERS = {
 
 def _install(states: Iterable[FnState]) -> None:
     for st in states:
-        fn = st.function
-        if fn is not None and fn.__globals__.get(ENTER) is not _enter:
-            fn.__globals__.update(HELPERS)
-        names = {n for n, c in _globals.counts.get(st, {}).items() if c > 0}
-        st.set_code(st.code_for(frozenset(names)) if names else st.idle)
+        sets = _globals.counts.get(st)
+        if not sets:
+            st.set_code(st.idle)
+            continue
+        names = next(iter(sets)) if len(sets) == 1 else frozenset().union(*sets)
+        code = st.code_for(names)
+        if code is not st.current:
+            fn = st.function
+            if fn is not None and fn.__globals__.get(ENTER) is not _enter:
+                fn.__globals__.update(HELPERS)
+            st.set_code(code)
 
 
-def _count(rules: Iterable[Rule], delta: int) -> set[FnState]:
-    touched = set()
+def _count(rules: tuple[Rule, ...], delta: int) -> list[FnState]:
+    """Count each active interest set per function; the code reports their union."""
+    touched = []
+    counts = _globals.counts
     for rule in rules:
-        for st, names in rule.compiled.interest.items():
-            counts = _globals.counts.setdefault(st, {})
-            for n in names:
-                counts[n] = counts.get(n, 0) + delta
-            touched.add(st)
+        for st, names in rule.interest.items():
+            sets = counts.get(st)
+            if sets is None:
+                sets = counts[st] = {}
+            n = sets.get(names, 0) + delta
+            if n > 0:
+                sets[names] = n
+            else:
+                sets.pop(names, None)
+            touched.append(st)
     return touched
 
 
-def activate(rules: tuple[Rule, ...], *, glob: bool = False):
-    """Activate rules in this context (or everywhere); return a token for ``deactivate``."""
+def activate(rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None):
+    """Activate rules in this context (or everywhere); return a token for ``deactivate``.
+
+    ``plans``, a dict owned by the caller, keeps the plans built for these rules
+    so that activating them again on the same base costs a lookup.
+    """
     with _globals.lock:
         touched = _count(rules, +1)
         try:
@@ -372,18 +389,16 @@ def activate(rules: tuple[Rule, ...], *, glob: bool = False):
             _globals.epoch += 1
             return ("global", rules)
         plan = current_plan()
-        # An object activates the same rules on every call: reuse the plan.
-        key = (plan.rules, rules, _globals.epoch)
-        new = _plans.get(key)
+        key = (plan.rules, _globals.epoch)
+        new = plans.get(key) if plans is not None else None
         if new is None:
-            if len(_plans) > 256:
-                _plans.clear()
-            new = _plans[key] = Plan(plan.rules + rules, _globals.epoch)
+            new = Plan(plan.rules + rules, _globals.epoch)
+            if plans is not None:
+                if len(plans) > 16:
+                    plans.clear()
+                plans[key] = new
         token = _plan.set(new)
         return ("local", rules, token)
-
-
-_plans: dict[tuple, Plan] = {}
 
 
 def deactivate(token) -> None:
