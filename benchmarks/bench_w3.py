@@ -3,7 +3,9 @@
 The seed's MLP (`layer`, `sequential`, `step` with declared parameters, 64-256-256-10,
 batch 64), 200 steps per run. Both cases run the same forward code; one updates the
 parameters from `@model.on(Grad("step{!!loss} >> $param:Parameter"))`, the other
-calls `loss.backward()` and subtracts `lr * p.grad` itself.
+calls `loss.backward()` and subtracts `lr * p.grad` itself; a third asks
+`torch.autograd.grad` by hand (what Grad does underneath), to separate the engine's
+cost from the difference between the two torch calls.
 """
 
 import os
@@ -85,11 +87,24 @@ def main():
                 p.data.sub_(LR * p.grad)
                 p.grad = None
 
+    def by_hand_autograd():
+        for i in range(STEPS):
+            loss = network(xs[i], ys[i])
+            for p, g in zip(params, torch.autograd.grad(loss, params)):
+                p.data.sub_(LR * g)
+
     def with_grad():
         for i in range(STEPS):
             model(xs[i], ys[i])
 
-    times = interleave({"backward + SGD by hand": by_hand, "Grad listener": with_grad}, ROUNDS)
+    times = interleave(
+        {
+            "backward + SGD by hand": by_hand,
+            "autograd.grad + SGD by hand": by_hand_autograd,
+            "Grad listener": with_grad,
+        },
+        ROUNDS,
+    )
     report(
         f"W3: seed MLP 64-256-256-10, {STEPS} SGD steps, 1 thread, {ROUNDS} interleaved rounds",
         times,

@@ -128,7 +128,9 @@ class Act:
             a = self
             while a is not None and not a.t.holder:
                 a = a.parent
-            holder = a
+            # None when this activation holds itself: no reference cycle to keep
+            # tensors alive until the cyclic collector runs.
+            holder = a if a is not self else None
         self.holder = holder
 
     def check(self, spec: VarSpec, value: Any) -> None:
@@ -166,6 +168,8 @@ class Act:
             return
         self.caps.setdefault(out, []).append(entry)
         h = self.holder
+        if h is None and self.t.holder:
+            h = self
         if h is not None and h.pending is not None:
             h.pending.setdefault(out, []).append(entry)
 

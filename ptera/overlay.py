@@ -92,9 +92,14 @@ class _FnPlan:
     def finish(self, generator: bool) -> None:
         if generator:
             self.push = False
-        self.exit = self.push or any(
-            not rule.immediate or "#exit" in t.vars or "#error" in t.vars
-            for t, rule, _ in self.entries
+        # A frame that keeps its Python frame must drop it at exit (a reference cycle).
+        self.exit = (
+            self.push
+            or self.direct
+            or any(
+                not rule.immediate or "#exit" in t.vars or "#error" in t.vars
+                for t, rule, _ in self.entries
+            )
         )
         stateless = not (self.push or self.keyed or self.direct or self.exit) and all(
             t.parent is None
@@ -278,6 +283,7 @@ def _report_key(F, name, value, key):
 def _exit(F, error):
     if F is None or not F.exit:
         return
+    F.pyframe = None
     if F.token is not None:
         try:
             _frame.reset(F.token)
