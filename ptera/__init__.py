@@ -4,6 +4,7 @@ import sys as _sys
 import types as _types
 
 from .capture import Capture
+from .cli import CliError, auto_cli
 from .effects import Overlay, rewriting, tweaking, using
 from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
@@ -35,6 +36,7 @@ __all__ = [
     "ABSENT",
     "BaseOverlay",
     "Capture",
+    "CliError",
     "Collection",
     "ConflictError",
     "Immediate",
@@ -54,6 +56,7 @@ __all__ = [
     "Total",
     "TransformError",
     "Var",
+    "auto_cli",
     "default",
     "defaults",
     "global_probe",

@@ -1,0 +1,1 @@
+"""Parts of the `examples/train_cli.py` program, each declaring its own hyperparameters."""

@@ -1,0 +1,581 @@
+"""``auto_cli``: a command line made of the hyperparameters declared where they are used.
+
+Any variable annotated with the CLI tag (``lr: tag.HyperParameter = default(0.1)``)
+in an instrumented function reachable from the entry point becomes an option.
+Reachable means: named in the body (a global, a free variable, a module's
+``@ptera`` functions), or held in the state of a selfless object
+(``step.new(model=sequential.new(...))``), transitively.
+
+Decisions:
+
+* Priority: ``default(v)`` in the code < config file < environment variable
+  (``PTERA_<NAME>``) < command line. A variable the code sets without
+  ``default`` is fixed: giving it a value raises ``ConflictError`` naming the
+  option and the line. Declared without a value (``n: tag.HyperParameter``),
+  the option is required when the program reads it.
+* An option is one name: every site that declares it receives the same value
+  (help lists all sites). Values reach the program as a tweak on
+  ``name:Tag``, so they win over the code's defaults and over state.
+* Types: the annotation's non-tag part (``tag.HyperParameter & int``), else the
+  type of the default, else ``str``; ``bool`` options are flags with
+  ``--no-<name>``. ``[alias: -n]`` and ``[metavar: N]`` lines in the comment work as
+  in coleo.
+* Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
+  ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
+  evaluated. Top-level keys are options; a key holding a table is a selector
+  prefix for per-context values (``["layer[1]"] T = 10.0`` is the tweak
+  ``layer[1] > T``); a key containing ``>`` is a whole selector.
+* Bad input (unknown option, wrong type, unreadable file, conflicting value)
+  prints ``error: ...`` and exits with status 2, like argparse; with
+  ``exit_on_error=False`` the exception is raised instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from .effects import Overlay
+from .lookup import state_for, unwrap
+from .overlay import PteraNameError
+from .selfless import PteraFunction
+from .state import ConflictError
+from .tags import Tag, annotation_parts, match_tag, tag
+from .transform import ABSENT, is_priority_call
+
+__all__ = ["CliError", "auto_cli", "find_options"]
+
+
+class CliError(ValueError):
+    """Bad command-line input: an unknown option, a wrong type, an unreadable config."""
+
+
+@dataclass
+class Site:
+    """One declaration of an option in the code."""
+
+    function: str
+    filename: str
+    line: int
+    doc: str | None
+    kind: str  # "declared" (no value), "default" (default(...)) or "fixed"
+    default: Any
+    annotation: Any
+    tag: Tag
+
+    @property
+    def where(self) -> str:
+        path = self.filename
+        try:
+            rel = os.path.relpath(path)
+            path = rel if not rel.startswith("..") else path
+        except ValueError:  # another drive
+            pass
+        return f"{path}:{self.line} ({self.function})"
+
+
+@dataclass
+class Option:
+    """A command-line option and every place that declares it."""
+
+    name: str
+    sites: list[Site] = field(default_factory=list)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def type(self) -> type:
+        for site in self.sites:
+            parts = [p for p in annotation_parts(site.annotation) if not isinstance(p, Tag)]
+            if len(parts) == 1 and isinstance(parts[0], type):
+                return parts[0]
+        for site in self.sites:
+            if site.default is not ABSENT:
+                return type(site.default)
+        return str
+
+    @property
+    def default(self) -> Any:
+        for site in self.sites:
+            if site.kind == "default":
+                return site.default
+        return ABSENT
+
+    @property
+    def fixed(self) -> Site | None:
+        return next((s for s in self.sites if s.kind == "fixed"), None)
+
+    @property
+    def doc(self) -> str:
+        docs = dict.fromkeys(_strip_commands(s.doc) for s in self.sites if s.doc)
+        return " / ".join(d for d in docs if d)
+
+    def command(self, name: str) -> list[str]:
+        """Values of a coleo-style ``[name: ...]`` line in the docs."""
+        found = []
+        for site in self.sites:
+            for m in re.finditer(rf"^\[{name}:\s*(.*?)\]\s*$", site.doc or "", flags=re.M):
+                found.extend(re.split(r"[ ,;]+", m.group(1).strip()))
+        return found
+
+
+def _strip_commands(doc: str) -> str:
+    return " ".join(line for line in doc.splitlines() if not re.match(r"^\[[\w-]+(:.*)?\]$", line))
+
+
+# ---------------------------------------------------------------------------
+# Discovery
+
+
+def reachable(entry: Any) -> list[types.FunctionType]:
+    """The ``@ptera`` functions reachable from ``entry``, in discovery order."""
+    seen: set[int] = set()
+    out: list[types.FunctionType] = []
+
+    def visit(obj: Any, depth: int = 0) -> None:
+        if id(obj) in seen or depth > 50:
+            return
+        if isinstance(obj, PteraFunction):
+            seen.add(id(obj))
+            visit(obj.__wrapped__, depth + 1)
+            for value in obj.state.values():
+                visit(value, depth + 1)
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            seen.add(id(obj))
+            for item in obj:
+                visit(item, depth + 1)
+            return
+        if isinstance(obj, dict):
+            seen.add(id(obj))
+            for item in obj.values():
+                visit(item, depth + 1)
+            return
+        if isinstance(obj, types.ModuleType):
+            seen.add(id(obj))
+            for item in list(vars(obj).values()):
+                if getattr(item, "__module__", None) == obj.__name__ and hasattr(
+                    item, "__ptera_info__"
+                ):
+                    visit(item, depth + 1)
+            return
+        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
+            obj = obj.__func__
+        fn = unwrap(obj)
+        if not isinstance(fn, types.FunctionType) or not hasattr(fn, "__ptera_info__"):
+            return
+        if id(fn) in seen:
+            return
+        seen.add(id(fn))
+        out.append(fn)
+        for value in getattr(fn, "state", {}).values():
+            visit(value, depth + 1)
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        for name, info in fn.__ptera_info__.items():
+            if info["provenance"] != "external":
+                continue
+            if name in cells:
+                try:
+                    visit(cells[name].cell_contents, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
+            elif name in fn.__globals__:
+                visit(fn.__globals__[name], depth + 1)
+
+    visit(entry)
+    return out
+
+
+def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any]:
+    """How the body gives ``name`` its value: ``(kind, default)``."""
+    source = state_for(fn).source
+    if name in source.declared:
+        return "declared", ABSENT
+    for node in ast.walk(source.tree):
+        value = None
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
+            value = node.value
+        elif isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == name for t in node.targets
+        ):
+            value = node.value
+        if value is None:
+            continue
+        if is_priority_call(value) and value.args:
+            kind = "fixed" if _callee(value) == "Override" else "default"
+            try:
+                return kind, ast.literal_eval(value.args[0])
+            except ValueError:
+                return kind, _Expr(ast.unparse(value.args[0]))
+        try:
+            return "fixed", ast.literal_eval(value)
+        except ValueError:
+            return "fixed", _Expr(ast.unparse(value))
+    return "declared", ABSENT
+
+
+def _callee(call: ast.Call) -> str:
+    fn = call.func
+    return fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", "")
+
+
+class _Expr(str):
+    """A default that is an expression, shown as written (not evaluated)."""
+
+
+def find_options(entry: Any, tags: tuple = ()) -> dict[str, Option]:
+    """Every variable tagged with one of ``tags`` in functions reachable from ``entry``."""
+    tags = tags or (tag.HyperParameter, tag.CliArgument)
+    options: dict[str, Option] = {}
+    for fn in reachable(entry):
+        for name, info in fn.__ptera_info__.items():
+            if info["provenance"] == "external":
+                continue
+            found = next((t for t in tags if match_tag(t, info["annotation"])), None)
+            if found is None:
+                continue
+            kind, value = _code_value(fn, name)
+            filename, qualname, line = info["location"]
+            site = Site(
+                qualname, filename, line, info["doc"], kind, value, info["annotation"], found
+            )
+            options.setdefault(name, Option(name)).sites.append(site)
+    return options
+
+
+# ---------------------------------------------------------------------------
+# Values from each source
+
+
+def convert(option: Option, value: Any, source: str) -> Any:
+    """``value`` as the option's type; a ``CliError`` that says which and why if it is not."""
+    typ = option.type
+    if isinstance(value, str) and typ is not str:
+        if typ is bool:
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        else:
+            try:
+                return typ(value)
+            except (TypeError, ValueError):
+                pass
+        raise CliError(f"{source}: {option.flag} expects {typ.__name__}, got {value!r}")
+    ok = (
+        isinstance(value, bool)
+        if typ is bool
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if typ is float
+        else isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    )
+    if not ok:
+        raise CliError(
+            f"{source}: {option.flag} expects {typ.__name__}, got {value!r}"
+            f" ({type(value).__name__})"
+        )
+    return float(value) if typ is float else value
+
+
+def read_config(path: str) -> dict:
+    """Read a JSON, TOML or YAML config (never evaluated as code)."""
+    from coleo import ConfigFile, register_extension
+
+    ext = path.rsplit(".", 1)[-1].lower()
+    if ext not in ("json", "toml", "yaml", "yml"):
+        raise CliError(f"config {path}: unknown format '.{ext}' (use .json, .toml or .yaml)")
+    if ext in ("toml",):
+        register_extension("toml")(_toml_format)
+    if ext in ("yaml", "yml"):
+        try:
+            import yaml  # noqa: F401
+        except ModuleNotFoundError:
+            raise CliError(
+                f"config {path}: reading YAML needs PyYAML, which is not installed"
+                " (pip install pyyaml), or use .json / .toml"
+            ) from None
+        register_extension("yml")(lambda: {"load": _yaml_load})
+    try:
+        data = ConfigFile(path).read()
+    except FileNotFoundError:
+        raise CliError(f"config {path}: no such file") from None
+    except OSError as exc:
+        raise CliError(f"config {path}: cannot read it ({exc})") from None
+    except Exception as exc:  # the parser's own error: say where
+        raise CliError(f"config {path}: not valid {ext.upper()} ({exc})") from None
+    if not isinstance(data, dict):
+        raise CliError(f"config {path}: expected a table of options, got {type(data).__name__}")
+    return data
+
+
+def _toml_format():
+    import tomllib
+
+    return {"load": lambda f: tomllib.loads(f.read())}
+
+
+def _yaml_load(f):
+    import yaml
+
+    return yaml.safe_load(f)
+
+
+def split_config(data: dict, options: dict[str, Option], path: str) -> tuple[dict, dict]:
+    """Option values and per-context tweaks (selector -> value) of a config."""
+    values, tweaks = {}, {}
+    for key, value in data.items():
+        if ">" in key:
+            tweaks[key] = value
+        elif isinstance(value, dict):
+            for name, v in value.items():
+                tweaks[f"{key} > {name}"] = v
+        elif key in options:
+            values[key] = convert(options[key], value, f"config {path}")
+        else:
+            known = ", ".join(sorted(options)) or "none"
+            raise CliError(f"config {path}: unknown option '{key}' (options: {known})")
+    return values, tweaks
+
+
+def from_environment(options: dict[str, Option], prefix: str, environ=None) -> dict:
+    """Option values from ``<prefix><NAME>`` environment variables."""
+    environ = os.environ if environ is None else environ
+    if not prefix:
+        return {}
+    names = {prefix + name.upper(): name for name in options}
+    values = {}
+    for var, text in environ.items():
+        if not var.startswith(prefix):
+            continue
+        if var not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise CliError(f"environment variable {var}: no such option (known: {known})")
+        values[names[var]] = convert(options[names[var]], text, f"environment variable {var}")
+    return values
+
+
+# ---------------------------------------------------------------------------
+# The parser and its help
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, options: dict[str, Option], env_prefix: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options = options
+        self.env_prefix = env_prefix
+
+    def print_help(self, file=None):
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        console = Console(file=file or sys.stdout, width=max(100, Console().width))
+        console.print(f"[bold]usage:[/bold] {escape(self.prog)} \\[options]")
+        if self.description:
+            console.print(f"\n{self.description}")
+        table = Table(show_lines=False, header_style="bold", expand=False)
+        for column in ("option", "type", "default", "description", "declared at"):
+            table.add_column(column, overflow="fold")
+        for name in sorted(self.options):
+            opt = self.options[name]
+            flags = [opt.flag, *opt.command("alias")]
+            if opt.type is bool:
+                flags.append("--no-" + opt.flag[2:])
+            default = opt.default
+            if opt.fixed:
+                shown = f"{opt.fixed.default!r} (fixed)"
+            elif default is ABSENT:
+                shown = "required"
+            else:
+                shown = str(default) if isinstance(default, _Expr) else repr(default)
+            table.add_row(
+                ", ".join(flags),
+                opt.type.__name__,
+                shown,
+                escape(opt.doc),
+                escape("\n".join(s.where for s in opt.sites)),
+            )
+        console.print(table)
+        console.print(
+            "  --config FILE          read options from a .json, .toml or .yaml file\n"
+            "  --dump-config [FMT]    print the resolved configuration (toml or json) and exit\n"
+            "  -h, --help             show this help and exit\n"
+            f"Environment: {self.env_prefix}<NAME> sets an option (below the command line,"
+            " above a config file)."
+        )
+
+    def error(self, message):
+        raise CliError(f"{message} (see --help)")
+
+
+def build_parser(
+    options: dict[str, Option], prog: str | None, description: str | None, env_prefix: str
+):
+    parser = _Parser(
+        prog=prog,
+        description=description,
+        argument_default=argparse.SUPPRESS,
+        options=options,
+        env_prefix=env_prefix,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", metavar="FILE", action="append", default=[])
+    parser.add_argument("--dump-config", nargs="?", const="toml", choices=("toml", "json"))
+    for name, opt in options.items():
+        flags = [opt.flag, *opt.command("alias")]
+        if "_" in name:
+            flags.append("--" + name)
+        if opt.type is bool:
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(*flags, dest=name, action="store_true")
+            group.add_argument("--no-" + opt.flag[2:], dest=name, action="store_false")
+        else:
+            metavar = (opt.command("metavar") or [opt.type.__name__.upper()])[0]
+            parser.add_argument(*flags, dest=name, metavar=metavar, type=_typed(opt))
+    return parser
+
+
+def _typed(opt: Option):
+    def parse(text: str) -> Any:
+        try:
+            return convert(opt, text, "command line")
+        except CliError:
+            raise argparse.ArgumentTypeError(
+                f"expected {opt.type.__name__}, got {text!r}"
+            ) from None
+
+    parse.__name__ = opt.type.__name__
+    return parse
+
+
+# ---------------------------------------------------------------------------
+# Dumping
+
+
+def to_toml(values: dict, tweaks: dict) -> str:
+    """A small TOML writer for scalars and lists (what a config holds)."""
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
+    for sel, value in tweaks.items():
+        lines.append(f"{_toml_key(sel)} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise CliError(f"cannot write {value!r} ({type(value).__name__}) to a config")
+
+
+# ---------------------------------------------------------------------------
+# The entry point
+
+
+def auto_cli(
+    entry: Any,
+    tag: Tag | tuple | None = None,
+    argv: list[str] | None = None,
+    description: str | None = None,
+    *,
+    args: tuple = (),
+    env_prefix: str = "PTERA_",
+    environ: dict | None = None,
+    prog: str | None = None,
+    exit_on_error: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """Build a command line from the tagged variables reachable from ``entry``, run it.
+
+    ``tag`` (default: ``tag.HyperParameter`` and ``tag.CliArgument``) selects the
+    variables; ``argv`` defaults to ``sys.argv[1:]``. Returns what ``entry(*args)``
+    returns.
+    """
+    if "category" in kwargs:  # the name older ptera releases used
+        tag = kwargs.pop("category")
+    if kwargs:
+        raise TypeError(f"auto_cli() got unexpected arguments: {', '.join(kwargs)}")
+    tags = tag if isinstance(tag, tuple) else (tag,) if tag is not None else ()
+    options = find_options(entry, tags)
+    try:
+        return _run(entry, options, argv, description, args, env_prefix, environ, prog)
+    except (CliError, ConflictError) as exc:
+        if not exit_on_error:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(entry, options, argv, description, args, env_prefix, environ, prog):
+    doc = description or getattr(unwrap(getattr(entry, "__wrapped__", entry)), "__doc__", None)
+    parser = build_parser(options, prog, doc, env_prefix)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        raise SystemExit(0)
+    ns = vars(parser.parse_args(argv))
+    configs, dump = ns.pop("config", []), ns.pop("dump_config", None)
+    values, tweaks = {}, {}
+    for path in configs:
+        v, t = split_config(read_config(path), options, path)
+        values.update(v)
+        tweaks.update(t)
+    values.update(from_environment(options, env_prefix, environ))
+    values.update(ns)
+    for name, value in values.items():
+        fixed = options[name].fixed
+        if fixed is not None and value != fixed.default:
+            raise ConflictError(
+                f"option {options[name].flag} is fixed in the code at {fixed.where}"
+                f" ({name} = {fixed.default!r}); write `{name} = default({fixed.default!r})`"
+                " to make it settable"
+            )
+    if dump:
+        resolved = {
+            n: values.get(n, o.default)
+            for n, o in sorted(options.items())
+            if values.get(n, o.default) is not ABSENT and not isinstance(o.default, _Expr)
+        }
+        if dump == "json":
+            print(json.dumps({**resolved, **tweaks}, indent=2))
+        else:
+            print(to_toml(resolved, tweaks), end="")
+        raise SystemExit(0)
+    overlay = Overlay()
+    for name, value in values.items():
+        for t in {id(s.tag): s.tag for s in options[name].sites}.values():
+            overlay = overlay.tweak({f"{name}:##T": value}, env={"##T": t})
+    if tweaks:
+        caller = getattr(entry, "__globals__", None) or getattr(
+            getattr(entry, "__wrapped__", None), "__globals__", {}
+        )
+        overlay = overlay.tweak(tweaks, env=dict(caller))
+    try:
+        with overlay:
+            return entry(*args)
+    except PteraNameError as err:
+        if err.varname in options:
+            opt = options[err.varname]
+            raise CliError(
+                f"missing value for required option {opt.flag} (declared at"
+                f" {', '.join(s.where for s in opt.sites)})"
+            ) from None
+        raise

@@ -1,0 +1,197 @@
+"""auto_cli: options found in the code, priorities, config files, environment, errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ptera import ABSENT, ConflictError, auto_cli
+from ptera.cli import CliError, find_options
+from tests.cli_program import main
+
+
+def run(argv, environ=None, **kwargs):
+    return auto_cli(main, argv=argv, environ=environ or {}, exit_on_error=False, **kwargs)
+
+
+def test_options_are_found_through_calls_with_docs_and_sites():
+    options = find_options(main)
+    assert sorted(options) == ["T", "fixed", "forced", "loud", "n", "name", "rate"]
+    n = options["n"]
+    assert (n.type, n.default, n.doc, n.command("alias")) == (
+        int,
+        3,
+        "Number of iterations",
+        ["-n"],
+    )
+    assert options["T"].sites[0].function == "scale"
+    assert options["name"].type is str and options["loud"].type is bool
+    assert options["rate"].default is ABSENT
+    assert options["fixed"].fixed.default == 7
+
+
+@pytest.mark.parametrize(
+    "argv, environ, config, expected",
+    [
+        ([], {}, None, (3, "hello world", 0.5)),
+        (["-n", "5"], {}, None, (5, "hello world", 0.5)),
+        ([], {}, {"n": 9}, (9, "hello world", 0.5)),
+        ([], {"PTERA_N": "8"}, {"n": 9}, (8, "hello world", 0.5)),  # env beats config
+        (["--n", "4"], {"PTERA_N": "8"}, {"n": 9}, (4, "hello world", 0.5)),  # cli beats env
+        (["--loud", "--name", "you"], {}, None, (3, "hello you!", 0.5)),
+        (["--no-loud"], {"PTERA_LOUD": "yes"}, None, (3, "hello world", 0.5)),
+    ],
+)
+def test_priority_default_config_env_cli(tmp_path, argv, environ, config, expected):
+    extra = []
+    if config is not None:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(config))
+        extra = ["--config", str(path)]
+    result = run(["--rate", "0.5", *extra, *argv], environ)
+    assert result[:3] == expected
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("c.json", '{"n": 6, "rate": 1.5}'),
+        ("c.toml", "n = 6\nrate = 1.5\n"),
+    ],
+)
+def test_config_formats(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    assert run(["--config", str(path)])[:3] == (6, "hello world", 1.5)
+
+
+def test_yaml_without_parser_says_so(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("n: 2\n")
+    try:
+        import yaml  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(CliError, match="YAML needs PyYAML"):
+            run(["--config", str(path)])
+    else:
+        assert run(["--config", str(path), "--rate", "1"])[0] == 2
+
+
+def test_per_context_values_apply_as_tweaks(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('rate = 1.0\nT = 2.0\n["scale[2]"]\nT = 10.0\n')
+    assert run(["--config", str(path)])[5] == 20.0  # 1 * 2 (first) * 10 (second)
+    path.write_text('rate = 1.0\n"chain > scale[1] > T" = 3.0\n')
+    assert run(["--config", str(path)])[5] == 3.0
+
+
+def test_fixed_values_conflict_naming_option_and_line():
+    with pytest.raises(
+        ConflictError, match=r"--fixed is fixed in the code at .*cli_program.py:\d+ \(main\)"
+    ):
+        run(["--rate", "1", "--fixed", "8"])
+    with pytest.raises(ConflictError, match="--forced is fixed"):
+        run(["--rate", "1", "--forced", "3"])
+    assert run(["--rate", "1", "--fixed", "7"])[3] == 7  # the same value is no conflict
+
+
+@pytest.mark.parametrize(
+    "argv, environ, message",
+    [
+        (["--bogus", "1"], {}, "unrecognized arguments: --bogus 1"),
+        (["--n", "many"], {}, "argument --n/-n: expected int, got 'many'"),
+        ([], {"PTERA_N": "x"}, "environment variable PTERA_N: --n expects int, got 'x'"),
+        ([], {"PTERA_NOPE": "1"}, "environment variable PTERA_NOPE: no such option"),
+        (["--config", "/no/such.json"], {}, "config /no/such.json: no such file"),
+        (["--config", "c.ini"], {}, "unknown format '.ini'"),
+        ([], {}, "missing value for required option --rate"),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv, environ, message):
+    with pytest.raises(CliError) as info:
+        run(argv, environ)
+    assert message in str(info.value)
+
+
+def test_bad_config_contents(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CliError, match="not valid JSON"):
+        run(["--config", str(bad)])
+    bad.write_text('{"n": "three"}')
+    with pytest.raises(CliError, match="config .*: --n expects int, got 'three'"):
+        run(["--config", str(bad)])
+    bad.write_text('{"nn": 1}')
+    with pytest.raises(CliError, match="unknown option 'nn'"):
+        run(["--config", str(bad)])
+
+
+def test_errors_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        auto_cli(main, argv=["--n", "x"], environ={})
+    assert info.value.code == 2
+    assert "error: argument --n/-n: expected int" in capsys.readouterr().err
+
+
+def test_help_lists_type_default_doc_and_site(capsys):
+    with pytest.raises(SystemExit) as info:
+        auto_cli(main, argv=["--help"], environ={})
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for text in [
+        "Compute something configurable.",
+        "--n, -n",
+        "Number of iterations",
+        "required",
+        "--loud, --no-loud",
+        "7 (fixed)",
+        "cli_program.py:",
+        "(scale)",
+        "PTERA_<NAME>",
+    ]:
+        assert text in out, text
+
+
+def test_dump_config_round_trips(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["--n", "5", "--rate", "0.25", "--dump-config"])
+    dumped = capsys.readouterr().out
+    path = tmp_path / "dumped.toml"
+    path.write_text(dumped)
+    assert run(["--config", str(path)])[:3] == (5, "hello world", 0.25)
+    with pytest.raises(SystemExit):
+        run(["--dump-config", "json"])
+    assert json.loads(capsys.readouterr().out)["name"] == "world"
+
+
+SEED = """
+from ptera import auto_cli, default, ptera, tag
+
+
+@ptera
+def main():
+    # Number of iterations
+    n: tag.CliArgument = default(1000)
+    for i in range(n):
+        pass
+    return n
+
+
+if __name__ == "__main__":
+    print(auto_cli(main))
+"""
+
+
+def test_seed_example_in_a_subprocess(tmp_path):
+    script = tmp_path / "seed_cli.py"
+    script.write_text(textwrap.dedent(SEED))
+    proc = subprocess.run(
+        [sys.executable, str(script), "--n", "15"], capture_output=True, text=True
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "15"), proc.stderr
+    proc = subprocess.run([sys.executable, str(script), "--n", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "expected int" in proc.stderr
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Number of iterations" in proc.stdout
