@@ -1,0 +1,32 @@
+"""The lab: training loops and experiments whose every value is addressable by a selector."""
+
+from .callbacks import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CheckpointCB,
+    DeviceCB,
+    MetricsCB,
+    ProgressCB,
+    load_checkpoint,
+)
+from .learner import DataLoaders, Learner
+from .lrfind import LRFinder
+from .stats import ActivationStats
+
+__all__ = [
+    "ActivationStats",
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
+    "CheckpointCB",
+    "DataLoaders",
+    "DeviceCB",
+    "LRFinder",
+    "Learner",
+    "MetricsCB",
+    "ProgressCB",
+    "load_checkpoint",
+]

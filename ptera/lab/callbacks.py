@@ -1,0 +1,236 @@
+"""Callbacks of the Learner: cancel exceptions, device, metrics, progress, checkpoints.
+
+A callback is any object with one or more stage methods (``before_fit``,
+``after_batch``, ...), each called with the learner, in ``order``.
+
+Decisions:
+
+* ``MetricsCB`` keeps separate copies of its torchmetrics metrics for train and
+  valid, resets them each epoch, and weights the loss by batch size; its
+  ``history`` is one dict per epoch and split.
+* ``ProgressCB`` shows a rich bar with a live loss only on a terminal and when
+  ``CI`` is not set; otherwise it prints one line per epoch.
+* ``CheckpointCB`` writes model + optimizer + epoch to a temporary file and
+  renames it, so a crash never leaves half a checkpoint; ``load_checkpoint``
+  reads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from typing import Any
+
+import torch
+
+__all__ = [
+    "STAGES",
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
+    "CheckpointCB",
+    "DeviceCB",
+    "MetricsCB",
+    "ProgressCB",
+    "check_callback",
+    "load_checkpoint",
+]
+
+STAGES = tuple(
+    f"{when}_{stage}"
+    for stage in ("fit", "epoch", "batch", "backward", "step")
+    for when in ("before", "after", "after_cancel", "cleanup")
+)
+
+
+class CancelFitException(Exception):
+    """Raised by a callback to end ``fit`` (``after_fit`` still runs)."""
+
+
+class CancelEpochException(Exception):
+    """Raised by a callback to end the current epoch."""
+
+
+class CancelBatchException(Exception):
+    """Raised by a callback to skip the rest of the current batch."""
+
+
+class Callback:
+    """Base class for callbacks (optional: any object with stage methods works)."""
+
+    order = 0
+
+
+def check_callback(cb: Any) -> Any:
+    """``cb`` itself if it has a stage method; a ``TypeError`` naming it otherwise."""
+    if isinstance(cb, type):
+        raise TypeError(f"callback {cb.__name__} is a class: pass an instance, {cb.__name__}()")
+    if not any(callable(getattr(cb, s, None)) for s in STAGES):
+        raise TypeError(
+            f"callback {cb!r} has no stage method; define one of before_fit, after_fit,"
+            " before_epoch, after_epoch, before_batch, after_batch (and after_cancel_*,"
+            " cleanup_*, before/after_backward, before/after_step)"
+        )
+    return cb
+
+
+def to_device(x: Any, device: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+
+class DeviceCB(Callback):
+    """Move the model (before fit) and each batch (before batch) to ``device``."""
+
+    def __init__(self, device: Any = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def before_fit(self, learn) -> None:
+        learn.model.to(self.device)
+
+    def before_batch(self, learn) -> None:
+        learn.batch = to_device(learn.batch, self.device)
+
+
+class MetricsCB(Callback):
+    """torchmetrics metrics and the batch-size-weighted loss, per epoch, train and valid apart."""
+
+    order = 10
+
+    def __init__(self, *metrics: Any, print_epochs: bool = True, **named: Any):
+        from torchmetrics.aggregation import MeanMetric
+
+        for m in metrics:
+            named[type(m).__name__.lower()] = m
+        self.metrics = named
+        self.loss = MeanMetric()
+        self._split = {
+            True: (copy.deepcopy(named), copy.deepcopy(self.loss)),
+            False: (copy.deepcopy(named), copy.deepcopy(self.loss)),
+        }
+        self.print_epochs = print_epochs
+        self.history: list[dict] = []
+
+    def before_epoch(self, learn) -> None:
+        metrics, loss = self._split[learn.training]
+        for m in metrics.values():
+            m.reset()
+        loss.reset()
+
+    def after_batch(self, learn) -> None:
+        if learn.loss is None:
+            return
+        metrics, loss = self._split[learn.training]
+        _, yb = learn.split_batch(learn.batch)
+        preds = learn.preds.detach().cpu()
+        yb = yb.detach().cpu()
+        for m in metrics.values():
+            m.update(preds, yb)
+        loss.update(learn.loss.detach().cpu(), weight=len(yb))
+
+    def after_epoch(self, learn) -> None:
+        metrics, loss = self._split[learn.training]
+        row = {"epoch": learn.epoch, "train": learn.training, "loss": loss.compute().item()}
+        for name, m in metrics.items():
+            value = m.compute()
+            row[name] = value.item() if value.numel() == 1 else value.tolist()
+        self.history.append(row)
+        if self.print_epochs and not any(isinstance(cb, ProgressCB) for cb in learn.cbs):
+            print(format_row(row))
+
+
+def format_row(row: dict) -> str:
+    parts = [f"epoch {row['epoch'] + 1}", "train" if row["train"] else "valid"]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)]
+    return "  ".join(parts)
+
+
+class ProgressCB(Callback):
+    """A rich progress bar with the live loss (on a terminal, outside CI); epoch lines."""
+
+    order = 20
+
+    def __init__(self, live: bool | None = None):
+        self.live = live
+
+    def _enabled(self) -> bool:
+        if self.live is not None:
+            return self.live
+        return sys.stdout.isatty() and not os.environ.get("CI")
+
+    def before_fit(self, learn) -> None:
+        self.progress = None
+        if self._enabled():
+            from rich.progress import Progress
+
+            self.progress = Progress(transient=True)
+            self.progress.start()
+
+    def before_epoch(self, learn) -> None:
+        if self.progress is not None:
+            loader = learn.dls.train if learn.training else learn.dls.valid
+            split = "train" if learn.training else "valid"
+            self.task = self.progress.add_task(
+                f"epoch {learn.epoch + 1} {split}", total=len(loader)
+            )
+
+    def after_batch(self, learn) -> None:
+        if self.progress is not None and learn.loss is not None:
+            self.progress.update(
+                self.task,
+                advance=1,
+                description=f"epoch {learn.epoch + 1} loss {learn.loss.item():.4f}",
+            )
+
+    def after_epoch(self, learn) -> None:
+        if self.progress is not None:
+            self.progress.remove_task(self.task)
+        metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
+        if metrics is not None and metrics.history:
+            line = format_row(metrics.history[-1])
+            if self.progress is not None:
+                self.progress.console.print(line)
+            else:
+                print(line)
+
+    def cleanup_fit(self, learn) -> None:
+        if getattr(self, "progress", None) is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class CheckpointCB(Callback):
+    """Save model, optimizer and epoch after each training epoch, atomically."""
+
+    order = 30
+
+    def __init__(self, path: str | os.PathLike, every: int = 1):
+        self.path, self.every = os.fspath(path), every
+
+    def after_epoch(self, learn) -> None:
+        if learn.training and (learn.epoch + 1) % self.every == 0:
+            state = {
+                "model": learn.model.state_dict(),
+                "opt": learn.opt.state_dict(),
+                "epoch": learn.epoch,
+            }
+            tmp = self.path + ".tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+
+
+def load_checkpoint(learn, path: str | os.PathLike) -> int:
+    """Load a ``CheckpointCB`` file into ``learn`` (model and optimizer); returns its epoch."""
+    state = torch.load(os.fspath(path), weights_only=True)
+    learn.model.load_state_dict(state["model"])
+    if learn.opt is None:
+        learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
+    learn.opt.load_state_dict(state["opt"])
+    return state["epoch"]

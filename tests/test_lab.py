@@ -1,0 +1,284 @@
+"""ptera.lab: the Learner's stages, callbacks, listeners, metrics, stats and LR finder."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset, random_split
+from torchmetrics.classification import MulticlassAccuracy
+
+from ptera import SelectorError, probing
+from ptera.lab import (
+    ActivationStats,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CheckpointCB,
+    DataLoaders,
+    Learner,
+    MetricsCB,
+    ProgressCB,
+    load_checkpoint,
+)
+
+
+@pytest.fixture
+def sine():
+    # The seed's synthetic regression.
+    torch.manual_seed(0)
+    X = np.linspace(-1, 1, num=1000)
+    y = np.sin(X)
+    ds = TensorDataset(
+        torch.tensor(X, dtype=torch.float32)[:, None], torch.tensor(y, dtype=torch.float32)[:, None]
+    )
+    train, val = random_split(ds, [0.9, 0.1], generator=torch.Generator().manual_seed(0))
+    return DataLoaders.from_datasets(train, val, batch_size=50)
+
+
+@pytest.fixture
+def digits():
+    return make_digits()
+
+
+def make_digits():
+    torch.manual_seed(0)
+    d = load_digits()
+    ds = TensorDataset(torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target))
+    train, val = random_split(ds, [0.8, 0.2], generator=torch.Generator().manual_seed(0))
+    return DataLoaders.from_datasets(train, val, batch_size=64)
+
+
+def mlp(n_in=64, hidden=32, n_out=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
+def test_regression_loss_falls(sine):
+    metrics = MetricsCB(print_epochs=False)
+    Learner(mlp(1, 16, 1), sine, nn.functional.mse_loss, lr=0.1, cbs=[metrics]).fit(30)
+    valid = [row["loss"] for row in metrics.history if not row["train"]]
+    assert valid[-1] < 0.2 * valid[0]
+
+
+def test_metrics_match_a_hand_computed_epoch(digits):
+    metrics = MetricsCB(MulticlassAccuracy(num_classes=10, average="micro"), print_epochs=False)
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, lr=0.5, cbs=[metrics])
+    learn.fit(4)
+    with torch.no_grad():
+        learn.model.eval()
+        total = correct = loss = 0.0
+        for xb, yb in digits.valid:
+            out = learn.model(xb)
+            loss += nn.functional.cross_entropy(out, yb).item() * len(yb)
+            correct += (out.argmax(1) == yb).sum().item()
+            total += len(yb)
+    row = metrics.history[-1]
+    assert row["train"] is False and row["epoch"] == 3
+    assert row["loss"] == pytest.approx(loss / total, abs=1e-6)
+    assert row["multiclassaccuracy"] == pytest.approx(correct / total, abs=1e-6)
+    assert row["multiclassaccuracy"] > 0.8
+
+
+class Recorder:
+    def __init__(self, name, log, order=0, cancel=None):
+        self.name, self.log, self.order, self.cancel = name, log, order, cancel
+
+    def __getattr__(self, stage):
+        if not stage.startswith(("before_", "after_", "cleanup_")):
+            raise AttributeError(stage)
+
+        def method(learn):
+            self.log.append(f"{self.name}.{stage}")
+            if self.cancel and self.cancel[0] == stage and self.cancel[2](learn):
+                raise self.cancel[1]()
+
+        return method
+
+
+def tiny():
+    ds = TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+    return DataLoaders.from_datasets(ds, ds, batch_size=4)
+
+
+def stages_of(log, name="a"):
+    return [entry.split(".", 1)[1] for entry in log if entry.startswith(name + ".")]
+
+
+def test_callbacks_run_in_order_around_each_stage():
+    log = []
+    cbs = [Recorder("b", log, order=2), Recorder("a", log, order=1)]
+    Learner(nn.Linear(2, 1), tiny(), cbs=cbs).fit(1, valid=False)
+    assert log[:2] == ["a.before_fit", "b.before_fit"]
+    stages = [s for s in stages_of(log) if "backward" not in s and "step" not in s]
+    assert stages[:5] == [
+        "before_fit",
+        "before_epoch",
+        "before_batch",
+        "after_batch",
+        "cleanup_batch",
+    ]
+    assert stages[-4:] == ["after_epoch", "cleanup_epoch", "after_fit", "cleanup_fit"]
+    assert stages.count("before_batch") == 2
+
+
+@pytest.mark.parametrize(
+    "stage, exc, ran, skipped",
+    [
+        (
+            "before_fit",
+            CancelFitException,
+            ["after_cancel_fit", "after_fit", "cleanup_fit"],
+            ["before_epoch"],
+        ),
+        (
+            "before_epoch",
+            CancelEpochException,
+            ["after_cancel_epoch", "after_epoch", "before_fit"],
+            ["before_batch"],
+        ),
+        (
+            "before_batch",
+            CancelBatchException,
+            ["after_cancel_batch", "after_batch"],
+            ["before_backward"],
+        ),
+        ("after_batch", CancelFitException, ["after_cancel_fit", "after_fit"], []),
+    ],
+)
+def test_cancel_exceptions_skip_the_rest_of_their_stage(stage, exc, ran, skipped):
+    log = []
+    cb = Recorder("a", log, cancel=(stage, exc, lambda learn: True))
+    Learner(nn.Linear(2, 1), tiny(), cbs=[cb]).fit(2, valid=False)
+    stages = stages_of(log)
+    for s in ran:
+        assert s in stages, s
+    for s in skipped:
+        assert s not in stages, s
+    if exc is CancelFitException and stage == "after_batch":
+        assert stages.count("before_batch") == 1  # the fit ended after the first batch
+
+
+def test_after_and_cleanup_run_when_an_error_propagates():
+    log = []
+
+    class Boom(Exception):
+        pass
+
+    cb = Recorder("a", log, cancel=("before_batch", Boom, lambda learn: learn.iter == 1))
+    with pytest.raises(Boom):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[cb]).fit(1)
+    assert stages_of(log)[-6:] == [
+        "after_batch",
+        "cleanup_batch",
+        "after_epoch",
+        "cleanup_epoch",
+        "after_fit",
+        "cleanup_fit",
+    ]
+
+
+def test_selector_listeners_next_to_classic_callbacks():
+    log = []
+    learn = Learner(
+        nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)), tiny(), cbs=[Recorder("a", log)]
+    )
+
+    @learn.on("Linear > input")
+    def shapes(input):
+        return tuple(input.shape)
+
+    @learn.on("one_epoch(train=False) > loss")
+    def valid_loss(loss):
+        return loss.item()
+
+    @learn.on("fit > epoch")
+    def epochs(epoch):
+        return epoch
+
+    learn.fit(2)
+    assert shapes_count(learn.results.shapes) == {(4, 2): 4, (4, 3): 4, (8, 2): 2, (8, 3): 2}
+    assert len(learn.results.valid_loss) == 2 and learn.results.epochs == [0, 1]
+    assert "a.after_fit" in log
+    with probing("one_batch > loss").values() as losses:
+        learn.fit(1, valid=False)
+    assert len(losses) == 2
+
+
+def shapes_count(shapes):
+    out = {}
+    for s in shapes:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def test_activation_stats_match_forward_hooks(digits, tmp_path):
+    model = mlp()
+    stats = ActivationStats()
+    learn = Learner(model, digits, nn.functional.cross_entropy, lr=0.1, cbs=[stats])
+    learn.fit(1, valid=False)
+    # The seed's way, on the same batches, from the same starting weights.
+    model2 = mlp()
+    hooked = {name: {"mean": [], "std": []} for name in ("0", "1", "2")}
+
+    def hook(name):
+        def record(module, inputs, out):
+            hooked[name]["mean"].append(out.mean().item())
+            hooked[name]["std"].append(out.std().item())
+
+        return record
+
+    for name, m in model2.named_children():
+        m.register_forward_hook(hook(name))
+    Learner(model2, make_digits(), nn.functional.cross_entropy, lr=0.1).fit(1, valid=False)
+    for name in ("0", "1", "2"):
+        assert np.allclose(stats.stats["train"][name]["mean"], hooked[name]["mean"], atol=1e-6)
+        assert np.allclose(stats.stats["train"][name]["std"], hooked[name]["std"], atol=1e-6)
+    paths = stats.plot(tmp_path)
+    assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
+    assert "__ptera" not in str(nn.Linear.forward.__code__.co_names)
+
+
+def test_lr_finder_leaves_parameters_bit_identical(digits, tmp_path):
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, lr=0.1)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    finder = learn.lr_find(num_it=40)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    assert 5 <= len(finder.losses) <= 40 and finder.lrs == sorted(finder.lrs)
+    assert 1e-6 <= finder.suggestion <= 10
+    assert (tmp_path / "lr.png").exists() is False
+    finder.plot(tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_checkpoints_round_trip(digits, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, cbs=[CheckpointCB(path)])
+    learn.fit(2, valid=False)
+    other = Learner(mlp(), digits, nn.functional.cross_entropy)
+    assert load_checkpoint(other, path) == 1
+    for a, b in zip(learn.model.parameters(), other.model.parameters()):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_progress_prints_epoch_lines_without_a_terminal(digits, capsys):
+    cbs = [MetricsCB(MulticlassAccuracy(num_classes=10)), ProgressCB()]
+    Learner(mlp(), digits, nn.functional.cross_entropy, cbs=cbs).fit(1)
+    out = capsys.readouterr().out
+    assert "epoch 1  train  loss" in out and "epoch 1  valid" in out
+
+
+def test_bad_input_names_the_culprit():
+    with pytest.raises(TypeError, match="has no stage method"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[object()])
+    with pytest.raises(TypeError, match="is a class: pass an instance, MetricsCB"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[MetricsCB])
+    learn = Learner(nn.Linear(2, 1), tiny())
+    with pytest.raises(SelectorError, match="has no variable 'lossy'"):
+        learn.on("one_batch > lossy")
+    bad = DataLoaders([torch.randn(4, 2)], [])
+    with pytest.raises(
+        ValueError, match="the train loader yielded a Tensor at batch 0; the Learner expects"
+    ):
+        Learner(nn.Linear(2, 1), bad).fit(1)
