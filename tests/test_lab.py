@@ -282,3 +282,19 @@ def test_bad_input_names_the_culprit():
         ValueError, match="the train loader yielded a Tensor at batch 0; the Learner expects"
     ):
         Learner(nn.Linear(2, 1), bad).fit(1)
+
+
+def test_device_callback_moves_model_and_batches():
+    from ptera.lab import DeviceCB
+
+    seen = []
+    learn = Learner(nn.Linear(2, 1), tiny(), cbs=[DeviceCB("cpu")])
+
+    @learn.on("one_batch > loss")
+    def device(loss):
+        seen.append(loss.device.type)
+
+    learn.fit(1)
+    assert seen == ["cpu"] * 3 and next(learn.model.parameters()).device.type == "cpu"
+    with pytest.raises(SelectorError, match="cannot find function 'no_such_stage'"):
+        learn.on("no_such_stage > loss")
