@@ -31,7 +31,16 @@ from .effects import Overlay
 from .lookup import FnState
 from .overlay import caller_env
 from .results import Result
-from .state import HIGH, ConflictError, State, base_state, hand_over, same, split_priority
+from .state import (
+    HIGH,
+    ConflictError,
+    State,
+    base_state,
+    drop_pending,
+    hand_over,
+    same,
+    split_priority,
+)
 
 __all__ = ["PteraFunction", "attach", "defaults"]
 
@@ -167,8 +176,14 @@ class PteraFunction:
             return fn(*args, **kwargs)
         if self._later:
             return self._invoke_later(args, kwargs)
-        hand_over(self._st.fid, self.state)
-        return fn(*args, **kwargs)
+        fid, state = self._st.fid, self.state
+        hand_over(fid, state)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # A call that failed binding its arguments never took the state: it
+            # must not leak into the next direct call of the function.
+            drop_pending(fid, state)
 
     def _invoke_later(self, args: tuple, kwargs: dict) -> Any:
         """Generators and coroutines start later: hand the state over when they do."""
@@ -177,22 +192,34 @@ class PteraFunction:
         if flags & inspect.CO_COROUTINE:
 
             async def run():
+                coro = fn(*args, **kwargs)  # binds the arguments; the body starts below
                 hand_over(fid, state)
-                return await fn(*args, **kwargs)
+                try:
+                    return await coro
+                finally:
+                    drop_pending(fid, state)
 
             return run()
         if flags & inspect.CO_ASYNC_GENERATOR:
 
             async def agen():
+                inner = fn(*args, **kwargs)
                 hand_over(fid, state)
-                async for item in fn(*args, **kwargs):
-                    yield item
+                try:
+                    async for item in inner:
+                        yield item
+                finally:
+                    drop_pending(fid, state)
 
             return agen()
 
         def gen():
+            inner = fn(*args, **kwargs)
             hand_over(fid, state)
-            return (yield from fn(*args, **kwargs))
+            try:
+                return (yield from inner)
+            finally:
+                drop_pending(fid, state)
 
         return gen()
 

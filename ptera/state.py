@@ -154,6 +154,13 @@ def hand_over(fid: int, state: State) -> None:
     _pending.set((fid, state))
 
 
+def drop_pending(fid: int, state: State) -> None:
+    """Forget our hand-over if no call took it (the call failed before its body ran)."""
+    p = _pending.get()
+    if p is not None and p[0] == fid and p[1] is state:
+        _pending.set(None)
+
+
 def take(fid: int) -> State:
     """The state of the call of ``fid`` that is starting (a helper of instrumented code)."""
     p = _pending.get()

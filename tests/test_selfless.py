@@ -326,3 +326,11 @@ def test_objects_look_like_their_function():
     b = bagel.new(z=1)
     assert (b.__name__, b.__qualname__, b.__wrapped__) == ("bagel", "bagel", bagel)
     assert "PteraFunction bagel" in repr(b)
+
+
+def test_a_failed_call_does_not_leak_its_state_into_the_next_one():
+    b = bagel.new(z=5)
+    with pytest.raises(TypeError):
+        b(1, 2, 3)  # too many arguments: the body never ran
+    with pytest.raises(PteraNameError):
+        bagel(1, 2)  # a direct call has no z
