@@ -65,9 +65,6 @@ class Overlay:
         self._version = -1
         self._plans: dict = {}  # plans built for these rules, by base (see activate)
 
-    def __bool__(self) -> bool:
-        return bool(self.effects)
-
     def _with(self, effects: list) -> Overlay:
         return Overlay(self.effects + tuple(effects))
 

@@ -71,6 +71,7 @@ class PteraFunction:
         state: State,
         overlay: Overlay | None = None,
         return_object: bool = False,
+        positions: dict[str, int] | None = None,
     ):
         self.__wrapped__ = fn
         self.__name__, self.__qualname__, self.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
@@ -80,11 +81,12 @@ class PteraFunction:
         self._return_object = return_object
         self._stateful = st.source.stateful
         self._later = bool(st.original.co_flags & _LATER)
-        self._positions = {
-            p.name: i
-            for i, p in enumerate(inspect.signature(fn).parameters.values())
-            if p.kind is p.POSITIONAL_OR_KEYWORD
-        }
+        if positions is None:
+            params = inspect.signature(fn).parameters.values()
+            positions = {
+                p.name: i for i, p in enumerate(params) if p.kind is p.POSITIONAL_OR_KEYWORD
+            }
+        self._positions = positions
 
     # -- making new objects ------------------------------------------------
     def _copy(self, overlay: Overlay | None = None, return_object: bool | None = None):
@@ -94,6 +96,7 @@ class PteraFunction:
             self.state.copy(),
             self._overlay if overlay is None else overlay,
             self._return_object if return_object is None else return_object,
+            self._positions,  # copies share the signature: no inspect per new/using
         )
 
     def new(self, **values: Any) -> PteraFunction:
@@ -134,8 +137,9 @@ class PteraFunction:
     def _bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Apply the state's argument values: defaults, or forced when ``Override``."""
         state = self.state
-        for name, kind in state._kinds.items():
-            if kind != "argument" or name not in state:
+        kinds = state._kinds
+        for name in state:
+            if kinds[name] != "argument":
                 continue
             value, forced = state[name], state.priority(name) >= HIGH
             i = self._positions.get(name)

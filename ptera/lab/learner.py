@@ -85,6 +85,8 @@ class Learner:
             opt_func,
         )
         self.cbs = [check_callback(cb) for cb in cbs]
+        self._methods_key: tuple = ()
+        self._methods_cache: dict[str, list] = {}
         self.listeners = Overlay()
         self.results = Result()
         self.opt = None
@@ -101,14 +103,6 @@ class Learner:
     def remove_cb(self, cb: Any) -> None:
         self.cbs.remove(cb)
 
-    @property
-    def cbs(self) -> list:
-        return self._cbs
-
-    @cbs.setter
-    def cbs(self, value: list) -> None:
-        self._cbs = _CallbackList(value)
-
     def on(self, selector: str) -> Callable[[Callable], Callable]:
         """Decorator: call the listener on each match of ``selector`` during ``fit``."""
         env = caller_env(1)
@@ -124,8 +118,20 @@ class Learner:
 
     def callback(self, stage: str) -> None:
         """Call ``stage`` on every callback that has it, in ``order``."""
-        for method in self._cbs.methods(stage):
+        for method in self._methods(stage):
             method(self)
+
+    def _methods(self, stage: str) -> list:
+        # Stages fire ~10 times a batch: sort once per set of callbacks, not per call.
+        key = tuple(map(id, self.cbs))
+        if key != self._methods_key:
+            self._methods_key, self._methods_cache = key, {}
+        got = self._methods_cache.get(stage)
+        if got is None:
+            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
+            got = [m for m in (getattr(cb, stage, None) for cb in ordered) if m is not None]
+            self._methods_cache[stage] = got
+        return got
 
     @contextmanager
     def stage(self, name: str):
@@ -226,30 +232,6 @@ class Learner:
         finally:
             self.remove_cb(finder)
         return finder
-
-
-class _CallbackList(list):
-    """The callbacks, with each stage's methods in ``order`` cached until the list changes."""
-
-    def __init__(self, items=()):
-        super().__init__(items)
-        self._methods: dict[str, list] = {}
-
-    def methods(self, stage: str) -> list:
-        got = self._methods.get(stage)
-        if got is None:
-            ordered = sorted(self, key=lambda c: getattr(c, "order", 0))
-            got = [m for m in (getattr(cb, stage, None) for cb in ordered) if m is not None]
-            self._methods[stage] = got
-        return got
-
-    def append(self, item):
-        super().append(item)
-        self._methods = {}
-
-    def remove(self, item):
-        super().remove(item)
-        self._methods = {}
 
 
 @tooled
