@@ -48,7 +48,7 @@ from .overlay import PteraNameError
 from .selfless import PteraFunction
 from .state import ConflictError
 from .tags import Tag, annotation_parts, match_tag, tag
-from .transform import ABSENT, is_priority_call
+from .transform import ABSENT, priority_wrapper
 
 __all__ = ["CliError", "auto_cli", "find_options"]
 
@@ -210,8 +210,9 @@ def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any]:
             value = node.value
         if value is None:
             continue
-        if is_priority_call(value) and value.args:
-            kind = "fixed" if _callee(value) == "Override" else "default"
+        wrapper = priority_wrapper(value)
+        if wrapper and value.args:
+            kind = "fixed" if wrapper == "Override" else "default"
             try:
                 return kind, ast.literal_eval(value.args[0])
             except ValueError:
@@ -221,11 +222,6 @@ def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any]:
         except ValueError:
             return "fixed", _Expr(ast.unparse(value))
     return "declared", ABSENT
-
-
-def _callee(call: ast.Call) -> str:
-    fn = call.func
-    return fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", "")
 
 
 class _Expr(str):
@@ -464,10 +460,8 @@ def _typed(opt: Option):
 
 def to_toml(values: dict, tweaks: dict) -> str:
     """A small TOML writer for scalars and lists (what a config holds)."""
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
-    for sel, value in tweaks.items():
-        lines.append(f"{_toml_key(sel)} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    entries = {**values, **tweaks}  # selector keys are quoted by _toml_key
+    return "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in entries.items())
 
 
 def _toml_key(key: str) -> str:

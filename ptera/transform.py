@@ -272,13 +272,18 @@ class _Scanner(ast.NodeVisitor):
     visit_ImportFrom = visit_Import
 
 
-def is_priority_call(node: ast.expr) -> bool:
-    """Whether ``node`` is ``default(...)`` or ``Override(...)`` (bare or as an attribute)."""
+def priority_wrapper(node: ast.expr) -> str | None:
+    """``"default"`` or ``"Override"`` when ``node`` calls one (bare or as an attribute)."""
     if not isinstance(node, ast.Call):
-        return False
+        return None
     fn = node.func
     name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else None
-    return name in PRIORITY_WRAPPERS
+    return name if name in PRIORITY_WRAPPERS else None
+
+
+def is_priority_call(node: ast.expr) -> bool:
+    """Whether ``node`` is ``default(...)`` or ``Override(...)``."""
+    return priority_wrapper(node) is not None
 
 
 def _comment_above(lines: list[str], lineno: int) -> str | None:
