@@ -298,3 +298,12 @@ def test_device_callback_moves_model_and_batches():
     assert seen == ["cpu"] * 3 and next(learn.model.parameters()).device.type == "cpu"
     with pytest.raises(SelectorError, match="cannot find function 'no_such_stage'"):
         learn.on("no_such_stage > loss")
+
+
+def test_every_after_batch_runs_when_an_earlier_callback_cancels():
+    log = []
+    first = Recorder(
+        "a", log, order=-1, cancel=("after_batch", CancelFitException, lambda learn: True)
+    )
+    Learner(nn.Linear(2, 1), tiny(), cbs=[first, Recorder("b", log)]).fit(2)
+    assert "b.after_batch" in log and log.count("a.before_batch") == 1  # b closed its batch too

@@ -10,7 +10,8 @@ Decisions:
 
 * Each stage runs ``before_<stage>``, the body, ``after_cancel_<stage>`` if the
   body raised ``Cancel<Stage>Exception``, then ``after_<stage>`` and
-  ``cleanup_<stage>``, both always (also when another error propagates).
+  ``cleanup_<stage>``, both always (also when another error propagates), and
+  each for every callback even when one of them raises.
 * Validation iterates the valid loader in eval mode under ``torch.no_grad()``.
 * Listener results are collected in ``learn.results`` (a ``Result``), by
   listener name, for the last ``fit``.
@@ -117,9 +118,25 @@ class Learner:
         return register
 
     def callback(self, stage: str) -> None:
-        """Call ``stage`` on every callback that has it, in ``order``."""
-        for method in self._methods(stage):
-            method(self)
+        """Call ``stage`` on every callback that has it, in ``order``.
+
+        In ``after_*`` and ``cleanup_*`` stages every callback runs even if an
+        earlier one raised (a cancel included): the first exception is re-raised
+        at the end, so no callback misses the close of what it opened.
+        """
+        methods = self._methods(stage)
+        if not stage.startswith(("after_", "cleanup_")):
+            for method in methods:
+                method(self)
+            return
+        first = None
+        for method in methods:
+            try:
+                method(self)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def _methods(self, stage: str) -> list:
         # Stages fire ~10 times a batch: sort once per set of callbacks, not per call.
