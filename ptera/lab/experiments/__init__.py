@@ -1,0 +1,42 @@
+"""Experiments: grids of variations x (control + interventions) as overlays on one model.
+
+``Experiment(model, datasets=(train, test), variations=[...], interventions=[...])``
+plans and checks every trial; ``run(n_epochs)`` trains what its SQLite store lacks
+(skipping finished trials, resuming partial ones); ``results()`` is a DataFrame.
+``python -m ptera.lab.experiments run config.toml`` does the same from a file.
+"""
+
+from .executors import ProcessExecutor, RayExecutor, SerialExecutor
+from .experiment import Experiment
+from .interventions import (
+    ChangeOptimizer,
+    ChangeTrainLoader,
+    Family,
+    Intervention,
+    PerturbWeights,
+    ReinitWeights,
+    Tweak,
+)
+from .metrics import Metrics, Trial
+from .plotter import Plotter
+from .store import Store
+from .trial import TrialError
+
+__all__ = [
+    "ChangeOptimizer",
+    "ChangeTrainLoader",
+    "Experiment",
+    "Family",
+    "Intervention",
+    "Metrics",
+    "PerturbWeights",
+    "Plotter",
+    "ProcessExecutor",
+    "RayExecutor",
+    "ReinitWeights",
+    "SerialExecutor",
+    "Store",
+    "Trial",
+    "TrialError",
+    "Tweak",
+]

@@ -1,0 +1,195 @@
+"""Where trials run: in this process, in a local process pool, or on Ray.
+
+Every executor runs the same function (``trial.run_trial``) on the same
+``Setup`` and writes to the same store; they differ only in where. An
+intervention trial is submitted when its control has finished (its metrics may
+read the control's checkpoints).
+
+Decisions:
+
+* The setup is pickled once per worker with ``cloudpickle`` (lambdas in
+  ``Tweak`` and metric classes defined in a script travel by value).
+* Worker processes are *spawned*, not forked: forking a process that has
+  started torch's thread pools can deadlock. A script that runs an experiment
+  with ``processes=`` therefore needs the usual ``if __name__ == "__main__":``.
+* The first failing trial stops the run: pending trials are cancelled, and its
+  error (naming the trial) is raised. Finished epochs stay in the store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from .trial import Setup, run_trial
+
+__all__ = ["Job", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A trial to run, and the trial it must wait for (its control), if any."""
+
+    id: str
+    after: str | None = None
+
+
+def _order(jobs: list[Job]) -> list[Job]:
+    done: set[str] = set()
+    out, rest = [], list(jobs)
+    while rest:
+        ready = [j for j in rest if j.after is None or j.after in done]
+        if not ready:
+            raise ValueError("trials wait on each other in a cycle")
+        for j in ready:
+            out.append(j)
+            done.add(j.id)
+        rest = [j for j in rest if j.id not in done]
+    return out
+
+
+class SerialExecutor:
+    """Run trials one after the other in this process (the default)."""
+
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
+        return {j.id: run_trial(setup, j.id, n_epochs) for j in _order(jobs)}
+
+
+def _dispatch(jobs: list[Job], submit: Callable, wait_any: Callable, cancel: Callable) -> dict:
+    """Submit jobs as their controls finish; ``wait_any(handles) -> [(handle, result)]``."""
+    waiting: dict[str | None, list[Job]] = {}
+    for j in jobs:
+        waiting.setdefault(j.after, []).append(j)
+    running = {submit(j): j.id for j in waiting.pop(None, [])}
+    results: dict[str, int] = {}
+    try:
+        while running:
+            for handle, value in wait_any(list(running)):
+                tid = running.pop(handle)
+                results[tid] = value
+                for j in waiting.pop(tid, []):
+                    running[submit(j)] = j.id
+    except BaseException:
+        cancel(list(running))
+        raise
+    if waiting:  # a job waiting on a trial that was not in this run
+        for j in (j for group in waiting.values() for j in group):
+            raise ValueError(f"trial {j.id} waits for {j.after}, which was not scheduled")
+    return results
+
+
+_worker_setup: dict[str, Setup] = {}  # per worker process: the unpickled setup, by key
+
+
+def _setup_in_worker(key: str, payload: bytes) -> Setup:
+    setup = _worker_setup.get(key)
+    if setup is None:
+        import pickle
+
+        import cloudpickle  # noqa: F401 -- registers what its pickles need
+
+        setup = _worker_setup[key] = pickle.loads(payload)
+    return setup
+
+
+def _run_in_worker(key: str, payload: bytes, trial: str, n_epochs: int) -> int:
+    return run_trial(_setup_in_worker(key, payload), trial, n_epochs)
+
+
+def _pickle(setup: Setup) -> tuple[str, bytes]:
+    try:
+        import cloudpickle
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "running trials in other processes needs cloudpickle (pip install 'ptera[lab]')"
+        ) from None
+    payload = cloudpickle.dumps(setup)
+    import hashlib
+
+    return hashlib.sha256(payload).hexdigest()[:16], payload
+
+
+class ProcessExecutor:
+    """Run trials in ``processes`` spawned worker processes on this machine."""
+
+    def __init__(self, processes: int | None = None):
+        self.processes = processes or os.cpu_count() or 1
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
+        key, payload = _pickle(setup)
+        setup.store.close()
+        context = multiprocessing.get_context("spawn")
+        workers = min(self.processes, len(jobs))
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+
+            def submit(job: Job) -> Any:
+                return pool.submit(_run_in_worker, key, payload, job.id, n_epochs)
+
+            def wait_any(futures: list) -> list:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                return [(f, f.result()) for f in done]
+
+            def cancel(futures: list) -> None:
+                for f in futures:
+                    f.cancel()
+
+            return _dispatch(jobs, submit, wait_any, cancel)
+
+
+class RayExecutor:
+    """Run trials as Ray tasks (``pip install 'ptera[ray]'``); results land in the same store.
+
+    Connects to ``address`` (``ray.init`` arguments in ``init``), or starts a local
+    Ray if none is running. On a cluster the store's folder must be shared by the
+    nodes (trials write their checkpoints and metrics there).
+    """
+
+    def __init__(self, address: str | None = None, num_cpus_per_trial: float = 1, **init: Any):
+        self.address, self.cpus, self.init = address, num_cpus_per_trial, init
+
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError("RayExecutor needs Ray: pip install 'ptera[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=self.address, **{"log_to_driver": False, **self.init})
+        key, payload = _pickle(setup)
+        ref = ray.put(payload)
+        remote = ray.remote(num_cpus=self.cpus, max_retries=0)(_run_in_worker)
+
+        def submit(job: Job) -> Any:
+            return remote.remote(key, ref, job.id, n_epochs)
+
+        def wait_any(refs: list) -> list:
+            done, _ = ray.wait(refs, num_returns=1)
+            return [(r, ray.get(r)) for r in done]
+
+        def cancel(refs: list) -> None:
+            for r in refs:
+                ray.cancel(r)
+
+        return _dispatch(jobs, submit, wait_any, cancel)
+
+
+def make_executor(executor: Any, processes: int | None) -> Any:
+    """``None``/``"serial"``, ``"processes"`` (``processes=N``), ``"ray"``, or an object."""
+    if executor is None:
+        return ProcessExecutor(processes) if processes and processes > 1 else SerialExecutor()
+    if executor == "serial":
+        return SerialExecutor()
+    if executor == "processes":
+        return ProcessExecutor(processes)
+    if executor == "ray":
+        return RayExecutor()
+    if hasattr(executor, "run"):
+        return executor
+    raise ValueError(
+        f"unknown executor {executor!r}: use 'serial', 'processes', 'ray' or an object"
+    )

@@ -1,0 +1,362 @@
+"""An experiment: a grid of variations x (control + interventions) on one model.
+
+``Experiment(model, datasets=(train, test), variations=[...], interventions=[...])``
+plans every trial when it is built (and checks it: bad parameters, empty grids,
+selectors that name nothing, optimizers that refuse their hyperparameters all
+fail here, before any training); ``run(n_epochs)`` trains what the store does not
+have yet; ``results()`` is a pandas DataFrame; ``plot()`` writes one PNG per metric.
+
+Decisions:
+
+* ``variations`` is a list of axes (an intervention, a ``make_variations`` family,
+  or a list of interventions); the variations are their product. ``interventions``
+  is a flat union; each variation runs its control and every intervention.
+* Two axes that set the same setting are an error (which one wins is a guess).
+* A trial is identified by what it runs (``config.trial_hash``), so grid
+  positions that run the same thing share one trial, and a trial finished by an
+  earlier experiment in the same store is reused.
+* An intervention trial waits for its control, which its metrics may read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import data_fingerprint, model_identity, normalize, trial_hash
+from .executors import Job, make_executor
+from .interventions import Family, Intervention, Tweak, hyperparameters_of, optimizer_defaults
+from .interventions import _short as short
+from .metrics import Metrics
+from .plotter import Plotter
+from .store import Store
+from .trial import Setup, TrialPlan, backfill, check_resettable
+
+__all__ = ["Experiment"]
+
+
+class Experiment:
+    """Trials of ``model`` on ``datasets`` for every variation x (control + interventions)."""
+
+    def __init__(
+        self,
+        model: Any,
+        datasets: Sequence | None = None,
+        variations: Iterable = (),
+        interventions: Iterable = (),
+        metrics: Metrics | None = None,
+        plotter: Plotter | None = None,
+        store: str | os.PathLike = "experiments.db",
+        *,
+        dataset: Sequence | None = None,
+        loss_fn: Any = F.cross_entropy,
+        optimizer: Any = torch.optim.SGD,
+        lr: float = 0.01,
+        hyperparameters: dict | None = None,
+        batch_size: int = 64,
+        seed_weights: Any = 0,
+        seed_shuffle: Any = 0,
+    ):
+        if datasets is not None and dataset is not None:
+            raise TypeError("give datasets= or dataset=, not both")
+        datasets = datasets if datasets is not None else dataset
+        if datasets is None or len(datasets) != 2:
+            raise TypeError("Experiment needs datasets=(train_set, test_set)")
+        self.train_set, self.test_set = datasets
+        for name, ds in (("train", self.train_set), ("test", self.test_set)):
+            _check_dataset(name, ds)
+        if isinstance(model, torch.nn.Module):
+            check_resettable(model)
+        elif not callable(model):
+            raise TypeError(f"model must be an nn.Module, its class or a factory, got {model!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model, self.loss_fn = model, loss_fn
+        self.metrics = metrics if metrics is not None else Metrics()
+        if not isinstance(self.metrics, Metrics):
+            raise TypeError(f"metrics must be a Metrics (or a subclass), got {metrics!r}")
+        self.plotter = plotter
+        self.store = Store(store)
+        self.base = {
+            "optimizer": optimizer,
+            "hyper.lr": lr,
+            **{f"hyper.{k}": v for k, v in (hyperparameters or {}).items()},
+            "batch_size": batch_size,
+            "seed_weights": seed_weights,
+            "seed_shuffle": seed_shuffle,
+        }
+        self.identity = {
+            "model": model_identity(model),
+            "data": [data_fingerprint(self.train_set), data_fingerprint(self.test_set)],
+            "loss": normalize(loss_fn),
+        }
+        self.grid = self._plan(list(variations), list(interventions))
+        self.plans: dict[str, TrialPlan] = {}
+        for plan in self.grid:  # positions that run the same thing share one trial
+            self.plans.setdefault(plan.id, plan)
+        self._check()
+        self.trained: list[str] = []
+
+    # -- planning -------------------------------------------------------------------
+    def _plan(self, variations: list, interventions: list) -> list[TrialPlan]:
+        combos: list[tuple[list[Intervention], dict]] = [([], dict(self.base))]
+        owner: dict[str, int] = {}
+        for i, axis in enumerate(variations):
+            grown = []
+            for chosen, settings in combos:
+                items = _items(axis, settings, f"variations[{i}]")
+                for item in items:
+                    for key in item.settings():
+                        if owner.setdefault(key, i) != i:
+                            raise ValueError(
+                                f"variations[{owner[key]}] and variations[{i}] both set"
+                                f" {key.removeprefix('hyper.')}: vary it in one of them"
+                            )
+                    grown.append((chosen + [item], {**settings, **item.settings()}))
+            combos = grown
+        plans = []
+        for chosen, settings in combos:
+            effects = sorted((c for c in chosen if c.is_effect()), key=_config_key)
+            control = self._trial(settings, effects, chosen, None)
+            plans.append(control)
+            for j, axis in enumerate(interventions):
+                for iv in _items(axis, settings, f"interventions[{j}]"):
+                    isettings = {**settings, **iv.settings()}
+                    ieffects = effects + ([iv] if iv.is_effect() else [])
+                    plan = self._trial(isettings, ieffects, chosen, iv)
+                    plan.control = control.id
+                    plans.append(plan)
+        return plans
+
+    def _trial(
+        self, settings: dict, effects: list, chosen: list, iv: Intervention | None
+    ) -> TrialPlan:
+        config = {
+            **self.identity,
+            "settings": {k: normalize(v) for k, v in sorted(settings.items())},
+            "effects": [e.config() for e in effects],
+        }
+        tid = trial_hash(config)
+        variation: dict[str, Any] = {}
+        for item in chosen:
+            for k, v in _params(item).items():
+                variation[k if k not in variation else f"{type(item).__name__}.{k}"] = v
+        condition = {"intervention": type(iv).__name__ if iv else "control"}
+        if iv is not None:
+            condition.update({f"intervention.{k}": v for k, v in _params(iv).items()})
+        return TrialPlan(
+            id=tid,
+            control=tid,
+            config=config,
+            settings=settings,
+            effects=effects,
+            variation=variation,
+            condition=condition,
+            label=iv.label() if iv else "control",
+        )
+
+    def _check(self) -> None:
+        if not self.grid:
+            raise ValueError("the experiment has no trials")
+        seen = set()
+        for plan in self.plans.values():
+            key = json.dumps(normalize(plan.settings), sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                optimizer_defaults(
+                    plan.settings["optimizer"], hyperparameters_of(plan.settings), None
+                )
+            for e in plan.effects:
+                if id(e) not in seen:
+                    seen.add(id(e))
+                    e.validate(plan.settings)
+                    if isinstance(e, Tweak):
+                        e.check()
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    @property
+    def setup(self) -> Setup:
+        return Setup(
+            self.model,
+            self.train_set,
+            self.test_set,
+            self.loss_fn,
+            self.metrics,
+            self.store,
+            self.plans,
+        )
+
+    # -- running ----------------------------------------------------------------------
+    def run(
+        self,
+        n_epochs: int = 1,
+        executor: Any = None,
+        processes: int | None = None,
+        plot: bool = False,
+    ) -> Any:
+        """Train every trial to ``n_epochs`` (skipping and resuming what the store has).
+
+        ``executor``: ``"serial"`` (default), ``"processes"`` (with ``processes=N``),
+        or an executor object such as ``RayExecutor()``. Returns ``results()``.
+        """
+        if not isinstance(n_epochs, int) or n_epochs < 0:
+            raise ValueError(f"n_epochs must be a non-negative int, got {n_epochs!r}")
+        executor = make_executor(executor, processes)
+        store = self.store
+        for plan in self.plans.values():
+            store.register(plan.id, plan.config)
+        epochs = store.epochs(self.plans)
+        todo = [p for p in self.plans.values() if epochs[p.id] < n_epochs]
+        pending = {p.id for p in todo}
+        jobs = [
+            Job(p.id, p.control if p.control in pending and not p.is_control else None)
+            for p in todo
+        ]
+        setup = self.setup
+        for plan in self.plans.values():
+            if plan.id not in pending:
+                backfill(setup, plan, epochs[plan.id])
+        trained = executor.run(setup, jobs, n_epochs) if jobs else {}
+        self.trained = [t for t, n in trained.items() if n > 0]
+        if plot:
+            self.plot()
+        return self.results()
+
+    def status(self, n_epochs: int | None = None) -> list[dict]:
+        """One row per trial: id, labels, epochs done, and done / partial / pending.
+
+        ``done`` means trained to ``n_epochs`` (default: at least one epoch).
+        """
+        epochs = self.store.epochs(self.plans)
+        rows = []
+        for plan in self.plans.values():
+            done = epochs[plan.id]
+            target = 1 if n_epochs is None else n_epochs
+            state = "pending" if done < 0 else "done" if done >= target else "partial"
+            rows.append(
+                {
+                    "trial": plan.id,
+                    "variation": _label(plan.variation),
+                    "condition": plan.label,
+                    "epochs": max(done, 0),
+                    "state": state,
+                }
+            )
+        return rows
+
+    # -- reading ---------------------------------------------------------------------
+    def results(self) -> Any:
+        """Every metric of every grid position: a long pandas DataFrame.
+
+        Columns: ``trial``, ``variation``, ``condition``, the variation's parameters,
+        ``intervention`` and ``intervention.<parameter>``, ``epoch``, ``split``,
+        ``metric``, ``value``.
+        """
+        import pandas as pd
+
+        rows = self.store.metrics(self.plans)
+        by_trial: dict[str, list] = {}
+        for trial, epoch, split, name, value in rows:
+            by_trial.setdefault(trial, []).append((epoch, split, name, value))
+        params = _columns(self.grid)
+        records = []
+        for plan in self.grid:
+            info = {
+                "trial": plan.id,
+                "variation": _label(plan.variation),
+                "condition": plan.label,
+                **{c: None for c in params},
+                **{k: _cell(v) for k, v in {**plan.variation, **plan.condition}.items()},
+            }
+            for epoch, split, name, value in by_trial.get(plan.id, ()):
+                records.append(
+                    {**info, "epoch": epoch, "split": split, "metric": name, "value": value}
+                )
+        columns = ["trial", "variation", "condition", *params, "epoch", "split", "metric", "value"]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+    def plot(self, out_dir: str | os.PathLike | None = None) -> list[Path]:
+        """One PNG per metric (``Plotter``); returns the paths written."""
+        out = (
+            Path(out_dir)
+            if out_dir is not None
+            else self.store.path.with_name(self.store.path.stem + ".plots")
+        )
+        return (self.plotter or Plotter()).plot(self.results(), out)
+
+
+# -- helpers --------------------------------------------------------------------------
+def _items(axis: Any, settings: dict, where: str) -> list[Intervention]:
+    if isinstance(axis, Intervention):
+        return [axis]
+    if isinstance(axis, Family):
+        return axis.expand(settings)
+    if isinstance(axis, (list, tuple)):
+        out = []
+        for item in axis:
+            out += _items(item, settings, where)
+        if not out:
+            raise ValueError(f"{where} is empty (an empty grid)")
+        return out
+    raise TypeError(
+        f"{where}: expected an intervention or make_variations(...), got {axis!r}"
+        f" ({type(axis).__name__})"
+    )
+
+
+def _config_key(e: Intervention) -> str:
+    return json.dumps(e.config(), sort_keys=True)
+
+
+def _params(item: Intervention) -> dict:
+    if isinstance(item, Tweak):
+        return {s: v for s, v in item.params["values"].items()} | (
+            {"when": item.when} if item.when else {}
+        )
+    return {**item.params, **({"when": item.when} if item.when else {})}
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple) and all(isinstance(w, tuple) for w in value):
+        return ",".join(f"{s}-{e}" for s, e in value)
+    return short(value) if isinstance(value, type) else getattr(value, "__name__", str(value))
+
+
+def _label(params: dict) -> str:
+    return ", ".join(f"{k}={_cell(v)}" for k, v in params.items()) or "base"
+
+
+def _columns(grid: list[TrialPlan]) -> list[str]:
+    cols: dict[str, None] = {}
+    for plan in grid:
+        cols.update(dict.fromkeys(plan.variation))
+    cols["intervention"] = None
+    for plan in grid:
+        cols.update(dict.fromkeys(k for k in plan.condition if k != "intervention"))
+    return list(cols)
+
+
+def _check_dataset(name: str, ds: Any) -> None:
+    try:
+        n = len(ds)
+    except TypeError:
+        raise TypeError(
+            f"the {name} set must be a map-style dataset (with len), got {ds!r}"
+        ) from None
+    if n == 0:
+        raise ValueError(f"the {name} set is empty")
+    item = ds[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError(
+            f"the {name} set's items must be (input, target) pairs, got {type(item).__name__}"
+        )

@@ -1,0 +1,178 @@
+"""Where trials live: SQLite (WAL) for configs and metrics, files for checkpoints.
+
+Decisions:
+
+* A trial's row holds its config (JSON) and ``epochs``, the last epoch whose
+  metrics and checkpoint are both committed (-1: nothing yet; 0: the evaluation
+  before training). Metrics, the checkpoint's path and ``epochs`` of one epoch are
+  written in ONE transaction, after the checkpoint file is in place (written to a
+  temporary name and renamed), so a crash at any point loses at most the epoch
+  in progress and never leaves a metric without its checkpoint.
+* Checkpoint paths are stored relative to the store's folder: the folder can move.
+* Every process opens its own connection; WAL and a busy timeout let workers of
+  one experiment commit side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Store"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    epochs INTEGER NOT NULL DEFAULT -1,
+    updated REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    trial TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (trial, epoch, split, name)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    trial TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (trial, epoch)
+);
+"""
+
+
+class Store:
+    """The SQLite file of an experiment and the folder of its checkpoints."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = self.path.with_name(self.path.stem + ".checkpoints")
+        self._db: sqlite3.Connection | None = None
+        self._pid = -1
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None or self._pid != os.getpid():  # never share a connection across fork
+            try:
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                raise ValueError(f"{self.path} is not a usable experiment store: {exc}") from None
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "checkpoints": self.checkpoints, "_db": None, "_pid": -1}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- trials ------------------------------------------------------------------
+    def register(self, trial: str, config: dict) -> None:
+        """Record a trial's config (once; an existing trial keeps its progress)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO trials (id, config, updated) VALUES (?, ?, ?)",
+            (trial, json.dumps(config, sort_keys=True), time.time()),
+        )
+
+    def epochs(self, trials: Iterable[str] | None = None) -> dict[str, int]:
+        """The last committed epoch of each trial (-1: none)."""
+        rows = self.db.execute("SELECT id, epochs FROM trials").fetchall()
+        out = dict(rows)
+        return out if trials is None else {t: out.get(t, -1) for t in trials}
+
+    def config(self, trial: str) -> dict:
+        row = self.db.execute("SELECT config FROM trials WHERE id = ?", (trial,)).fetchone()
+        if row is None:
+            raise KeyError(f"no trial {trial} in {self.path}")
+        return json.loads(row[0])
+
+    def fail(self, trial: str, error: str) -> None:
+        self.db.execute(
+            "UPDATE trials SET error = ?, updated = ? WHERE id = ?", (error, time.time(), trial)
+        )
+
+    # -- epochs -----------------------------------------------------------------
+    def checkpoint_path(self, trial: str, epoch: int) -> Path:
+        return self.checkpoints / trial / f"epoch-{epoch}.pt"
+
+    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Path:
+        """Write ``state`` atomically (temporary file, then rename)."""
+        path = self.checkpoint_path(trial, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, trial: str, epoch: int) -> dict:
+        row = self.db.execute(
+            "SELECT path FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
+        ).fetchone()
+        if row is None:
+            raise FileNotFoundError(f"trial {trial} has no checkpoint for epoch {epoch}")
+        return torch.load(self.path.parent / row[0], weights_only=True)
+
+    def commit_epoch(
+        self, trial: str, epoch: int, metrics: dict[tuple[str, str], float], checkpoint: Path | None
+    ) -> None:
+        """Metrics of ``epoch``, its checkpoint and the trial's progress, in one transaction."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
+                [(trial, epoch, split, name, value) for (split, name), value in metrics.items()],
+            )
+            if checkpoint is not None:
+                rel = os.path.relpath(checkpoint, self.path.parent)
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (trial, epoch, rel)
+                )
+                db.execute(
+                    "UPDATE trials SET epochs = MAX(epochs, ?), updated = ?, error = NULL"
+                    " WHERE id = ?",
+                    (epoch, time.time(), trial),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def metric_names(self, trial: str) -> dict[int, set[tuple[str, str]]]:
+        out: dict[int, set] = {}
+        for epoch, split, name in self.db.execute(
+            "SELECT epoch, split, name FROM metrics WHERE trial = ?", (trial,)
+        ):
+            out.setdefault(epoch, set()).add((split, name))
+        return out
+
+    def metrics(self, trials: Iterable[str]) -> list[tuple[str, int, str, str, float]]:
+        """Rows ``(trial, epoch, split, name, value)`` of the given trials."""
+        ids = list(dict.fromkeys(trials))
+        out: list[Any] = []
+        for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out += self.db.execute(
+                f"SELECT trial, epoch, split, name, value FROM metrics WHERE trial IN ({marks})"
+                " ORDER BY trial, epoch, split, name",
+                chunk,
+            ).fetchall()
+        return out
