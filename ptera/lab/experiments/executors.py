@@ -169,7 +169,10 @@ class RayExecutor:
 
         def wait_any(refs: list) -> list:
             done, _ = ray.wait(refs, num_returns=1)
-            return [(r, ray.get(r)) for r in done]
+            try:
+                return [(r, ray.get(r)) for r in done]
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.as_instanceof_cause() from None  # the trial's own error
 
         def cancel(refs: list) -> None:
             for r in refs:

@@ -67,7 +67,7 @@ class Plotter:
             return []
         averaged = self.averaged(results.columns)
         params = [c for c in results.columns if c not in FIXED and c not in averaged]
-        shown = [c for c in params if results[c].astype(str).nunique() > 1]
+        shown = [c for c in params if results[c].map(_fmt).nunique(dropna=False) > 1]
         df = results.copy()
         df["_condition"] = _labels(df, shown)
         conditions = list(dict.fromkeys(df["_condition"]))
@@ -97,6 +97,7 @@ class Plotter:
                 name + (f" (mean, {self.band} over {', '.join(averaged)})" if averaged else "")
             )
             ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
             if len(conditions) <= 12:
@@ -111,18 +112,23 @@ class Plotter:
 
 
 def _labels(df: Any, shown: list[str]) -> list[str]:
-    if not shown:
-        return ["all"] * len(df)
-    cols = df[shown].astype(str).values.tolist()
     out = []
-    for row in cols:
+    for row in df[shown].itertuples(index=False, name=None):
         parts = [
-            f"{c.removeprefix('intervention.')}={v}"
+            f"{c.removeprefix('intervention.')}={_fmt(v)}"
             for c, v in zip(shown, row)
-            if v not in ("None", "nan")
+            if _fmt(v) is not None
         ]
         out.append(", ".join(p.removeprefix("intervention=") for p in parts) or "all")
     return out
+
+
+def _fmt(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
 
 
 def _colours(n: int) -> list:

@@ -1,0 +1,604 @@
+"""ptera.lab.experiments: grids, interventions, identity, store, resume, executors, CLI."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptera.lab.experiments import (
+    ChangeOptimizer,
+    ChangeTrainLoader,
+    Experiment,
+    Metrics,
+    PerturbWeights,
+    Plotter,
+    ReinitWeights,
+    Tweak,
+)
+from ptera.lab.experiments.cli import main as cli_main
+from ptera.lab.models import Lenet5
+
+from .experiment_program import TempNet, perturb_experiment, small_digits
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def data():
+    return small_digits()
+
+
+@pytest.fixture(scope="module")
+def images():
+    train, test = small_digits()
+    return tuple(
+        type(ds)(ds.tensors[0].reshape(-1, 1, 8, 8), ds.tensors[1]) for ds in (train, test)
+    )
+
+
+def table(exp, epoch, split="test", metric="loss"):
+    df = exp.results()
+    rows = df[(df.epoch == epoch) & (df.split == split) & (df.metric == metric)]
+    return dict(zip(rows.condition + " | " + rows.variation, rows.value))
+
+
+# -- the grid ----------------------------------------------------------------------------
+# The seed's five examples, with the trial counts it states.
+SEED_GRIDS = [
+    (
+        "weight perturbation",
+        dict(
+            interventions=[
+                PerturbWeights.make_variations(epsilon=(0.001, 0.01, 0.1), seed_weights=range(10))
+            ]
+        ),
+        31,
+    ),
+    (
+        "optimizers",
+        dict(
+            variations=[
+                ReinitWeights.make_variations(seed_weights=range(5)),
+                ChangeOptimizer.make_variations(optimizer=torch.optim.SGD, lr=(0.001, 0.01, 0.1)),
+            ],
+            interventions=[ChangeOptimizer.make_variations(optimizer=torch.optim.Adam)],
+        ),
+        30,
+    ),
+    (
+        "batch size",
+        dict(
+            variations=[
+                ReinitWeights.make_variations(seed_weights=range(5)),
+                ChangeTrainLoader.make_variations(batch_size=32, seed_shuffle=(0.1, 0.2, 0.3)),
+            ],
+            interventions=[ChangeTrainLoader.make_variations(batch_size=(64, 128, 256, 512, 1024))],
+        ),
+        90,
+    ),
+    (
+        "momentum windows",
+        dict(
+            variations=[
+                ReinitWeights.make_variations(seed_weights=range(10)),
+                ChangeOptimizer.make_variations(momentum=(0.9, 0.99, 0.999)),
+            ],
+            interventions=[
+                ChangeOptimizer.make_variations(
+                    momentum=lambda m: (
+                        m * (1 + epsilon) for epsilon in (0.001, -0.001, 0.01, -0.01, 0.1, -0.1)
+                    ),
+                    when=((0, 100), (1000, 1100), (5000, 5100)),
+                )
+            ],
+        ),
+        210,
+    ),
+    (
+        "momentum windows, one init",
+        dict(
+            variations=[ChangeOptimizer.make_variations(momentum=(0.9, 0.99, 0.999))],
+            interventions=[
+                ChangeOptimizer.make_variations(
+                    momentum=lambda m: (
+                        m * (1 + epsilon) for epsilon in (0.001, -0.001, 0.01, -0.01, 0.1, -0.1)
+                    ),
+                    when=((0, 100), (1000, 1100), (5000, 5100)),
+                )
+            ],
+        ),
+        21,
+    ),
+]
+
+
+@pytest.mark.parametrize("name, grid, count", SEED_GRIDS, ids=[g[0] for g in SEED_GRIDS])
+def test_seed_grids_have_the_seed_trial_counts(name, grid, count, images, tmp_path):
+    exp = Experiment(model=Lenet5(image_size=8), dataset=images, store=tmp_path / "x.db", **grid)
+    assert len(exp) == count
+    assert len(exp.plans) == count  # every position runs something different
+    assert not (tmp_path / "x.db").exists()  # planning trains nothing, writes nothing
+
+
+def test_seed_plotting_example_spelling_is_an_alias(images, tmp_path):
+    exp = Experiment(
+        model=Lenet5(image_size=8),
+        dataset=images,
+        variations=[
+            ReinitWeights.make_variations(seed_weights=range(5)),
+            ChangeTrainLoader.make_variations(
+                batch_size=32, batch_order_seed_weights=(0.1, 0.2, 0.3)
+            ),
+        ],
+        interventions=[ChangeTrainLoader.make_variations(batch_size=(64, 128, 256, 512, 1024))],
+        plotter=Plotter(average_over=("seed_shuffle", "seed")),
+        store=tmp_path / "x.db",
+    )
+    assert len(exp) == 90
+    assert Plotter(average_over=("seed_shuffle", "seed")).averaged(
+        ["seed_weights", "batch_size", "seed_shuffle", "intervention", "intervention.batch_size"]
+    ) == ["seed_shuffle", "seed_weights"]
+
+
+@pytest.mark.parametrize(
+    "grid, expected",
+    [
+        (
+            PerturbWeights.make_variations(epsilon=0.1),
+            ["PerturbWeights(epsilon=0.1, seed_weights=0)"],
+        ),
+        (
+            PerturbWeights.make_variations(epsilon=[0.1, 0.2], seed_weights=range(2)),
+            [
+                "PerturbWeights(epsilon=0.1, seed_weights=0)",
+                "PerturbWeights(epsilon=0.1, seed_weights=1)",
+                "PerturbWeights(epsilon=0.2, seed_weights=0)",
+                "PerturbWeights(epsilon=0.2, seed_weights=1)",
+            ],
+        ),
+        (
+            ChangeOptimizer.make_variations(lr=lambda lr: (lr * 2, lr / 2)),
+            ["ChangeOptimizer(lr=0.02)", "ChangeOptimizer(lr=0.005)"],
+        ),
+        (
+            ChangeOptimizer.make_variations(momentum=lambda m: m + 0.5, when=((0, 10),)),
+            ["ChangeOptimizer(momentum=0.5, when=0-10)"],
+        ),
+        (
+            Tweak.make_variations(values={"head > T": (2.0, 4.0)}),
+            ["Tweak(head > T: 2)", "Tweak(head > T: 4)"],
+        ),
+    ],
+)
+def test_make_variations_expands_against_the_control(grid, expected, data, tmp_path):
+    exp = Experiment(TempNet(), data, interventions=[grid], store=tmp_path / "x.db")
+    assert [p.label for p in exp.grid] == ["control", *expected]
+
+
+def test_same_trial_from_different_spellings_is_one_trial(data, tmp_path):
+    plain = Experiment(TempNet(), data, store=tmp_path / "x.db")
+    spelled = Experiment(
+        TempNet(), data, variations=[ReinitWeights(seed_weights=0)], store=tmp_path / "x.db"
+    )
+    assert plain.grid[0].id == spelled.grid[0].id
+    reordered = [
+        Experiment(TempNet(), data, variations=axes, store=tmp_path / "x.db").grid[0].id
+        for axes in (
+            [ReinitWeights(seed_weights=1), ChangeOptimizer(lr=0.5)],
+            [ChangeOptimizer(lr=0.5), ReinitWeights(seed_weights=1)],
+        )
+    ]
+    assert reordered[0] == reordered[1] != plain.grid[0].id
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: PerturbWeights.make_variations(epsilone=0.1), "did you mean 'epsilon'"),
+        (lambda: PerturbWeights.make_variations(epsilon=()), "no values"),
+        (lambda: PerturbWeights(seed_weights=1), "needs epsilon"),
+        (lambda: ChangeTrainLoader(batch_size=0), "positive int"),
+        (lambda: ChangeTrainLoader(batch_size=32, when=((0, 5),)), "cannot take when"),
+        (
+            lambda: ChangeOptimizer(optimizer=torch.optim.Adam, when=((0, 5),)),
+            "hyperparameters only",
+        ),
+        (lambda: PerturbWeights(epsilon=0.1, when=((5, 5),)), "empty"),
+        (lambda: PerturbWeights(epsilon=0.1, when=5), "step windows"),
+        (lambda: Tweak({"head > T": 1.0}) and Tweak({}), "needs a mapping"),
+    ],
+)
+def test_bad_interventions_fail_when_written(build, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(interventions=[Tweak({"nowhere_at_all > x": 1.0})]), "nowhere_at_all"),
+        (dict(interventions=[ChangeOptimizer(optimizer=torch.optim.Adam, momentum=0.9)]), "Adam"),
+        (dict(interventions=[ChangeOptimizer(lr=-1.0)]), "learning rate"),
+        (dict(interventions=[[]]), "empty"),
+        (dict(interventions=["PerturbWeights"]), "expected an intervention"),
+        (
+            dict(
+                variations=[ChangeOptimizer(lr=0.1), ChangeOptimizer.make_variations(lr=(0.2, 0.3))]
+            ),
+            "both set lr",
+        ),
+        (dict(batch_size=0), "positive int"),
+        (dict(metrics=object()), "Metrics"),
+    ],
+)
+def test_bad_experiments_fail_before_any_training(kwargs, message, data, tmp_path):
+    with pytest.raises((TypeError, ValueError, NameError), match=message):
+        Experiment(TempNet(), data, store=tmp_path / "x.db", **kwargs)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_bad_datasets_and_models_are_named(data, tmp_path):
+    with pytest.raises(TypeError, match="datasets="):
+        Experiment(TempNet(), store=tmp_path / "x.db")
+    with pytest.raises(TypeError, match=r"\(input, target\) pairs"):
+        Experiment(TempNet(), ([1, 2], [3]), store=tmp_path / "x.db")
+
+    class Raw(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(64, 10))
+
+        def forward(self, x):
+            return x @ self.w
+
+    with pytest.raises(TypeError, match="no reset_parameters"):
+        Experiment(Raw(), data, store=tmp_path / "x.db")
+    exp = Experiment(Raw, data, store=tmp_path / "x.db")  # a class builds fresh weights
+    assert len(exp) == 1
+
+
+# -- running ---------------------------------------------------------------------------
+def test_reproducible_and_resumed_bit_for_bit(data, tmp_path):
+    kwargs = dict(interventions=[PerturbWeights(epsilon=0.05)], lr=0.1, batch_size=16)
+    once = Experiment(TempNet(), data, store=tmp_path / "a.db", **kwargs)
+    once.run(3)
+    again = Experiment(TempNet(), data, store=tmp_path / "b.db", **kwargs)
+    again.run(1)
+    again.run(3)  # resumes from epoch 1's checkpoint
+    assert again.trained == [p.id for p in again.grid]
+    a, b = once.results(), again.results()
+    assert len(a) == len(b) == 2 * 4 * 4  # trials x epochs 0-3 x (train, test) x (loss, accuracy)
+    assert a["value"].tolist() == b["value"].tolist()  # identical, not close
+    assert table(once, 3)["control | base"] < table(once, 0)["control | base"]
+
+
+def test_reuse_trains_only_new_trials_and_extends_epochs(data, tmp_path):
+    store = tmp_path / "x.db"
+    small = Experiment(TempNet(), data, interventions=[PerturbWeights(epsilon=0.1)], store=store)
+    small.run(1)
+    assert len(small.trained) == 2
+    bigger = Experiment(
+        TempNet(),
+        data,
+        variations=[ReinitWeights.make_variations(seed_weights=(0, 1))],
+        interventions=[PerturbWeights(epsilon=0.1)],
+        store=store,
+    )
+    bigger.run(1)
+    assert len(bigger) == 4 and len(bigger.trained) == 2  # seed_weights=0 was done already
+    bigger.run(1)
+    assert bigger.trained == []
+    bigger.run(2)
+    assert len(bigger.trained) == 4
+    assert {r["state"] for r in bigger.status(2)} == {"done"}
+    assert {r["state"] for r in bigger.status(3)} == {"partial"}
+
+
+def test_metric_relative_to_control(data, tmp_path):
+    exp = perturb_experiment(tmp_path / "x.db")
+    exp.run(1)
+    df = exp.results()
+    start = df[(df.epoch == 0) & (df.metric == "dw_control")]
+    n_params = sum(p.numel() for p in TempNet().parameters())
+    for _, row in start.iterrows():
+        eps = row["intervention.epsilon"]
+        if row.intervention == "control":
+            assert row.value == 0
+        else:  # epsilon x N(0, 1) noise on every weight: distance ~ epsilon sqrt(n)
+            assert row.value == pytest.approx(eps * n_params**0.5, rel=0.05)
+
+
+def test_new_metric_is_computed_from_checkpoints_without_training(data, tmp_path):
+    store = tmp_path / "x.db"
+    Experiment(TempNet(), data, interventions=[PerturbWeights(epsilon=0.1)], store=store).run(2)
+    metrics = Metrics()
+    metrics.register_metric("first_weight", lambda trial: trial.model.fc1.weight[0, 0])
+    exp = Experiment(
+        TempNet(), data, interventions=[PerturbWeights(epsilon=0.1)], metrics=metrics, store=store
+    )
+    exp.run(2)
+    assert exp.trained == []
+    df = exp.results()
+    assert len(df[df.metric == "first_weight"]) == 2 * 3
+
+
+def test_tweak_changes_metrics_and_leaves_the_code_alone(data, tmp_path):
+    code = torch.nn.Linear.forward.__code__
+    from . import experiment_program
+
+    head_code = experiment_program.head.__code__
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[
+            Tweak({"head > T": 0.25}),
+            Tweak({"Linear > input": lambda input: input * 0}),
+            Tweak({"head > T": 100.0}, when=((10_000, 20_000),)),  # never reached
+        ],
+        store=tmp_path / "x.db",
+    )
+    exp.run(1)
+    loss = table(exp, 1)
+    control = loss["control | base"]
+    assert loss["Tweak(head > T: 0.25) | base"] != control
+    assert loss["Tweak(Linear > input: <lambda>) | base"] == pytest.approx(
+        2.3, abs=0.05
+    )  # no signal
+    assert loss["Tweak(head > T: 100, when=10000-20000) | base"] == control
+    assert torch.nn.Linear.forward.__code__ is code
+    assert experiment_program.head.__code__ is head_code
+    assert experiment_program.head(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_windowed_interventions_act_inside_their_windows_only(data, tmp_path):
+    # 300 samples / 16 = 19 steps per epoch.
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[
+            ChangeOptimizer(lr=0.0, when=((0, 19),)),  # no learning in epoch 1
+            ChangeOptimizer(lr=0.0, when=((1000, 2000),)),  # after training: same as control
+            PerturbWeights(epsilon=0.5, when=((19, 20),)),  # a kick at the start of epoch 2
+        ],
+        hyperparameters={"momentum": 0.5},
+        batch_size=16,
+        store=tmp_path / "x.db",
+    )
+    exp.run(2)
+    loss0 = {k.split(" | ")[0]: v for k, v in table(exp, 0, "test").items()}
+    test1 = {k.split(" | ")[0]: v for k, v in table(exp, 1, "test").items()}
+    frozen = "ChangeOptimizer(lr=0, when=0-19)"
+    assert test1[frozen] == loss0[frozen]  # no step taken during the window
+    assert test1["ChangeOptimizer(lr=0, when=1000-2000)"] == test1["control"]
+    assert test1["PerturbWeights(epsilon=0.5, seed_weights=0, when=19-20)"] == test1["control"]
+    test2 = {k.split(" | ")[0]: v for k, v in table(exp, 2, "test").items()}
+    assert test2["PerturbWeights(epsilon=0.5, seed_weights=0, when=19-20)"] != test2["control"]
+    assert test2[frozen] < test1[frozen]  # learning resumed after the window
+    state = exp.store.load_checkpoint(exp.grid[1].id, 2)
+    assert state["opt"]["param_groups"][0]["lr"] == 0.01  # the control's value returned
+
+
+def test_change_train_loader_changes_the_steps(data, tmp_path):
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[ChangeTrainLoader(batch_size=100), ChangeTrainLoader(seed_shuffle=7)],
+        batch_size=50,
+        store=tmp_path / "x.db",
+    )
+    exp.run(1)
+    steps = [exp.store.load_checkpoint(p.id, 1)["step"] for p in exp.grid]
+    assert steps == [6, 3, 6]
+    loss = table(exp, 1)
+    assert len(set(loss.values())) == 3
+
+
+def test_dropout_and_shuffle_follow_the_seeds(data, tmp_path):
+    # Same seeds, different stores: identical; another shuffle seed: different.
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        exp = Experiment(TempNet(), data, seed_shuffle=seed, store=tmp_path / f"{name}.db")
+        exp.run(1)
+        runs.append(table(exp, 1, "train"))
+    assert runs[0] == runs[1] != runs[2]
+    assert torch.get_num_threads() >= 1
+
+
+def test_results_dataframe_and_plots(data, tmp_path):
+    exp = Experiment(
+        TempNet(),
+        data,
+        variations=[ReinitWeights.make_variations(seed_weights=(0, 1))],
+        interventions=[PerturbWeights.make_variations(epsilon=(0.01, 0.1))],
+        plotter=Plotter(average_over=("seed_weights",), band="std"),
+        store=tmp_path / "x.db",
+    )
+    df = exp.run(1, plot=True)
+    assert list(df.columns) == [
+        "trial",
+        "variation",
+        "condition",
+        "seed_weights",
+        "intervention",
+        "intervention.epsilon",
+        "intervention.seed_weights",
+        "epoch",
+        "split",
+        "metric",
+        "value",
+    ]
+    assert set(df.intervention) == {"control", "PerturbWeights"}
+    pngs = sorted(p.name for p in (tmp_path / "x.plots").glob("*.png"))
+    assert pngs == ["test_accuracy.png", "test_loss.png", "train_accuracy.png", "train_loss.png"]
+    assert (tmp_path / "x.plots" / "test_loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="'sed' names no parameter"):
+        Plotter(average_over=("sed",)).plot(df, tmp_path / "p")
+
+
+def test_store_is_sqlite_in_wal_with_checkpoints_relative(data, tmp_path):
+    exp = Experiment(TempNet(), data, store=tmp_path / "x.db")
+    exp.run(1)
+    db = sqlite3.connect(tmp_path / "x.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    (path,) = db.execute("SELECT path FROM checkpoints WHERE epoch = 1").fetchone()
+    assert not os.path.isabs(path) and (tmp_path / path).exists()
+    state = torch.load(tmp_path / path, weights_only=True)
+    assert state["epoch"] == 1 and set(state) == {"model", "opt", "epoch", "step"}
+
+
+def test_a_failing_trial_is_named_and_recorded(data, tmp_path):
+    def broken(trial):
+        raise RuntimeError("metric exploded")
+
+    metrics = Metrics()
+    metrics.register_metric("broken", broken)
+    exp = Experiment(TempNet(), data, metrics=metrics, store=tmp_path / "x.db")
+    with pytest.raises(
+        Exception, match=r"trial \w+ \(control\) failed in epoch 0.*metric exploded"
+    ):
+        exp.run(1)
+    db = sqlite3.connect(tmp_path / "x.db")
+    assert "metric exploded" in db.execute("SELECT error FROM trials").fetchone()[0]
+
+
+def test_resume_after_kill_loses_at_most_one_epoch(tmp_path):
+    store = tmp_path / "x.db"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "experiment_program.py"), str(store), "3"],
+        cwd=HERE.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    committed = {}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists():
+                try:
+                    db = sqlite3.connect(store, timeout=5)
+                    committed = dict(db.execute("SELECT id, epochs FROM trials").fetchall())
+                    db.close()
+                except sqlite3.OperationalError:
+                    committed = {}
+                if sum(max(e, 0) for e in committed.values()) >= 2:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(store)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    after = dict(db.execute("SELECT id, epochs FROM trials").fetchall())
+    assert all(after[t] >= e for t, e in committed.items())  # nothing committed was lost
+    resumed = perturb_experiment(store, n_train=1400, n_test=300)
+    resumed.run(3)
+    clean = perturb_experiment(tmp_path / "clean.db", n_train=1400, n_test=300)
+    clean.run(3)
+    assert resumed.results()["value"].tolist() == clean.results()["value"].tolist()
+
+
+def test_processes_give_the_serial_results(tmp_path):
+    serial = perturb_experiment(tmp_path / "a.db")
+    serial.run(2)
+    parallel = perturb_experiment(tmp_path / "b.db")
+    parallel.run(2, processes=2)
+    assert sorted(parallel.trained) == sorted(serial.trained)
+    assert parallel.results()["value"].tolist() == serial.results()["value"].tolist()
+
+
+def test_ray_gives_the_serial_results(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ptera.lab.experiments import RayExecutor
+
+    serial = perturb_experiment(tmp_path / "a.db")
+    serial.run(1)
+    on_ray = perturb_experiment(tmp_path / "b.db")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray.run(1, executor=RayExecutor())
+    finally:
+        ray.shutdown()
+    assert on_ray.results()["value"].tolist() == serial.results()["value"].tolist()
+
+
+# -- the command line --------------------------------------------------------------------
+CONFIG = """
+model = "tests.experiment_program:TempNet"
+datasets = "tests.experiment_program:small_digits"
+store = "cli.db"
+n_epochs = 1
+lr = 0.1
+
+[[interventions]]
+type = "PerturbWeights"
+epsilon = [0.01, 0.1]
+
+[[interventions]]
+type = "Tweak"
+values = {"head > T" = 2.0}
+
+[plotter]
+average_over = ["seed_weights"]
+"""
+
+
+def test_cli_run_status_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(HERE.parent)
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG)
+    cli_main(["run", str(config)])
+    out = capsys.readouterr().out
+    assert "4 done" in out and "0 pending" in out
+    cli_main(["status", str(config), "--n-epochs", "2"])
+    assert "4 partial" in capsys.readouterr().out
+    cli_main(["plot", str(config), "--out", str(tmp_path / "plots")])
+    assert "test_loss.png" in capsys.readouterr().out
+    assert (tmp_path / "plots" / "test_loss.png").exists()
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["run", str(config), "--help"])
+    assert exit.value.code == 0
+    assert "--n-epochs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('model = "tests.experiment_program:TempNet"\n', "missing 'datasets'"),
+        ("learning_rate = 0.1\n" + CONFIG, "unknown key(s) learning_rate"),
+        (CONFIG + "band = 'wide'\n", "plotter: band must be"),
+        (CONFIG.replace("epsilon", "epsilone"), "did you mean 'epsilon'"),
+        (CONFIG.replace('type = "Tweak"', 'type = "Twerk"'), "type must be one of"),
+        (CONFIG.replace("TempNet", "Nope"), "cannot import"),
+    ],
+)
+def test_cli_bad_configs_exit_2(config, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(HERE.parent)
+    path = tmp_path / "exp.toml"
+    path.write_text(config)
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["run", str(path)])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cli.db").exists()
+
+
+def test_readme_config_is_the_example_config_and_runs(tmp_path, capsys):
+    readme = (HERE.parent / "README.md").read_text()
+    example = (HERE.parent / "examples" / "perturb.toml").read_text()
+    assert f"```toml\n{example}```" in readme
+    config = tmp_path / "perturb.toml"
+    config.write_text(example)
+    cli_main(["status", str(config)])
+    assert "10 pending" in capsys.readouterr().out
+    cli_main(["run", str(config), "--n-epochs", "0"])  # the evaluation before training
+    assert "10 done" in capsys.readouterr().out
