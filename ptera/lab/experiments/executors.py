@@ -9,9 +9,11 @@ Decisions:
 
 * The setup is pickled once per worker with ``cloudpickle`` (lambdas in
   ``Tweak`` and metric classes defined in a script travel by value).
-* Worker processes are *spawned*, not forked: forking a process that has
-  started torch's thread pools can deadlock. A script that runs an experiment
-  with ``processes=`` therefore needs the usual ``if __name__ == "__main__":``.
+* Worker processes are forked on Linux (starting one costs milliseconds, where a
+  spawned one spends seconds importing torch), unless CUDA is initialized, and
+  spawned elsewhere. A forked worker sets one thread before any torch operation,
+  so it never enters a thread pool inherited from the parent. With spawn, a
+  script that runs an experiment needs the usual ``if __name__ == "__main__":``.
 * The first failing trial stops the run: pending trials are cancelled, and its
   error (naming the trial) is raised. Finished epochs stay in the store.
 """
@@ -96,8 +98,25 @@ def _setup_in_worker(key: str, payload: bytes) -> Setup:
     return setup
 
 
-def _run_in_worker(key: str, payload: bytes, trial: str, n_epochs: int) -> int:
+def _install(key: str, payload: bytes) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _setup_in_worker(key, payload)
+
+
+def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -> int:
     return run_trial(_setup_in_worker(key, payload), trial, n_epochs)
+
+
+def _start_method() -> str:
+    import sys
+
+    import torch
+
+    if sys.platform == "linux" and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
 
 
 def _pickle(setup: Setup) -> tuple[str, bytes]:
@@ -124,12 +143,14 @@ class ProcessExecutor:
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
         key, payload = _pickle(setup)
         setup.store.close()
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(_start_method())
         workers = min(self.processes, len(jobs))
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_install, initargs=(key, payload)
+        ) as pool:
 
             def submit(job: Job) -> Any:
-                return pool.submit(_run_in_worker, key, payload, job.id, n_epochs)
+                return pool.submit(_run_in_worker, key, None, job.id, n_epochs)
 
             def wait_any(futures: list) -> list:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)

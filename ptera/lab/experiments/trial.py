@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from ..callbacks import Callback
 from ..learner import DataLoaders, Learner
@@ -228,6 +234,23 @@ def measure(
         return setup.metrics.compute(trial, only)
 
 
+def make_loader(dataset: Any, batch_size: int, generator: torch.Generator | None = None) -> Any:
+    """Batches of ``dataset``, shuffled by ``generator`` when given.
+
+    A ``TensorDataset`` is indexed once per batch (``dataset[indices]``) instead
+    of once per sample: the same batches, in the same order, without collating.
+    """
+    if generator is not None:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    if type(dataset) is TensorDataset:
+        return DataLoader(
+            dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, False)
+        )
+    return DataLoader(dataset, batch_size, sampler=sampler)
+
+
 def evaluate(model: torch.nn.Module, loader: Any, loss_fn: Any, metrics: Metrics) -> Running:
     running = Running(metrics.accuracy)
     model.eval()
@@ -285,8 +308,8 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
         for e in plan.effects:
             if e.when is None:
                 e.start(run)
-        eval_train = DataLoader(setup.train, EVAL_BATCH)
-        eval_test = DataLoader(setup.test, EVAL_BATCH)
+        eval_train = make_loader(setup.train, EVAL_BATCH)
+        eval_test = make_loader(setup.test, EVAL_BATCH)
         results = evaluate(model, eval_train, setup.loss_fn, setup.metrics).result(
             "train", setup.metrics
         )
@@ -300,8 +323,8 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
     lr = hyper.pop("lr", run.control_hyperparameters.get("lr"))
     optimizer = s["optimizer"]
     dls = DataLoaders(
-        DataLoader(setup.train, s["batch_size"], shuffle=True, generator=cb.generator),
-        DataLoader(setup.test, EVAL_BATCH),
+        make_loader(setup.train, s["batch_size"], cb.generator),
+        make_loader(setup.test, EVAL_BATCH),
     )
     run.learn = Learner(
         model,
