@@ -68,13 +68,19 @@ class Intervention:
     why_not_windowed = ""
 
     @classmethod
-    def _check(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _canonical(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` by their canonical names; an unknown name is an error."""
         out = {}
         for name, value in params.items():
             name = cls.aliases.get(name, name)
             if name not in cls.parameters and not cls._open_parameters():
                 raise TypeError(_unknown(cls, name))
             out[name] = value
+        return out
+
+    @classmethod
+    def _check(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        out = cls._canonical(params)
         for name, default in cls.parameters.items():
             if name not in out:
                 if default is REQUIRED:
@@ -91,12 +97,7 @@ class Intervention:
     @classmethod
     def make_variations(cls, when: Iterable | None = None, **grid: Any) -> Family:
         """The product of ``grid``'s alternatives, as one ``Family`` of interventions."""
-        checked = {}
-        for name, value in grid.items():
-            canonical = cls.aliases.get(name, name)
-            if canonical not in cls.parameters and not cls._open_parameters():
-                raise TypeError(_unknown(cls, canonical))
-            checked[canonical] = value
+        checked = cls._canonical(grid)
         if not checked:
             raise TypeError(f"{cls.__name__}.make_variations() needs at least one parameter")
         when = _windows(when, cls.__name__) if when is not None else None
