@@ -80,6 +80,8 @@ class Rule:
         "wrap",
         "handlers",
         "interest",
+        "plans",
+        "cells",
     )
 
     def __init__(
@@ -100,6 +102,8 @@ class Rule:
         # With a name, the `!`/`!!` pair emits giving's `$wrap` begin/end markers.
         self.wrap = wrap
         self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
+        self.plans: dict = {}  # plans built with this rule (see overlay.activate)
+        self.cells: list = []  # closure cells of handlers that call `emit` directly
         self.handlers: dict[int, dict[str, tuple]] = {
             id(t): {
                 name: tuple(_handler(spec, t, self) for spec in specs)
@@ -108,6 +112,12 @@ class Rule:
             for temps in compiled.templates.values()
             for t in temps
         }
+
+    def rebind(self, emit: Callable[[dict], Any]) -> None:
+        """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
+        self.emit = emit
+        for cell in self.cells:
+            cell.cell_contents = emit
 
 
 class Act:
@@ -200,13 +210,17 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         and rule.wrap is None
     )
     if fires and simple:
-        return _fast_focus(spec.out, rule.emit, rule.intercepts)
+        focus = _fast_focus(spec.out, rule.emit, rule.intercepts)
+        rule.cells.append(focus.__closure__[focus.__code__.co_freevars.index("emit")])
+        return focus
     if fires:
         return lambda act, name, value, key: _fire(act, spec, name, value, key)
     return lambda act, name, value, key: _immediate(act, spec, name, value, key)
 
 
 def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
+    # `emit` is a closure variable, rebound in place when the rule changes hands
+    # (Rule.rebind): no attribute lookup per value.
     if intercepts:
 
         def focus(act, name, value, key):

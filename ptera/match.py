@@ -56,6 +56,23 @@ class Template:
     filters: int = 0  # number of variables with an equality filter
     holder: bool = False  # holds the focus (or is the root of a focusless selector)
     collects: bool = False  # a holder without a focus variable: pools from entry to exit
+    # What a plan needs to know, fixed once compiled (see Template.settle):
+    push: bool = False  # has child nodes: its calls are outer scopes
+    keyed: bool = False  # filters or captures the call key
+    direct: bool = False  # needs a direct parent (`f > g`)
+    exits: bool = False  # captures `#exit` or `#error`
+    simple: bool = False  # a root that only ever fires on its focus: needs no state
+
+    def settle(self, pushers: set[int]) -> None:
+        self.push = self.node in pushers
+        self.keyed = self.key is not NOVALUE or self.key_out is not None
+        self.direct = self.parent is not None and not self.deep
+        self.exits = "#exit" in self.vars or "#error" in self.vars
+        self.simple = (
+            self.parent is None
+            and not self.filters
+            and all(s.focus == 1 and s.key is NOVALUE for sp in self.vars.values() for s in sp)
+        )
 
 
 @dataclass
@@ -120,6 +137,9 @@ class _Compiler:
             for st in tooled_states():
                 if st.source.keyed_calls:
                     self.interest.setdefault(st, set()).add(CALLKEY)
+        for temps in self.templates.values():
+            for t in temps:
+                t.settle(self.pushers)
         return Compiled(
             self.selector,
             self.templates,
@@ -280,6 +300,17 @@ def compile_selector(
     it ends (what ``Grad`` needs: all the tensors of one call at once).
     """
     env = env if env is not None else selector.env
+    heads, tag_names = _names_of(selector)
+    fast = None
+    if env is not None and all(h in env for h in heads) and all(t in env for t in tag_names):
+        # Every name is bound in the caller: the bound objects (and the registry's
+        # version) decide the result, so a probe entered in a loop skips resolution.
+        # Keyed by identities (hashing a selector tree costs more than this lookup).
+        bound = (selector, *(env[h] for h in heads), *(env[t] for t in tag_names))
+        fast = (collect, *map(id, bound), registry_version())
+        hit = _fast_cache.get(fast)
+        if hit is not None and all(a is b for a, b in zip(hit[0], bound)):
+            return hit[1]
     resolved: dict[str, list[FnState] | Exception] = {}
     for node in selector.walk():
         if isinstance(node, Scope) and node.fn is not None and node.fn not in resolved:
@@ -303,10 +334,42 @@ def compile_selector(
         if len(_cache) > 512:
             _cache.clear()
         _cache[key] = compiled
+    if fast is not None:
+        if len(_fast_cache) > 512:
+            _fast_cache.clear()
+        _fast_cache[fast] = (bound, compiled)
     return compiled
 
 
 _cache: dict = {}
+_fast_cache: dict = {}  # (selector, collect, ids of bound names, version) -> (objects, compiled)
+
+
+def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of a selector's functions and its tags (what the env binds)."""
+    got = _names_cache.get(id(selector))
+    if got is None or got[0] is not selector:
+        if len(_names_cache) > 1024:
+            _names_cache.clear()
+        got = _names_cache[id(selector)] = (selector, _names(selector))
+    return got[1]
+
+
+_names_cache: dict[int, tuple] = {}
+
+
+def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = [n.fn for n in selector.walk() if isinstance(n, Scope) and n.fn is not None]
+    tags = {
+        n.tag if n.tag.startswith("##") else n.tag.split(".")[0]: None
+        for n in selector.walk()
+        if isinstance(n, Var) and n.tag is not None
+    }
+    # Only plain names qualify: an attribute path (`mod.f`) or an import path
+    # (`/mod/f`) may be rebound behind the object, so those always resolve. "/" is
+    # never in an env, which turns the fast path off.
+    heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
+    return heads, tuple(tags)
 
 
 def _tag_object(text: str, env) -> Any:

@@ -79,7 +79,7 @@ class PteraNameError(NameError):
 class _FnPlan:
     """What one function does in one plan: its (template, rule) entries and flags."""
 
-    __slots__ = ("entries", "push", "keyed", "direct", "exit", "static")
+    __slots__ = ("entries", "push", "keyed", "direct", "exit", "simple", "static")
 
     def __init__(self):
         self.entries: list[tuple[Template, Rule, dict]] = []
@@ -87,27 +87,23 @@ class _FnPlan:
         self.keyed = False  # some template filters or captures the call key
         self.direct = False  # some template needs a direct parent (`f > g`)
         self.exit = False  # the exit helper has work to do
+        self.simple = True  # every template fires on its focus alone
         self.static: Frame | None = None  # a shared frame for stateless matches
+
+    def add(self, t: Template, rule: Rule, handlers: dict) -> None:
+        self.entries.append((t, rule, handlers))
+        self.push |= t.push
+        self.keyed |= t.keyed
+        self.direct |= t.direct
+        self.exit |= t.exits or not rule.immediate
+        self.simple &= t.simple
 
     def finish(self, generator: bool) -> None:
         if generator:
             self.push = False
         # A frame that keeps its Python frame must drop it at exit (a reference cycle).
-        self.exit = (
-            self.push
-            or self.direct
-            or any(
-                not rule.immediate or "#exit" in t.vars or "#error" in t.vars
-                for t, rule, _ in self.entries
-            )
-        )
-        stateless = not (self.push or self.keyed or self.direct or self.exit) and all(
-            t.parent is None
-            and not t.filters
-            and all(s.focus == 1 and s.key is NOVALUE for specs in t.vars.values() for s in specs)
-            for t, _, _ in self.entries
-        )
-        if stateless:
+        self.exit |= self.push or self.direct
+        if self.simple and not (self.push or self.keyed or self.direct or self.exit):
             # Nothing is ever stored: every call can share one frame.
             acts = [(Act(t, rule, None), h) for t, rule, h in self.entries]
             self.static = Frame(None, acts, None, False)
@@ -134,10 +130,7 @@ class Plan:
                 if fp is None:
                     fp = fns[fid] = _FnPlan()
                 for t in temps:
-                    fp.entries.append((t, rule, rule.handlers[id(t)]))
-                    fp.push |= t.node in comp.pushers
-                    fp.keyed |= t.key is not NOVALUE or t.key_out is not None
-                    fp.direct |= t.parent is not None and not t.deep
+                    fp.add(t, rule, rule.handlers[id(t)])
         for fid, fp in fns.items():
             fp.finish(bool(state_by_fid(fid).original.co_flags & _GENERATOR_FLAGS))
         self.fns = fns

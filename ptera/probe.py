@@ -19,6 +19,7 @@ Decisions:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +39,79 @@ def _selectors(selectors: tuple) -> list:
     for s in selectors:
         if hasattr(s, "__ptera_rules__"):
             out.append(s)  # a plugin such as Grad
-            continue
-        texts = split_selectors(s) if isinstance(s, str) else [s]
-        out.extend(select(text) for text in texts)
+        elif isinstance(s, str):
+            parsed = _parsed.get(s)
+            if parsed is None:
+                if len(_parsed) > 1024:
+                    _parsed.clear()
+                parsed = _parsed[s] = [select(text) for text in split_selectors(s)]
+            out.extend(parsed)
+        else:
+            out.append(select(s))
     return out
+
+
+_parsed: dict[str, list[Scope]] = {}  # selector text -> its selectors
+
+
+class _Pool:
+    """Idle rules by (compiled selector, options), so a probe entered in a loop reuses
+    its rule and the plans built with it (the costly part of an activation).
+
+    A rule goes back only if nothing but its probe and its own plans refers to it
+    once the probe has ended: no live call holds an activation of it (a suspended
+    generator), and no other context holds one of its plans (a task or thread that
+    copied the context). Otherwise such a call could report into the next probe.
+    """
+
+    def __init__(self):
+        self.idle: dict[tuple, list[Rule]] = {}
+
+    @staticmethod
+    def refs(rule: Rule) -> int:
+        return sys.getrefcount(rule)
+
+    @staticmethod
+    def private(rule: Rule) -> bool:
+        """Whether no context or live call holds the rule's plans (see above)."""
+        # A plan is referenced by the rule's cache, the loop and getrefcount only;
+        # a shared frame of stateless matches by its plan and getrefcount.
+        return all(
+            sys.getrefcount(plan) <= 3
+            and all(
+                fp.static is None or sys.getrefcount(fp.static) <= 2 for fp in plan.fns.values()
+            )
+            for plan in rule.plans.values()
+        )
+
+    def take(self, comp: Any, emit: Callable, **options: Any) -> Rule:
+        key = (id(comp), *options.values())
+        rules = self.idle.get(key)
+        while rules:
+            try:
+                rule = rules.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if rule.compiled is comp:
+                rule.rebind(emit)
+                return rule
+        return Rule(comp, emit, **options)
+
+    def give(self, rule: Rule) -> None:
+        rule.rebind(_dead)
+        key = (id(rule.compiled), rule.immediate, rule.raw, rule.wrap)
+        if len(self.idle) > 256:
+            self.idle.clear()
+        rules = self.idle.setdefault(key, [])
+        if len(rules) < 4:
+            rules.append(rule)
+
+
+def _dead(data: dict) -> Any:
+    return ABSENT
+
+
+_pool = _Pool()
 
 
 def _wrap_name(sel: Scope) -> str | None:
@@ -80,6 +150,7 @@ class Probe(SourceProxy):
         if probe_type not in (None, "immediate", "total"):
             raise TypeError(f"probe_type must be 'immediate', 'total' or None, not {probe_type!r}")
         self._env = env if env is not None else caller_env(2)
+        self._pooled: list[Rule] = []
         self._selectors = _selectors(selectors)
         self._raw = raw
         self._rules = tuple(
@@ -101,13 +172,15 @@ class Probe(SourceProxy):
             raise SelectorError(
                 str(sel), 0, "an immediate probe needs a focus: mark a variable with '!'"
             )
-        return Rule(
+        rule = _pool.take(
             comp,
             self._emit,
             immediate=immediate,
             raw=self._raw,
             wrap=_wrap_name(sel) if immediate else None,
         )
+        self._pooled.append(rule)
+        return rule
 
     def _emit(self, data: dict) -> Any:
         self._push(data)
@@ -126,13 +199,24 @@ class Probe(SourceProxy):
         if self._used:
             raise RuntimeError("a probe can be activated only once; make a new one")
         self._used = True
-        self._token = activate(self._rules, glob=glob)
+        rules = self._rules
+        plans = rules[0].plans if len(rules) == 1 else None
+        self._token = activate(rules, glob=glob, plans=plans)
+        # Global probes never pool: other threads may be inside their functions.
+        self._refs = None if glob else [_Pool.refs(r) for r in self._pooled]
         return self
 
     def _exit(self):
         if self._token is not None:
             token, self._token = self._token, None
             deactivate(token)
+            pooled, refs, self._pooled = self._pooled, self._refs, []
+            if refs is not None:
+                now = [_Pool.refs(r) for r in pooled]
+                for rule, before, after in zip(pooled, refs, now):
+                    # More references now than when activated: a live call holds it.
+                    if before == after and _Pool.private(rule):
+                        _pool.give(rule)
 
     def activate(self) -> Probe:
         """Activate this probe in the current context (until ``deactivate``)."""

@@ -376,3 +376,58 @@ def test_a_probe_activates_once():
     with pytest.raises(RuntimeError, match="only once"):
         with probe:
             pass
+
+
+# A probe entered again with the same selector reuses the rule of the last one that
+# ended (speed), but never when a call of the old one is still alive.
+@tooled
+def two_steps():
+    x = 1
+    yield x
+    x = 2
+    yield x
+
+
+def test_reused_probe_does_not_see_a_generator_from_before():
+    with probing("two_steps > x") as first:
+        seen_first = first["x"].accum()
+        gen = two_steps()
+        next(gen)
+    with probing("two_steps > x") as second:
+        seen_second = second["x"].accum()
+        next(gen)  # started under the first probe: its values are not the second's
+        list(two_steps())
+    assert seen_first == [1]
+    assert seen_second == [1, 2]
+
+
+def test_reused_probe_does_not_see_a_task_that_copied_the_context():
+    async def main():
+        gate = asyncio.Event()
+
+        async def late():
+            await gate.wait()
+            return list(two_steps())
+
+        with probing("two_steps > x") as first:
+            seen_first = first["x"].accum()
+            task = asyncio.create_task(late())  # copies the context, probe included
+            await asyncio.sleep(0)
+        with probing("two_steps > x") as second:
+            seen_second = second["x"].accum()
+            gate.set()
+            await task
+            list(two_steps())
+        return seen_first, seen_second
+
+    seen_first, seen_second = asyncio.run(main())
+    assert seen_second == [1, 2]  # its own call only
+    assert seen_first in ([], [1, 2])  # the task's call: the first probe's, or no one's
+
+
+def test_probe_entered_in_a_loop_sees_each_call_once():
+    for i in range(5):
+        with probing("two_steps > x") as probe:
+            seen = probe["x"].accum()
+            list(two_steps())
+        assert seen == [1, 2], i
