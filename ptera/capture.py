@@ -234,8 +234,12 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
 
         def focus(act, name, value, key):
             if value is not ABSENT:
-                data = act.caps.copy()
-                data[out] = value
+                caps = act.caps
+                if caps:
+                    data = caps.copy()
+                    data[out] = value
+                else:
+                    data = {out: value}
                 emit(data)
             return value
 

@@ -174,17 +174,14 @@ class Probe(SourceProxy):
             )
         rule = _pool.take(
             comp,
-            self._emit,
+            # Nothing reads what a non-intercepting rule's emit returns: push directly.
+            self._push,
             immediate=immediate,
             raw=self._raw,
             wrap=_wrap_name(sel) if immediate else None,
         )
         self._pooled.append(rule)
         return rule
-
-    def _emit(self, data: dict) -> Any:
-        self._push(data)
-        return ABSENT
 
     def _plugin(self, plugin) -> tuple[Rule, ...]:
         raw = self._raw
