@@ -602,3 +602,33 @@ def test_readme_config_is_the_example_config_and_runs(tmp_path, capsys):
     assert "10 pending" in capsys.readouterr().out
     cli_main(["run", str(config), "--n-epochs", "0"])  # the evaluation before training
     assert "10 done" in capsys.readouterr().out
+
+
+def test_tweak_in_the_training_loop(data, tmp_path):
+    # The loop is instrumented too: a zero loss means zero gradients, no learning.
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[Tweak({"one_batch > loss": lambda loss: loss * 0})],
+        store=tmp_path / "x.db",
+    )
+    exp.run(1)
+    before, after = table(exp, 0, metric="accuracy"), table(exp, 1, metric="accuracy")
+    frozen = "Tweak(one_batch > loss: <lambda>) | base"
+    assert after[frozen] == before[frozen]  # same predictions: the weights never moved
+    assert after["control | base"] > before["control | base"]
+    assert table(exp, 1)[frozen] == 0.0  # the loop's loss is the tweaked one
+
+
+def test_cli_reads_yaml(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(HERE.parent)
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        "model: tests.experiment_program:TempNet\n"
+        "datasets: tests.experiment_program:small_digits\n"
+        "interventions:\n"
+        "  - type: ChangeOptimizer\n"
+        "    lr: [0.05, 0.2]\n"
+    )
+    cli_main(["status", str(config)])
+    assert "3 pending" in capsys.readouterr().out

@@ -6,9 +6,11 @@ the control trial at the same epoch, loaded only when asked for).
 
 Decisions:
 
-* Epoch 0 is the model before training, evaluated on both sets. For later epochs
-  the training figures are the means over that epoch's training batches (what
-  the model saw while it learned), the test figures a full evaluation.
+* Epoch 0 is the model before training, evaluated on both sets by a plain loop.
+  For later epochs the training figures are the means over that epoch's training
+  batches (what the model saw while it learned), the test figures a full
+  evaluation, both through the Learner's ``one_batch`` (so a ``Tweak`` of the
+  loop's ``loss`` shows in them from epoch 1 on).
 * Accuracy is recorded when predictions are ``(batch, classes)`` scores and
   targets are class indices; other tasks get the loss alone.
 * A registered metric returns a number or a one-element tensor; anything else is
