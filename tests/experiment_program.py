@@ -5,6 +5,7 @@ line (the resume test kills it mid-epoch).
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +13,10 @@ from torch.utils.data import TensorDataset
 
 from ptera import tooled
 from ptera.lab.data import digits
-from ptera.lab.experiments import Experiment, Metrics, PerturbWeights
+from ptera.lab.experiments import Experiment, PerturbWeights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from perturb import CustomMetrics as DistanceMetrics  # noqa: E402 -- the seed's metrics
 
 
 def small_digits(n_train=300, n_test=100):
@@ -41,27 +45,6 @@ class TempNet(nn.Module):
 
     def forward(self, x):
         return head(self.fc2(self.drop(torch.relu(self.fc1(x)))))
-
-
-class DistanceMetrics(Metrics):
-    """The seed's metrics: weight norm and distance from the control."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_metric("w", self.weight_norm)
-        self.register_metric("dw_control", self.weight_distance_from_control)
-
-    def weight_norm(self, trial):
-        norm = torch.zeros(1)
-        for p in trial.model.parameters():
-            norm += torch.norm(p)
-        return norm
-
-    def weight_distance_from_control(self, trial):
-        distance = torch.zeros(1)
-        for p1, p2 in zip(trial.model.parameters(), trial.control.model.parameters()):
-            distance += torch.norm(p1 - p2) ** 2
-        return distance**0.5
 
 
 def perturb_experiment(store, **kwargs):
