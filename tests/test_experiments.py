@@ -278,11 +278,14 @@ def test_reproducible_and_resumed_bit_for_bit(data, tmp_path):
     assert table(once, 3)["control | base"] < table(once, 0)["control | base"]
 
 
-def test_reuse_trains_only_new_trials_and_extends_epochs(data, tmp_path):
+def test_reuse_trains_only_new_trials_and_extends_epochs(data, tmp_path, capsys):
     store = tmp_path / "x.db"
     small = Experiment(TempNet(), data, interventions=[PerturbWeights(epsilon=0.1)], store=store)
     small.run(1)
     assert len(small.trained) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("]")[0] for line in lines] == ["[1/2", "[2/2"]
+    assert "control: epoch 1, test accuracy" in lines[0]
     bigger = Experiment(
         TempNet(),
         data,
@@ -292,6 +295,7 @@ def test_reuse_trains_only_new_trials_and_extends_epochs(data, tmp_path):
     )
     bigger.run(1)
     assert len(bigger) == 4 and len(bigger.trained) == 2  # seed_weights=0 was done already
+    assert len(bigger.trials) == 4 and bigger.trials[0].label == "control"
     bigger.run(1)
     assert bigger.trained == []
     bigger.run(2)

@@ -14,6 +14,8 @@ Decisions:
   spawned elsewhere. A forked worker sets one thread before any torch operation,
   so it never enters a thread pool inherited from the parent. With spawn, a
   script that runs an experiment needs the usual ``if __name__ == "__main__":``.
+* An executor is any object with ``run(setup, jobs, n_epochs, done)``: ``done(trial,
+  epochs_trained)`` is called in this process as each trial ends.
 * The first failing trial stops the run: pending trials are cancelled, and its
   error (naming the trial) is raised. Finished epochs stay in the store.
 """
@@ -54,14 +56,24 @@ def _order(jobs: list[Job]) -> list[Job]:
     return out
 
 
+Done = Callable[[str, int], None] | None  # called in this process as each trial ends
+
+
 class SerialExecutor:
     """Run trials one after the other in this process (the default)."""
 
-    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
-        return {j.id: run_trial(setup, j.id, n_epochs) for j in _order(jobs)}
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
+        results = {}
+        for j in _order(jobs):
+            results[j.id] = run_trial(setup, j.id, n_epochs)
+            if done is not None:
+                done(j.id, results[j.id])
+        return results
 
 
-def _dispatch(jobs: list[Job], submit: Callable, wait_any: Callable, cancel: Callable) -> dict:
+def _dispatch(
+    jobs: list[Job], submit: Callable, wait_any: Callable, cancel: Callable, done: Done
+) -> dict:
     """Submit jobs as their controls finish; ``wait_any(handles) -> [(handle, result)]``."""
     waiting: dict[str | None, list[Job]] = {}
     for j in jobs:
@@ -73,6 +85,8 @@ def _dispatch(jobs: list[Job], submit: Callable, wait_any: Callable, cancel: Cal
             for handle, value in wait_any(list(running)):
                 tid = running.pop(handle)
                 results[tid] = value
+                if done is not None:
+                    done(tid, value)
                 for j in waiting.pop(tid, []):
                     running[submit(j)] = j.id
     except BaseException:
@@ -140,7 +154,7 @@ class ProcessExecutor:
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
 
-    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
         key, payload = _pickle(setup)
         setup.store.close()
         context = multiprocessing.get_context(_start_method())
@@ -160,7 +174,7 @@ class ProcessExecutor:
                 for f in futures:
                     f.cancel()
 
-            return _dispatch(jobs, submit, wait_any, cancel)
+            return _dispatch(jobs, submit, wait_any, cancel, done)
 
 
 class RayExecutor:
@@ -174,7 +188,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus_per_trial: float = 1, **init: Any):
         self.address, self.cpus, self.init = address, num_cpus_per_trial, init
 
-    def run(self, setup: Setup, jobs: list[Job], n_epochs: int) -> dict[str, int]:
+    def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
         try:
             import ray
         except ModuleNotFoundError:
@@ -199,7 +213,7 @@ class RayExecutor:
             for r in refs:
                 ray.cancel(r)
 
-        return _dispatch(jobs, submit, wait_any, cancel)
+        return _dispatch(jobs, submit, wait_any, cancel, done)
 
 
 def make_executor(executor: Any, processes: int | None) -> Any:

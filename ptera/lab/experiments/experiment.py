@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,11 @@ class Experiment:
         return len(self.grid)
 
     @property
+    def trials(self) -> list[TrialPlan]:
+        """Every grid position, in order: variation by variation, control first."""
+        return self.grid
+
+    @property
     def setup(self) -> Setup:
         return Setup(
             self.model,
@@ -201,11 +207,13 @@ class Experiment:
         executor: Any = None,
         processes: int | None = None,
         plot: bool = False,
+        verbose: bool = True,
     ) -> Any:
         """Train every trial to ``n_epochs`` (skipping and resuming what the store has).
 
         ``executor``: ``"serial"`` (default), ``"processes"`` (with ``processes=N``),
-        or an executor object such as ``RayExecutor()``. Returns ``results()``.
+        or an executor object such as ``RayExecutor()``. ``verbose`` prints a line
+        as each trial ends. Returns ``results()``.
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be a non-negative int, got {n_epochs!r}")
@@ -224,7 +232,8 @@ class Experiment:
         for plan in self.plans.values():
             if plan.id not in pending:
                 backfill(setup, plan, epochs[plan.id])
-        trained = executor.run(setup, jobs, n_epochs) if jobs else {}
+        done = _Reporter(self, len(jobs), n_epochs) if verbose else None
+        trained = executor.run(setup, jobs, n_epochs, done=done) if jobs else {}
         self.trained = [t for t, n in trained.items() if n > 0]
         if plot:
             self.plot()
@@ -294,6 +303,31 @@ class Experiment:
 
 
 # -- helpers --------------------------------------------------------------------------
+class _Reporter:
+    """One line per finished trial: count, time, labels, its last test metrics."""
+
+    def __init__(self, exp: Experiment, total: int, n_epochs: int):
+        self.exp, self.total, self.n_epochs = exp, total, n_epochs
+        self.count, self.start = 0, time.perf_counter()
+
+    def __call__(self, trial: str, trained: int) -> None:
+        self.count += 1
+        plan = self.exp.plans[trial]
+        last = {
+            name: value
+            for _, epoch, split, name, value in self.exp.store.metrics([trial])
+            if epoch == self.n_epochs and split == "test"
+        }
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items()))
+        width = len(str(self.total))
+        where = f" [{_label(plan.variation)}]" if plan.variation else ""
+        print(
+            f"[{self.count:>{width}}/{self.total}] {time.perf_counter() - self.start:7.1f}s"
+            f"  {plan.label}{where}: epoch {self.n_epochs}" + (f", test {shown}" if shown else ""),
+            flush=True,
+        )
+
+
 def _items(axis: Any, settings: dict, where: str) -> list[Intervention]:
     if isinstance(axis, Intervention):
         return [axis]
