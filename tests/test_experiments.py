@@ -470,6 +470,7 @@ def test_a_failing_trial_is_named_and_recorded(data, tmp_path):
         exp.run(1)
     db = sqlite3.connect(tmp_path / "x.db")
     assert "metric exploded" in db.execute("SELECT error FROM trials").fetchone()[0]
+    assert [r["state"] for r in exp.status(1)] == ["failed"]
 
 
 def test_resume_after_kill_loses_at_most_one_epoch(tmp_path):

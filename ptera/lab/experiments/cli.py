@@ -208,7 +208,7 @@ def show_status(exp: Experiment, n_epochs: int) -> None:
     table = Table(title=f"{exp.store.path.name}: {len(rows)} trials, target {n_epochs} epochs")
     for col in ("trial", "variation", "condition", "epochs", "state"):
         table.add_column(col, justify="right" if col == "epochs" else "left")
-    colour = {"done": "green", "partial": "yellow", "pending": "red"}
+    colour = {"done": "green", "partial": "yellow", "pending": "blue", "failed": "red"}
     for r in rows:
         s = r["state"]
         table.add_row(

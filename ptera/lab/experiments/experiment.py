@@ -240,16 +240,19 @@ class Experiment:
         return self.results()
 
     def status(self, n_epochs: int | None = None) -> list[dict]:
-        """One row per trial: id, labels, epochs done, and done / partial / pending.
+        """One row per trial: id, labels, epochs done, and done / partial / pending / failed.
 
         ``done`` means trained to ``n_epochs`` (default: at least one epoch).
         """
         epochs = self.store.epochs(self.plans)
+        errors = self.store.errors()
         rows = []
         for plan in self.plans.values():
             done = epochs[plan.id]
             target = 1 if n_epochs is None else n_epochs
             state = "pending" if done < 0 else "done" if done >= target else "partial"
+            if state != "done" and plan.id in errors:
+                state = "failed"
             rows.append(
                 {
                     "trial": plan.id,

@@ -97,6 +97,10 @@ class Store:
         out = dict(rows)
         return out if trials is None else {t: out.get(t, -1) for t in trials}
 
+    def errors(self) -> dict[str, str]:
+        """The last error of each trial that failed and has not committed since."""
+        return dict(self.db.execute("SELECT id, error FROM trials WHERE error IS NOT NULL"))
+
     def config(self, trial: str) -> dict:
         row = self.db.execute("SELECT config FROM trials WHERE id = ?", (trial,)).fetchone()
         if row is None:
