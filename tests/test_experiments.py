@@ -637,3 +637,14 @@ def test_cli_reads_yaml(tmp_path, capsys, monkeypatch):
     )
     cli_main(["status", str(config)])
     assert "3 pending" in capsys.readouterr().out
+
+
+def test_device_cpu_is_the_default_trial(data, tmp_path):
+    plain = Experiment(TempNet(), data, store=tmp_path / "a.db")
+    on_cpu = Experiment(TempNet(), data, store=tmp_path / "b.db", device="cpu")
+    assert plain.grid[0].id == on_cpu.grid[0].id
+    plain.run(1)
+    on_cpu.run(1)
+    assert plain.results()["value"].tolist() == on_cpu.results()["value"].tolist()
+    elsewhere = Experiment(TempNet(), data, store=tmp_path / "c.db", device="cuda:0")
+    assert elsewhere.grid[0].id != plain.grid[0].id  # planned, not run: no GPU needed

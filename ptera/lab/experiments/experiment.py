@@ -63,6 +63,7 @@ class Experiment:
         batch_size: int = 64,
         seed_weights: Any = 0,
         seed_shuffle: Any = 0,
+        device: str | torch.device | None = None,
     ):
         if datasets is not None and dataset is not None:
             raise TypeError("give datasets= or dataset=, not both")
@@ -92,7 +93,10 @@ class Experiment:
             "seed_weights": seed_weights,
             "seed_shuffle": seed_shuffle,
         }
+        self.device = str(torch.device(device)) if device is not None else "cpu"
         self.identity = {
+            # Results on another device differ in the last bits: other trials.
+            **({"device": self.device} if self.device != "cpu" else {}),
             "model": model_identity(model),
             "data": [data_fingerprint(self.train_set), data_fingerprint(self.test_set)],
             "loss": normalize(loss_fn),
@@ -198,6 +202,7 @@ class Experiment:
             self.metrics,
             self.store,
             self.plans,
+            self.device,
         )
 
     # -- running ----------------------------------------------------------------------

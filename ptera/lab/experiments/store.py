@@ -131,7 +131,7 @@ class Store:
         ).fetchone()
         if row is None:
             raise FileNotFoundError(f"trial {trial} has no checkpoint for epoch {epoch}")
-        return torch.load(self.path.parent / row[0], weights_only=True)
+        return torch.load(self.path.parent / row[0], weights_only=True, map_location="cpu")
 
     def commit_epoch(
         self, trial: str, epoch: int, metrics: dict[tuple[str, str], float], checkpoint: Path | None

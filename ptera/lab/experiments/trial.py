@@ -12,6 +12,9 @@ Decisions:
 * A trial runs single-threaded inside ``torch.random.fork_rng``: its numbers do
   not depend on the executor that ran it, and the caller's random state is left
   as it was. Parallelism comes from running trials side by side.
+* With ``device=``, weights are drawn on the CPU and moved, batches are moved by
+  the Learner's ``DeviceCB``, checkpoints load onto the CPU first. Bit-for-bit
+  reproducibility is a CPU promise; a trial on another device is another trial.
 * The training loop is the ``Learner``; the trial adds one callback (seeds, step
   windows, running metrics, the commit of each epoch) and, around the whole run,
   the overlays of its ``Tweak`` interventions.
@@ -34,7 +37,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from ..callbacks import Callback
+from ..callbacks import Callback, DeviceCB, to_device
 from ..learner import DataLoaders, Learner
 from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
@@ -79,6 +82,7 @@ class Setup:
     metrics: Metrics
     store: Store
     plans: dict[str, TrialPlan]
+    device: str = "cpu"
 
 
 def build_model(template: Any, seed: int | None) -> torch.nn.Module:
@@ -222,7 +226,7 @@ def measure(
 
     def control() -> Trial:
         other = setup.plans[plan.control]
-        cmodel = build_model(setup.model, None)
+        cmodel = build_model(setup.model, None).to(setup.device)
         state = setup.store.load_checkpoint(plan.control, epoch)
         cmodel.load_state_dict(state["model"])
         return Trial(other.id, other.config, epoch, cmodel.eval(), None)
@@ -251,23 +255,28 @@ def make_loader(dataset: Any, batch_size: int, generator: torch.Generator | None
     return DataLoader(dataset, batch_size, sampler=sampler)
 
 
-def evaluate(model: torch.nn.Module, loader: Any, loss_fn: Any, metrics: Metrics) -> Running:
+def evaluate(
+    model: torch.nn.Module, loader: Any, loss_fn: Any, metrics: Metrics, device: str
+) -> Running:
     running = Running(metrics.accuracy)
     model.eval()
     with torch.no_grad():
         for xb, yb in loader:
+            xb, yb = to_device(xb, device), to_device(yb, device)
             preds = model(xb)
             running.add(loss_fn(preds, yb), preds, yb)
     return running
 
 
 @contextmanager
-def isolated():
-    """One thread and a private random state for the length of a trial."""
+def isolated(device: str):
+    """One thread and a private random state (CPU, and CUDA if used) for a trial."""
+    where = torch.device(device)
+    cuda = [where.index or 0] if where.type == "cuda" else []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=cuda):
             yield
     finally:
         torch.set_num_threads(threads)
@@ -282,7 +291,7 @@ def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
         if done >= n_epochs:
             backfill(setup, plan, done)
             return 0
-        with isolated(), ExitStack() as stack:
+        with isolated(setup.device), ExitStack() as stack:
             for e in plan.effects:
                 overlay = e.overlay() if e.when is None else None
                 if overlay is not None:
@@ -297,7 +306,8 @@ def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
 
 def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
     s = plan.settings
-    model = build_model(setup.model, derive_seed("weights", s["seed_weights"]))
+    # Drawn on the CPU, then moved: the same initial weights on every device.
+    model = build_model(setup.model, derive_seed("weights", s["seed_weights"])).to(setup.device)
     run = TrialRun(plan, model)
     opt_state = None
     if done >= 0:
@@ -308,14 +318,11 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
         for e in plan.effects:
             if e.when is None:
                 e.start(run)
-        eval_train = make_loader(setup.train, EVAL_BATCH)
-        eval_test = make_loader(setup.test, EVAL_BATCH)
-        results = evaluate(model, eval_train, setup.loss_fn, setup.metrics).result(
-            "train", setup.metrics
-        )
-        results.update(
-            evaluate(model, eval_test, setup.loss_fn, setup.metrics).result("test", setup.metrics)
-        )
+        results = {}
+        for split, data in (("train", setup.train), ("test", setup.test)):
+            loader = make_loader(data, EVAL_BATCH)
+            running = evaluate(model, loader, setup.loss_fn, setup.metrics, setup.device)
+            results.update(running.result(split, setup.metrics))
         commit(setup, run, 0, results)
         done = 0
     cb = TrialCallback(run, setup, done, opt_state)
@@ -332,7 +339,7 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
         setup.loss_fn,
         lr=lr,
         opt_func=lambda params, lr: optimizer(params, lr=lr, **hyper),
-        cbs=[cb],
+        cbs=[cb, DeviceCB(setup.device)],
     )
     run.learn.fit(n_epochs - done)
 
@@ -346,7 +353,7 @@ def backfill(setup: Setup, plan: TrialPlan, done: int) -> None:
     for epoch in range(done + 1):
         missing = {n for _, n in wanted - have.get(epoch, set())}
         if missing:
-            model = build_model(setup.model, None)
+            model = build_model(setup.model, None).to(setup.device)
             model.load_state_dict(setup.store.load_checkpoint(plan.id, epoch)["model"])
             results = measure(setup, plan, epoch, model.eval(), only=missing)
             setup.store.commit_epoch(plan.id, epoch, results, None)
