@@ -180,7 +180,7 @@ def run(exp: Experiment, spec: dict) -> None:
 
 @tooled
 def status(exp: Experiment, spec: dict) -> None:
-    """Show every trial: done, partial or pending."""
+    """Show every trial: done, partial, pending or failed."""
     # Epochs a trial needs to count as done
     n_epochs: tag.CliArgument & int = default(spec.get("n_epochs", 1))
 
