@@ -215,7 +215,21 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         return focus
     if fires:
         return lambda act, name, value, key: _fire(act, spec, name, value, key)
+    if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
+        return _fast_capture(spec.out)
     return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+
+
+def _fast_capture(out: str) -> Callable:
+    """``_immediate`` for a plain captured variable (no key, no filter): one call."""
+
+    def capture(act, name, value, key):
+        if value is not ABSENT:
+            act.caps[out] = value
+            act.names[out] = name
+        return value
+
+    return capture
 
 
 def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:

@@ -79,7 +79,7 @@ class PteraNameError(NameError):
 class _FnPlan:
     """What one function does in one plan: its (template, rule) entries and flags."""
 
-    __slots__ = ("entries", "push", "keyed", "direct", "exit", "simple", "static")
+    __slots__ = ("entries", "push", "keyed", "direct", "exit", "simple", "roots", "static")
 
     def __init__(self):
         self.entries: list[tuple[Template, Rule, dict]] = []
@@ -88,6 +88,7 @@ class _FnPlan:
         self.direct = False  # some template needs a direct parent (`f > g`)
         self.exit = False  # the exit helper has work to do
         self.simple = True  # every template fires on its focus alone
+        self.roots = True  # every template is a root that ignores call keys
         self.static: Frame | None = None  # a shared frame for stateless matches
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
@@ -97,6 +98,7 @@ class _FnPlan:
         self.direct |= t.direct
         self.exit |= t.exits or not rule.immediate
         self.simple &= t.simple
+        self.roots &= t.parent is None and not t.keyed
 
     def finish(self, generator: bool) -> None:
         if generator:
@@ -219,6 +221,9 @@ def _enter(fid):
         return None
     if fp.static is not None:
         return fp.static
+    if fp.roots and not (fp.push or fp.direct):
+        # Every template starts here: no parent to find, no key, nothing to push.
+        return Frame(None, [(Act(t, rule, None), h) for t, rule, h in fp.entries], None, fp.exit)
     parent = _frame.get()
     pyframe = sys._getframe(1) if (fp.push or fp.direct) else None
     key = _pending_key.get() if fp.keyed else ABSENT
