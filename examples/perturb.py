@@ -15,11 +15,10 @@ import tempfile
 
 import torch
 
-from ptera import auto_cli, default, tag
+from ptera import auto_cli, default, tag, tooled
 from ptera.lab.data import digits
 from ptera.lab.experiments import Experiment, Metrics, PerturbWeights, Plotter
 from ptera.lab.models import Lenet5
-from ptera.tooling import tooled
 
 
 class CustomMetrics(Metrics):
