@@ -84,9 +84,12 @@ class _Pool:
             for plan in rule.plans.values()
         )
 
-    def take(self, comp: Any, emit: Callable, **options: Any) -> Rule:
-        key = (id(comp), *options.values())
-        rules = self.idle.get(key)
+    @staticmethod
+    def key(comp: Any, immediate: bool, raw: bool, wrap: str | None) -> tuple:
+        return (id(comp), immediate, raw, wrap)
+
+    def take(self, comp: Any, emit: Callable, immediate: bool, raw: bool, wrap: str | None) -> Rule:
+        rules = self.idle.get(self.key(comp, immediate, raw, wrap))
         while rules:
             try:
                 rule = rules.pop()
@@ -95,13 +98,13 @@ class _Pool:
             if rule.compiled is comp:
                 rule.rebind(emit)
                 return rule
-        return Rule(comp, emit, **options)
+        return Rule(comp, emit, immediate=immediate, raw=raw, wrap=wrap)
 
     def give(self, rule: Rule) -> None:
         rule.rebind(_dead)
-        key = (id(rule.compiled), rule.immediate, rule.raw, rule.wrap)
         if len(self.idle) > 256:
             self.idle.clear()
+        key = self.key(rule.compiled, rule.immediate, rule.raw, rule.wrap)
         rules = self.idle.setdefault(key, [])
         if len(rules) < 4:
             rules.append(rule)
