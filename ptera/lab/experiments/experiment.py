@@ -181,8 +181,6 @@ class Experiment:
                 if id(e) not in seen:
                     seen.add(id(e))
                     e.validate(plan.settings)
-                    if isinstance(e, Tweak):
-                        e.check()
 
     def __len__(self) -> int:
         return len(self.grid)

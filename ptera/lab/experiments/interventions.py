@@ -315,13 +315,11 @@ class ChangeOptimizer(Intervention):
         return out
 
     def validate(self, settings: Mapping[str, Any]) -> None:
-        optimizer_defaults(settings["optimizer"], hyperparameters_of(settings), self)
-        if self.when is not None:
-            optimizer_defaults(
-                settings["optimizer"],
-                {**hyperparameters_of(settings), **self.hyperparameters()},
-                self,
-            )
+        # Only a windowed change reaches here (an unwindowed one is in ``settings``,
+        # which the experiment checks): its values must suit the trial's optimizer.
+        optimizer_defaults(
+            settings["optimizer"], {**hyperparameters_of(settings), **self.hyperparameters()}, self
+        )
 
     def open(self, run: Any) -> None:
         for group in run.optimizer.param_groups:
@@ -421,7 +419,7 @@ class Tweak(Intervention):
             self._env = dict(vars(module)) if module is not None else {}
         return self._env
 
-    def check(self) -> None:
+    def validate(self, settings: Mapping[str, Any]) -> None:
         """A selector that names nothing fails here, before any training."""
         for text in self.params["values"]:
             compile_selector(select(text), self.env())
