@@ -42,20 +42,6 @@ class Job:
     after: str | None = None
 
 
-def _order(jobs: list[Job]) -> list[Job]:
-    done: set[str] = set()
-    out, rest = [], list(jobs)
-    while rest:
-        ready = [j for j in rest if j.after is None or j.after in done]
-        if not ready:
-            raise ValueError("trials wait on each other in a cycle")
-        for j in ready:
-            out.append(j)
-            done.add(j.id)
-        rest = [j for j in rest if j.id not in done]
-    return out
-
-
 Done = Callable[[str, int], None] | None  # called in this process as each trial ends
 
 
@@ -63,12 +49,17 @@ class SerialExecutor:
     """Run trials one after the other in this process (the default)."""
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
-        results = {}
-        for j in _order(jobs):
-            results[j.id] = run_trial(setup, j.id, n_epochs)
-            if done is not None:
-                done(j.id, results[j.id])
-        return results
+        finished: list[tuple[str, int]] = []
+
+        def submit(job: Job) -> str:  # runs the trial now; the job's id is its handle
+            finished.append((job.id, run_trial(setup, job.id, n_epochs)))
+            return job.id
+
+        def wait_any(handles: list) -> list:
+            out, finished[:] = finished[:], []
+            return out
+
+        return _dispatch(jobs, submit, wait_any, lambda handles: None, done)
 
 
 def _dispatch(
