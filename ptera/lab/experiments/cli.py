@@ -103,14 +103,8 @@ def experiment_from(spec: dict, path: str) -> Experiment:
     return Experiment(
         model=model,
         datasets=datasets,
-        variations=[
-            _axis(t, f"{path}: variations[{i}]")
-            for i, t in enumerate(_tables(spec, "variations", path))
-        ],
-        interventions=[
-            _axis(t, f"{path}: interventions[{i}]")
-            for i, t in enumerate(_tables(spec, "interventions", path))
-        ],
+        variations=_axes(spec, "variations", path),
+        interventions=_axes(spec, "interventions", path),
         metrics=_import(spec["metrics"], "metrics", path)() if "metrics" in spec else None,
         plotter=plotter,
         store=store if store.is_absolute() else folder / store,
@@ -118,11 +112,12 @@ def experiment_from(spec: dict, path: str) -> Experiment:
     )
 
 
-def _tables(spec: dict, key: str, path: str) -> list[dict]:
+def _axes(spec: dict, key: str, path: str) -> list:
+    """The interventions (or families) of the ``key`` list of tables."""
     tables = spec.get(key, [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise CliError(f"{path}: '{key}' must be a list of tables ([[{key}]] in TOML)")
-    return tables
+    return [_axis(t, f"{path}: {key}[{i}]") for i, t in enumerate(tables)]
 
 
 def _axis(table: dict, where: str) -> Any:
@@ -142,9 +137,7 @@ def _axis(table: dict, where: str) -> Any:
                 raise TypeError(f"Tweak takes values= and when= only, not {', '.join(table)}")
             return iv.Tweak.make_variations(values=values, when=when)
         grid = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
-        if cls is iv.ChangeOptimizer and isinstance(grid.get("optimizer"), str):
-            grid["optimizer"] = iv.import_object(grid["optimizer"])
-        return cls.make_variations(when=when, **grid)
+        return cls.make_variations(when=when, **grid)  # ChangeOptimizer imports a path itself
     except (TypeError, ValueError) as exc:
         raise CliError(f"{where}: {exc}") from None
 
