@@ -37,7 +37,7 @@ from ...effects import Overlay
 from ...match import compile_selector
 from ...overlay import caller_env
 from ...selector import select
-from .config import normalize
+from .config import derive_seed, normalize
 
 __all__ = [
     "ChangeOptimizer",
@@ -130,6 +130,11 @@ class Intervention:
 
     def validate(self, settings: Mapping[str, Any]) -> None:
         """Raise a clear error now if this cannot run on a trial with ``settings``."""
+
+    @classmethod
+    def control_value(cls, name: str, control: Mapping[str, Any]) -> Any:
+        """The control's value of ``name``, given to a function in ``make_variations``."""
+        return control[name]
 
     # -- identity ------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -240,10 +245,6 @@ class ReinitWeights(Intervention):
     def settings(self) -> dict[str, Any]:
         return {"seed_weights": self.params["seed_weights"]}
 
-    @classmethod
-    def control_value(cls, name: str, control: Mapping[str, Any]) -> Any:
-        return control[name]
-
 
 class PerturbWeights(Intervention):
     """Add ``epsilon`` x N(0, 1) noise (drawn from ``seed_weights``) to every parameter.
@@ -259,7 +260,7 @@ class PerturbWeights(Intervention):
 
     def start(self, run: Any) -> None:
         generator = torch.Generator().manual_seed(
-            run.seed("perturb", self.params["seed_weights"], run.step)
+            derive_seed("perturb", self.params["seed_weights"], run.step)
         )
         eps = float(self.params["epsilon"])
         with torch.no_grad():
@@ -364,10 +365,6 @@ class ChangeTrainLoader(Intervention):
 
     def settings(self) -> dict[str, Any]:
         return dict(self.params)
-
-    @classmethod
-    def control_value(cls, name: str, control: Mapping[str, Any]) -> Any:
-        return control[name]
 
 
 class Tweak(Intervention):

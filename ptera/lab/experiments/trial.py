@@ -133,9 +133,6 @@ class TrialRun:
     def optimizer(self) -> torch.optim.Optimizer:
         return self.learn.opt
 
-    def seed(self, *parts: Any) -> int:
-        return derive_seed(*parts)
-
 
 class TrialCallback(Callback):
     """Seeds each epoch, keeps the step windows, measures, and commits each epoch."""
