@@ -32,7 +32,14 @@ import torch.nn.functional as F
 
 from .config import data_fingerprint, model_identity, normalize, trial_hash
 from .executors import Job, make_executor
-from .interventions import Family, Intervention, Tweak, hyperparameters_of, optimizer_defaults
+from .interventions import (
+    Family,
+    Intervention,
+    Tweak,
+    hyperparameters_of,
+    optimizer_defaults,
+    windows_text,
+)
 from .interventions import _short as short
 from .metrics import Metrics
 from .plotter import Plotter
@@ -368,7 +375,7 @@ def _cell(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, tuple) and all(isinstance(w, tuple) for w in value):
-        return ",".join(f"{s}-{e}" for s, e in value)
+        return windows_text(value)
     return short(value) if isinstance(value, type) else getattr(value, "__name__", str(value))
 
 

@@ -146,7 +146,7 @@ class Intervention:
     def label(self) -> str:
         parts = [f"{k}={_short(v)}" for k, v in self.params.items()]
         if self.when is not None:
-            parts.append("when=" + ",".join(f"{s}-{e}" for s, e in self.when))
+            parts.append("when=" + windows_text(self.when))
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def __repr__(self) -> str:
@@ -217,6 +217,11 @@ def _windows(when: Iterable, owner: str) -> tuple[tuple[int, int], ...]:
         if not 0 <= s < e:
             raise ValueError(f"{owner}: window ({s}, {e}) is empty or negative")
     return windows
+
+
+def windows_text(when: tuple[tuple[int, int], ...]) -> str:
+    """``((0, 100), (500, 600))`` as ``0-100,500-600`` (labels and result cells)."""
+    return ",".join(f"{s}-{e}" for s, e in when)
 
 
 def _unknown(cls: type, name: str) -> str:
@@ -436,7 +441,7 @@ class Tweak(Intervention):
 
     def label(self) -> str:
         parts = [f"{s}: {_short_fn(v)}" for s, v in self.params["values"].items()]
-        when = "" if self.when is None else ", when=" + ",".join(f"{s}-{e}" for s, e in self.when)
+        when = "" if self.when is None else ", when=" + windows_text(self.when)
         return f"Tweak({'; '.join(parts)}{when})"
 
     def __getstate__(self) -> dict:

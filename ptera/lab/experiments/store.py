@@ -101,12 +101,6 @@ class Store:
         """The last error of each trial that failed and has not committed since."""
         return dict(self.db.execute("SELECT id, error FROM trials WHERE error IS NOT NULL"))
 
-    def config(self, trial: str) -> dict:
-        row = self.db.execute("SELECT config FROM trials WHERE id = ?", (trial,)).fetchone()
-        if row is None:
-            raise KeyError(f"no trial {trial} in {self.path}")
-        return json.loads(row[0])
-
     def fail(self, trial: str, error: str) -> None:
         self.db.execute(
             "UPDATE trials SET error = ?, updated = ? WHERE id = ?", (error, time.time(), trial)
