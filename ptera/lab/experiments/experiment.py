@@ -35,7 +35,6 @@ from .executors import Job, make_executor
 from .interventions import (
     Family,
     Intervention,
-    Tweak,
     hyperparameters_of,
     optimizer_defaults,
     windows_text,
@@ -157,11 +156,11 @@ class Experiment:
         tid = trial_hash(config)
         variation: dict[str, Any] = {}
         for item in chosen:
-            for k, v in _params(item).items():
+            for k, v in item.columns().items():
                 variation[k if k not in variation else f"{type(item).__name__}.{k}"] = v
         condition = {"intervention": type(iv).__name__ if iv else "control"}
         if iv is not None:
-            condition.update({f"intervention.{k}": v for k, v in _params(iv).items()})
+            condition.update({f"intervention.{k}": v for k, v in iv.columns().items()})
         return TrialPlan(
             id=tid,
             control=tid,
@@ -361,14 +360,6 @@ def _items(axis: Any, settings: dict, where: str) -> list[Intervention]:
 
 def _config_key(e: Intervention) -> str:
     return json.dumps(e.config(), sort_keys=True)
-
-
-def _params(item: Intervention) -> dict:
-    if isinstance(item, Tweak):
-        return {s: v for s, v in item.params["values"].items()} | (
-            {"when": item.when} if item.when else {}
-        )
-    return {**item.params, **({"when": item.when} if item.when else {})}
 
 
 def _cell(value: Any) -> Any:

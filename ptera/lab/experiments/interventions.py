@@ -137,6 +137,10 @@ class Intervention:
         return control[name]
 
     # -- identity ------------------------------------------------------------------
+    def columns(self) -> dict[str, Any]:
+        """Its parameters as the columns of ``Experiment.results()`` (and ``when``)."""
+        return {**self.params, **({"when": self.when} if self.when else {})}
+
     def config(self) -> dict[str, Any]:
         out = {"type": type(self).__name__, **{k: normalize(v) for k, v in self.params.items()}}
         if self.when is not None:
@@ -438,6 +442,10 @@ class Tweak(Intervention):
             overlay = overlay.rewrite(rewrites, env=self.env())
         self._overlay = overlay
         return overlay
+
+    def columns(self) -> dict[str, Any]:
+        """One column per selector."""
+        return {**self.params["values"], **({"when": self.when} if self.when else {})}
 
     def label(self) -> str:
         parts = [f"{s}: {_short_fn(v)}" for s, v in self.params["values"].items()]
