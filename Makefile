@@ -2,33 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two stamps: the demo installs only what it runs (.[lab]); the tests add the dev tools.
+LAB := $(VENV)/.installed-lab
+DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test bench lint format clean
 
-$(STAMP): pyproject.toml
+$(LAB): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# A CPU build of torch from local disk; a bare range would fetch a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e ".[lab]"
+	touch $(LAB)
 
-demo: $(STAMP)
+$(DEV): $(LAB)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(DEV)
+
+demo: $(LAB)
 	$(PY) examples/mlp.py
 
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m ruff check ptera tests examples benchmarks
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(DEV)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(PY) -m ruff check ptera tests examples benchmarks
 	$(PY) -m ruff format --check ptera tests examples benchmarks
 
-format: $(STAMP)
+format: $(DEV)
 	$(PY) -m ruff format ptera tests examples benchmarks
 	$(PY) -m ruff check --fix ptera tests examples benchmarks
 
