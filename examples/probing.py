@@ -1,6 +1,6 @@
 """Look inside a small program without editing it: probes, overrides, a global probe.
 
-Run with `make demo` (or `python examples/probing.py`).
+Run with `python examples/probing.py` (`make demo` runs `examples/mlp.py`).
 """
 
 from ptera import global_probe, probing, tooled
