@@ -22,7 +22,8 @@ Decisions:
   in coleo.
 * Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
   ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
-  evaluated. Top-level keys are options; a key holding a table is a selector
+  evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
+  ``!!python/...`` tag anywhere is a config error, never an object. Top-level keys are options; a key holding a table is a selector
   prefix for per-context values (``["layer[1]"] T = 10.0`` is the tweak
   ``layer[1] > T``); a key containing ``>`` is a whole selector.
 * Bad input (unknown option, wrong type, unreadable file, conflicting value)
@@ -285,13 +286,11 @@ def convert(option: Option, value: Any, source: str) -> Any:
 
 def read_config(path: str) -> dict:
     """Read a JSON, TOML or YAML config (never evaluated as code)."""
-    from coleo import ConfigFile, register_extension
+    from coleo import ConfigFile
 
     ext = path.rsplit(".", 1)[-1].lower()
     if ext not in ("json", "toml", "yaml", "yml"):
         raise CliError(f"config {path}: unknown format '.{ext}' (use .json, .toml or .yaml)")
-    if ext in ("toml",):
-        register_extension("toml")(_toml_format)
     if ext in ("yaml", "yml"):
         try:
             import yaml  # noqa: F401
@@ -300,14 +299,22 @@ def read_config(path: str) -> dict:
                 f"config {path}: reading YAML needs PyYAML, which is not installed"
                 " (pip install pyyaml), or use .json / .toml"
             ) from None
-        register_extension("yml")(lambda: {"load": _yaml_load})
     try:
-        data = ConfigFile(path).read()
+        # Our own registry, not coleo's global one: its YAML reader is yaml.full_load.
+        data = ConfigFile(path, registry={path.rsplit(".", 1)[-1]: _FORMATS[ext]}).read()
     except FileNotFoundError:
         raise CliError(f"config {path}: no such file") from None
     except OSError as exc:
         raise CliError(f"config {path}: cannot read it ({exc})") from None
     except Exception as exc:  # the parser's own error: say where
+        problem = str(getattr(exc, "problem", None) or "")
+        if problem.startswith("could not determine a constructor"):  # e.g. !!python/name
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise CliError(
+                f"config {path}: {problem}{where}; a config holds plain data only"
+                " (YAML tags that build Python objects are never evaluated)"
+            ) from None
         raise CliError(f"config {path}: not valid {ext.upper()} ({exc})") from None
     if not isinstance(data, dict):
         raise CliError(f"config {path}: expected a table of options, got {type(data).__name__}")
@@ -320,10 +327,18 @@ def _toml_format():
     return {"load": lambda f: tomllib.loads(f.read())}
 
 
-def _yaml_load(f):
+def _yaml_format():
     import yaml
 
-    return yaml.safe_load(f)
+    return {"load": yaml.safe_load}
+
+
+_FORMATS = {
+    "json": lambda: {"load": json.load},
+    "toml": _toml_format,
+    "yaml": _yaml_format,
+    "yml": _yaml_format,
+}
 
 
 def split_config(data: dict, options: dict[str, Option], path: str) -> tuple[dict, dict]:

@@ -195,3 +195,34 @@ def test_seed_example_in_a_subprocess(tmp_path):
     assert proc.returncode == 2 and "expected int" in proc.stderr
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Number of iterations" in proc.stdout
+
+
+PYTHON_TAGS = [
+    "!!python/name:os.system",
+    "!!python/module:os",
+    "!!python/object:collections.OrderedDict {}",
+    "!!python/object/apply:os.mkdir [{marker}]",
+    "!!python/object/new:os.mkdir [{marker}]",
+]
+
+
+@pytest.mark.parametrize("ext", ["yaml", "yml"])
+@pytest.mark.parametrize("tag_text", PYTHON_TAGS)
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "n: {value}\n",  # top level
+        'rate: 1.0\n"scale[1]":\n  T: {value}\n',  # per-context table
+        'rate: 1.0\n"chain > scale > T": {value}\n',  # selector key
+    ],
+)
+def test_yaml_python_tags_are_refused_never_evaluated(tmp_path, ext, tag_text, layout):
+    pytest.importorskip("yaml")
+    marker = tmp_path / "created-by-yaml"
+    value = tag_text.replace("{marker}", json.dumps(str(marker)))
+    path = tmp_path / f"c.{ext}"
+    path.write_text(layout.replace("{value}", value))
+    with pytest.raises(CliError, match=r"config .*never evaluated") as info:
+        run(["--config", str(path)])
+    assert "could not determine a constructor for the tag" in str(info.value)
+    assert not marker.exists()
