@@ -158,6 +158,18 @@ def test_probe_and_tweak_see_the_same_values():
     assert seen == [{"xx": 1}]
 
 
+@pytest.mark.parametrize("first, expected", [(0, 13), (1, 17)])
+def test_overlays_end_in_any_order(first, expected):
+    overlays = [tweaking({"square(x=3) > rval": 1}), tweaking({"sumsquares > yy": 4})]
+    for ov in overlays:
+        ov.__enter__()
+    assert sumsquares(3, 4) == 5
+    overlays[first].__exit__(None, None, None)
+    assert sumsquares(3, 4) == expected  # the other overlay still applies
+    overlays[1 - first].__exit__(None, None, None)
+    assert sumsquares(3, 4) == 25
+
+
 # -- selfless objects (core.md section 6) --------------------------------------
 
 
