@@ -45,7 +45,9 @@ from typing import Any
 
 from .effects import Overlay
 from .lookup import state_for, unwrap
+from .match import compile_selector
 from .overlay import PteraNameError
+from .selector import SelectorError, select
 from .selfless import PteraFunction
 from .state import ConflictError
 from .tags import Tag, annotation_parts, match_tag, tag
@@ -341,21 +343,43 @@ _FORMATS = {
 }
 
 
-def split_config(data: dict, options: dict[str, Option], path: str) -> tuple[dict, dict]:
-    """Option values and per-context tweaks (selector -> value) of a config."""
+def split_config(
+    data: dict, options: dict[str, Option], path: str, env: dict | None = None
+) -> tuple[dict, dict]:
+    """Option values and per-context tweaks (selector -> value) of a config.
+
+    A per-context value is converted like the option its selector's focus names;
+    with ``env``, each selector's functions must be found there (or by import path).
+    """
     values, tweaks = {}, {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise CliError(f"config {path}: keys are option names or selectors, got {key!r}")
         if ">" in key:
-            tweaks[key] = value
+            tweaks[key] = _context_value(key, value, options, path, env)
         elif isinstance(value, dict):
             for name, v in value.items():
-                tweaks[f"{key} > {name}"] = v
+                selector = f"{key} > {name}"
+                tweaks[selector] = _context_value(selector, v, options, path, env)
         elif key in options:
             values[key] = convert(options[key], value, f"config {path}")
         else:
             known = ", ".join(sorted(options)) or "none"
             raise CliError(f"config {path}: unknown option '{key}' (options: {known})")
     return values, tweaks
+
+
+def _context_value(selector: str, value: Any, options: dict, path: str, env: dict | None):
+    try:
+        tree = select(selector)
+        if tree.focus is None:
+            raise SelectorError(selector, 0, "a per-context value needs a focus: mark it with '!'")
+        if env is not None:
+            compile_selector(tree, env)
+    except SelectorError as exc:
+        raise CliError(f"config {path}: {exc}") from None
+    option = options.get(tree.focus.name)
+    return value if option is None else convert(option, value, f"config {path}: {selector!r}")
 
 
 def from_environment(options: dict[str, Option], prefix: str, environ=None) -> dict:
@@ -543,8 +567,11 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
     ns = vars(parser.parse_args(argv))
     configs, dump = ns.pop("config", []), ns.pop("dump_config", None)
     values, tweaks = {}, {}
+    caller = getattr(entry, "__globals__", None) or getattr(
+        getattr(entry, "__wrapped__", None), "__globals__", {}
+    )
     for path in configs:
-        v, t = split_config(read_config(path), options, path)
+        v, t = split_config(read_config(path), options, path, dict(caller))
         values.update(v)
         tweaks.update(t)
     values.update(from_environment(options, env_prefix, environ))
@@ -573,9 +600,6 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
         for t in {id(s.tag): s.tag for s in options[name].sites}.values():
             overlay = overlay.tweak({f"{name}:##T": value}, env={"##T": t})
     if tweaks:
-        caller = getattr(entry, "__globals__", None) or getattr(
-            getattr(entry, "__wrapped__", None), "__globals__", {}
-        )
         overlay = overlay.tweak(tweaks, env=dict(caller))
     try:
         with overlay:

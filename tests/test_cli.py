@@ -226,3 +226,59 @@ def test_yaml_python_tags_are_refused_never_evaluated(tmp_path, ext, tag_text, l
         run(["--config", str(path)])
     assert "could not determine a constructor for the tag" in str(info.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('"scale[2]" = { T = "10" }', 20.0),  # a table: "10" -> 10.0 like a top-level T
+        ('"chain > scale[2] > T" = "10"', 20.0),  # a selector key
+    ],
+)
+def test_per_context_values_are_converted_like_top_level_ones(tmp_path, text, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\nT = 2.0\n{text}\n")
+    value = run(["--config", str(path)])[5]
+    assert value == expected and type(value) is float
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('"scale[2]" = { T = "big" }', "'scale[2] > T': --T expects float, got 'big'"),
+        ('"chain > scale > T" = [1]', "'chain > scale > T': --T expects float, got [1]"),
+        ('"main > loud" = "maybe"', "'main > loud': --loud expects bool, got 'maybe'"),
+    ],
+)
+def test_per_context_values_of_the_wrong_type_name_the_key(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\n{text}\n")
+    with pytest.raises(CliError) as info:
+        run(["--config", str(path)])
+    assert f"config {path}: {message}" in str(info.value)
+
+
+def test_per_context_bool_strings_become_bools(tmp_path):
+    path = tmp_path / "c.yaml"
+    pytest.importorskip("yaml")
+    path.write_text('rate: 1.0\nmain:\n  loud: "false"\n  n: "2"\n')
+    assert run(["--config", str(path)])[:2] == (2, "hello world")
+
+
+@pytest.mark.parametrize(
+    "text, caret_line",
+    [
+        ('"scale > > T" = 2.0', "          ^"),  # malformed
+        ('"scale(" = { T = 2.0 }', "         ^"),  # malformed table key
+        ('"nosuch > T" = 2.0', "  ^"),  # no such function
+    ],
+)
+def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, caret_line):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\n{text}\n")
+    with pytest.raises(SystemExit) as info:
+        auto_cli(main, argv=["--config", str(path)], environ={})
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(f"error: config {path}: ") and "Traceback" not in err
+    assert caret_line in err.splitlines()
