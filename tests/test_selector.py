@@ -1,12 +1,16 @@
 """The selector language: parsing, canonical printing, equivalences and errors."""
 
+import contextlib
 import string
+import sys
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptera import Scope, SelectorError, Var, select
+from ptera import Scope, SelectorError, Var, select, tooled
+from ptera.match import compile_selector
 from ptera.selector import NOVALUE, split_selectors
 
 # Every example of the seeds and of the spec, plus forms users write every day.
@@ -302,3 +306,56 @@ def test_fuzz_only_selector_errors(text):
 def test_deep_nesting_is_an_error_not_a_crash():
     with pytest.raises(SelectorError, match="nested too deeply"):
         select("f(" * 500 + "x" + ")" * 500)
+
+
+@tooled
+def _keyed(x):
+    h = {}
+    h[0] = x
+    y = x
+    return y
+
+
+# Selectors with many captures, each form compiled against `_keyed`.
+MANY_CAPTURES = {
+    "renamed": "x as w{i}",
+    "any variable": "$w{i}",
+    "deep": ">> x as w{i}",
+    "keyed": "h[{i}] as h{i}",
+    "missing (an error)": "q{i}",
+}
+
+
+def _compile_many(form: str, n: int) -> int:
+    """Parse and compile a selector of ``n`` captures; how many Python calls it took."""
+    text = "_keyed(" + ", ".join(form.format(i=i) for i in range(n)) + ", !y)"
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        compile_selector(select(text), {"_keyed": _keyed})
+    except SelectorError as err:
+        assert "'_keyed' has no variable 'q0'" in str(err)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("form", MANY_CAPTURES.values(), ids=MANY_CAPTURES.keys())
+def test_compiling_many_captures_is_linear(form):
+    _compile_many(form, 1)  # instrument `_keyed` first
+    small, large = _compile_many(form, 500), _compile_many(form, 2000)
+    assert large <= 4.5 * small  # linear: about 4x; quadratic: about 16x
+
+
+@pytest.mark.parametrize("form", ["x as w{i}", "q{i}"])
+def test_compiling_4000_captures_takes_well_under_a_second(form):
+    text = "_keyed(" + ", ".join(form.format(i=i) for i in range(4000)) + ", !y)"
+    start = time.process_time()
+    with contextlib.suppress(SelectorError):
+        compile_selector(select(text), {"_keyed": _keyed})
+    assert time.process_time() - start < 2.0  # about 0.1 s; 20 s when it was quadratic
