@@ -42,12 +42,14 @@ from .transform import (
     ABSENT_NAME,
     ENTER,
     EXIT,
+    HIDE,
     MISSING,
     REPORT,
     REPORT_KEY,
     SETKEY,
     SETTLE,
     TAKE,
+    hide_helpers,
 )
 
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -337,6 +339,7 @@ HELPERS = {
     MISSING: _missing,
     SETKEY: _setkey,
     ABSENT_NAME: ABSENT,
+    HIDE: hide_helpers,
 }
 
 
