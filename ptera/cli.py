@@ -546,6 +546,8 @@ def auto_cli(
         tag = kwargs.pop("category")
     if kwargs:
         raise TypeError(f"auto_cli() got unexpected arguments: {', '.join(kwargs)}")
+    if not callable(entry):
+        raise TypeError(f"auto_cli needs the program's function, not {type(entry).__name__}")
     tags = tag if isinstance(tag, tuple) else (tag,) if tag is not None else ()
     options = find_options(entry, tags)
     try:

@@ -490,7 +490,7 @@ class Immediate:
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = select(selector)
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
@@ -510,7 +510,7 @@ class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = select(selector)
         self.close = close
 
     def rule(self) -> Rule:
@@ -521,6 +521,12 @@ class BaseOverlay:
     """A context manager that activates handlers (``Immediate``, ``Total`` or rules)."""
 
     def __init__(self, *handlers):
+        for h in handlers:
+            if not (isinstance(h, Rule) or hasattr(h, "rule")):
+                raise TypeError(
+                    "BaseOverlay needs handlers (Immediate, Total or Rule),"
+                    f" not {type(h).__name__} ({h!r:.60})"
+                )
         self.handlers = handlers
         self._tokens: list = []
 

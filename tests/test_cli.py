@@ -282,3 +282,8 @@ def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, care
     assert info.value.code == 2
     assert err.startswith(f"error: config {path}: ") and "Traceback" not in err
     assert caret_line in err.splitlines()
+
+
+def test_an_entry_that_is_not_callable_is_a_type_error():
+    with pytest.raises(TypeError, match="auto_cli needs the program's function, not int"):
+        auto_cli(123, argv=[])

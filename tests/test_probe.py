@@ -485,3 +485,20 @@ def test_an_activation_is_removed_once_whatever_the_order():
     two.remove()
     f(3)
     assert len(seen) == 3 and active_rule_count() == 0
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: probing(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: probing(None), "a selector is a string or a Scope .*, not NoneType"),
+        (lambda: probing(["f > b"]), "a selector is a string or a Scope .*, not list"),
+        (lambda: global_probe(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: probing("f > b", env=3), "env must be a mapping"),
+        (lambda: probing("f > b", overridable=True).koverride(3), "koverride needs a function"),
+    ],
+)
+def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
+    assert active_rule_count() == 0

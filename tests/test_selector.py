@@ -176,6 +176,8 @@ def test_parsed_trees_are_cached_and_immutable():
         ("f[1 > x", 4, "expected ']' to close the key"),
         ("/mod", 4, "expected '/' after the module name"),
         ("x as", 4, "expected a name after 'as'"),
+        ("f(x=" + "1" * 5000 + ") > y", 4, "integer literal is too long"),
+        ("f[" + "9" * 5000 + "] > y", 2, "integer literal is too long"),
     ],
 )
 def test_errors_point_at_the_character(text, col, message):
@@ -359,3 +361,11 @@ def test_compiling_4000_captures_takes_well_under_a_second(form):
     with contextlib.suppress(SelectorError):
         compile_selector(select(text), {"_keyed": _keyed})
     assert time.process_time() - start < 2.0  # about 0.1 s; 20 s when it was quadratic
+
+
+@pytest.mark.parametrize("wrong", [123, None, ["f > x"], b"f > x"])
+def test_a_selector_of_the_wrong_type_is_a_type_error(wrong):
+    with pytest.raises(TypeError, match=rf"a selector is a string .*, not {type(wrong).__name__}"):
+        select(wrong)
+    with pytest.raises(TypeError, match="env must be a mapping"):
+        select("f > x", env=3)

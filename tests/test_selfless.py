@@ -5,7 +5,10 @@ import asyncio
 import pytest
 
 from ptera import (
+    BaseOverlay,
     ConflictError,
+    Immediate,
+    Overlay,
     Override,
     PteraFunction,
     PteraNameError,
@@ -13,7 +16,9 @@ from ptera import (
     default,
     probing,
     ptera,
+    rewriting,
     tweaking,
+    using,
 )
 
 
@@ -168,6 +173,29 @@ def test_overlays_end_in_any_order(first, expected):
     assert sumsquares(3, 4) == expected  # the other overlay still applies
     overlays[1 - first].__exit__(None, None, None)
     assert sumsquares(3, 4) == 25
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: tweaking(123), r"tweak needs a mapping \{selector: value\}, not int"),
+        (lambda: tweaking("square > rval"), r"tweak needs a mapping .*, not str"),
+        (lambda: tweaking({1: 2}), "a selector is a string or a Scope .*, not int"),
+        (lambda: rewriting(123), r"rewrite needs a mapping \{selector: function\}, not int"),
+        (lambda: using(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: using(q=123), "a selector is a string or a Scope .*, not int"),
+        (lambda: using(q=None), "a selector is a string or a Scope .*, not NoneType"),
+        (lambda: using(q="square > x", env=[1]), "env must be a mapping"),
+        (lambda: sumsquares.tweak(123), "tweak needs a mapping"),
+        (lambda: sumsquares.using(q=123), "a selector is a string or a Scope .*, not int"),
+        (lambda: Overlay().on("square > x", 5), "on needs a function to call, not int"),
+        (lambda: BaseOverlay(123), "BaseOverlay needs handlers .*, not int"),
+        (lambda: Immediate(123), "a selector is a string or a Scope .*, not int"),
+    ],
+)
+def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
 
 
 # -- selfless objects (core.md section 6) --------------------------------------
