@@ -516,7 +516,15 @@ class _Instrumenter(ast.NodeTransformer):
             stored = _call(REPORT_KEY, _name(FRAME), _const(name), _name(tv), _name(tk))
         sub = ast.Subscript(value=_name(th), slice=_name(tk), ctx=ast.Store())
         out.append(ast.Assign(targets=[sub], value=stored))
-        return [ast.copy_location(s, node) for s in out]
+        # Clear the temporaries, even on an error: the value may be a large tensor.
+        clear = ast.Assign(
+            targets=[_name(t, ast.Store()) for t in (tv, th, tk)], value=_const(None)
+        )
+        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=[clear])
+        for s in ast.walk(stmt):
+            if isinstance(s, ast.stmt):
+                ast.copy_location(s, node)
+        return stmt
 
     def visit_AugAssign(self, node):
         node = self.generic_visit(node)

@@ -3,6 +3,7 @@
 import contextlib
 import inspect
 import traceback
+import weakref
 
 import pytest
 
@@ -240,3 +241,28 @@ def test_match_case_captures_can_be_overridden():
     with probing("_matches > a", overridable=True) as probe:
         probe.override(10)
         assert _matches((1, 2)) == 12
+
+
+class _Big:
+    """Stands for a large tensor: something a weakref can watch."""
+
+
+@tooled
+def _stores_then_drops(fail):
+    h = {}
+    h[0] = _Big()
+    ref = weakref.ref(h[0])
+    if fail:
+        try:
+            h[[]] = h[0]  # the value is taken, then storing it fails (unhashable key)
+        except TypeError:
+            pass
+    h[0] = None  # the dict held the only reference the user made
+    return ref() is None
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("selector", [None, "_stores_then_drops > h", "_stores_then_drops > $v"])
+def test_subscript_assignment_does_not_keep_its_value_alive(selector, fail):
+    with probing(selector) if selector else contextlib.nullcontext():
+        assert _stores_then_drops(fail)
