@@ -1,6 +1,7 @@
 """The selector language: parsing, canonical printing, equivalences and errors."""
 
 import contextlib
+import gc
 import string
 import sys
 import time
@@ -350,17 +351,23 @@ def _compile_many(form: str, n: int) -> int:
 @pytest.mark.parametrize("form", MANY_CAPTURES.values(), ids=MANY_CAPTURES.keys())
 def test_compiling_many_captures_is_linear(form):
     _compile_many(form, 1)  # instrument `_keyed` first
-    small, large = _compile_many(form, 500), _compile_many(form, 2000)
+    n = 50 if form.startswith(">>") else 250  # `>>` looks into every instrumented function
+    small, large = _compile_many(form, n), _compile_many(form, 4 * n)
     assert large <= 4.5 * small  # linear: about 4x; quadratic: about 16x
 
 
 @pytest.mark.parametrize("form", ["x as w{i}", "q{i}"])
 def test_compiling_4000_captures_takes_well_under_a_second(form):
     text = "_keyed(" + ", ".join(form.format(i=i) for i in range(4000)) + ", !y)"
-    start = time.process_time()
-    with contextlib.suppress(SelectorError):
-        compile_selector(select(text), {"_keyed": _keyed})
-    assert time.process_time() - start < 2.0  # about 0.1 s; 20 s when it was quadratic
+    gc.disable()  # time the compiler, not a collection of the whole test session
+    try:
+        start = time.process_time()
+        with contextlib.suppress(SelectorError):
+            compile_selector(select(text), {"_keyed": _keyed})
+        elapsed = time.process_time() - start
+    finally:
+        gc.enable()
+    assert elapsed < 3.0  # about 0.1 s; 6 s or more when it was quadratic
 
 
 @pytest.mark.parametrize("wrong", [123, None, ["f > x"], b"f > x"])
