@@ -40,6 +40,7 @@ import os
 import re
 import sys
 import types
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -549,6 +550,14 @@ def auto_cli(
     if not callable(entry):
         raise TypeError(f"auto_cli needs the program's function, not {type(entry).__name__}")
     tags = tag if isinstance(tag, tuple) else (tag,) if tag is not None else ()
+    if not all(isinstance(t, Tag) for t in tags):
+        raise TypeError(
+            f"auto_cli: tag is a Tag (tag.HyperParameter) or a tuple of Tags, not {tag!r}"
+        )
+    if isinstance(argv, (str, bytes)) or not (argv is None or isinstance(argv, Iterable)):
+        raise TypeError(f"auto_cli: argv is a list of strings (like sys.argv[1:]), not {argv!r}")
+    if environ is not None and not isinstance(environ, Mapping):
+        raise TypeError(f"auto_cli: environ is a mapping (like os.environ), not {environ!r}")
     options = find_options(entry, tags)
     try:
         return _run(entry, options, argv, description, args, env_prefix, environ, prog)

@@ -284,6 +284,15 @@ def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, care
     assert caret_line in err.splitlines()
 
 
-def test_an_entry_that_is_not_callable_is_a_type_error():
-    with pytest.raises(TypeError, match="auto_cli needs the program's function, not int"):
-        auto_cli(123, argv=[])
+@pytest.mark.parametrize(
+    "entry, kwargs, message",
+    [
+        (123, {}, "auto_cli needs the program's function, not int"),
+        (main, {"argv": "--rate 1"}, "argv is a list of strings .*, not '--rate 1'"),
+        (main, {"tag": 123}, r"tag is a Tag \(tag.HyperParameter\) or a tuple of Tags, not 123"),
+        (main, {"environ": 3}, r"environ is a mapping \(like os.environ\), not 3"),
+    ],
+)
+def test_wrong_argument_types_are_type_errors(entry, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        auto_cli(entry, **{"argv": [], **kwargs})
