@@ -23,9 +23,11 @@ Decisions:
 * Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
   ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
   evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
-  ``!!python/...`` tag anywhere is a config error, never an object. Top-level keys are options; a key holding a table is a selector
-  prefix for per-context values (``["layer[1]"] T = 10.0`` is the tweak
-  ``layer[1] > T``); a key containing ``>`` is a whole selector.
+  ``!!python/...`` tag anywhere is a config error, never an object. Top-level
+  keys are options; a key holding a table is a selector prefix for per-context
+  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``); a key
+  containing ``>`` is a whole selector. A per-context value is converted like
+  the option its selector's focus names, and a bad selector is a config error.
 * Bad input (unknown option, wrong type, unreadable file, conflicting value)
   prints ``error: ...`` and exits with status 2, like argparse; with
   ``exit_on_error=False`` the exception is raised instead.
