@@ -22,9 +22,12 @@ Decisions:
   in coleo.
 * Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
   ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
-  evaluated. Top-level keys are options; a key holding a table is a selector
-  prefix for per-context values (``["layer[1]"] T = 10.0`` is the tweak
-  ``layer[1] > T``); a key containing ``>`` is a whole selector.
+  evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
+  ``!!python/...`` tag anywhere is a config error, never an object. Top-level
+  keys are options; a key holding a table is a selector prefix for per-context
+  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``); a key
+  containing ``>`` is a whole selector. A per-context value is converted like
+  the option its selector's focus names, and a bad selector is a config error.
 * Bad input (unknown option, wrong type, unreadable file, conflicting value)
   prints ``error: ...`` and exits with status 2, like argparse; with
   ``exit_on_error=False`` the exception is raised instead.
@@ -39,12 +42,15 @@ import os
 import re
 import sys
 import types
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .effects import Overlay
 from .lookup import state_for, unwrap
+from .match import compile_selector
 from .overlay import PteraNameError
+from .selector import SelectorError, select
 from .selfless import PteraFunction
 from .state import ConflictError
 from .tags import Tag, annotation_parts, match_tag, tag
@@ -285,13 +291,11 @@ def convert(option: Option, value: Any, source: str) -> Any:
 
 def read_config(path: str) -> dict:
     """Read a JSON, TOML or YAML config (never evaluated as code)."""
-    from coleo import ConfigFile, register_extension
+    from coleo import ConfigFile
 
     ext = path.rsplit(".", 1)[-1].lower()
     if ext not in ("json", "toml", "yaml", "yml"):
         raise CliError(f"config {path}: unknown format '.{ext}' (use .json, .toml or .yaml)")
-    if ext in ("toml",):
-        register_extension("toml")(_toml_format)
     if ext in ("yaml", "yml"):
         try:
             import yaml  # noqa: F401
@@ -300,14 +304,22 @@ def read_config(path: str) -> dict:
                 f"config {path}: reading YAML needs PyYAML, which is not installed"
                 " (pip install pyyaml), or use .json / .toml"
             ) from None
-        register_extension("yml")(lambda: {"load": _yaml_load})
     try:
-        data = ConfigFile(path).read()
+        # Our own registry, not coleo's global one: its YAML reader is yaml.full_load.
+        data = ConfigFile(path, registry={path.rsplit(".", 1)[-1]: _FORMATS[ext]}).read()
     except FileNotFoundError:
         raise CliError(f"config {path}: no such file") from None
     except OSError as exc:
         raise CliError(f"config {path}: cannot read it ({exc})") from None
     except Exception as exc:  # the parser's own error: say where
+        problem = str(getattr(exc, "problem", None) or "")
+        if problem.startswith("could not determine a constructor"):  # e.g. !!python/name
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise CliError(
+                f"config {path}: {problem}{where}; a config holds plain data only"
+                " (YAML tags that build Python objects are never evaluated)"
+            ) from None
         raise CliError(f"config {path}: not valid {ext.upper()} ({exc})") from None
     if not isinstance(data, dict):
         raise CliError(f"config {path}: expected a table of options, got {type(data).__name__}")
@@ -320,27 +332,57 @@ def _toml_format():
     return {"load": lambda f: tomllib.loads(f.read())}
 
 
-def _yaml_load(f):
+def _yaml_format():
     import yaml
 
-    return yaml.safe_load(f)
+    return {"load": yaml.safe_load}
 
 
-def split_config(data: dict, options: dict[str, Option], path: str) -> tuple[dict, dict]:
-    """Option values and per-context tweaks (selector -> value) of a config."""
+_FORMATS = {
+    "json": lambda: {"load": json.load},
+    "toml": _toml_format,
+    "yaml": _yaml_format,
+    "yml": _yaml_format,
+}
+
+
+def split_config(
+    data: dict, options: dict[str, Option], path: str, env: dict | None = None
+) -> tuple[dict, dict]:
+    """Option values and per-context tweaks (selector -> value) of a config.
+
+    A per-context value is converted like the option its selector's focus names;
+    with ``env``, each selector's functions must be found there (or by import path).
+    """
     values, tweaks = {}, {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise CliError(f"config {path}: keys are option names or selectors, got {key!r}")
         if ">" in key:
-            tweaks[key] = value
+            tweaks[key] = _context_value(key, value, options, path, env)
         elif isinstance(value, dict):
             for name, v in value.items():
-                tweaks[f"{key} > {name}"] = v
+                selector = f"{key} > {name}"
+                tweaks[selector] = _context_value(selector, v, options, path, env)
         elif key in options:
             values[key] = convert(options[key], value, f"config {path}")
         else:
             known = ", ".join(sorted(options)) or "none"
             raise CliError(f"config {path}: unknown option '{key}' (options: {known})")
     return values, tweaks
+
+
+def _context_value(selector: str, value: Any, options: dict, path: str, env: dict | None):
+    try:
+        tree = select(selector)
+        if tree.focus is None:
+            raise SelectorError(selector, 0, "a per-context value needs a focus: mark it with '!'")
+        if env is not None:
+            compile_selector(tree, env)
+    except SelectorError as exc:
+        raise CliError(f"config {path}: {exc}") from None
+    option = options.get(tree.focus.name)
+    return value if option is None else convert(option, value, f"config {path}: {selector!r}")
 
 
 def from_environment(options: dict[str, Option], prefix: str, environ=None) -> dict:
@@ -507,7 +549,17 @@ def auto_cli(
         tag = kwargs.pop("category")
     if kwargs:
         raise TypeError(f"auto_cli() got unexpected arguments: {', '.join(kwargs)}")
+    if not callable(entry):
+        raise TypeError(f"auto_cli needs the program's function, not {type(entry).__name__}")
     tags = tag if isinstance(tag, tuple) else (tag,) if tag is not None else ()
+    if not all(isinstance(t, Tag) for t in tags):
+        raise TypeError(
+            f"auto_cli: tag is a Tag (tag.HyperParameter) or a tuple of Tags, not {tag!r}"
+        )
+    if isinstance(argv, (str, bytes)) or not (argv is None or isinstance(argv, Iterable)):
+        raise TypeError(f"auto_cli: argv is a list of strings (like sys.argv[1:]), not {argv!r}")
+    if environ is not None and not isinstance(environ, Mapping):
+        raise TypeError(f"auto_cli: environ is a mapping (like os.environ), not {environ!r}")
     options = find_options(entry, tags)
     try:
         return _run(entry, options, argv, description, args, env_prefix, environ, prog)
@@ -528,8 +580,11 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
     ns = vars(parser.parse_args(argv))
     configs, dump = ns.pop("config", []), ns.pop("dump_config", None)
     values, tweaks = {}, {}
+    caller = getattr(entry, "__globals__", None) or getattr(
+        getattr(entry, "__wrapped__", None), "__globals__", {}
+    )
     for path in configs:
-        v, t = split_config(read_config(path), options, path)
+        v, t = split_config(read_config(path), options, path, dict(caller))
         values.update(v)
         tweaks.update(t)
     values.update(from_environment(options, env_prefix, environ))
@@ -558,9 +613,6 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
         for t in {id(s.tag): s.tag for s in options[name].sites}.values():
             overlay = overlay.tweak({f"{name}:##T": value}, env={"##T": t})
     if tweaks:
-        caller = getattr(entry, "__globals__", None) or getattr(
-            getattr(entry, "__wrapped__", None), "__globals__", {}
-        )
         overlay = overlay.tweak(tweaks, env=dict(caller))
     try:
         with overlay:

@@ -30,14 +30,20 @@ from .lookup import registry_version
 from .match import compile_selector
 from .overlay import activate, caller_env, deactivate
 from .results import Collection, Result, call_with, listener_call
-from .selector import Scope, SelectorError, select
+from .selector import Scope, SelectorError, check_env, select
 from .transform import ABSENT
 
 __all__ = ["Overlay", "rewriting", "tweaking", "using"]
 
 
 def _parse(selector: str | Scope) -> Scope:
-    return select(selector) if isinstance(selector, str) else selector
+    return select(selector)
+
+
+def _mapping(values: Any, what: str, kind: str) -> Mapping:
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{what} needs a mapping {{selector: {kind}}}, not {type(values).__name__}")
+    return values
 
 
 def _needs_focus(sel: Scope, what: str) -> Scope:
@@ -71,17 +77,19 @@ class Overlay:
     # -- composing --------------------------------------------------------
     def tweak(self, values: Mapping, env: Mapping | None = None) -> Overlay:
         """Replace each selector's focus value by the given value."""
+        check_env(env)
         env = env if env is not None else caller_env(1)
         return self._with(
             _Effect("tweak", None, _needs_focus(_parse(s), "a tweak"), v, env)
-            for s, v in values.items()
+            for s, v in _mapping(values, "tweak", "value").items()
         )
 
     def rewrite(self, functions: Mapping, env: Mapping | None = None) -> Overlay:
         """Replace each selector's focus value by ``fn(**captures)``."""
+        check_env(env)
         env = env if env is not None else caller_env(1)
         effects = []
-        for s, fn in functions.items():
+        for s, fn in _mapping(functions, "rewrite", "function").items():
             if not callable(fn):
                 raise TypeError(f"rewrite needs functions; got {fn!r} for {s!r} (use tweak)")
             effects.append(_Effect("rewrite", None, _needs_focus(_parse(s), "a rewrite"), fn, env))
@@ -89,6 +97,7 @@ class Overlay:
 
     def using(self, *selectors: Any, env: Mapping | None = None, **named: Any) -> Overlay:
         """Collect each selector's matches under a name (positional ones: the focus name)."""
+        check_env(env)
         env = env if env is not None else caller_env(1)
         effects = []
         for s in selectors:
@@ -105,6 +114,9 @@ class Overlay:
 
     def on(self, target: Any, fn: Callable, env: Mapping | None = None) -> Overlay:
         """Call ``fn(**captures)`` on each match; collect its results under ``fn.__name__``."""
+        if not callable(fn):
+            raise TypeError(f"on needs a function to call, not {type(fn).__name__} ({fn!r:.60})")
+        check_env(env)
         env = env if env is not None else caller_env(1)
         target = target if hasattr(target, "__ptera_rules__") else _parse(target)
         return self._with([_Effect("on", fn.__name__, target, fn, env)])

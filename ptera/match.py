@@ -114,6 +114,20 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
     return var, key
 
 
+class _NoVariable(Exception):
+    """A named function lacks a variable; the ``SelectorError`` is built only if raised
+    (printing the selector for each of n missing captures would be quadratic)."""
+
+    def __init__(self, name: str, st: FnState, variables: dict):
+        super().__init__(name)
+        self.name, self.st, self.variables = name, st, variables
+
+    def error(self, selector: Scope) -> SelectorError:
+        known = ", ".join(n for n, x in self.variables.items() if x.provenance != "external")
+        message = f"'{self.st.qualname}' has no variable '{self.name}' (it has: {known or 'none'})"
+        return _error(selector, self.name, message)
+
+
 class _Compiler:
     def __init__(self, selector: Scope, env, collect: bool, resolved: dict):
         self.selector = selector
@@ -201,12 +215,13 @@ class _Compiler:
                     continue
                 raise _error(self.selector, node.fn or "*", str(exc)) from None
             t = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
+            found: dict[str, list[VarSpec]] = {}  # lists, not tuples: n captures stay linear
             for i, (var, keyvar) in enumerate(pairs):
                 try:
                     names = self.names_for(
                         var, st, variables, strict=fns is not None and not var.deep
                     )
-                except SelectorError as err:
+                except (SelectorError, _NoVariable) as err:
                     missing.setdefault(i, err)
                     names = []
                 else:
@@ -221,13 +236,16 @@ class _Compiler:
                 if var.value is not NOVALUE:
                     t.filters += 1
                 for name in names:
-                    t.vars[name] = t.vars.get(name, ()) + (spec,)
+                    found.setdefault(name, []).append(spec)
+            t.vars = {name: tuple(specs) for name, specs in found.items()}
             t.collects = holds and (self.collect or self.selector.focus is None)
             if fns is None and not t.vars and not sub_scopes and not deep_vars:
                 continue
             self.templates.setdefault(st.fid, []).append(t)
             self.interest.setdefault(st, set()).update(t.vars, (FRAME_POINT,))
         for err in missing.values():
+            if isinstance(err, _NoVariable):
+                raise err.error(self.selector) from None
             if err is not None:
                 raise err
         for var, keyvar in deep_vars:
@@ -255,12 +273,7 @@ class _Compiler:
             v = variables.get(var.name)
             if v is None or v.provenance == "external":
                 if strict:
-                    known = ", ".join(n for n, x in variables.items() if x.provenance != "external")
-                    raise _error(
-                        self.selector,
-                        var.name,
-                        f"'{st.qualname}' has no variable '{var.name}' (it has: {known or 'none'})",
-                    )
+                    raise _NoVariable(var.name, st, variables)
                 return []
             names = [var.name]
         elif var.tag in META_TAGS:

@@ -19,6 +19,8 @@ Decisions:
 * Generator frames are not pushed on the stack (they would leak into the
   consumer's calls while suspended): a generator is a leaf scope.
 * ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
+* ``activate`` returns an ``Activation``; removing it takes away exactly its own
+  rules, in any order relative to other activations, and only once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from .capture import Act, Rule, filter_eq
@@ -40,12 +42,14 @@ from .transform import (
     ABSENT_NAME,
     ENTER,
     EXIT,
+    HIDE,
     MISSING,
     REPORT,
     REPORT_KEY,
     SETKEY,
     SETTLE,
     TAKE,
+    hide_helpers,
 )
 
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -335,6 +339,7 @@ HELPERS = {
     MISSING: _missing,
     SETKEY: _setkey,
     ABSENT_NAME: ABSENT,
+    HIDE: hide_helpers,
 }
 
 
@@ -375,8 +380,44 @@ def _count(rules: tuple[Rule, ...], delta: int) -> list[FnState]:
     return touched
 
 
-def activate(rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None):
-    """Activate rules in this context (or everywhere); return a token for ``deactivate``.
+class Activation:
+    """Rules made active by ``activate``; ``remove()`` (or leaving ``with``) ends them.
+
+    Removing takes away exactly these rules, whatever was activated or removed
+    since (activations may end in any order); removing twice does nothing.
+    """
+
+    __slots__ = ("rules", "glob", "token", "active")
+
+    def __init__(self, rules: tuple[Rule, ...], glob: bool, token: Any):
+        self.rules, self.glob, self.token = rules, glob, token
+        self.active = True
+
+    def remove(self) -> None:
+        """End this activation (idempotent)."""
+        deactivate(self)
+
+    def __enter__(self) -> Activation:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+
+def _without(active: tuple[Rule, ...], rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """``active`` less the block ``rules`` that one activation appended (the last one)."""
+    n = len(rules)
+    for i in range(len(active) - n, -1, -1):
+        if all(a is b for a, b in zip(active[i : i + n], rules)):
+            return active[:i] + active[i + n :]
+    return tuple(r for r in active if all(r is not x for x in rules))
+
+
+def activate(
+    rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None
+) -> Activation:
+    """Activate rules in this context (or everywhere); ``remove()`` the result to end them.
 
     ``plans``, a dict owned by the caller, keeps the plans built for these rules
     so that activating them again on the same base costs a lookup.
@@ -391,7 +432,7 @@ def activate(rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None 
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
-            return ("global", rules)
+            return Activation(rules, True, None)
         plan = current_plan()
         key = (plan.rules, _globals.epoch)
         new = plans.get(key) if plans is not None else None
@@ -402,23 +443,32 @@ def activate(rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None 
                     plans.clear()
                 plans[key] = new
         token = _plan.set(new)
-        return ("local", rules, token)
+        return Activation(rules, False, token)
 
 
-def deactivate(token) -> None:
-    """Undo ``activate``: remove the rules and restore code that nothing needs."""
+def deactivate(activation: Activation) -> None:
+    """Undo ``activate``: remove its rules and restore code that nothing needs."""
     with _globals.lock:
-        rules = token[1]
-        if token[0] == "global":
-            _globals.rules = tuple(r for r in _globals.rules if all(r is not x for x in rules))
+        if not activation.active:
+            return
+        activation.active = False
+        rules, token, activation.token = activation.rules, activation.token, None
+        if activation.glob:
+            _globals.rules = _without(_globals.rules, rules)
             _globals.epoch += 1
         else:
-            try:
-                _plan.reset(token[2])
-            except ValueError:
-                plan = _plan.get()
-                kept = tuple(r for r in plan.rules if all(r is not x for x in rules))
-                _plan.set(Plan(kept, _globals.epoch))
+            rules_now = _plan.get().rules
+            before = token.old_value if token.old_value is not Token.MISSING else _EMPTY
+            restored = False
+            if rules_now == before.rules + rules:
+                # The newest activation: going back to the plan before it keeps its cache.
+                try:
+                    _plan.reset(token)
+                    restored = True
+                except ValueError:  # another context
+                    pass
+            if not restored:
+                _plan.set(Plan(_without(rules_now, rules), _globals.epoch))
             plan = _plan.get()
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
@@ -440,7 +490,7 @@ class Immediate:
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = select(selector)
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
@@ -460,7 +510,7 @@ class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = select(selector)
         self.close = close
 
     def rule(self) -> Rule:
@@ -471,6 +521,12 @@ class BaseOverlay:
     """A context manager that activates handlers (``Immediate``, ``Total`` or rules)."""
 
     def __init__(self, *handlers):
+        for h in handlers:
+            if not (isinstance(h, Rule) or hasattr(h, "rule")):
+                raise TypeError(
+                    "BaseOverlay needs handlers (Immediate, Total or Rule),"
+                    f" not {type(h).__name__} ({h!r:.60})"
+                )
         self.handlers = handlers
         self._tokens: list = []
 

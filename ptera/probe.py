@@ -28,7 +28,7 @@ from giving import SourceProxy
 from .capture import Rule
 from .match import compile_selector
 from .overlay import activate, caller_env, deactivate
-from .selector import Scope, SelectorError, select, split_selectors
+from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
 __all__ = ["OverridableProbe", "Probe", "global_probe", "probing"]
@@ -152,6 +152,7 @@ class Probe(SourceProxy):
             raise TypeError("probing() needs at least one selector")
         if probe_type not in (None, "immediate", "total"):
             raise TypeError(f"probe_type must be 'immediate', 'total' or None, not {probe_type!r}")
+        check_env(env)
         self._env = env if env is not None else caller_env(2)
         self._pooled: list[Rule] = []
         self._selectors = _selectors(selectors)
@@ -267,6 +268,8 @@ class OverridableProbe(Probe):
 
     def koverride(self, setter: Callable) -> Any:
         """Replace the focus value with ``setter(**item)``."""
+        if not callable(setter):
+            raise TypeError(f"koverride needs a function of the captures, not {setter!r:.60}")
         root = self._root
 
         def change(item):

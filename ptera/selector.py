@@ -199,7 +199,10 @@ class _Parser:
         if m and not _IDENT.match(text, m.end()):
             self.pos = m.end()
             s = m.group()
-            return float(s) if any(c in s for c in ".eE") else int(s)
+            try:
+                return float(s) if any(c in s for c in ".eE") else int(s)
+            except ValueError:  # Python's limit on the digits of an int
+                self.error(f"integer literal is too long ({len(s)} digits)", pos)
         m = _IDENT.match(text, pos)
         if m and m.group() in _KEYWORDS:
             self.pos = m.end()
@@ -460,10 +463,24 @@ def _parse(text: str) -> Scope:
 
 def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
     """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references."""
+    if not isinstance(text, (str, Scope)):
+        raise TypeError(
+            f"a selector is a string or a Scope tree (like 'f > x'),"
+            f" not {type(text).__name__} ({text!r:.60})"
+        )
+    check_env(env)
     tree = text if isinstance(text, Scope) else _parse(text)
     if env is not None:
         tree = replace(tree, env=env)
     return tree
+
+
+def check_env(env: Any) -> None:
+    """A ``TypeError`` unless ``env`` is ``None`` or a mapping of names to objects."""
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(
+            f"env must be a mapping of names to objects (a dict), not {type(env).__name__}"
+        )
 
 
 def split_selectors(text: str) -> list[str]:

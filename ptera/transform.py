@@ -27,6 +27,12 @@ Decisions:
   of point fetch their state once per call, even when idle.
 * Nested functions, lambdas and classes defined in the body are left alone: they
   are functions of their own.
+* ``case`` patterns bind variables like assignments: each name a pattern binds is
+  reported at the start of its case body (after the guard, which sees the
+  unreported value).
+* The engine's locals (``__ptera_F__``, temporaries) are hidden from ``locals()``,
+  ``vars()`` and ``dir()`` called in the body (they return filtered copies);
+  ``frame.f_locals``, debuggers and tracebacks still show them.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ ABSENT_NAME = H.format("ABSENT")
 ENTER, EXIT, REPORT, REPORT_KEY = (H.format(n) for n in ("enter", "exit", "report", "rkey"))
 MISSING, SETKEY = H.format("missing"), H.format("setkey")
 TAKE, SETTLE = H.format("take"), H.format("settle")
+HIDE = H.format("hide")
 STATE = "__ptera_S__"  # the local holding the call's state
 PRIORITY_WRAPPERS = ("default", "Override")  # callees that make `x = default(v)` settle
 
@@ -56,6 +63,19 @@ CALLKEY = "#callkey"  # interest flag: pass subscript keys to calls
 
 
 ABSENT = Sentinel("ABSENT", truthy=False)
+
+
+def hide_helpers(names: Any) -> Any:
+    """``locals()``, ``vars()`` or ``dir()`` of an instrumented call, less the engine's names."""
+    if isinstance(names, dict):
+        return {k: v for k, v in names.items() if not _is_helper(k)}
+    if isinstance(names, list):
+        return [k for k in names if not _is_helper(k)]
+    return names
+
+
+def _is_helper(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith("__ptera_") and name.endswith("__")
 
 
 class TransformError(Exception):
@@ -190,6 +210,16 @@ def _target_names(target: ast.AST) -> list[str]:
     return []
 
 
+def _pattern_names(pattern: ast.pattern) -> list[str]:
+    """The names a ``case`` pattern binds, in source order."""
+    found = []
+    for node in ast.walk(pattern):
+        name = getattr(node, "rest" if isinstance(node, ast.MatchMapping) else "name", None)
+        if isinstance(name, str):
+            found.append((node.end_lineno, node.end_col_offset, name))  # where the name ends
+    return [name for *_, name in sorted(found)]
+
+
 class _Scanner(ast.NodeVisitor):
     """Find the variables a function body binds and reads (not nested scopes)."""
 
@@ -263,6 +293,11 @@ class _Scanner(ast.NodeVisitor):
     def visit_ExceptHandler(self, node):
         if node.name:
             self.bind(node.name, node.lineno)
+        self.generic_visit(node)
+
+    def visit_match_case(self, node):
+        for name in _pattern_names(node.pattern):
+            self.bind(name, node.pattern.lineno)
         self.generic_visit(node)
 
     def visit_Import(self, node):
@@ -481,7 +516,15 @@ class _Instrumenter(ast.NodeTransformer):
             stored = _call(REPORT_KEY, _name(FRAME), _const(name), _name(tv), _name(tk))
         sub = ast.Subscript(value=_name(th), slice=_name(tk), ctx=ast.Store())
         out.append(ast.Assign(targets=[sub], value=stored))
-        return [ast.copy_location(s, node) for s in out]
+        # Clear the temporaries, even on an error: the value may be a large tensor.
+        clear = ast.Assign(
+            targets=[_name(t, ast.Store()) for t in (tv, th, tk)], value=_const(None)
+        )
+        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=[clear])
+        for s in ast.walk(stmt):
+            if isinstance(s, ast.stmt):
+                ast.copy_location(s, node)
+        return stmt
 
     def visit_AugAssign(self, node):
         node = self.generic_visit(node)
@@ -556,6 +599,24 @@ class _Instrumenter(ast.NodeTransformer):
     def visit_Import(self, node):
         names = [(a.asname or a.name).split(".")[0] for a in node.names]
         return [node] + [_rebind(n, node) for n in names if self.wants(n)]
+
+    def visit_match_case(self, node):
+        node = self.generic_visit(node)
+        names = dict.fromkeys(_pattern_names(node.pattern))
+        node.body = [_rebind(n, node.pattern) for n in names if self.wants(n)] + node.body
+        return node
+
+    def visit_Call(self, node):
+        node = self.generic_visit(node)
+        fn = node.func
+        if (
+            isinstance(fn, ast.Name)
+            and fn.id in ("locals", "vars", "dir")
+            and not (node.args or node.keywords)
+            and fn.id not in self.source.local_names
+        ):
+            return ast.copy_location(_call(HIDE, node), node)
+        return node
 
     visit_ImportFrom = visit_Import
 

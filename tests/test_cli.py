@@ -195,3 +195,104 @@ def test_seed_example_in_a_subprocess(tmp_path):
     assert proc.returncode == 2 and "expected int" in proc.stderr
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Number of iterations" in proc.stdout
+
+
+PYTHON_TAGS = [
+    "!!python/name:os.system",
+    "!!python/module:os",
+    "!!python/object:collections.OrderedDict {}",
+    "!!python/object/apply:os.mkdir [{marker}]",
+    "!!python/object/new:os.mkdir [{marker}]",
+]
+
+
+@pytest.mark.parametrize("ext", ["yaml", "yml"])
+@pytest.mark.parametrize("tag_text", PYTHON_TAGS)
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "n: {value}\n",  # top level
+        'rate: 1.0\n"scale[1]":\n  T: {value}\n',  # per-context table
+        'rate: 1.0\n"chain > scale > T": {value}\n',  # selector key
+    ],
+)
+def test_yaml_python_tags_are_refused_never_evaluated(tmp_path, ext, tag_text, layout):
+    pytest.importorskip("yaml")
+    marker = tmp_path / "created-by-yaml"
+    value = tag_text.replace("{marker}", json.dumps(str(marker)))
+    path = tmp_path / f"c.{ext}"
+    path.write_text(layout.replace("{value}", value))
+    with pytest.raises(CliError, match=r"config .*never evaluated") as info:
+        run(["--config", str(path)])
+    assert "could not determine a constructor for the tag" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('"scale[2]" = { T = "10" }', 20.0),  # a table: "10" -> 10.0 like a top-level T
+        ('"chain > scale[2] > T" = "10"', 20.0),  # a selector key
+    ],
+)
+def test_per_context_values_are_converted_like_top_level_ones(tmp_path, text, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\nT = 2.0\n{text}\n")
+    value = run(["--config", str(path)])[5]
+    assert value == expected and type(value) is float
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('"scale[2]" = { T = "big" }', "'scale[2] > T': --T expects float, got 'big'"),
+        ('"chain > scale > T" = [1]', "'chain > scale > T': --T expects float, got [1]"),
+        ('"main > loud" = "maybe"', "'main > loud': --loud expects bool, got 'maybe'"),
+    ],
+)
+def test_per_context_values_of_the_wrong_type_name_the_key(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\n{text}\n")
+    with pytest.raises(CliError) as info:
+        run(["--config", str(path)])
+    assert f"config {path}: {message}" in str(info.value)
+
+
+def test_per_context_bool_strings_become_bools(tmp_path):
+    path = tmp_path / "c.yaml"
+    pytest.importorskip("yaml")
+    path.write_text('rate: 1.0\nmain:\n  loud: "false"\n  n: "2"\n')
+    assert run(["--config", str(path)])[:2] == (2, "hello world")
+
+
+@pytest.mark.parametrize(
+    "text, caret_line",
+    [
+        ('"scale > > T" = 2.0', "          ^"),  # malformed
+        ('"scale(" = { T = 2.0 }', "         ^"),  # malformed table key
+        ('"nosuch > T" = 2.0', "  ^"),  # no such function
+    ],
+)
+def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, caret_line):
+    path = tmp_path / "c.toml"
+    path.write_text(f"rate = 1.0\n{text}\n")
+    with pytest.raises(SystemExit) as info:
+        auto_cli(main, argv=["--config", str(path)], environ={})
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(f"error: config {path}: ") and "Traceback" not in err
+    assert caret_line in err.splitlines()
+
+
+@pytest.mark.parametrize(
+    "entry, kwargs, message",
+    [
+        (123, {}, "auto_cli needs the program's function, not int"),
+        (main, {"argv": "--rate 1"}, "argv is a list of strings .*, not '--rate 1'"),
+        (main, {"tag": 123}, r"tag is a Tag \(tag.HyperParameter\) or a tuple of Tags, not 123"),
+        (main, {"environ": 3}, r"environ is a mapping \(like os.environ\), not 3"),
+    ],
+)
+def test_wrong_argument_types_are_type_errors(entry, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        auto_cli(entry, **{"argv": [], **kwargs})

@@ -431,3 +431,74 @@ def test_probe_entered_in_a_loop_sees_each_call_once():
             seen = probe["x"].accum()
             list(two_steps())
         assert seen == [1, 2], i
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_probes_end_in_any_order(first):
+    probes = [probing("f > a"), probing("f > b")]
+    seen = [p.accum() for p in probes]
+    for p in probes:
+        p.activate()
+    f(1)
+    probes[first].deactivate()
+    f(1)  # the other probe is still on
+    probes[first].deactivate()  # a second deactivate does nothing
+    f(1)
+    probes[1 - first].deactivate()
+    f(1)
+    counts = [3, 3]
+    counts[first] = 1
+    assert [len(s) for s in seen] == counts
+    assert active_rule_count() == 0
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_global_probes_end_in_any_order(first):
+    probes = [global_probe("f > a"), global_probe("f > a")]
+    seen = [p.accum() for p in probes]
+    f(1)
+    probes[first].deactivate()
+    probes[first].deactivate()
+    f(1)
+    probes[1 - first].deactivate()
+    f(1)
+    counts = [2, 2]
+    counts[first] = 1
+    assert [len(s) for s in seen] == counts
+    assert active_rule_count() == 0
+
+
+def test_an_activation_is_removed_once_whatever_the_order():
+    from ptera import Immediate
+    from ptera.overlay import activate
+
+    seen = []
+    rule = lambda: Immediate("f > a", trigger=seen.append).rule()  # noqa: E731
+    one, two = activate((rule(),)), activate((rule(),))
+    one.remove()
+    one.remove()  # idempotent: must not take away what `two` needs
+    f(1)
+    assert seen == [{"a": 2}]
+    with activate((rule(),)):
+        f(2)
+    assert seen == [{"a": 2}, {"a": 3}, {"a": 3}]
+    two.remove()
+    f(3)
+    assert len(seen) == 3 and active_rule_count() == 0
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: probing(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: probing(None), "a selector is a string or a Scope .*, not NoneType"),
+        (lambda: probing(["f > b"]), "a selector is a string or a Scope .*, not list"),
+        (lambda: global_probe(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: probing("f > b", env=3), "env must be a mapping"),
+        (lambda: probing("f > b", overridable=True).koverride(3), "koverride needs a function"),
+    ],
+)
+def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
+    assert active_rule_count() == 0

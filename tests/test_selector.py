@@ -1,12 +1,17 @@
 """The selector language: parsing, canonical printing, equivalences and errors."""
 
+import contextlib
+import gc
 import string
+import sys
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptera import Scope, SelectorError, Var, select
+from ptera import Scope, SelectorError, Var, select, tooled
+from ptera.match import compile_selector
 from ptera.selector import NOVALUE, split_selectors
 
 # Every example of the seeds and of the spec, plus forms users write every day.
@@ -172,6 +177,8 @@ def test_parsed_trees_are_cached_and_immutable():
         ("f[1 > x", 4, "expected ']' to close the key"),
         ("/mod", 4, "expected '/' after the module name"),
         ("x as", 4, "expected a name after 'as'"),
+        ("f(x=" + "1" * 5000 + ") > y", 4, "integer literal is too long"),
+        ("f[" + "9" * 5000 + "] > y", 2, "integer literal is too long"),
     ],
 )
 def test_errors_point_at_the_character(text, col, message):
@@ -302,3 +309,70 @@ def test_fuzz_only_selector_errors(text):
 def test_deep_nesting_is_an_error_not_a_crash():
     with pytest.raises(SelectorError, match="nested too deeply"):
         select("f(" * 500 + "x" + ")" * 500)
+
+
+@tooled
+def _keyed(x):
+    h = {}
+    h[0] = x
+    y = x
+    return y
+
+
+# Selectors with many captures, each form compiled against `_keyed`.
+MANY_CAPTURES = {
+    "renamed": "x as w{i}",
+    "any variable": "$w{i}",
+    "deep": ">> x as w{i}",
+    "keyed": "h[{i}] as h{i}",
+    "missing (an error)": "q{i}",
+}
+
+
+def _compile_many(form: str, n: int) -> int:
+    """Parse and compile a selector of ``n`` captures; how many Python calls it took."""
+    text = "_keyed(" + ", ".join(form.format(i=i) for i in range(n)) + ", !y)"
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        compile_selector(select(text), {"_keyed": _keyed})
+    except SelectorError as err:
+        assert "'_keyed' has no variable 'q0'" in str(err)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("form", MANY_CAPTURES.values(), ids=MANY_CAPTURES.keys())
+def test_compiling_many_captures_is_linear(form):
+    _compile_many(form, 1)  # instrument `_keyed` first
+    n = 50 if form.startswith(">>") else 250  # `>>` looks into every instrumented function
+    small, large = _compile_many(form, n), _compile_many(form, 4 * n)
+    assert large <= 4.5 * small  # linear: about 4x; quadratic: about 16x
+
+
+@pytest.mark.parametrize("form", ["x as w{i}", "q{i}"])
+def test_compiling_4000_captures_takes_well_under_a_second(form):
+    text = "_keyed(" + ", ".join(form.format(i=i) for i in range(4000)) + ", !y)"
+    gc.disable()  # time the compiler, not a collection of the whole test session
+    try:
+        start = time.process_time()
+        with contextlib.suppress(SelectorError):
+            compile_selector(select(text), {"_keyed": _keyed})
+        elapsed = time.process_time() - start
+    finally:
+        gc.enable()
+    assert elapsed < 3.0  # about 0.1 s; 6 s or more when it was quadratic
+
+
+@pytest.mark.parametrize("wrong", [123, None, ["f > x"], b"f > x"])
+def test_a_selector_of_the_wrong_type_is_a_type_error(wrong):
+    with pytest.raises(TypeError, match=rf"a selector is a string .*, not {type(wrong).__name__}"):
+        select(wrong)
+    with pytest.raises(TypeError, match="env must be a mapping"):
+        select("f > x", env=3)

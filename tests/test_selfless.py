@@ -5,7 +5,10 @@ import asyncio
 import pytest
 
 from ptera import (
+    BaseOverlay,
     ConflictError,
+    Immediate,
+    Overlay,
     Override,
     PteraFunction,
     PteraNameError,
@@ -13,7 +16,9 @@ from ptera import (
     default,
     probing,
     ptera,
+    rewriting,
     tweaking,
+    using,
 )
 
 
@@ -156,6 +161,41 @@ def test_probe_and_tweak_see_the_same_values():
     with probing("sumsquares > xx").values() as seen:
         assert sumsquares.tweak({"sumsquares > xx": 1})(3, 4) == 17
     assert seen == [{"xx": 1}]
+
+
+@pytest.mark.parametrize("first, expected", [(0, 13), (1, 17)])
+def test_overlays_end_in_any_order(first, expected):
+    overlays = [tweaking({"square(x=3) > rval": 1}), tweaking({"sumsquares > yy": 4})]
+    for ov in overlays:
+        ov.__enter__()
+    assert sumsquares(3, 4) == 5
+    overlays[first].__exit__(None, None, None)
+    assert sumsquares(3, 4) == expected  # the other overlay still applies
+    overlays[1 - first].__exit__(None, None, None)
+    assert sumsquares(3, 4) == 25
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: tweaking(123), r"tweak needs a mapping \{selector: value\}, not int"),
+        (lambda: tweaking("square > rval"), r"tweak needs a mapping .*, not str"),
+        (lambda: tweaking({1: 2}), "a selector is a string or a Scope .*, not int"),
+        (lambda: rewriting(123), r"rewrite needs a mapping \{selector: function\}, not int"),
+        (lambda: using(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: using(q=123), "a selector is a string or a Scope .*, not int"),
+        (lambda: using(q=None), "a selector is a string or a Scope .*, not NoneType"),
+        (lambda: using(q="square > x", env=[1]), "env must be a mapping"),
+        (lambda: sumsquares.tweak(123), "tweak needs a mapping"),
+        (lambda: sumsquares.using(q=123), "a selector is a string or a Scope .*, not int"),
+        (lambda: Overlay().on("square > x", 5), "on needs a function to call, not int"),
+        (lambda: BaseOverlay(123), "BaseOverlay needs handlers .*, not int"),
+        (lambda: Immediate(123), "a selector is a string or a Scope .*, not int"),
+    ],
+)
+def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
 
 
 # -- selfless objects (core.md section 6) --------------------------------------

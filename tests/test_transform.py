@@ -1,7 +1,9 @@
 """Instrumentation preserves the semantics of every program, idle or probed."""
 
+import contextlib
 import inspect
 import traceback
+import weakref
 
 import pytest
 
@@ -184,3 +186,83 @@ def test_ptera_info_for_coleo():
     }
     assert info["m"]["doc"] == "Declared only"
     assert info["programs"]["provenance"] == "external"
+
+
+@tooled
+def _shows_its_locals(x):
+    y = x + 1
+    h = {}
+    h[0] = y
+    inner = sorted(locals())
+    return inner, sorted(vars()), dir()
+
+
+@pytest.mark.parametrize(
+    "selectors", [(), ("_shows_its_locals > y",), ("_shows_its_locals > h",), ("$v", "#value")]
+)
+def test_locals_shows_only_the_users_names(selectors):
+    # No `__ptera_F__` or temporaries, whether idle or instrumented.
+    with probing(*selectors) if selectors else contextlib.nullcontext():
+        shown = _shows_its_locals(1)
+    assert shown == (["h", "x", "y"], ["h", "inner", "x", "y"], ["h", "inner", "x", "y"])
+
+
+@tooled
+def _matches(value):
+    match value:
+        case (a, b) if a < b:
+            return a + b
+        case {"k": v, **rest}:
+            return v, rest
+        case [first, *others] as whole:
+            return first, others, whole
+        case int() | float() as number:
+            return number
+    return None
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ((1, 2), [("a", 1), ("b", 2)]),
+        ({"k": 3, "z": 4}, [("v", 3), ("rest", {"z": 4})]),
+        ([5, 6, 7], [("first", 5), ("others", [6, 7]), ("whole", [5, 6, 7])]),
+        (8.5, [("number", 8.5)]),
+    ],
+)
+def test_match_case_captures_are_points(value, expected):
+    with probing("_matches > $v", raw=True).values() as seen:
+        _matches(value)
+    got = [(cap.names[0], cap.value) for entry in seen for cap in entry.values()]
+    assert got == [("value", value), *expected]
+
+
+def test_match_case_captures_can_be_overridden():
+    with probing("_matches > a", overridable=True) as probe:
+        probe.override(10)
+        assert _matches((1, 2)) == 12
+
+
+class _Big:
+    """Stands for a large tensor: something a weakref can watch."""
+
+
+@tooled
+def _stores_then_drops(fail):
+    h = {}
+    h[0] = _Big()
+    ref = weakref.ref(h[0])
+    if fail:
+        try:
+            h[[]] = h[0]  # the value is taken, then storing it fails (unhashable key)
+        except TypeError:
+            pass
+    h[0] = None  # the dict held the only reference the user made
+    return ref() is None
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("selector", [None, "_stores_then_drops > h", "_stores_then_drops > $v"])
+def test_subscript_assignment_does_not_keep_its_value_alive(selector, fail):
+    with probing(selector) if selector else contextlib.nullcontext():
+        assert _stores_then_drops(fail)
