@@ -303,6 +303,40 @@ def _module_classes(name: str) -> list[type]:
     return found
 
 
+def module_forwards() -> list[FnState]:
+    """The ``forward`` of every ``torch.nn.Module`` subclass defined so far (torch loaded).
+
+    What ``f >> $p:Parameter`` searches for the parameters a stock module reads.
+    Cached until a new subclass appears.
+    """
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None:
+        return []
+    classes, todo = set(), [base]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in classes:
+                classes.add(sub)
+                todo.append(sub)
+    if _forwards[0] != len(classes):
+        found = []
+        for cls in classes:
+            fn = vars(cls).get("forward")
+            if isinstance(fn, types.FunctionType):
+                try:
+                    st = state_for(fn)
+                    if st.source.attributes:
+                        found.append(st)
+                except Exception:  # no source (a C extension's wrapper): no attributes
+                    continue
+        _forwards[:] = [len(classes), found]
+    return _forwards[1]
+
+
+_forwards: list = [-1, []]
+
+
 def _is_tooled(fn: Any) -> bool:
     st = _by_code.get(getattr(unwrap(fn), "__code__", None))
     return bool(st and st.tooled)

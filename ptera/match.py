@@ -14,15 +14,25 @@ Decisions:
   or when some instrumented function assigns ``h[k] = ...``.
 * Naming a variable that the named function does not have is an error, not an
   empty stream; so is naming a function that cannot be found.
+* ``$v:Tag`` also covers the ``self`` attributes a method reads, checked on the
+  value's class when it is reported; a ``>>`` wildcard reaches the ``forward`` of
+  every ``torch.nn.Module`` subclass for those attributes (``f >> $p:Parameter``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .lookup import FnState, NotFound, registry_version, resolve, tooled_states
+from .lookup import (
+    FnState,
+    NotFound,
+    module_forwards,
+    registry_version,
+    resolve,
+    tooled_states,
+)
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError
@@ -41,6 +51,7 @@ class VarSpec:
     value: Any = NOVALUE  # equality filter
     key: Any = NOVALUE  # for keyed variables: the key filter
     key_out: str | None = None  # for keyed variables: capture the key as
+    isa: Any = NOVALUE  # attribute points (``self.weight``): the tag the value's class must match
 
 
 @dataclass
@@ -86,6 +97,7 @@ class Compiled:
     secondary: Var | None
     parents: dict[int, int | None]  # node -> parent node
     pushers: set[int]  # nodes with child nodes
+    total_handlers: dict = field(default_factory=dict)  # shared by total rules (capture.Rule)
 
 
 def _error(selector: Scope, needle: str, message: str) -> SelectorError:
@@ -191,6 +203,9 @@ class _Compiler:
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
         candidates = fns if fns is not None else tooled_states()
+        if fns is None and node.deep:
+            # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
+            candidates = candidates + [st for st in module_forwards() if not st.tooled]
         # With several functions under one name, a variable must exist in one of them.
         missing: dict[int, SelectorError] = {}
         for st in candidates:
@@ -206,6 +221,8 @@ class _Compiler:
                     names = self.names_for(
                         var, st, variables, strict=fns is not None and not var.deep
                     )
+                    if fns is None and not st.tooled:
+                        names = [n for n in names if n in st.source.attributes]
                 except SelectorError as err:
                     missing.setdefault(i, err)
                     names = []
@@ -221,7 +238,11 @@ class _Compiler:
                 if var.value is not NOVALUE:
                     t.filters += 1
                 for name in names:
-                    t.vars[name] = t.vars.get(name, ()) + (spec,)
+                    one = spec
+                    if name in st.source.attributes and var.tag is not None:
+                        # An attribute has no annotation: its value's class is checked.
+                        one = replace(spec, isa=self.tag(var.tag))
+                    t.vars[name] = t.vars.get(name, ()) + (one,)
             t.collects = holds and (self.collect or self.selector.focus is None)
             if fns is None and not t.vars and not sub_scopes and not deep_vars:
                 continue
@@ -253,9 +274,14 @@ class _Compiler:
             )
         if var.name is not None:
             v = variables.get(var.name)
+            if (v is None or v.provenance == "external") and var.name in st.source.attributes:
+                return [var.name]
             if v is None or v.provenance == "external":
                 if strict:
-                    known = ", ".join(n for n, x in variables.items() if x.provenance != "external")
+                    known = ", ".join(
+                        [n for n, x in variables.items() if x.provenance != "external"]
+                        + [f"self.{a}" for a in st.source.attributes]
+                    )
                     raise _error(
                         self.selector,
                         var.name,
@@ -270,6 +296,8 @@ class _Compiler:
         if var.tag is not None:
             wanted = self.tag(var.tag)
             names = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
+            if var.name is None:
+                names += list(st.source.attributes)  # checked on their values (VarSpec.isa)
         return names
 
     def tag(self, text: str) -> Any:
@@ -328,6 +356,8 @@ def compile_selector(
         if isinstance(n, Var) and n.tag is not None
     )
     key = (selector, collect, signature, tags, registry_version())
+    if any(getattr(n, "deep", False) for n in selector.walk()):
+        key += (len(module_forwards()),)  # a module class defined since changes `>>`
     compiled = _cache.get(key)
     if compiled is None:
         compiled = _Compiler(selector, env, collect, resolved).compile()

@@ -27,6 +27,9 @@ Decisions:
   of point fetch their state once per call, even when idle.
 * Nested functions, lambdas and classes defined in the body are left alone: they
   are functions of their own.
+* In a method, each read of ``self.a`` is a point named ``a`` (unless a local is
+  named ``a``), so ``Linear > weight`` sees the parameter ``Linear.forward`` reads.
+  Attributes are kept out of ``__ptera_info__`` (coleo's contract lists locals).
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class Source:
     keyed_calls: bool
     class_name: str | None
     fid: int = 0
+    # ``self.a`` read in a method's body, by attribute name: points named ``a``.
+    attributes: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
 
     @property
@@ -146,6 +151,7 @@ def parse_function(fn: types.FunctionType) -> Source:
     for stmt in tree.body:
         scan.visit(stmt)
     variables = _collect_variables(fn, tree, scan, all_lines)
+    attributes = _self_attributes(fn, tree, variables)
     return Source(
         fn=fn,
         tree=tree,
@@ -158,7 +164,53 @@ def parse_function(fn: types.FunctionType) -> Source:
         loops=frozenset(scan.loops),
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
+        attributes=attributes,
     )
+
+
+def self_name(fn: types.FunctionType, tree: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The name of a method's first argument (``self``), or None for a plain function."""
+    args = tree.args.posonlyargs + tree.args.args
+    if _class_of(fn.__qualname__) is None or not args:
+        return None
+    return args[0].arg
+
+
+def _self_attributes(fn, tree, variables: dict[str, Variable]) -> dict[str, Variable]:
+    """The attributes of ``self`` a method reads (``Linear.forward`` reads ``weight``).
+
+    A name that is also a local variable stays the local's: one name, one point.
+    """
+    me = self_name(fn, tree)
+    if me is None:
+        return {}
+    found: dict[str, Variable] = {}
+    for stmt in tree.body:
+        for node in _walk_own_scope(stmt):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Load)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == me
+                and node.attr not in found
+                and variables.get(node.attr, _EXTERNAL).provenance == "external"
+            ):
+                loc = (fn.__code__.co_filename, fn.__qualname__, node.lineno)
+                found[node.attr] = Variable(ABSENT, "attribute", None, loc)
+    return found
+
+
+def _walk_own_scope(node: ast.AST):
+    """``ast.walk`` that does not enter nested functions, lambdas and classes."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        for child in ast.iter_child_nodes(n):
+            if not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+            ):
+                todo.append(child)
 
 
 def _source_lines(fn: types.FunctionType) -> list[str]:
@@ -172,6 +224,9 @@ def _source_lines(fn: types.FunctionType) -> list[str]:
         if not lines:
             raise
         return lines
+
+
+_EXTERNAL = Variable(ABSENT, "external", None, ())
 
 
 def _arg_names(args: ast.arguments) -> set[str]:
@@ -381,6 +436,7 @@ class _Instrumenter(ast.NodeTransformer):
         self.source = source
         self.interest = interest
         self.tmp = 0
+        self.me = self_name(source.fn, source.tree) if source.attributes else None
 
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
@@ -415,6 +471,19 @@ class _Instrumenter(ast.NodeTransformer):
                 orelse=_call(MISSING, _const(self.source.fid), _const(node.id)),
             )
             return ast.copy_location(check, node)
+        return node
+
+    def visit_Attribute(self, node):
+        node = self.generic_visit(node)
+        if (
+            isinstance(node.ctx, ast.Load)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self.me
+            and node.attr in self.source.attributes
+            and self.wants(node.attr)
+        ):
+            # Each read of `self.weight` reports `weight`; an override replaces what is read.
+            return ast.copy_location(_report(node.attr, node), node)
         return node
 
     def visit_NamedExpr(self, node):

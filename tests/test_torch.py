@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptera import Recurrence, probing, ptera
+from ptera import Recurrence, SelectorError, probing, ptera
 from ptera.torch import Grad
 from tests.torchmods import Block
 
@@ -258,3 +258,69 @@ def test_grad_inside_modules():
     y = net(x).pow(2).sum()
     assert gh.shape == h.shape == (5, 3) and torch.isfinite(gh).all()
     assert torch.allclose(res.value, y)
+
+
+# -- the parameters a stock module reads (`self.weight`) --------------------------
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
+    )
+
+
+@ptera
+def cnn_loss(model, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    return loss
+
+
+def test_grad_on_a_stock_cnn_matches_backward():
+    torch.manual_seed(0)
+    net = small_cnn()
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    with probing(Grad("cnn_loss{!!loss} >> $p:Parameter"), raw=True).values() as got:
+        cnn_loss(net, x, y)
+    cnn_loss(net, x, y).backward()
+    params = dict(net.named_parameters())
+    assert [d["p"].names[0] for d in got] == [n.split(".")[-1] for n in params]
+    for d, p in zip(got, params.values()):
+        value, grad = d["p"].value
+        assert value is p and torch.allclose(grad, p.grad)
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("Linear > weight", ["weight"]),
+        ("Linear > $p:Parameter", ["weight", "bias"]),
+        ("BatchNorm2d > $p:Parameter", ["weight", "bias"]),  # not the running_mean buffer
+        ("BatchNorm2d > running_mean", ["running_mean"]),
+        ("Linear{!input, weight}", ["input"]),
+    ],
+)
+def test_attributes_a_forward_reads_are_points(selector, expected):
+    net = small_cnn()
+    with probing(selector, raw=True).values() as got:
+        net(torch.randn(2, 1, 8, 8))
+    assert [n for d in got for c in d.values() for n in c.names if n in expected] == expected
+
+
+def test_tweaking_a_stock_modules_weight():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with probing("Linear > weight", overridable=True) as probe:
+        probe.override(lambda d: torch.zeros_like(d["weight"]))
+        out = lin(x)
+    assert torch.allclose(out, lin.bias.expand(4, 2))
+    assert not torch.allclose(lin(x), out)
+
+
+def test_an_attribute_a_forward_never_reads_is_named_in_the_error():
+    with pytest.raises(SelectorError, match=r"no variable 'weigth'.*self\.weight"):
+        probing("Linear > weigth")
