@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .match import Compiled, Template, VarSpec
+from .match import Compiled, Same, Template, VarSpec
 from .selector import NOVALUE
 from .tags import annotation_matches
 from .transform import ABSENT
@@ -55,6 +55,8 @@ class Capture:
 
 def filter_eq(a: Any, b: Any) -> bool:
     """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
+    if isinstance(b, Same):
+        return b.matches(a)
     if isinstance(b, bool) or b is None:
         return a is b
     if isinstance(a, bool):

@@ -282,6 +282,23 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
     return [state_for(f, discover=True) for f in functions_of(obj, name)]
 
 
+def bound_instance(name: str, env: Mapping[str, Any] | None) -> Any:
+    """The ``torch.nn.Module`` a selector name binds (``net.2``, ``model.layers.3.mlp``,
+    a module in ``env``), or None: its calls alone match, not those of its class."""
+    head, *rest = name.split(".")
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None or env is None or head not in env:
+        return None
+    try:
+        obj = _getattr_path(env[head], rest)
+    except AttributeError:
+        return None
+    if isinstance(obj, types.MethodType):
+        obj = obj.__self__
+    return obj if isinstance(obj, base) else None
+
+
 def _module_classes(name: str) -> list[type]:
     """``torch.nn.Module`` subclasses named ``name`` (when torch is loaded): ``Linear > x``."""
     torch = sys.modules.get("torch")

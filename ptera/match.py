@@ -17,10 +17,16 @@ Decisions:
 * ``$v:Tag`` also covers the ``self`` attributes a method reads, checked on the
   value's class when it is reported; a ``>>`` wildcard reaches the ``forward`` of
   every ``torch.nn.Module`` subclass for those attributes (``f >> $p:Parameter``).
+* A name that resolves to a module *instance* (``net.2``, ``model.layers.3.mlp``,
+  or an instance bound in ``env``) matches only that instance's calls: an identity
+  filter on the method's ``self`` (``Same``). A class name matches every instance.
+* A key (``Linear[1]``) on functions that no call can key (not decorated, and no
+  decorated function has ``h[k] = f(...)``) is a ``SelectorError``.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +34,7 @@ from typing import Any
 from .lookup import (
     FnState,
     NotFound,
+    bound_instance,
     module_forwards,
     registry_version,
     resolve,
@@ -35,7 +42,7 @@ from .lookup import (
 )
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
-from .transform import CALLKEY, TransformError
+from .transform import CALLKEY, TransformError, self_name
 
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
@@ -126,8 +133,35 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
     return var, key
 
 
+class Same:
+    """An identity filter: the call's ``self`` is this object (``net.2 > input``).
+
+    Holds a weak reference where it can, so a compiled selector in the cache does
+    not keep a model alive; equal to another ``Same`` of the same live object.
+    """
+
+    def __init__(self, obj: Any):
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:
+            self.ref = lambda: obj
+
+    def matches(self, value: Any) -> bool:
+        return value is self.ref()
+
+    def __eq__(self, other):
+        return isinstance(other, Same) and self.ref() is other.ref() and self.ref() is not None
+
+    def __hash__(self):
+        return id(self.ref())
+
+    def __repr__(self):
+        return f"Same({self.ref()!r})"
+
+
 class _Compiler:
-    def __init__(self, selector: Scope, env, collect: bool, resolved: dict):
+    def __init__(self, selector: Scope, env, collect: bool, resolved: dict, instances=None):
+        self.instances: dict[str, Same] = instances or {}
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
@@ -186,6 +220,13 @@ class _Compiler:
             elif isinstance(child, Var):
                 vars_.append(child)
         pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
+        same = self.instances.get(node.fn)
+        if same is not None and fns:
+            # A module named by instance: only calls whose `self` is that module match.
+            me = self_name(fns[0].source.fn, fns[0].source.tree)
+            pairs.append((Var(me, None, value=same), None))
+        if key is not NOVALUE or key_out is not None:
+            self.check_keyed(node, fns)
         sub_scopes = []
         for child in node.children:
             if isinstance(child, Scope):
@@ -257,6 +298,21 @@ class _Compiler:
             self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
         for child in sub_scopes:
             self.node(child, nid)
+
+    def check_keyed(self, node: Scope, fns: list[FnState] | None) -> None:
+        """``Linear[1] > x`` can match only if something calls ``Linear`` with a key."""
+        if fns is None or any(st.tooled for st in fns):
+            return  # `f[k](...)` keys a call of a decorated function
+        if any(st.source.keyed_calls for st in tooled_states()):
+            return  # `h[k] = g(...)` in decorated code may call it
+        raise _error(
+            self.selector,
+            node.fn,
+            f"'{node.fn}[...]' can never match: a call gets a key only from `h[k] = f(...)`"
+            " in a @tooled function or from `f[k](...)` on a @tooled f, and no @tooled"
+            " function does either; to pick one module, name it by path (`net.2 > input`,"
+            " `model.layers.3.mlp > x`) or bind it in env",
+        )
 
     def _names_function(self, node: Scope) -> bool:
         # `h[1] as h` is a keyed variable when some instrumented function assigns
@@ -340,12 +396,16 @@ def compile_selector(
         if hit is not None and all(a is b for a, b in zip(hit[0], bound)):
             return hit[1]
     resolved: dict[str, list[FnState] | Exception] = {}
+    instances: dict[str, Same] = {}
     for node in selector.walk():
         if isinstance(node, Scope) and node.fn is not None and node.fn not in resolved:
             try:
                 resolved[node.fn] = resolve(node.fn, env)
             except (NotFound, TransformError) as exc:
                 resolved[node.fn] = exc
+            obj = bound_instance(node.fn, env)
+            if obj is not None:
+                instances[node.fn] = Same(obj)
     signature = tuple(
         (name, tuple(st.fid for st in found) if isinstance(found, list) else str(found))
         for name, found in resolved.items()
@@ -355,12 +415,12 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     )
-    key = (selector, collect, signature, tags, registry_version())
+    key = (selector, collect, signature, tags, registry_version(), *instances.items())
     if any(getattr(n, "deep", False) for n in selector.walk()):
         key += (len(module_forwards()),)  # a module class defined since changes `>>`
     compiled = _cache.get(key)
     if compiled is None:
-        compiled = _Compiler(selector, env, collect, resolved).compile()
+        compiled = _Compiler(selector, env, collect, resolved, instances).compile()
         if len(_cache) > 512:
             _cache.clear()
         _cache[key] = compiled

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from giving import SourceProxy
+from giving import operators as giving_ops
 
 from .capture import Rule
 from .match import compile_selector
@@ -225,6 +226,11 @@ class Probe(SourceProxy):
     def deactivate(self) -> None:
         """Stop this probe; every probed function runs its original code again."""
         self._root.__exit__(None, None, None)
+
+    def where(self, /, *keys, **conditions):
+        """giving's ``where``; ``self`` is a condition like any other capture name
+        (``probing("Linear(self) > input").where(self=net[2])``)."""
+        return self.pipe(giving_ops.where(*keys, **conditions))
 
     # giving's failure helpers should point past ptera's and reactivex's frames.
     def fail(self, *args, skip=(), **kwargs):

@@ -1,5 +1,8 @@
 """PyTorch: Grad, probing nn.Modules we did not write, and the seed's MLP snippets."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -324,3 +327,78 @@ def test_tweaking_a_stock_modules_weight():
 def test_an_attribute_a_forward_never_reads_is_named_in_the_error():
     with pytest.raises(SelectorError, match=r"no variable 'weigth'.*self\.weight"):
         probing("Linear > weigth")
+
+
+# -- picking one layer of a stock model -------------------------------------------
+
+
+class Tower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({"mlp": nn.Linear(3, 3)}) for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer["mlp"](x) + 1
+        return x
+
+
+ALL_TOWER = ["tower.layers.0.mlp", "tower.layers.1.mlp", "tower.layers.2.mlp"]
+
+
+@pytest.mark.parametrize(
+    "selector, env, which",
+    [
+        ("net.2 > input", None, ["net.2"]),
+        ("net.0(!input)", None, ["net.0"]),
+        ("tower.layers.1.mlp > input", None, ["tower.layers.1.mlp"]),
+        ("lin > input", "net.2", ["net.2"]),
+        ("lin.forward > input", "net.0", ["net.0"]),
+        ("tower >> Linear > input", None, ALL_TOWER),  # not the Linears of net
+    ],
+)
+def test_one_submodule_by_path_or_by_instance(selector, env, which):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))
+    tower = Tower()
+    scope = {"net": net, "tower": tower}
+    if env is not None:
+        scope["lin"] = net.get_submodule(env.split(".", 1)[1])
+    seen = []
+    hooks = [
+        scope[path.split(".")[0]]
+        .get_submodule(path.split(".", 1)[1])
+        .register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        for path in which
+    ]
+    with probing(selector, env=scope).values() as got:
+        tower(net(torch.randn(2, 4)))
+    for hook in hooks:
+        hook.remove()
+    assert len(got) == len(seen) == len(which)
+    assert all(torch.equal(g["input"], s) for g, s in zip(got, seen))
+
+
+def test_where_self_picks_one_module():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with probing("Linear(self) > #value as out") as probe:
+        outs = probe.where(self=net[2])["out"].accum()
+        net(torch.randn(5, 4))
+    assert [tuple(o.shape) for o in outs] == [(5, 2)]
+
+
+def test_a_key_on_a_function_nothing_keys_is_an_error():
+    # In a fresh process: a @tooled function with `h[k] = f(...)` anywhere (this test
+    # module has one) could key any call, and then the selector may match.
+    code = (
+        "import torch\n"
+        "from ptera import SelectorError, probing\n"
+        "try:\n"
+        "    probing('Linear[1] > input')\n"
+        "except SelectorError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "'Linear[...]' can never match" in out and "net.2 > input" in out
