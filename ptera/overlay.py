@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .capture import Act, Rule, filter_eq
+from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
@@ -388,6 +389,7 @@ def activate(rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None 
         except Exception:
             _install(_count(rules, -1))
             raise
+        overlay_started()
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
@@ -423,6 +425,7 @@ def deactivate(token) -> None:
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
         _install(_count(rules, -1))
+        overlay_ended()
 
 
 def active_rule_count() -> int:
