@@ -332,6 +332,14 @@ class _Compiler:
             v = variables.get(var.name)
             if (v is None or v.provenance == "external") and var.name in st.source.attributes:
                 return [var.name]
+            if v is None and var.name in st.source.comprehended:
+                raise _error(
+                    self.selector,
+                    var.name,
+                    f"'{var.name}' of '{st.qualname}' lives only in a comprehension, a scope"
+                    " of its own that ptera does not instrument: assign it in the function"
+                    " (a for loop) to probe it",
+                )
             if v is None or v.provenance == "external":
                 if strict:
                     known = ", ".join(

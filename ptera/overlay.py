@@ -219,6 +219,8 @@ def _enter(fid):
         plan = current_plan()
     fp = plan.fns.get(fid)
     if fp is None:
+        # Instrumented for another thread or task, not this one (probe.py warns).
+        _missed[fid] = _missed.get(fid, 0) + 1
         return None
     if fp.static is not None:
         return fp.static
@@ -248,6 +250,14 @@ def _enter(fid):
     if fp.push:
         frame.token = _frame.set(frame)
     return frame
+
+
+_missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
+
+
+def missed_calls(fids) -> dict[int, int]:
+    """How many calls of each function ran instrumented code for other contexts' overlays."""
+    return {fid: _missed.get(fid, 0) for fid in fids}
 
 
 def _report(F, name, value):

@@ -99,6 +99,7 @@ class Source:
     keyed_calls: bool
     class_name: str | None
     fid: int = 0
+    comprehended: frozenset[str] = frozenset()  # bound only in comprehensions (not points)
     # ``self.a`` read in a method's body, by attribute name: points named ``a``.
     attributes: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
@@ -165,6 +166,7 @@ def parse_function(fn: types.FunctionType) -> Source:
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
         attributes=attributes,
+        comprehended=frozenset(scan.comprehended - variables.keys()),
     )
 
 
@@ -257,6 +259,7 @@ class _Scanner(ast.NodeVisitor):
         self.defaulted: set[str] = set()
         self.keyed: set[str] = set()
         self.keyed_calls = False
+        self.comprehended: set[str] = set()  # names bound only by comprehensions
 
     def bind(self, name: str, line: int) -> None:
         self.assigned.setdefault(name, line)
@@ -273,6 +276,27 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Lambda(self, node):
         pass
+
+    def visit_ListComp(self, node):
+        # A comprehension is a scope of its own: its targets are not the function's.
+        own: set[str] = set()
+        for gen in node.generators:
+            own.update(_target_names(gen.target))
+        outer, self.loaded = self.loaded, set()
+        assigned = dict(self.assigned)
+        for child in ast.iter_child_nodes(node):
+            self.visit(child)
+        self.assigned = {**assigned, **{k: v for k, v in self.assigned.items() if k not in own}}
+        self.comprehended.update(own - self.assigned.keys())
+        self.loaded = outer | (self.loaded - own)
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_comprehension(self, node):
+        self.visit(node.target)
+        self.visit(node.iter)
+        for cond in node.ifs:
+            self.visit(cond)
 
     def visit_Name(self, node):
         if isinstance(node.ctx, ast.Load):
