@@ -136,7 +136,9 @@ def parse_function(fn: types.FunctionType) -> Source:
         block = inspect.getblock(lines[code.co_firstlineno - 1 :])
     except (OSError, TypeError, IndexError) as exc:
         raise TransformError(
-            f"cannot instrument {fn.__qualname__}: its source is not available ({exc})"
+            f"cannot instrument {fn.__qualname__}: its source is not available ({exc});"
+            f" it was defined in {filename!r}: code run by `python -c` or `exec` of a string"
+            " has no source, define the function in a file or a notebook cell"
         ) from None
     if filename.startswith("<frozen "):
         filename = inspect.getsourcefile(sys.modules[fn.__module__]) or filename
@@ -220,6 +222,8 @@ def _source_lines(fn: types.FunctionType) -> list[str]:
     try:
         return inspect.findsource(fn.__code__)[0]
     except OSError:
+        if not fn.__code__.co_filename.startswith("<frozen "):
+            raise  # `exec` of a string, `python -c`: the module's file is another text
         module = sys.modules.get(fn.__module__)
         path = module and inspect.getsourcefile(module)
         lines = path and linecache.getlines(path)
