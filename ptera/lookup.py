@@ -320,38 +320,49 @@ def _module_classes(name: str) -> list[type]:
     return found
 
 
-def module_forwards() -> list[FnState]:
-    """The ``forward`` of every ``torch.nn.Module`` subclass defined so far (torch loaded).
+def module_forwards(env: Mapping[str, Any] | None) -> list[FnState]:
+    """The ``forward`` of each class of the ``torch.nn.Module`` objects in ``env`` and
+    their submodules (also inside lists, tuples and dicts there).
 
-    What ``f >> $p:Parameter`` searches for the parameters a stock module reads.
-    Cached until a new subclass appears.
+    What ``f >> $p:Parameter`` searches for the parameters a stock module reads:
+    the modules in scope, not every module class torch defines (instrumenting
+    those costs milliseconds on each activation).
     """
     torch = sys.modules.get("torch")
     base = getattr(getattr(torch, "nn", None), "Module", None)
-    if base is None:
+    if base is None or not env:
         return []
-    classes, todo = set(), [base]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            if sub not in classes:
-                classes.add(sub)
-                todo.append(sub)
-    if _forwards[0] != len(classes):
-        found = []
-        for cls in classes:
-            fn = vars(cls).get("forward")
+    classes: dict[type, None] = {}
+    for value in list(env.values()):
+        if isinstance(value, (list, tuple)):
+            items = value
+        elif isinstance(value, dict) and "__builtins__" not in value:
+            items = list(value.values())
+        else:
+            items = (value,)
+        for item in items:
+            if isinstance(item, base):
+                classes.update((type(m), None) for m in item.modules())
+    found = []
+    for cls in classes:
+        st = _forwards.get(cls, False)
+        if st is False:
+            fn = unwrap(getattr(cls, "forward", None))
+            st = None
             if isinstance(fn, types.FunctionType):
                 try:
                     st = state_for(fn)
-                    if st.source.attributes:
-                        found.append(st)
-                except Exception:  # no source (a C extension's wrapper): no attributes
-                    continue
-        _forwards[:] = [len(classes), found]
-    return _forwards[1]
+                    if not st.source.attributes:
+                        st = None
+                except TransformError:  # no source: no attributes to report
+                    st = None
+            _forwards[cls] = st
+        if st is not None and st not in found:
+            found.append(st)
+    return found
 
 
-_forwards: list = [-1, []]
+_forwards: dict[type, FnState | None] = {}
 
 
 def _is_tooled(fn: Any) -> bool:

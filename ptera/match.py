@@ -15,8 +15,9 @@ Decisions:
 * Naming a variable that the named function does not have is an error, not an
   empty stream; so is naming a function that cannot be found.
 * ``$v:Tag`` also covers the ``self`` attributes a method reads, checked on the
-  value's class when it is reported; a ``>>`` wildcard reaches the ``forward`` of
-  every ``torch.nn.Module`` subclass for those attributes (``f >> $p:Parameter``).
+  value's class when it is reported; a ``>>`` wildcard reaches, for those
+  attributes, the ``forward`` of the module classes in scope (the ``env``'s modules
+  and their submodules): ``f >> $p:Parameter`` with ``net`` in scope.
 * A name that resolves to a module *instance* (``net.2``, ``model.layers.3.mlp``,
   or an instance bound in ``env``) matches only that instance's calls: an identity
   filter on the method's ``self`` (``Same``). A class name matches every instance.
@@ -160,8 +161,11 @@ class Same:
 
 
 class _Compiler:
-    def __init__(self, selector: Scope, env, collect: bool, resolved: dict, instances=None):
+    def __init__(
+        self, selector: Scope, env, collect: bool, resolved: dict, instances=None, forwards=()
+    ):
         self.instances: dict[str, Same] = instances or {}
+        self.forwards: tuple[FnState, ...] = forwards
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
@@ -246,7 +250,7 @@ class _Compiler:
         candidates = fns if fns is not None else tooled_states()
         if fns is None and node.deep:
             # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
-            candidates = candidates + [st for st in module_forwards() if not st.tooled]
+            candidates = candidates + [st for st in self.forwards if not st.tooled]
         # With several functions under one name, a variable must exist in one of them.
         missing: dict[int, SelectorError] = {}
         for st in candidates:
@@ -393,13 +397,14 @@ def compile_selector(
     """
     env = env if env is not None else selector.env
     heads, tag_names = _names_of(selector)
+    forwards = tuple(module_forwards(env)) if _reaches_attributes(selector) else ()
     fast = None
     if env is not None and all(h in env for h in heads) and all(t in env for t in tag_names):
         # Every name is bound in the caller: the bound objects (and the registry's
         # version) decide the result, so a probe entered in a loop skips resolution.
         # Keyed by identities (hashing a selector tree costs more than this lookup).
         bound = (selector, *(env[h] for h in heads), *(env[t] for t in tag_names))
-        fast = (collect, *map(id, bound), registry_version())
+        fast = (collect, *map(id, bound), registry_version(), *forwards)
         hit = _fast_cache.get(fast)
         if hit is not None and all(a is b for a, b in zip(hit[0], bound)):
             return hit[1]
@@ -423,12 +428,10 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     )
-    key = (selector, collect, signature, tags, registry_version(), *instances.items())
-    if any(getattr(n, "deep", False) for n in selector.walk()):
-        key += (len(module_forwards()),)  # a module class defined since changes `>>`
+    key = (selector, collect, signature, tags, registry_version(), *instances.items(), *forwards)
     compiled = _cache.get(key)
     if compiled is None:
-        compiled = _Compiler(selector, env, collect, resolved, instances).compile()
+        compiled = _Compiler(selector, env, collect, resolved, instances, forwards).compile()
         if len(_cache) > 512:
             _cache.clear()
         _cache[key] = compiled
@@ -441,6 +444,14 @@ def compile_selector(
 
 _cache: dict = {}
 _fast_cache: dict = {}  # (selector, collect, ids of bound names, version) -> (objects, compiled)
+
+
+def _reaches_attributes(selector: Scope) -> bool:
+    """Whether a ``>>`` variable may name module attributes (``f >> $p:Parameter``)."""
+    return any(
+        isinstance(n, Var) and n.deep and (n.tag is not None or n.name is not None)
+        for n in selector.walk()
+    )
 
 
 def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:

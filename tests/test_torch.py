@@ -402,3 +402,25 @@ def test_a_key_on_a_function_nothing_keys_is_an_error():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     assert "'Linear[...]' can never match" in out and "net.2 > input" in out
+
+
+@pytest.mark.parametrize("scope", ["env", "list in env", "class named"])
+def test_modules_below_a_scope_are_those_in_scope(scope):
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+
+    def grads(net):  # `net` is not in the caller's scope of `probing` below
+        selector = "cnn_loss{!!loss} >> $p:Parameter"
+        env = {"cnn_loss": cnn_loss}
+        if scope == "env":
+            env["model"] = net
+        elif scope == "list in env":
+            env["models"] = [net]
+        else:
+            selector = "cnn_loss{!!loss} >> Linear > $p:Parameter"
+        with probing(Grad(selector), env=env).values() as got:
+            cnn_loss(net, x, y)
+        return got
+
+    got = grads(small_cnn())
+    assert len(got) == (2 if scope == "class named" else 6)
