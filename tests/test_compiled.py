@@ -74,3 +74,47 @@ def test_overlays_on_a_compiled_model(overlay, first_call):
     # After the block: the compiled graph runs again, with the original code.
     assert torch.allclose(cnet(x), net(x))
     assert backend.runs == runs + 1 and backend.compiles == 1
+
+
+class FakeDynamo:
+    """Stands for torch._dynamo and its eval_frame: records stance changes and resets."""
+
+    def __init__(self):
+        self.stance, self.resets = "default", 0
+
+    class DynamoStance:
+        def __init__(self, stance):
+            self.stance = stance
+
+    def _set_stance(self, new):
+        prior, self.stance = self.stance, new.stance if hasattr(new, "stance") else new
+        return prior
+
+    def reset(self):
+        self.resets += 1
+
+
+@pytest.mark.parametrize("loaded_at_start", [True, False])
+def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
+    import sys
+
+    from ptera import compiled
+
+    fake = FakeDynamo()
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    if loaded_at_start:
+        monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    else:
+        monkeypatch.delitem(sys.modules, "torch._dynamo.eval_frame", raising=False)
+    compiled.overlay_started()
+    # Dynamo imported inside the block (torch.compile first called there): what it
+    # compiles from then on is eager, and its caches go when the block ends.
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    compiled.overlay_started()
+    assert fake.stance == "force_eager"
+    compiled.overlay_ended()
+    assert fake.stance == "force_eager"  # one overlay is still active
+    compiled.overlay_ended()
+    assert fake.stance == "default"
+    assert fake.resets == (0 if loaded_at_start else 1)
