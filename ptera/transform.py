@@ -148,13 +148,16 @@ def parse_function(fn: types.FunctionType) -> Source:
     tree = module.body[0]
     if not isinstance(tree, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise TransformError(f"cannot instrument {fn.__qualname__}: not a def statement")
+    plain = any(
+        getattr(d, "id", None) in ("staticmethod", "classmethod") for d in tree.decorator_list
+    )
     tree.decorator_list = []
     all_lines = lines
     scan = _Scanner()
     for stmt in tree.body:
         scan.visit(stmt)
     variables = _collect_variables(fn, tree, scan, all_lines)
-    attributes = _self_attributes(fn, tree, variables)
+    attributes = {} if plain else _self_attributes(fn, tree, variables)
     return Source(
         fn=fn,
         tree=tree,

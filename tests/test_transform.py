@@ -236,3 +236,30 @@ def test_code_without_source_keeps_a_clear_error():
     exec("def from_a_string(x):\n    y = x + 1\n    return y\n", namespace)
     with pytest.raises(SelectorError, match="defined in '<string>'.*`exec` of a string"):
         probing("from_a_string > y", env=namespace)
+
+
+class Reads:
+    scale = 2
+
+    def method(self, x):
+        y = x * self.scale
+        return y
+
+    @staticmethod
+    def static(cfg):
+        y = cfg.scale
+        return y
+
+
+@pytest.mark.parametrize(
+    "selector, ok",
+    [("Reads.method > scale", True), ("Reads.static > scale", False)],
+)
+def test_self_attributes_are_points_only_in_methods(selector, ok):
+    if not ok:
+        with pytest.raises(SelectorError, match="has no variable 'scale'"):
+            probing(selector)
+        return
+    with probing(selector).values() as got:
+        Reads().method(3)
+    assert got == [{"scale": 2}]
