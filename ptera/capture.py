@@ -15,10 +15,12 @@ focus is set again or its scope ends (core.md section 3).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from .match import Compiled, Template, VarSpec
+from .match import Compiled, Same, Template, VarSpec
 from .selector import NOVALUE
+from .tags import annotation_matches
 from .transform import ABSENT
 
 
@@ -53,6 +55,8 @@ class Capture:
 
 def filter_eq(a: Any, b: Any) -> bool:
     """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
+    if isinstance(b, Same):
+        return b.matches(a)
     if isinstance(b, bool) or b is None:
         return a is b
     if isinstance(a, bool):
@@ -104,6 +108,11 @@ class Rule:
         self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
+        shared = compiled.total_handlers if not immediate else None
+        if shared:
+            # A total rule's handlers depend on its templates only: build them once.
+            self.handlers = shared
+            return
         self.handlers: dict[int, dict[str, tuple]] = {
             id(t): {
                 name: tuple(_handler(spec, t, self) for spec in specs)
@@ -112,6 +121,8 @@ class Rule:
             for temps in compiled.templates.values()
             for t in temps
         }
+        if shared is not None:
+            shared.update(self.handlers)
 
     def rebind(self, emit: Callable[[dict], Any]) -> None:
         """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
@@ -198,6 +209,8 @@ class Act:
 
 def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     """The function that handles one reported variable for ``spec``."""
+    if spec.isa is not NOVALUE:
+        return _checked(spec.isa, _handler(replace(spec, isa=NOVALUE), t, rule))
     if not rule.immediate:
         return lambda act, name, value, key: _total(act, spec, name, value, key)
     fires = spec.focus == 1 or (spec.focus == 2 and rule.wrap is not None)
@@ -218,6 +231,17 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
         return _fast_capture(spec.out)
     return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+
+
+def _checked(wanted: Any, handler: Callable) -> Callable:
+    """Handle only values whose class matches ``wanted`` (``$p:Parameter`` on ``self.a``)."""
+
+    def check(act, name, value, key):
+        if annotation_matches(type(value), wanted):
+            return handler(act, name, value, key)
+        return value
+
+    return check
 
 
 def _fast_capture(out: str) -> Callable:

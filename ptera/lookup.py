@@ -282,6 +282,23 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
     return [state_for(f, discover=True) for f in functions_of(obj, name)]
 
 
+def bound_instance(name: str, env: Mapping[str, Any] | None) -> Any:
+    """The ``torch.nn.Module`` a selector name binds (``net.2``, ``model.layers.3.mlp``,
+    a module in ``env``), or None: its calls alone match, not those of its class."""
+    head, *rest = name.split(".")
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None or env is None or head not in env:
+        return None
+    try:
+        obj = _getattr_path(env[head], rest)
+    except AttributeError:
+        return None
+    if isinstance(obj, types.MethodType):
+        obj = obj.__self__
+    return obj if isinstance(obj, base) else None
+
+
 def _module_classes(name: str) -> list[type]:
     """``torch.nn.Module`` subclasses named ``name`` (when torch is loaded): ``Linear > x``."""
     torch = sys.modules.get("torch")
@@ -301,6 +318,51 @@ def _module_classes(name: str) -> list[type]:
                 if sub.__name__ == name:
                     found.append(sub)
     return found
+
+
+def module_forwards(env: Mapping[str, Any] | None) -> list[FnState]:
+    """The ``forward`` of each class of the ``torch.nn.Module`` objects in ``env`` and
+    their submodules (also inside lists, tuples and dicts there).
+
+    What ``f >> $p:Parameter`` searches for the parameters a stock module reads:
+    the modules in scope, not every module class torch defines (instrumenting
+    those costs milliseconds on each activation).
+    """
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None or not env:
+        return []
+    classes: dict[type, None] = {}
+    for value in list(env.values()):
+        if isinstance(value, (list, tuple)):
+            items = value
+        elif isinstance(value, dict) and "__builtins__" not in value:
+            items = list(value.values())
+        else:
+            items = (value,)
+        for item in items:
+            if isinstance(item, base):
+                classes.update((type(m), None) for m in item.modules())
+    found = []
+    for cls in classes:
+        st = _forwards.get(cls, False)
+        if st is False:
+            fn = unwrap(getattr(cls, "forward", None))
+            st = None
+            if isinstance(fn, types.FunctionType):
+                try:
+                    st = state_for(fn)
+                    if not st.source.attributes:
+                        st = None
+                except TransformError:  # no source: no attributes to report
+                    st = None
+            _forwards[cls] = st
+        if st is not None and st not in found:
+            found.append(st)
+    return found
+
+
+_forwards: dict[type, FnState | None] = {}
 
 
 def _is_tooled(fn: Any) -> bool:

@@ -33,6 +33,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from .capture import Act, Rule, filter_eq
+from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
@@ -222,6 +223,8 @@ def _enter(fid):
         plan = current_plan()
     fp = plan.fns.get(fid)
     if fp is None:
+        # Instrumented for another thread or task, not this one (probe.py warns).
+        _missed[fid] = _missed.get(fid, 0) + 1
         return None
     if fp.static is not None:
         return fp.static
@@ -251,6 +254,14 @@ def _enter(fid):
     if fp.push:
         frame.token = _frame.set(frame)
     return frame
+
+
+_missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
+
+
+def missed_calls(fids) -> dict[int, int]:
+    """How many calls of each function ran instrumented code for other contexts' overlays."""
+    return {fid: _missed.get(fid, 0) for fid in fids}
 
 
 def _report(F, name, value):
@@ -429,6 +440,7 @@ def activate(
         except Exception:
             _install(_count(rules, -1))
             raise
+        overlay_started()
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
@@ -473,6 +485,7 @@ def deactivate(activation: Activation) -> None:
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
         _install(_count(rules, -1))
+        overlay_ended()
 
 
 def active_rule_count() -> int:

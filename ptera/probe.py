@@ -15,19 +15,24 @@ Decisions:
   ``probe.wmap(fn)`` and ``probe.wrap(...)`` can bracket the region.
 * ``override`` on an overridable probe replaces the focus value with the value
   (or ``fn(item)``) of the last override subscriber that saw the emission.
+* A probe that ends with no value while its functions ran (instrumented) in
+  other threads or tasks warns once a process: the thread pool mistake.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from giving import SourceProxy
+from giving import operators as giving_ops
 
 from .capture import Rule
+from .lookup import state_by_fid
 from .match import compile_selector
-from .overlay import activate, caller_env, deactivate
+from .overlay import activate, caller_env, deactivate, missed_calls
 from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
@@ -203,6 +208,9 @@ class Probe(SourceProxy):
         rules = self._rules
         plans = rules[0].plans if len(rules) == 1 else None
         self._token = activate(rules, glob=glob, plans=plans)
+        self._emitted = False
+        self._fids = {fid for r in rules for fid in r.compiled.templates}
+        self._missed = None if glob else missed_calls(self._fids)
         # Global probes never pool: other threads may be inside their functions.
         self._refs = None if glob else [_Pool.refs(r) for r in self._pooled]
         return self
@@ -211,6 +219,8 @@ class Probe(SourceProxy):
         if self._token is not None:
             token, self._token = self._token, None
             deactivate(token)
+            if self._missed is not None and not self._emitted:
+                _warn_other_threads(self, self._missed)
             pooled, refs, self._pooled = self._pooled, self._refs, []
             if refs is not None:
                 now = [_Pool.refs(r) for r in pooled]
@@ -219,6 +229,10 @@ class Probe(SourceProxy):
                     if before == after and _Pool.private(rule):
                         _pool.give(rule)
 
+    def _push(self, data):
+        self._emitted = True
+        super()._push(data)
+
     def activate(self) -> Probe:
         """Activate this probe in the current context (until ``deactivate``)."""
         return self.__enter__()
@@ -226,6 +240,11 @@ class Probe(SourceProxy):
     def deactivate(self) -> None:
         """Stop this probe; every probed function runs its original code again."""
         self._root.__exit__(None, None, None)
+
+    def where(self, /, *keys, **conditions):
+        """giving's ``where``; ``self`` is a condition like any other capture name
+        (``probing("Linear(self) > input").where(self=net[2])``)."""
+        return self.pipe(giving_ops.where(*keys, **conditions))
 
     # giving's failure helpers should point past ptera's and reactivex's frames.
     def fail(self, *args, skip=(), **kwargs):
@@ -276,6 +295,28 @@ class OverridableProbe(Probe):
             root._cell[0] = setter(**item)
 
         return self.subscribe(change)
+
+
+def _warn_other_threads(probe: Probe, before: dict[int, int]) -> None:
+    """Warn (once a process) that a probe saw nothing while its functions ran elsewhere."""
+    if _warned:
+        return
+    now = missed_calls(before)
+    ran = [fid for fid, n in now.items() if n > before[fid]]
+    if ran:
+        _warned.append(True)
+        names = ", ".join(sorted({state_by_fid(fid).qualname for fid in ran}))
+        selectors = "; ".join(str(s) for s in probe._selectors)
+        warnings.warn(
+            f"probe {selectors!r} ended with no value, but {names} ran in another thread or"
+            " task while it was active: a probe sees only its own thread or task (a thread"
+            " pool's workers are other threads); use global_probe(...) to see every thread",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+_warned: list = []
 
 
 def probing(

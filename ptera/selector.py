@@ -178,7 +178,13 @@ class _Parser:
         parts = [self.ident(what)]
         while self.text.startswith(".", self.pos):
             self.pos += 1
-            parts.append(self.ident("a name after '.'"))
+            # `net.layers.3.mlp`: a submodule path as `get_submodule` spells it.
+            m = re.compile(r"\d+").match(self.text, self.pos)
+            if m:
+                self.pos = m.end()
+                parts.append(m.group())
+            else:
+                parts.append(self.ident("a name after '.'"))
         return ".".join(parts)
 
     def literal(self) -> Any:

@@ -33,6 +33,9 @@ Decisions:
 * The engine's locals (``__ptera_F__``, temporaries) are hidden from ``locals()``,
   ``vars()`` and ``dir()`` called in the body (they return filtered copies);
   ``frame.f_locals``, debuggers and tracebacks still show them.
+* In a method, each read of ``self.a`` is a point named ``a`` (unless a local is
+  named ``a``), so ``Linear > weight`` sees the parameter ``Linear.forward`` reads.
+  Attributes are kept out of ``__ptera_info__`` (coleo's contract lists locals).
 """
 
 from __future__ import annotations
@@ -116,6 +119,9 @@ class Source:
     keyed_calls: bool
     class_name: str | None
     fid: int = 0
+    comprehended: frozenset[str] = frozenset()  # bound only in comprehensions (not points)
+    # ``self.a`` read in a method's body, by attribute name: points named ``a``.
+    attributes: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
 
     @property
@@ -150,7 +156,9 @@ def parse_function(fn: types.FunctionType) -> Source:
         block = inspect.getblock(lines[code.co_firstlineno - 1 :])
     except (OSError, TypeError, IndexError) as exc:
         raise TransformError(
-            f"cannot instrument {fn.__qualname__}: its source is not available ({exc})"
+            f"cannot instrument {fn.__qualname__}: its source is not available ({exc});"
+            f" it was defined in {filename!r}: code run by `python -c` or `exec` of a string"
+            " has no source, define the function in a file or a notebook cell"
         ) from None
     if filename.startswith("<frozen "):
         filename = inspect.getsourcefile(sys.modules[fn.__module__]) or filename
@@ -160,12 +168,16 @@ def parse_function(fn: types.FunctionType) -> Source:
     tree = module.body[0]
     if not isinstance(tree, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise TransformError(f"cannot instrument {fn.__qualname__}: not a def statement")
+    plain = any(
+        getattr(d, "id", None) in ("staticmethod", "classmethod") for d in tree.decorator_list
+    )
     tree.decorator_list = []
     all_lines = lines
     scan = _Scanner()
     for stmt in tree.body:
         scan.visit(stmt)
     variables = _collect_variables(fn, tree, scan, all_lines)
+    attributes = {} if plain else _self_attributes(fn, tree, variables)
     return Source(
         fn=fn,
         tree=tree,
@@ -178,7 +190,54 @@ def parse_function(fn: types.FunctionType) -> Source:
         loops=frozenset(scan.loops),
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
+        attributes=attributes,
+        comprehended=frozenset(scan.comprehended - variables.keys()),
     )
+
+
+def self_name(fn: types.FunctionType, tree: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The name of a method's first argument (``self``), or None for a plain function."""
+    args = tree.args.posonlyargs + tree.args.args
+    if _class_of(fn.__qualname__) is None or not args:
+        return None
+    return args[0].arg
+
+
+def _self_attributes(fn, tree, variables: dict[str, Variable]) -> dict[str, Variable]:
+    """The attributes of ``self`` a method reads (``Linear.forward`` reads ``weight``).
+
+    A name that is also a local variable stays the local's: one name, one point.
+    """
+    me = self_name(fn, tree)
+    if me is None:
+        return {}
+    found: dict[str, Variable] = {}
+    for stmt in tree.body:
+        for node in _walk_own_scope(stmt):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Load)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == me
+                and node.attr not in found
+                and variables.get(node.attr, _EXTERNAL).provenance == "external"
+            ):
+                loc = (fn.__code__.co_filename, fn.__qualname__, node.lineno)
+                found[node.attr] = Variable(ABSENT, "attribute", None, loc)
+    return found
+
+
+def _walk_own_scope(node: ast.AST):
+    """``ast.walk`` that does not enter nested functions, lambdas and classes."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        for child in ast.iter_child_nodes(n):
+            if not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+            ):
+                todo.append(child)
 
 
 def _source_lines(fn: types.FunctionType) -> list[str]:
@@ -186,12 +245,17 @@ def _source_lines(fn: types.FunctionType) -> list[str]:
     try:
         return inspect.findsource(fn.__code__)[0]
     except OSError:
+        if not fn.__code__.co_filename.startswith("<frozen "):
+            raise  # `exec` of a string, `python -c`: the module's file is another text
         module = sys.modules.get(fn.__module__)
         path = module and inspect.getsourcefile(module)
         lines = path and linecache.getlines(path)
         if not lines:
             raise
         return lines
+
+
+_EXTERNAL = Variable(ABSENT, "external", None, ())
 
 
 def _arg_names(args: ast.arguments) -> set[str]:
@@ -232,6 +296,7 @@ class _Scanner(ast.NodeVisitor):
         self.defaulted: set[str] = set()
         self.keyed: set[str] = set()
         self.keyed_calls = False
+        self.comprehended: set[str] = set()  # names bound only by comprehensions
 
     def bind(self, name: str, line: int) -> None:
         self.assigned.setdefault(name, line)
@@ -248,6 +313,27 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Lambda(self, node):
         pass
+
+    def visit_ListComp(self, node):
+        # A comprehension is a scope of its own: its targets are not the function's.
+        own: set[str] = set()
+        for gen in node.generators:
+            own.update(_target_names(gen.target))
+        outer, self.loaded = self.loaded, set()
+        assigned = dict(self.assigned)
+        for child in ast.iter_child_nodes(node):
+            self.visit(child)
+        self.assigned = {**assigned, **{k: v for k, v in self.assigned.items() if k not in own}}
+        self.comprehended.update(own - self.assigned.keys())
+        self.loaded = outer | (self.loaded - own)
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_comprehension(self, node):
+        self.visit(node.target)
+        self.visit(node.iter)
+        for cond in node.ifs:
+            self.visit(cond)
 
     def visit_Name(self, node):
         if isinstance(node.ctx, ast.Load):
@@ -416,6 +502,7 @@ class _Instrumenter(ast.NodeTransformer):
         self.source = source
         self.interest = interest
         self.tmp = 0
+        self.me = self_name(source.fn, source.tree) if source.attributes else None
 
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
@@ -450,6 +537,19 @@ class _Instrumenter(ast.NodeTransformer):
                 orelse=_call(MISSING, _const(self.source.fid), _const(node.id)),
             )
             return ast.copy_location(check, node)
+        return node
+
+    def visit_Attribute(self, node):
+        node = self.generic_visit(node)
+        if (
+            isinstance(node.ctx, ast.Load)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self.me
+            and node.attr in self.source.attributes
+            and self.wants(node.attr)
+        ):
+            # Each read of `self.weight` reports `weight`; an override replaces what is read.
+            return ast.copy_location(_report(node.attr, node), node)
         return node
 
     def visit_NamedExpr(self, node):

@@ -4,6 +4,7 @@ import asyncio
 import gc
 import threading
 import tracemalloc
+import warnings
 
 import pytest
 
@@ -502,3 +503,46 @@ def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
     with pytest.raises(TypeError, match=message):
         call()
     assert active_rule_count() == 0
+
+
+# -- selectors that could match nothing say so ------------------------------------
+
+
+@tooled
+def comprehensions(xs):
+    doubled = [x * 2 for x in xs]
+    pairs = {k: v for k, v in zip(xs, doubled)}
+    last = [(seen := x) for x in xs]
+    return doubled, pairs, last, seen
+
+
+@pytest.mark.parametrize("name", ["x", "k", "v"])
+def test_a_comprehension_variable_is_an_error_with_the_reason(name):
+    with pytest.raises(SelectorError, match=f"'{name}' of 'comprehensions' lives only in a"):
+        probing(f"comprehensions > {name}")
+
+
+def test_what_a_comprehension_binds_in_the_function_is_a_point():
+    with probing("comprehensions > seen").values() as seen:
+        comprehensions([1, 2])
+    assert seen == [{"seen": 1}, {"seen": 2}]
+    assert "x" not in comprehensions.__ptera_info__
+
+
+def test_a_probe_around_a_thread_pool_warns_once(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ptera.probe
+
+    monkeypatch.setattr(ptera.probe, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="square ran in another thread.*global_probe"):
+        with probing("square > rval").values() as values:
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(square, range(3)))
+    assert values == []
+    with warnings.catch_warnings(record=True) as again:  # once: the second probe is silent
+        warnings.simplefilter("always")
+        with probing("square > rval"):
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(square, range(3)))
+    assert again == []
