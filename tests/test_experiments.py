@@ -1,11 +1,13 @@
 """ptera.lab.experiments: grids, interventions, identity, store, resume, executors, CLI."""
 
+import functools
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -648,3 +650,103 @@ def test_device_cpu_is_the_default_trial(data, tmp_path):
     assert plain.results()["value"].tolist() == on_cpu.results()["value"].tolist()
     elsewhere = Experiment(TempNet(), data, store=tmp_path / "c.db", device="cuda:0")
     assert elsewhere.grid[0].id != plain.grid[0].id  # planned, not run: no GPU needed
+
+
+# -- identity of captured values (issue 14.1) ------------------------------------------
+def scaled(k):
+    return lambda input: input * k
+
+
+def test_captured_values_are_part_of_a_trials_identity(data, tmp_path):
+    store = tmp_path / "x.db"
+    one = Experiment(
+        TempNet(), data, interventions=[Tweak({"Linear > input": scaled(1.0)})], store=store
+    )
+    zero = Experiment(
+        TempNet(), data, interventions=[Tweak({"Linear > input": scaled(0.0)})], store=store
+    )
+    assert one.grid[1].id != zero.grid[1].id
+    one.run(1, verbose=False)
+    zero.run(1, verbose=False)
+    assert zero.trained == [zero.grid[1].id]  # not the k=1.0 trial's numbers
+    same, no_signal = table(one, 1), table(zero, 1)
+    assert same["Tweak(Linear > input: <lambda>) | base"] == same["control | base"]
+    assert no_signal["Tweak(Linear > input: <lambda>) | base"] == pytest.approx(2.3, abs=0.05)
+
+
+def _with_default(x, k=1.0):
+    return x * k
+
+
+def _with_kwdefault(x, *, k=1.0):
+    return x * k
+
+
+class _Scale:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return x * self.k
+
+    def apply(self, x):
+        return x * self.k
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda k: scaled(k), id="closure cell"),
+        pytest.param(lambda k: functools.partial(_with_default, k=k), id="partial keyword"),
+        pytest.param(lambda k: functools.partial(_with_default, 1, k), id="partial args"),
+        pytest.param(
+            lambda k: types.FunctionType(_with_default.__code__, globals(), "f", (k,)),
+            id="default",
+        ),
+        pytest.param(lambda k: _kwdefault_copy(k), id="keyword default"),
+        pytest.param(lambda k: scaled(torch.tensor([k])), id="tensor in a cell"),
+        pytest.param(lambda k: scaled(scaled(k)), id="function in a cell"),
+    ],
+)
+def test_normalize_tells_captured_values_apart(make):
+    from ptera.lab.experiments.config import normalize
+
+    assert normalize(make(1.0)) == normalize(make(1.0))
+    assert normalize(make(1.0)) != normalize(make(0.0))
+
+
+def _kwdefault_copy(k):
+    fn = types.FunctionType(_with_kwdefault.__code__, globals(), "f")
+    fn.__kwdefaults__ = {"k": k}
+    return fn
+
+
+def test_normalize_of_a_recursive_closure_terminates():
+    from ptera.lab.experiments.config import normalize
+
+    def outer(n):
+        def fact(i):
+            return 1 if i <= n else i * fact(i - 1)
+
+        return fact
+
+    assert normalize(outer(1)) != normalize(outer(2))
+
+
+@pytest.mark.parametrize(
+    "fn, where",
+    [
+        (scaled(object()), "closure cell 'k'"),
+        (functools.partial(_with_default, k=object()), "keyword argument 'k'"),
+        (
+            types.FunctionType(_with_default.__code__, globals(), "f", (object(),)),
+            "default of argument 'k'",
+        ),
+        (_Scale(object()).apply, "bound object"),
+    ],
+)
+def test_a_callable_with_unidentifiable_state_is_refused(fn, where, data, tmp_path):
+    with pytest.raises(TypeError, match=where):
+        Experiment(
+            TempNet(), data, interventions=[Tweak({"Linear > input": fn})], store=tmp_path / "x.db"
+        )
