@@ -750,3 +750,43 @@ def test_a_callable_with_unidentifiable_state_is_refused(fn, where, data, tmp_pa
         Experiment(
             TempNet(), data, interventions=[Tweak({"Linear > input": fn})], store=tmp_path / "x.db"
         )
+
+
+# -- diverging trials (issue 14.3) --------------------------------------------------------
+def test_a_diverging_trial_is_recorded_as_nan_and_the_run_goes_on(data, tmp_path, capsys):
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[
+            Tweak({"head > T": 0.0}),  # logits / 0: NaN from the first evaluation
+            Tweak({"head > T": float("inf")}),  # logits / inf: finite, all zero
+            PerturbWeights(epsilon=0.1),
+        ],
+        store=tmp_path / "x.db",
+    )
+    df = exp.run(1)
+    assert len(exp.trained) == 4  # the trials after the diverging one ran too
+    lines = capsys.readouterr().out.splitlines()
+    assert "Tweak(head > T: 0): epoch 1, test accuracy" in lines[1]
+    assert lines[1].endswith(", loss nan")
+    diverged = exp.grid[1].id
+    losses = df[(df.trial == diverged) & (df.metric == "loss")]["value"]
+    assert len(losses) == 4 and losses.isna().all()  # NaN, not a missing row
+    db = sqlite3.connect(tmp_path / "x.db")
+    values = db.execute(
+        "SELECT value FROM metrics WHERE trial = ? AND name = 'loss'", (diverged,)
+    ).fetchall()
+    assert values and None not in {v for (v,) in values}  # NaN is not stored as NULL
+    assert [r["state"] for r in exp.status(1)] == ["done", "diverged", "done", "done"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1.5])
+def test_the_store_keeps_non_finite_values(value, tmp_path):
+    from ptera.lab.experiments import Store
+
+    store = Store(tmp_path / "x.db")
+    store.register("t", {})
+    store.commit_epoch("t", 0, {("test", "loss"): value}, None)
+    ((*_, got),) = store.metrics(["t"])
+    assert str(got) == str(value)
+    assert store.diverged() == (set() if value == 1.5 else {"t"})

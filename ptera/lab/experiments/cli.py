@@ -173,7 +173,7 @@ def run(exp: Experiment, spec: dict) -> None:
 
 @tooled
 def status(exp: Experiment, spec: dict) -> None:
-    """Show every trial: done, partial, pending or failed."""
+    """Show every trial: done, partial, pending, failed or diverged."""
     # Epochs a trial needs to count as done
     n_epochs: tag.CliArgument & int = default(spec.get("n_epochs", 1))
 
@@ -201,7 +201,13 @@ def show_status(exp: Experiment, n_epochs: int) -> None:
     table = Table(title=f"{exp.store.path.name}: {len(rows)} trials, target {n_epochs} epochs")
     for col in ("trial", "variation", "condition", "epochs", "state"):
         table.add_column(col, justify="right" if col == "epochs" else "left")
-    colour = {"done": "green", "partial": "yellow", "pending": "blue", "failed": "red"}
+    colour = {
+        "done": "green",
+        "partial": "yellow",
+        "pending": "blue",
+        "failed": "red",
+        "diverged": "magenta",
+    }
     for r in rows:
         s = r["state"]
         table.add_row(

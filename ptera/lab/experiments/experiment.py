@@ -249,12 +249,16 @@ class Experiment:
         return self.results()
 
     def status(self, n_epochs: int | None = None) -> list[dict]:
-        """One row per trial: id, labels, epochs done, and done / partial / pending / failed.
+        """One row per trial: id, labels, epochs done, and its state.
 
-        ``done`` means trained to ``n_epochs`` (default: at least one epoch).
+        The state is ``done`` (trained to ``n_epochs``, default: at least one epoch),
+        ``partial``, ``pending``, ``failed`` (an error, see the store), or
+        ``diverged`` (a NaN or infinite metric: the trial trains on, its numbers
+        recorded as they are).
         """
         epochs = self.store.epochs(self.plans)
         errors = self.store.errors()
+        diverged = self.store.diverged()
         rows = []
         for plan in self.plans.values():
             done = epochs[plan.id]
@@ -262,6 +266,8 @@ class Experiment:
             state = "pending" if done < 0 else "done" if done >= target else "partial"
             if state != "done" and plan.id in errors:
                 state = "failed"
+            elif plan.id in diverged:
+                state = "diverged"
             rows.append(
                 {
                     "trial": plan.id,
@@ -330,7 +336,7 @@ class _Reporter:
             for _, epoch, split, name, value in self.exp.store.metrics([trial])
             if epoch == self.n_epochs and split == "test"
         }
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items()))
+        shown = ", ".join(f"{k} {_number(v)}" for k, v in sorted(last.items()))
         width = len(str(self.total))
         where = f" [{_label(plan.variation)}]" if plan.variation else ""
         print(
@@ -338,6 +344,10 @@ class _Reporter:
             f"  {plan.label}{where}: epoch {self.n_epochs}" + (f", test {shown}" if shown else ""),
             flush=True,
         )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)  # nan, inf as such
 
 
 def _items(axis: Any, settings: dict, where: str) -> list[Intervention]:

@@ -9,6 +9,9 @@ Decisions:
   temporary name and renamed), so a crash at any point loses at most the epoch
   in progress and never leaves a metric without its checkpoint.
 * Checkpoint paths are stored relative to the store's folder: the folder can move.
+* A diverged metric is stored as what it is: infinities as SQLite's infinite
+  REALs, NaN (which SQLite would turn into NULL, a missing value) as the text
+  ``'nan'``, read back as ``float('nan')``.
 * Every process opens its own connection; WAL and a busy timeout let workers of
   one experiment commit side by side.
 """
@@ -136,7 +139,10 @@ class Store:
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                [(trial, epoch, split, name, value) for (split, name), value in metrics.items()],
+                [
+                    (trial, epoch, split, name, _stored(value))
+                    for (split, name), value in metrics.items()
+                ],
             )
             if checkpoint is not None:
                 rel = os.path.relpath(checkpoint, self.path.parent)
@@ -153,6 +159,14 @@ class Store:
             db.execute("ROLLBACK")
             raise
 
+    def diverged(self) -> set[str]:
+        """Trials with a NaN or infinite metric value at some epoch."""
+        rows = self.db.execute(
+            "SELECT DISTINCT trial FROM metrics"
+            " WHERE typeof(value) = 'text' OR abs(value) > 1.7976931348623157e308"
+        )
+        return {t for (t,) in rows}
+
     def metric_names(self, trial: str) -> dict[int, set[tuple[str, str]]]:
         out: dict[int, set] = {}
         for epoch, split, name in self.db.execute(
@@ -168,9 +182,21 @@ class Store:
         for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            out += self.db.execute(
-                f"SELECT trial, epoch, split, name, value FROM metrics WHERE trial IN ({marks})"
-                " ORDER BY trial, epoch, split, name",
-                chunk,
-            ).fetchall()
+            out += [
+                (t, e, s, n, _loaded(v))
+                for t, e, s, n, v in self.db.execute(
+                    f"SELECT trial, epoch, split, name, value FROM metrics WHERE trial IN ({marks})"
+                    " ORDER BY trial, epoch, split, name",
+                    chunk,
+                )
+            ]
         return out
+
+
+def _stored(value: float) -> float | str:
+    # SQLite turns a NaN into NULL (a missing value): keep it as the text 'nan'.
+    return "nan" if value != value else value
+
+
+def _loaded(value: Any) -> float:
+    return float(value) if isinstance(value, str) else value
