@@ -790,3 +790,82 @@ def test_the_store_keeps_non_finite_values(value, tmp_path):
     ((*_, got),) = store.metrics(["t"])
     assert str(got) == str(value)
     assert store.diverged() == (set() if value == 1.5 else {"t"})
+
+
+# -- processes die with their parent (issue 14.4) -----------------------------------------
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended
+
+
+def _forked_children(pid):
+    """Live children of ``pid`` running its own command line (pool workers)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and (entry / "cmdline").read_bytes() == cmdline:
+                out.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return [p for p in out if _alive(p)]
+
+
+def _committed(store):
+    if not store.exists():
+        return 0
+    try:
+        db = sqlite3.connect(store, timeout=5)
+        rows = db.execute("SELECT epochs FROM trials").fetchall()
+        db.close()
+    except sqlite3.OperationalError:
+        return 0
+    return sum(max(e, 0) for (e,) in rows)
+
+
+def _start_program(store, n_epochs, processes, until_committed):
+    """Run tests/experiment_program.py until ``until_committed`` epochs are in the store."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "experiment_program.py"),
+            str(store),
+            str(n_epochs),
+            str(processes),
+        ],
+        cwd=HERE.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        workers = _forked_children(proc.pid) if processes > 1 else []
+        if _committed(store) >= until_committed and len(workers) == processes * (processes > 1):
+            return proc, workers
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the program did not get going: {proc.communicate()}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    proc, workers = _start_program(tmp_path / "x.db", 20, 2, until_committed=1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.05)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert left == []

@@ -14,6 +14,9 @@ Decisions:
   spawned elsewhere. A forked worker sets one thread before any torch operation,
   so it never enters a thread pool inherited from the parent. With spawn, a
   script that runs an experiment needs the usual ``if __name__ == "__main__":``.
+* Workers die with the parent, even after its ``kill -9`` (the kernel's
+  parent-death signal on Linux, a thread watching the parent's pid elsewhere):
+  no orphan keeps training into the store.
 * An executor is any object with ``run(setup, jobs, n_epochs, done)``: ``done(trial,
   epochs_trained)`` is called in this process as each trial ends.
 * The first failing trial stops the run: pending trials are cancelled, and its
@@ -22,8 +25,13 @@ Decisions:
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,6 +40,8 @@ from typing import Any
 from .trial import Setup, run_trial
 
 __all__ = ["Job", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -103,11 +113,37 @@ def _setup_in_worker(key: str, payload: bytes) -> Setup:
     return setup
 
 
-def _install(key: str, payload: bytes) -> None:
+def _install(key: str, payload: bytes, parent: int) -> None:
     import torch
 
+    _die_with(parent)
     torch.set_num_threads(1)
     _setup_in_worker(key, payload)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies, even by ``kill -9``.
+
+    A forked worker inherits both ends of the pool's task pipe, so it never reads
+    EOF when the parent is gone: the kernel's parent-death signal (Linux) or a
+    thread watching the parent's pid (elsewhere) ends it instead.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ptera-parent-watch", daemon=True).start()
 
 
 def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -> int:
@@ -115,8 +151,6 @@ def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -
 
 
 def _start_method() -> str:
-    import sys
-
     import torch
 
     if sys.platform == "linux" and not torch.cuda.is_initialized():
@@ -151,7 +185,7 @@ class ProcessExecutor:
         context = multiprocessing.get_context(_start_method())
         workers = min(self.processes, len(jobs))
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_install, initargs=(key, payload)
+            workers, mp_context=context, initializer=_install, initargs=(key, payload, os.getpid())
         ) as pool:
 
             def submit(job: Job) -> Any:
