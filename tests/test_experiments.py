@@ -456,7 +456,7 @@ def test_store_is_sqlite_in_wal_with_checkpoints_relative(data, tmp_path):
     (path,) = db.execute("SELECT path FROM checkpoints WHERE epoch = 1").fetchone()
     assert not os.path.isabs(path) and (tmp_path / path).exists()
     state = torch.load(tmp_path / path, weights_only=True)
-    assert state["epoch"] == 1 and set(state) == {"model", "opt", "epoch", "step"}
+    assert state["epoch"] == 1 and set(state) == {"trial", "model", "opt", "epoch", "step"}
 
 
 def test_a_failing_trial_is_named_and_recorded(data, tmp_path):
@@ -869,3 +869,58 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert left == []
+
+
+# -- damaged checkpoints (issue 14.7) -------------------------------------------------------
+def _flip(path, other):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the weights: torch.load alone would not notice
+    path.write_bytes(bytes(data))
+
+
+def _swap(path, other):
+    path.write_bytes(other.read_bytes())  # the intervention's checkpoint of the same epoch
+
+
+def _truncate(path, other):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _empty(path, other):
+    path.write_bytes(b"")
+
+
+def _delete(path, other):
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_flip, _swap, _truncate, _empty, _delete])
+def test_a_damaged_checkpoint_falls_back_to_the_last_good_epoch(damage, data, tmp_path):
+    kwargs = dict(interventions=[PerturbWeights(epsilon=0.05)], batch_size=32)
+    clean = Experiment(TempNet(), data, store=tmp_path / "clean.db", **kwargs)
+    clean.run(3, verbose=False)
+    exp = Experiment(TempNet(), data, store=tmp_path / "x.db", **kwargs)
+    exp.run(2, verbose=False)
+    control, other = (exp.store.checkpoint_path(p.id, 2) for p in exp.grid)
+    damage(control, other)
+    leftover = control.with_name(f".epoch-3.pt.{2**31 - 1}.tmp")  # a write cut short
+    leftover.write_bytes(b"half")
+    with pytest.warns(RuntimeWarning, match=rf"checkpoint .*{control.name}.*resuming from epoch 1"):
+        exp.run(3, verbose=False)
+    assert not leftover.exists()
+    assert exp.results()["value"].tolist() == clean.results()["value"].tolist()
+    with pytest.raises(Exception, match="checkpoint"):  # read directly, it is an error
+        damage(control, other)
+        exp.store.load_checkpoint(exp.grid[0].id, 2)
+
+
+def test_every_checkpoint_damaged_retrains_from_scratch(data, tmp_path):
+    clean = Experiment(TempNet(), data, store=tmp_path / "clean.db")
+    clean.run(2, verbose=False)
+    exp = Experiment(TempNet(), data, store=tmp_path / "x.db")
+    exp.run(1, verbose=False)
+    for epoch in (0, 1):
+        _empty(exp.store.checkpoint_path(exp.grid[0].id, epoch), None)
+    with pytest.warns(RuntimeWarning, match="retraining from scratch"):
+        exp.run(2, verbose=False)
+    assert exp.results()["value"].tolist() == clean.results()["value"].tolist()

@@ -8,6 +8,11 @@ Decisions:
   written in ONE transaction, after the checkpoint file is in place (written to a
   temporary name and renamed), so a crash at any point loses at most the epoch
   in progress and never leaves a metric without its checkpoint.
+* Each checkpoint holds its trial's id and epoch, and its row the SHA-256 of its
+  bytes: a damaged, truncated or swapped file is a ``CheckpointError`` naming it,
+  never weights loaded silently (the trial then resumes from its last good
+  epoch, see ``trial.py``). Temporary files of writes cut short are removed
+  when the trial next runs.
 * Checkpoint paths are stored relative to the store's folder: the folder can move.
 * A diverged metric is stored as what it is: infinities as SQLite's infinite
   REALs, NaN (which SQLite would turn into NULL, a missing value) as the text
@@ -18,17 +23,20 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Store"]
+__all__ = ["Checkpoint", "CheckpointError", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -50,9 +58,22 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     trial TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     path TEXT NOT NULL,
+    sha256 TEXT,
     PRIMARY KEY (trial, epoch)
 );
 """
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, or not the trial's and epoch's."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file written for an epoch, and the SHA-256 of its bytes."""
+
+    path: Path
+    sha256: str
 
 
 class Store:
@@ -73,6 +94,9 @@ class Store:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
+                if "sha256" not in columns:  # a store written before checksums
+                    db.execute("ALTER TABLE checkpoints ADD COLUMN sha256 TEXT")
             except sqlite3.DatabaseError as exc:
                 raise ValueError(f"{self.path} is not a usable experiment store: {exc}") from None
             self._db, self._pid = db, os.getpid()
@@ -113,25 +137,83 @@ class Store:
     def checkpoint_path(self, trial: str, epoch: int) -> Path:
         return self.checkpoints / trial / f"epoch-{epoch}.pt"
 
-    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Path:
-        """Write ``state`` atomically (temporary file, then rename)."""
+    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Checkpoint:
+        """Write ``state`` atomically (temporary file, then rename); returns its checksum."""
         path = self.checkpoint_path(trial, epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
-        return path
+        return Checkpoint(path, hashlib.sha256(data).hexdigest())
 
     def load_checkpoint(self, trial: str, epoch: int) -> dict:
+        """The state of ``trial`` at ``epoch``, verified (``CheckpointError`` if damaged).
+
+        The file must have the checksum recorded when it was committed, and hold
+        this trial's id and this epoch.
+        """
         row = self.db.execute(
-            "SELECT path FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
+            "SELECT path, sha256 FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
         ).fetchone()
         if row is None:
             raise FileNotFoundError(f"trial {trial} has no checkpoint for epoch {epoch}")
-        return torch.load(self.path.parent / row[0], weights_only=True, map_location="cpu")
+        path = self.path.parent / row[0]
+
+        def bad(why: str) -> CheckpointError:
+            return CheckpointError(f"checkpoint {path} (trial {trial}, epoch {epoch}) {why}")
+
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise bad(f"cannot be read: {exc.strerror or exc}") from None
+        if row[1] is not None and hashlib.sha256(data).hexdigest() != row[1]:
+            raise bad("does not match its checksum (damaged, truncated or replaced)")
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise bad(f"cannot be loaded: {exc}") from None
+        if not isinstance(state, dict) or state.get("epoch") != epoch:
+            raise bad("holds another epoch")
+        if state.get("trial", trial) != trial:
+            raise bad(f"belongs to trial {state['trial']}")
+        return state
+
+    def rollback(self, trial: str, epoch: int) -> None:
+        """Forget what ``trial`` committed after ``epoch`` (-1: everything)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM metrics WHERE trial = ? AND epoch > ?", (trial, epoch))
+            db.execute("DELETE FROM checkpoints WHERE trial = ? AND epoch > ?", (trial, epoch))
+            db.execute(
+                "UPDATE trials SET epochs = ?, updated = ? WHERE id = ?",
+                (epoch, time.time(), trial),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def remove_leftovers(self, trial: str) -> list[Path]:
+        """Delete temporary files of checkpoint writes whose process has died."""
+        removed = []
+        for tmp in (self.checkpoints / trial).glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _running(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
 
     def commit_epoch(
-        self, trial: str, epoch: int, metrics: dict[tuple[str, str], float], checkpoint: Path | None
+        self,
+        trial: str,
+        epoch: int,
+        metrics: dict[tuple[str, str], float],
+        checkpoint: Checkpoint | None,
     ) -> None:
         """Metrics of ``epoch``, its checkpoint and the trial's progress, in one transaction."""
         db = self.db
@@ -145,9 +227,10 @@ class Store:
                 ],
             )
             if checkpoint is not None:
-                rel = os.path.relpath(checkpoint, self.path.parent)
+                rel = os.path.relpath(checkpoint.path, self.path.parent)
                 db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (trial, epoch, rel)
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
+                    (trial, epoch, rel, checkpoint.sha256),
                 )
                 db.execute(
                     "UPDATE trials SET epochs = MAX(epochs, ?), updated = ?, error = NULL"
@@ -191,6 +274,16 @@ class Store:
                 )
             ]
         return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _stored(value: float) -> float | str:

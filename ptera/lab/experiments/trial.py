@@ -15,6 +15,9 @@ Decisions:
 * With ``device=``, weights are drawn on the CPU and moved, batches are moved by
   the Learner's ``DeviceCB``, checkpoints load onto the CPU first. Bit-for-bit
   reproducibility is a CPU promise; a trial on another device is another trial.
+* A trial resumes from its last committed epoch whose checkpoint verifies
+  (checksum, trial id, epoch); a damaged one is a warning naming the file, and
+  the epochs after the last good one are trained again.
 * The training loop is the ``Learner``; the trial adds one callback (seeds, step
   windows, running metrics, the commit of each epoch) and, around the whole run,
   the overlays of its ``Tweak`` interventions.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import traceback
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +46,7 @@ from ..learner import DataLoaders, Learner
 from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
-from .store import Store
+from .store import CheckpointError, Store
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -205,13 +209,14 @@ def commit(setup: Setup, run: TrialRun, epoch: int, results: dict) -> None:
     run.model.eval()
     results.update(measure(setup, plan, epoch, run.model))
     state = {
+        "trial": plan.id,
         "model": run.model.state_dict(),
         "opt": run.learn.opt.state_dict() if run.learn and run.learn.opt else None,
         "epoch": epoch,
         "step": run.step,
     }
-    path = setup.store.save_checkpoint(plan.id, epoch, state)
-    setup.store.commit_epoch(plan.id, epoch, results, path)
+    saved = setup.store.save_checkpoint(plan.id, epoch, state)
+    setup.store.commit_epoch(plan.id, epoch, results, saved)
 
 
 def measure(
@@ -293,22 +298,23 @@ def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
                 overlay = e.overlay() if e.when is None else None
                 if overlay is not None:
                     stack.enter_context(overlay)
-            _train(setup, plan, done, n_epochs)
-        return n_epochs - max(done, 0)
+            return _train(setup, plan, done, n_epochs)
     except Exception as exc:
         store.fail(trial, traceback.format_exc())
         at = store.epochs([trial])[trial] + 1
         raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
 
 
-def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
+def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
     s = plan.settings
     # Drawn on the CPU, then moved: the same initial weights on every device.
     model = build_model(setup.model, derive_seed("weights", s["seed_weights"])).to(setup.device)
     run = TrialRun(plan, model)
     opt_state = None
-    if done >= 0:
-        state = setup.store.load_checkpoint(plan.id, done)
+    setup.store.remove_leftovers(plan.id)
+    done, state = _resume_point(setup.store, plan, done)
+    trained = n_epochs - max(done, 0)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt_state, run.step = state["opt"], state["step"]
     else:
@@ -339,6 +345,29 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
         cbs=[cb, DeviceCB(setup.device)],
     )
     run.learn.fit(n_epochs - done)
+    return trained
+
+
+def _resume_point(store: Store, plan: TrialPlan, done: int) -> tuple[int, dict | None]:
+    """The last epoch whose checkpoint verifies, and its state (-1, None: start over).
+
+    A damaged checkpoint is reported (a warning naming the file) and the trial
+    falls back to the epoch before it, forgetting what came after: retrained
+    epochs come out the same, bit for bit, as per-epoch seeding makes them.
+    """
+    for epoch in range(done, -1, -1):
+        try:
+            state = store.load_checkpoint(plan.id, epoch)
+        except (CheckpointError, FileNotFoundError) as exc:
+            then = f"resuming from epoch {epoch - 1}" if epoch else "retraining from scratch"
+            warnings.warn(f"{exc}; {then}", RuntimeWarning, stacklevel=2)
+            continue
+        if epoch < done:
+            store.rollback(plan.id, epoch)
+        return epoch, state
+    if done >= 0:
+        store.rollback(plan.id, -1)
+    return -1, None
 
 
 def backfill(setup: Setup, plan: TrialPlan, done: int) -> None:
