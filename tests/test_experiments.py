@@ -605,9 +605,9 @@ def test_readme_config_is_the_example_config_and_runs(tmp_path, capsys):
     assert f"```toml\n{example}```" in readme
     config = tmp_path / "perturb.toml"
     config.write_text(example)
-    cli_main(["status", str(config)])
-    assert "10 pending" in capsys.readouterr().out
     cli_main(["run", str(config), "--n-epochs", "0"])  # the evaluation before training
+    assert "10 done" in capsys.readouterr().out
+    cli_main(["status", str(config)])
     assert "10 done" in capsys.readouterr().out
 
 
@@ -637,8 +637,8 @@ def test_cli_reads_yaml(tmp_path, capsys, monkeypatch):
         "  - type: ChangeOptimizer\n"
         "    lr: [0.05, 0.2]\n"
     )
-    cli_main(["status", str(config)])
-    assert "3 pending" in capsys.readouterr().out
+    cli_main(["run", str(config), "--n-epochs", "0"])
+    assert "3 done" in capsys.readouterr().out
 
 
 def test_device_cpu_is_the_default_trial(data, tmp_path):
@@ -924,3 +924,144 @@ def test_every_checkpoint_damaged_retrains_from_scratch(data, tmp_path):
     with pytest.warns(RuntimeWarning, match="retraining from scratch"):
         exp.run(2, verbose=False)
     assert exp.results()["value"].tolist() == clean.results()["value"].tolist()
+
+
+# -- configs are trusted like scripts; status and plot read the store only (issue 14.8) ---
+SPY = """
+import os
+from pathlib import Path
+
+Path(os.environ["SPY_LOG"]).open("a").write("imported\\n")
+from tests.experiment_program import TempNet, small_digits
+
+
+def model():
+    Path(os.environ["SPY_LOG"]).open("a").write("called\\n")
+    return TempNet()
+"""
+
+
+def test_status_and_plot_import_nothing_the_config_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(HERE.parent)
+    (tmp_path / "spy_module.py").write_text(SPY)
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("SPY_LOG", str(log))
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        CONFIG.replace("tests.experiment_program:TempNet", "spy_module:model").replace(
+            "tests.experiment_program:small_digits", "spy_module:small_digits"
+        )
+    )
+    cli_main(["run", str(config)])
+    assert log.read_text() == "imported\ncalled\n"  # run imports and calls: trusted
+    log.unlink()
+    monkeypatch.delitem(sys.modules, "spy_module")
+    capsys.readouterr()
+    cli_main(["status", str(config)])
+    assert "4 done" in capsys.readouterr().out
+    cli_main(["plot", str(config), "--out", str(tmp_path / "plots")])
+    assert "test_loss.png" in capsys.readouterr().out
+    assert not log.exists() and "spy_module" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Adam", torch.optim.Adam),
+        ("cross_entropy", torch.nn.functional.cross_entropy),
+        ("torch.optim:AdamW", torch.optim.AdamW),
+        ("torch.optim.Adam", "write an import path"),  # a dotted path is not explicit
+        ("os.system", "write an import path"),
+        ("system", "write an import path"),
+        ("os:", "write an import path"),
+        ("no_such_module_here:x", "cannot import"),
+    ],
+)
+def test_run_resolves_registered_names_and_explicit_paths_only(name, expected):
+    from ptera.lab.experiments.interventions import import_object
+
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            import_object(name)
+    else:
+        assert import_object(name) is expected
+
+
+# -- the command line: help, bad options, dump (issue 20.7) ---------------------------------
+def test_cli_help_needs_no_config_and_shows_values(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["run", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "--n-epochs" in out and "--dump-config" in out
+    assert "spec.get" not in out and "--config" not in out
+    assert "else 1" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-epochs", "-1"], "expected an integer >= 0, got '-1'"),
+        (["--processes", "0"], "expected an integer >= 1, got '0'"),
+        (["--executor", "gpu"], "invalid choice: 'gpu'"),
+        (["--config", "x.toml"], "unrecognized arguments: --config"),
+    ],
+)
+def test_cli_bad_options_exit_2_without_traceback(args, message, tmp_path, capsys):
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG)
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["run", str(config), *args])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "cli.db").exists()
+
+
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_cli_dump_config_is_the_whole_experiment_and_reruns(fmt, tmp_path, capsys, monkeypatch):
+    import json
+    import tomllib
+
+    monkeypatch.chdir(HERE.parent)
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG)
+    cli_main(["run", str(config), "--n-epochs", "1"])
+    capsys.readouterr()
+    cli_main(["run", str(config), "--dump-config", fmt, "--processes", "2"])
+    text = capsys.readouterr().out
+    dumped = tomllib.loads(text) if fmt == "toml" else json.loads(text)
+    assert dumped["store"] == str(tmp_path / "cli.db")
+    assert dumped["processes"] == 2 and dumped["executor"] == "processes"
+    assert dumped["optimizer"] == "SGD" and dumped["batch_size"] == 64  # defaults filled in
+    assert dumped["interventions"][1] == {"type": "Tweak", "values": {"head > T": 2.0}}
+    assert not (tmp_path / "cli.plots").exists()
+    again = tmp_path / "other" / f"dumped.{fmt}"
+    again.parent.mkdir()
+    again.write_text(text)
+    cli_main(["run", str(again), "--processes", "1"])
+    out = capsys.readouterr().out
+    assert "4 done" in out and "[1/" not in out  # the same trials: nothing trained again
+
+
+# -- status reads the target the experiment was run to (issue 20.9) ------------------------
+def test_status_uses_the_epochs_last_run_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(HERE.parent)
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG.replace("n_epochs = 1", "n_epochs = 3"))
+    cli_main(["run", str(config), "--n-epochs", "1"])
+    capsys.readouterr()
+    cli_main(["status", str(config)])
+    out = capsys.readouterr().out
+    assert "target 1 epochs" in out and "4 done" in out
+
+
+def test_status_of_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys):
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG.replace('store = "cli.db"', 'store = "sub/cli.db"'))
+    for command in ("status", "plot"):
+        with pytest.raises(SystemExit) as exit:
+            cli_main([command, str(config)])
+        assert exit.value.code == 1
+        assert "no such store" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]

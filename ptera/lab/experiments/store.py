@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL,
     sha256 TEXT,
     PRIMARY KEY (trial, epoch)
+);CREATE TABLE IF NOT EXISTS experiments (
+    key TEXT PRIMARY KEY,
+    layout TEXT NOT NULL,
+    n_epochs INTEGER NOT NULL,
+    updated REAL
 );
 """
 
@@ -81,7 +86,6 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.path.with_name(self.path.stem + ".checkpoints")
         self._db: sqlite3.Connection | None = None
         self._pid = -1
@@ -89,6 +93,7 @@ class Store:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():  # never share a connection across fork
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -109,6 +114,29 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> Store:
+        """The store at ``path``; ``FileNotFoundError`` (creating nothing) if there is none."""
+        store = cls(path)
+        if not store.path.is_file():
+            raise FileNotFoundError(f"{store.path}: no such store (nothing has run yet)")
+        return store
+
+    # -- experiments -------------------------------------------------------------
+    def record_experiment(self, key: str, layout: list[dict], n_epochs: int) -> None:
+        """Remember an experiment's grid and the epochs it is being run to."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
+            (key, json.dumps(layout), n_epochs, time.time()),
+        )
+
+    def experiment(self, key: str) -> tuple[list[dict], int] | None:
+        """The layout and target epochs recorded under ``key`` (``None``: never run)."""
+        row = self.db.execute(
+            "SELECT layout, n_epochs FROM experiments WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1])
 
     # -- trials ------------------------------------------------------------------
     def register(self, trial: str, config: dict) -> None:
