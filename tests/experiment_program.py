@@ -65,4 +65,5 @@ if __name__ == "__main__":
     import experiment_program  # classes by import path, not __main__'s (workers pickle them)
 
     experiment = experiment_program.perturb_experiment(store, n_train=1400, n_test=300)
-    experiment.run(n_epochs, processes=processes)
+    experiment.run(n_epochs, processes=processes, verbose=False)
+    print("trained", " ".join(sorted(experiment.trained)))

@@ -1065,3 +1065,52 @@ def test_status_of_a_missing_store_says_so_and_creates_nothing(tmp_path, capsys)
         assert exit.value.code == 1
         assert "no such store" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+# -- one process trains a trial at a time (issue 14.10) -------------------------------------
+def test_two_runs_on_one_store_train_each_trial_once(tmp_path):
+    store = tmp_path / "x.db"
+    command = [sys.executable, str(HERE / "experiment_program.py"), str(store), "1"]
+    procs = [
+        subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    trained = [set(out.split("trained")[-1].split()) for out in outs]
+    assert not trained[0] & trained[1]  # no trial trained by both
+    epochs = sqlite3.connect(store).execute("SELECT id, epochs FROM trials").fetchall()
+    assert {t for t, _ in epochs} == trained[0] | trained[1]
+    assert len(epochs) == 5 and {e for _, e in epochs} == {1}
+
+
+def test_a_lease_is_taken_over_when_its_holder_died(tmp_path):
+    import socket
+
+    from ptera.lab.experiments import Store
+
+    store = Store(tmp_path / "x.db")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        for owner, age, free in [
+            (f"{host}:{sleeper.pid}", 0, False),  # alive here
+            (f"elsewhere:{sleeper.pid}", 0, False),  # alive elsewhere, fresh heartbeat
+            (f"elsewhere:{sleeper.pid}", 3600, True),  # its heartbeat stopped
+            (f"{host}:{sleeper.pid}", 3600, True),
+        ]:
+            store.db.execute(
+                "INSERT OR REPLACE INTO leases VALUES ('t', ?, ?)", (owner, time.time() - age)
+            )
+            assert store.claim("t") is free
+        store.db.execute(
+            "INSERT OR REPLACE INTO leases VALUES ('t', ?, ?)",
+            (f"{host}:{sleeper.pid}", time.time()),
+        )
+        assert not store.claim("t")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert store.claim("t")  # its process is gone
+    store.release("t")
+    assert store.db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)

@@ -17,6 +17,10 @@ Decisions:
 * A diverged metric is stored as what it is: infinities as SQLite's infinite
   REALs, NaN (which SQLite would turn into NULL, a missing value) as the text
   ``'nan'``, read back as ``float('nan')``.
+* One process trains a trial at a time: it takes the trial's lease (a row with
+  its host, pid and heartbeat, written in a transaction) and keeps it fresh
+  while it trains; another process waits for it, and takes over a lease whose
+  holder died (its pid is gone, or its heartbeat stopped for a minute).
 * Every process opens its own connection; WAL and a busy timeout let workers of
   one experiment commit side by side.
 """
@@ -27,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -60,7 +65,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL,
     sha256 TEXT,
     PRIMARY KEY (trial, epoch)
-);CREATE TABLE IF NOT EXISTS experiments (
+);CREATE TABLE IF NOT EXISTS leases (
+    trial TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
     key TEXT PRIMARY KEY,
     layout TEXT NOT NULL,
     n_epochs INTEGER NOT NULL,
@@ -160,6 +170,40 @@ class Store:
         self.db.execute(
             "UPDATE trials SET error = ?, updated = ? WHERE id = ?", (error, time.time(), trial)
         )
+
+    # -- leases: one process trains a trial at a time -------------------------------
+    def claim(self, trial: str) -> bool:
+        """Take ``trial``'s lease unless a live process holds it (in one transaction).
+
+        A holder is dead when its heartbeat is older than ``LEASE_STALE`` seconds,
+        or, on this machine, when its process is gone.
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT owner, heartbeat FROM leases WHERE trial = ?", (trial,))
+            held = row.fetchone()
+            if held is not None and held[0] != _owner() and _holder_alive(*held):
+                db.execute("ROLLBACK")
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (trial, _owner(), time.time())
+            )
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def heartbeat(self, trial: str) -> None:
+        """Tell other processes that this one still trains ``trial``."""
+        self.db.execute(
+            "UPDATE leases SET heartbeat = ? WHERE trial = ? AND owner = ?",
+            (time.time(), trial, _owner()),
+        )
+
+    def release(self, trial: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE trial = ? AND owner = ?", (trial, _owner()))
 
     # -- epochs -----------------------------------------------------------------
     def checkpoint_path(self, trial: str, epoch: int) -> Path:
@@ -302,6 +346,24 @@ class Store:
                 )
             ]
         return out
+
+
+def _owner() -> str:
+    """This process as a lease holder (computed each time: a forked worker is another)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+LEASE_STALE = 60.0  # seconds without a heartbeat after which a lease is free
+HEARTBEAT = 5.0  # seconds between heartbeats
+
+
+def _holder_alive(owner: str, heartbeat: float) -> bool:
+    if time.time() - heartbeat > LEASE_STALE:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return _running(int(pid))
+    return True
 
 
 def _running(pid: int) -> bool:

@@ -26,6 +26,8 @@ Decisions:
 from __future__ import annotations
 
 import copy
+import threading
+import time
 import traceback
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -46,7 +48,7 @@ from ..learner import DataLoaders, Learner
 from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
-from .store import CheckpointError, Store
+from .store import HEARTBEAT, CheckpointError, Store
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -285,24 +287,54 @@ def isolated(device: str):
 
 
 def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
-    """Bring ``trial`` to ``n_epochs`` trained epochs; returns how many it trained now."""
+    """Bring ``trial`` to ``n_epochs`` trained epochs; returns how many it trained now.
+
+    Holds the trial's lease in the store meanwhile: a trial another live process
+    is training is waited for, then found done.
+    """
     plan = setup.plans[trial]
     store = setup.store
-    done = store.epochs([trial])[trial]
+    with _lease(store, trial):
+        done = store.epochs([trial])[trial]
+        try:
+            if done >= n_epochs:
+                backfill(setup, plan, done)
+                return 0
+            with isolated(setup.device), ExitStack() as stack:
+                for e in plan.effects:
+                    overlay = e.overlay() if e.when is None else None
+                    if overlay is not None:
+                        stack.enter_context(overlay)
+                return _train(setup, plan, done, n_epochs)
+        except Exception as exc:
+            store.fail(trial, traceback.format_exc())
+            at = store.epochs([trial])[trial] + 1
+            raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
+
+
+@contextmanager
+def _lease(store: Store, trial: str):
+    """Wait for ``trial``'s lease, keep it fresh from a thread, release it at the end."""
+    while not store.claim(trial):
+        time.sleep(0.5)
+    stop = threading.Event()
+
+    def beat() -> None:
+        own = Store(store.path)  # a connection of this thread's own
+        try:
+            while not stop.wait(HEARTBEAT):
+                own.heartbeat(trial)
+        finally:
+            own.close()
+
+    thread = threading.Thread(target=beat, name=f"ptera-lease-{trial}", daemon=True)
+    thread.start()
     try:
-        if done >= n_epochs:
-            backfill(setup, plan, done)
-            return 0
-        with isolated(setup.device), ExitStack() as stack:
-            for e in plan.effects:
-                overlay = e.overlay() if e.when is None else None
-                if overlay is not None:
-                    stack.enter_context(overlay)
-            return _train(setup, plan, done, n_epochs)
-    except Exception as exc:
-        store.fail(trial, traceback.format_exc())
-        at = store.epochs([trial])[trial] + 1
-        raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        store.release(trial)
 
 
 def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
