@@ -832,16 +832,12 @@ def _committed(store):
     return sum(max(e, 0) for (e,) in rows)
 
 
-def _start_program(store, n_epochs, processes, until_committed):
-    """Run tests/experiment_program.py until ``until_committed`` epochs are in the store."""
+def _start_program(store, n_epochs, processes, until_committed, command=None):
+    """Run tests/experiment_program.py (or ``command``) until ``until_committed`` epochs
+    are in the store and its workers are up; returns the process and the workers' pids."""
+    program = [HERE / "experiment_program.py", store, n_epochs, processes]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "experiment_program.py"),
-            str(store),
-            str(n_epochs),
-            str(processes),
-        ],
+        command or [sys.executable, *map(str, program)],
         cwd=HERE.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -1114,3 +1110,40 @@ def test_a_lease_is_taken_over_when_its_holder_died(tmp_path):
     assert store.claim("t")  # its process is gone
     store.release("t")
     assert store.db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+
+
+# -- Ctrl-C stops a run cleanly (issue 20.8) ------------------------------------------------
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(processes, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text(CONFIG)
+    store = tmp_path / "cli.db"
+    command = [
+        sys.executable,
+        "-m",
+        "ptera.lab.experiments",
+        "run",
+        str(config),
+        "--n-epochs",
+        "100000",
+        "--processes",
+        str(processes),
+    ]
+    proc, workers = _start_program(store, None, processes, until_committed=2, command=command)
+    committed = _committed(store)
+    os.kill(proc.pid, signal.SIGINT)
+    start = time.time()
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert time.time() - start < 10
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("interrupted:") and "again to resume" in line
+    assert not [p for p in workers if _alive(p)]
+    assert _committed(store) >= committed
+    db = sqlite3.connect(store)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     except _Missing as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 # -- dumping ----------------------------------------------------------------------------

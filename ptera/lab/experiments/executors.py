@@ -21,6 +21,10 @@ Decisions:
   epochs_trained)`` is called in this process as each trial ends.
 * The first failing trial stops the run: pending trials are cancelled, and its
   error (naming the trial) is raised. Finished epochs stay in the store.
+* An interrupt (Ctrl-C, SIGINT) stops a pool at once: pending trials are
+  cancelled and the workers terminated (they ignore SIGINT themselves, so a
+  terminal's Ctrl-C reaches only the parent's handling); epochs committed so far
+  stay, and the next run resumes from them.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ def _install(key: str, payload: bytes, parent: int) -> None:
     import torch
 
     _die_with(parent)
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _setup_in_worker(key, payload)
 
@@ -184,22 +190,44 @@ class ProcessExecutor:
         setup.store.close()
         context = multiprocessing.get_context(_start_method())
         workers = min(self.processes, len(jobs))
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_install, initargs=(key, payload, os.getpid())
-        ) as pool:
+        )
 
-            def submit(job: Job) -> Any:
-                return pool.submit(_run_in_worker, key, None, job.id, n_epochs)
+        def submit(job: Job) -> Any:
+            return pool.submit(_run_in_worker, key, None, job.id, n_epochs)
 
-            def wait_any(futures: list) -> list:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                return [(f, f.result()) for f in done]
+        def wait_any(futures: list) -> list:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            return [(f, f.result()) for f in done]
 
-            def cancel(futures: list) -> None:
-                for f in futures:
-                    f.cancel()
+        def cancel(futures: list) -> None:
+            for f in futures:
+                f.cancel()
 
-            return _dispatch(jobs, submit, wait_any, cancel, done)
+        try:
+            results = _dispatch(jobs, submit, wait_any, cancel, done)
+        except KeyboardInterrupt:
+            _terminate(pool)
+            raise
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running trials finish
+            raise
+        pool.shutdown(wait=True)
+        return results
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: workers killed mid-epoch (committed epochs stay), pending cancelled."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(2)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor:
