@@ -302,7 +302,8 @@ def test_reuse_trains_only_new_trials_and_extends_epochs(data, tmp_path, capsys)
     assert bigger.trained == []
     bigger.run(2)
     assert len(bigger.trained) == 4
-    assert {r["state"] for r in bigger.status(2)} == {"done"}
+    assert {r["state"] for r in bigger.status()} == {"done"}  # the target it was run to
+    assert {r["state"] for r in small.status()} == {"done"}  # small was run to 1
     assert {r["state"] for r in bigger.status(3)} == {"partial"}
 
 

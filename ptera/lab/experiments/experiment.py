@@ -16,6 +16,9 @@ Decisions:
   positions that run the same thing share one trial, and a trial finished by an
   earlier experiment in the same store is reused.
 * An intervention trial waits for its control, which its metrics may read.
+* ``run`` records the grid's layout and its target epochs in the store, so that
+  ``status`` (here or from the command line, without importing anything) counts a
+  trial done at the target it was last run to.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ __all__ = ["Experiment"]
 
 
 class Experiment:
-    """Trials of ``model`` on ``datasets`` for every variation x (control + interventions)."""
+    """Trials of ``model`` on ``datasets`` for every variation x (control + interventions).
+
+    ``name``: the key under which ``run`` records the grid and its target epochs in
+    the store (default: a hash of the trial ids), read back by ``status``.
+    """
 
     def __init__(
         self,
