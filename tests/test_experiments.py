@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ptera.lab.experiments import (
     ChangeOptimizer,
@@ -1148,3 +1150,62 @@ def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(processes,
     assert _committed(store) >= committed
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+_scalars = (
+    st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.text(max_size=8)
+)
+_values = (
+    _scalars
+    | st.lists(_scalars, max_size=3)
+    | st.dictionaries(st.text(max_size=5), _scalars, max_size=3)
+)
+_tables = st.dictionaries(st.text(max_size=6), _values, max_size=3)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        _values | st.lists(_tables, min_size=1, max_size=2) | _tables,
+        max_size=5,
+    )
+)
+def test_dumped_toml_reads_back_as_written(config):
+    import tomllib
+
+    from ptera.lab.experiments.cli import to_toml
+
+    assert tomllib.loads(to_toml(config)) == config
+
+
+def test_serial_runs_report_each_trial_as_it_ends(data, tmp_path):
+    from ptera.lab.experiments import SerialExecutor
+
+    events = []
+    metrics = Metrics()
+    metrics.register_metric("seen", lambda trial: events.append(("measure", trial.id)) or 0)
+
+    class Spy(SerialExecutor):
+        def run(self, setup, jobs, n_epochs, done=None):
+            def report(trial, n):
+                events.append(("done", trial))
+
+            return super().run(setup, jobs, n_epochs, report)
+
+    exp = Experiment(
+        TempNet(),
+        data,
+        interventions=[PerturbWeights.make_variations(epsilon=(0.01, 0.1))],
+        metrics=metrics,
+        store=tmp_path / "x.db",
+    )
+    exp.run(1, executor=Spy(), verbose=False)
+    ids = [p.id for p in exp.grid]
+    order = [trial for kind, trial in events if kind == "done"]
+    assert order == ids
+    first_measure = {t: events.index(("measure", t)) for t in ids}
+    for before, after in zip(ids, ids[1:]):
+        assert events.index(("done", before)) < first_measure[after]

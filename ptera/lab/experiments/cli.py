@@ -41,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -401,21 +402,20 @@ def main(argv: list[str] | None = None) -> None:
 
 # -- dumping ----------------------------------------------------------------------------
 def to_toml(config: dict) -> str:
-    """``config`` as TOML: scalars and inline tables, then tables, then arrays of tables."""
-    scalars = {k: v for k, v in config.items() if not _is_tables(v) and not isinstance(v, dict)}
-    tables = {k: v for k, v in config.items() if isinstance(v, dict) and v and _nested(v)}
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
-    lines += [
-        f"{_key(k)} = {_value(v)}"
-        for k, v in config.items()
-        if isinstance(v, dict) and k not in tables
-    ]
+    """``config`` as TOML: keys with values (inline tables too), then tables of lists
+    (``[plotter]``), then arrays of tables (``[[interventions]]``)."""
+
+    def entries(table: dict) -> list[str]:
+        return [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
+
+    tables = {k: v for k, v in config.items() if isinstance(v, dict) and _nested(v)}
+    arrays = {k: v for k, v in config.items() if _is_tables(v)}
+    lines = entries({k: v for k, v in config.items() if k not in tables and k not in arrays})
     for k, v in tables.items():
-        lines += ["", f"[{_key(k)}]", *(f"{_key(a)} = {_value(b)}" for a, b in v.items())]
-    for k, v in config.items():
-        if _is_tables(v):
-            for t in v:
-                lines += ["", f"[[{_key(k)}]]", *(f"{_key(a)} = {_value(b)}" for a, b in t.items())]
+        lines += ["", f"[{_key(k)}]", *entries(v)]
+    for k, v in arrays.items():
+        for table in v:
+            lines += ["", f"[[{_key(k)}]]", *entries(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -428,7 +428,12 @@ def _nested(table: dict) -> bool:
 
 
 def _key(key: str) -> str:
-    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _string(key)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    return '"' + re.sub(r'["\\\x00-\x1f\x7f]', lambda m: f"\\u{ord(m.group()):04x}", text) + '"'
 
 
 def _value(value: Any) -> str:
@@ -437,15 +442,13 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return (
-            ("nan" if math.isnan(value) else "inf" if value > 0 else "-inf")
-            if not math.isfinite(value)
-            else repr(value)
-        )
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else "inf" if value > 0 else "-inf"
     if isinstance(value, str):
-        return json.dumps(value)
+        return _string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
-    raise CliError(f"cannot write {value!r} ({type(value).__name__}) to a config")
+    raise CliError(f"cannot write {value!r} ({type(value).__name__}) to a TOML config")

@@ -63,15 +63,15 @@ class SerialExecutor:
     """Run trials one after the other in this process (the default)."""
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
-        finished: list[tuple[str, int]] = []
+        queue: list[str] = []  # submitted trials, run one at a time as they are waited for
 
-        def submit(job: Job) -> str:  # runs the trial now; the job's id is its handle
-            finished.append((job.id, run_trial(setup, job.id, n_epochs)))
+        def submit(job: Job) -> str:
+            queue.append(job.id)
             return job.id
 
         def wait_any(handles: list) -> list:
-            out, finished[:] = finished[:], []
-            return out
+            trial = queue.pop(0)
+            return [(trial, run_trial(setup, trial, n_epochs))]
 
         return _dispatch(jobs, submit, wait_any, lambda handles: None, done)
 
