@@ -339,7 +339,9 @@ def parser() -> argparse.ArgumentParser:
         description="Experiments from a config file (TOML, YAML or JSON).",
         epilog="`... COMMAND --help` lists a command's options.",
     )
-    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = top.add_subparsers(
+        dest="command", metavar="{run,status,plot}", required=True, parser_class=_Parser
+    )
     config = dict(metavar="CONFIG", help="the experiment's .toml, .yaml or .json file")
     p = sub.add_parser("run", help=run.__doc__, description=run.__doc__)
     p.add_argument("config", **config)
