@@ -235,7 +235,7 @@ def run(ns: argparse.Namespace, spec: dict) -> None:
     full = resolved(spec, ns.config)
     n_epochs = full["n_epochs"]
     try:
-        exp.run(n_epochs, executor=full["executor"], processes=full["processes"], plot=ns.plot)
+        exp.run(n_epochs, executor=full["executor"], processes=full["processes"])
     except KeyboardInterrupt:
         print(
             f"interrupted: epochs already committed are kept in {exp.store.path};"
