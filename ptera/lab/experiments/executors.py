@@ -217,6 +217,10 @@ def make_executor(executor: Any, processes: int | None) -> Any:
         return ProcessExecutor(processes)
     if executor == "ray":
         return RayExecutor()
+    if executor == "batched":
+        from .batched import BatchedExecutor  # imports this module
+
+        return BatchedExecutor()
     if hasattr(executor, "run"):
         return executor
     raise ValueError(
