@@ -51,7 +51,7 @@ KEYS = {
     "store": "SQLite file of the experiment",
     "n_epochs": "epochs each trial trains",
     "processes": "worker processes",
-    "executor": "serial, processes or ray",
+    "executor": "serial, processes, ray or batched",
     "optimizer": "import path of the optimizer class",
     "lr": "learning rate",
     "hyperparameters": "table of other optimizer options",
@@ -159,7 +159,7 @@ def run(exp: Experiment, spec: dict) -> None:
     n_epochs: tag.CliArgument & int = default(spec.get("n_epochs", 1))
     # Worker processes (1: trials run in this process)
     processes: tag.CliArgument & int = default(spec.get("processes", 1))
-    # Where trials run: serial, processes or ray
+    # Where trials run: serial, processes, ray or batched (stackable trials as one model)
     executor: tag.CliArgument & str = default(spec.get("executor", ""))
     # Write the plots when done
     plot: tag.CliArgument & bool = default(False)

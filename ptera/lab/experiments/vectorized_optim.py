@@ -23,6 +23,7 @@ Decisions:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,6 +95,13 @@ class StackedOptimizer:
         self.n = len(hyperparameters)
         self.nesterov = bool(hyperparameters[0].get("nesterov", False))
         self.decoupled = optimizer is torch.optim.AdamW
+        # What is not a per-trial number is the same for the whole group.
+        accepted = inspect.signature(optimizer).parameters  # defaults may hold more
+        self.fixed = {
+            k: v
+            for k, v in hyperparameters[0].items()
+            if k in accepted and k not in _flat(hyperparameters[0]) and k != "betas"
+        }
         self.hyper: dict[str, torch.Tensor] = {}
         for name in NUMERIC[optimizer]:
             values = [float(_flat(h)[name]) for h in hyperparameters]
@@ -111,7 +119,7 @@ class StackedOptimizer:
 
     def hyperparameters(self, trial: int) -> dict[str, Any]:
         """Trial ``trial``'s hyperparameters as torch names them (``betas``)."""
-        out = {k: float(v[trial]) for k, v in self.hyper.items()}
+        out = {**self.fixed, **{k: float(v[trial]) for k, v in self.hyper.items()}}
         if "beta1" in out:
             out["betas"] = (out.pop("beta1"), out.pop("beta2"))
         return out
