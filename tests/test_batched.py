@@ -380,3 +380,41 @@ def test_cli_executor_batched(tmp_path, capsys, monkeypatch):
     a, b = serial.execute(query).fetchall(), batched.execute(query).fetchall()
     assert [r[:4] for r in a] == [r[:4] for r in b]
     np.testing.assert_allclose([r[4] for r in b], [r[4] for r in a], rtol=1e-4)
+
+
+class NormNet(torch.nn.Module):
+    """An MLP with BatchNorm: running statistics are buffers, one set per trial."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 32)
+        self.bn = torch.nn.BatchNorm1d(32)
+        self.fc2 = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def test_batchnorm_statistics_are_per_trial(data, tmp_path):
+    def build(store):
+        return Experiment(
+            NormNet,
+            data,
+            interventions=[PerturbWeights.make_variations(epsilon=(0.01, 0.1))],
+            store=tmp_path / store,
+            lr=0.05,
+            batch_size=16,
+        )
+
+    serial, batched = build("s.db"), build("b.db")
+    serial.run(2, verbose=False)
+    batched.run(2, executor=BatchedExecutor(), verbose=False)
+    close(serial, batched)
+    means = []
+    for plan in serial.grid:
+        a = serial.store.load_checkpoint(plan.id, 2)["model"]
+        b = batched.store.load_checkpoint(plan.id, 2)["model"]
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+        means.append(b["bn.running_mean"])
+    assert not torch.equal(means[0], means[1])
