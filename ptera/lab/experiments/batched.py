@@ -221,7 +221,8 @@ class Group:
         self.randomness = randomness
         s = self.plans[0].settings
         self.optimizer, self.batch_size = s["optimizer"], s["batch_size"]
-        self.scratch = build_model(setup.model, None)  # loads one trial's weights at a time
+        # Loads one trial's weights at a time (for metrics, checkpoints, actions).
+        self.scratch = build_model(setup.model, None).to(self.device)
         self.step = 0
 
     # -- building -----------------------------------------------------------------------

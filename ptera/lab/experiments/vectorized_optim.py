@@ -107,11 +107,13 @@ class StackedOptimizer:
             values = [float(_flat(h)[name]) for h in hyperparameters]
             self.hyper[name] = torch.tensor(values, dtype=torch.float64)
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
+        self._cache: dict[tuple, torch.Tensor] = {}
         self.steps = 0
 
     # -- hyperparameters --------------------------------------------------------------
     def set(self, trial: int, values: Mapping[str, Any]) -> None:
         """Change trial ``trial``'s hyperparameters (a ``ChangeOptimizer`` window)."""
+        self._cache.clear()
         for name, value in _flat(values).items():
             if name not in self.hyper:
                 raise ValueError(f"{self.optimizer.__name__} has no stacked {name}")
@@ -125,8 +127,14 @@ class StackedOptimizer:
         return out
 
     def _h(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        # (T,) -> (T, 1, ..., 1) in the parameter's dtype, to broadcast over it.
-        return self.hyper[name].to(like.dtype).to(like.device).view(-1, *[1] * (like.dim() - 1))
+        # (T,) -> (T, 1, ..., 1) in the parameter's dtype and device, to broadcast over it;
+        # kept until a window changes a value (no copy to the device per step).
+        key = (name, like.dtype, like.device, like.dim())
+        got = self._cache.get(key)
+        if got is None:
+            got = self.hyper[name].to(like.dtype).to(like.device)
+            got = self._cache[key] = got.view(-1, *[1] * (like.dim() - 1))
+        return got
 
     # -- the step ---------------------------------------------------------------------
     @torch.no_grad()
