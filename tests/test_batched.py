@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptera.lab.experiments import (
     BatchedExecutor,
@@ -21,7 +23,7 @@ from ptera.lab.experiments import (
     ReinitWeights,
     Tweak,
 )
-from ptera.lab.experiments.batched import plan_groups, why_alone
+from ptera.lab.experiments.batched import _ready, plan_groups, why_alone
 
 from .batched_program import eight_trials, small_images
 from .experiment_program import TempNet, small_digits
@@ -418,3 +420,41 @@ def test_batchnorm_statistics_are_per_trial(data, tmp_path):
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
         means.append(b["bn.running_mean"])
     assert not torch.equal(means[0], means[1])
+
+
+# -- scheduling ----------------------------------------------------------------------------
+@st.composite
+def schedules(draw):
+    """Controls c0..cn with interventions, dealt into units at random (cycles included)."""
+    n = draw(st.integers(1, 4))
+    after = {f"c{i}": None for i in range(n)}
+    for i in range(draw(st.integers(0, 6))):
+        after[f"i{i}"] = f"c{draw(st.integers(0, n - 1))}"
+    slots = [draw(st.integers(0, 3)) for _ in after]
+    units = [[t for t, s in zip(after, slots) if s == k] for k in range(4)]
+    return [u for u in units if u], after
+
+
+@given(schedules())
+@settings(max_examples=200, deadline=None)
+def test_every_trial_runs_after_its_control(schedule):
+    units, after = schedule
+    finished, ran = set(), []
+    while units:
+        unit = _ready(units, after, finished)
+        units.remove(unit)
+        assert unit and all(after[t] in finished or after[t] in unit or not after[t] for t in unit)
+        finished.update(unit)
+        ran += unit
+    assert sorted(ran) == sorted(after)
+
+
+def test_a_cycle_between_groups_runs_the_waiting_trials_alone():
+    units = [["c1", "i2"], ["c2", "i1"]]
+    after = {"c1": None, "c2": None, "i1": "c1", "i2": "c2"}
+    order = []
+    while units:
+        unit = _ready(units, after, {t for u in order for t in u})
+        units.remove(unit)
+        order.append(unit)
+    assert order == [["c1"], ["c2", "i1"], ["i2"]]

@@ -43,7 +43,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
 
-from ...selector import select
+from ... import select
 from .config import derive_seed
 from .executors import Job
 from .interventions import (
