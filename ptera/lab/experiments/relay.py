@@ -199,4 +199,4 @@ def run_relayed(
         return _dispatch(jobs, submit, wait_any, cancel, done)
     finally:
         drain()
-        ray.kill(queue.actor)
+        queue.shutdown()
