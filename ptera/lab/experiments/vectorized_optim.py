@@ -183,8 +183,10 @@ class StackedOptimizer:
             shape = (-1, *[1] * (p.dim() - 1))
             bc1 = (1 - self.hyper["beta1"] ** step).view(shape)
             bc2 = (1 - self.hyper["beta2"] ** step).sqrt().view(shape)
-            step_size = (self.hyper["lr"].view(shape) / bc1).to(p.dtype)
-            denom = (state["exp_avg_sq"].sqrt() / bc2.to(p.dtype)).add_(self._h("eps", p))
+            # Bias corrections in float64 on the CPU (as torch's Python floats), then moved.
+            step_size = (self.hyper["lr"].view(shape) / bc1).to(p.dtype).to(p.device)
+            bc2 = bc2.to(p.dtype).to(p.device)
+            denom = (state["exp_avg_sq"].sqrt() / bc2).add_(self._h("eps", p))
             p.sub_(state["exp_avg"] / denom * step_size)
 
     # -- per-trial state in torch's format ---------------------------------------------
