@@ -21,6 +21,7 @@ from ptera.lab.experiments import (
     Experiment,
     PerturbWeights,
     ReinitWeights,
+    TrialError,
     Tweak,
 )
 from ptera.lab.experiments.batched import _ready, plan_groups, why_alone
@@ -458,3 +459,25 @@ def test_a_cycle_between_groups_runs_the_waiting_trials_alone():
         units.remove(unit)
         order.append(unit)
     assert order == [["c1"], ["c2", "i1"], ["i2"]]
+
+
+def broken(input):
+    raise ArithmeticError("no")
+
+
+def test_a_failing_group_is_named_and_recorded(data, tmp_path):
+    exp = Experiment(
+        TempNet(),
+        data,
+        variations=[ChangeTrainLoader.make_variations(seed_shuffle=(0, 1))],
+        interventions=[Tweak({"Linear > input": broken}, when=((3, 4),))],
+        store=tmp_path / "x.db",
+    )
+    with pytest.raises(TrialError, match=r"batched group of 2 trials \(Tweak\(Linear > input"):
+        exp.run(1, executor=BatchedExecutor(), verbose=False)
+    states = sorted((row["condition"], row["state"]) for row in exp.status(1))
+    assert (
+        states
+        == [("Tweak(Linear > input: broken, when=3-4)", "failed")] * 2 + [("control", "done")] * 2
+    )
+    assert all("ArithmeticError" in e for e in exp.store.errors().values())
