@@ -54,6 +54,7 @@ def test_stacked_step_equals_torch_per_trial(optimizer, hypers):
         mine = opt.state_dict(i, [p.detach().clone() for p in params])
         theirs = reference.state_dict()
         assert mine["param_groups"] == theirs["param_groups"]
+        assert mine["state"].keys() == theirs["state"].keys()
         for k, state in theirs["state"].items():
             for name, value in state.items():
                 torch.testing.assert_close(mine["state"][k][name], value, rtol=1e-5, atol=1e-6)

@@ -204,7 +204,8 @@ class StackedOptimizer:
                     one[k] = torch.tensor(float(v[trial]), dtype=torch.float32)
                 else:
                     one[k] = v[trial].detach().clone()  # a copy, not a view of the whole stack
-            opt.state[p] = one
+            if one:  # torch keeps no entry for a parameter without state
+                opt.state[p] = one
         return opt.state_dict()
 
     def load_state_dict(self, trial: int, params: Sequence[torch.Tensor], saved: dict) -> None:
