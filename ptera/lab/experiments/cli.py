@@ -67,7 +67,7 @@ KEYS = {
     "store": "SQLite file of the experiment",
     "n_epochs": "epochs each trial trains",
     "processes": "worker processes",
-    "executor": "serial, processes or ray",
+    "executor": "serial, processes, ray or batched",
     "optimizer": "import path (or torch name) of the optimizer class",
     "lr": "learning rate",
     "hyperparameters": "table of other optimizer options",
@@ -96,7 +96,7 @@ DEFAULTS = {
     "seed_shuffle": 0,
 }
 RUN_ONLY = ("n_epochs", "processes", "executor", "plotter", "store")  # not the experiment's key
-EXECUTORS = ("serial", "processes", "ray")
+EXECUTORS = ("serial", "processes", "ray", "batched")
 
 INTERVENTIONS = {
     cls.__name__: cls

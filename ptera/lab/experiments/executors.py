@@ -235,11 +235,22 @@ class RayExecutor:
 
     Connects to ``address`` (``ray.init`` arguments in ``init``), or starts a local
     Ray if none is running. On a cluster the store's folder must be shared by the
-    nodes (trials write their checkpoints and metrics there).
+    nodes (trials write their checkpoints and metrics there), unless
+    ``shared_filesystem=False``: then workers send each epoch to this process, the
+    store's only writer, and a trial whose worker died is resubmitted (``retries``
+    times) from its last committed epoch (``relay``).
     """
 
-    def __init__(self, address: str | None = None, num_cpus_per_trial: float = 1, **init: Any):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus_per_trial: float = 1,
+        shared_filesystem: bool = True,
+        retries: int = 2,
+        **init: Any,
+    ):
         self.address, self.cpus, self.init = address, num_cpus_per_trial, init
+        self.shared_filesystem, self.retries = shared_filesystem, retries
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
         try:
@@ -248,6 +259,10 @@ class RayExecutor:
             raise ModuleNotFoundError("RayExecutor needs Ray: pip install 'ptera[ray]'") from None
         if not ray.is_initialized():
             ray.init(address=self.address, **{"log_to_driver": False, **self.init})
+        if not self.shared_filesystem:
+            from .relay import run_relayed  # imports this module
+
+            return run_relayed(setup, jobs, n_epochs, done, self.cpus, self.retries)
         key, payload = _pickle(setup)
         ref = ray.put(payload)
         remote = ray.remote(num_cpus=self.cpus, max_retries=0)(_run_in_worker)
@@ -279,6 +294,10 @@ def make_executor(executor: Any, processes: int | None) -> Any:
         return ProcessExecutor(processes)
     if executor == "ray":
         return RayExecutor()
+    if executor == "batched":
+        from .batched import BatchedExecutor  # imports this module
+
+        return BatchedExecutor()
     if hasattr(executor, "run"):
         return executor
     raise ValueError(
