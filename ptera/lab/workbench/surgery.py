@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import neuron_count
+from .layers import Layer, neuron_count
 from .routes import Route, SurgeryError
 
 __all__ = ["Change", "add_neurons", "neuron_indices", "prune", "reinit_neurons"]
@@ -69,21 +69,25 @@ def expand(neurons: torch.Tensor, factor: int) -> torch.Tensor:
     return (neurons[:, None] * factor + torch.arange(factor, device=neurons.device)).flatten()
 
 
-def neuron_indices(route: Route, neurons: int | Iterable[int] | torch.Tensor) -> torch.Tensor:
-    """Sorted unique indices of ``neurons`` in ``route``'s layer; an error naming any out of range."""
-    layer = route.layer
+def neuron_indices(
+    layer: Layer,
+    neurons: int | Iterable[int] | torch.Tensor,
+    size: int | None = None,
+    what: str = "neurons",
+) -> torch.Tensor:
+    """Sorted unique indices of ``neurons`` of ``layer``; an error naming any out of range."""
     if isinstance(neurons, torch.Tensor):
         values = neurons.flatten().tolist()
     elif isinstance(neurons, int):
         values = [neurons]
     else:
         values = list(neurons)
-    size = neuron_count(layer.module)
+    size = neuron_count(layer.module) if size is None else size
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < size]
     if bad:
         raise SurgeryError(
-            f"neuron indices {bad} are out of range for layer {layer.index} ({layer.name!r}),"
-            f" which has {size} neurons (0 to {size - 1})"
+            f"{what} {bad} out of range for layer {layer.index} ({layer.name!r}),"
+            f" which has {size} {what} (0 to {size - 1})"
         )
     return torch.tensor(sorted(set(values)), dtype=torch.long)
 
@@ -189,7 +193,7 @@ def _xavier(like: torch.Tensor, shape: list[int], generator) -> torch.Tensor:
 def prune(route: Route, optimizer, neurons) -> Change:
     """Remove ``neurons`` of the route's layer (rows, norm entries, consumer columns, state)."""
     layer = route.layer
-    drop = neuron_indices(route, neurons)
+    drop = neuron_indices(route.layer, neurons)
     size = neuron_count(layer.module)
     if len(drop) == size:
         raise SurgeryError(
@@ -253,7 +257,7 @@ def reinit_neurons(
     Their optimizer state is zeroed; outgoing weights are kept.
     """
     layer = route.layer
-    idx = neuron_indices(route, neurons)
+    idx = neuron_indices(route.layer, neurons)
     ratio = perturbation_ratio
     if ratio is not None and (
         isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 0
