@@ -12,8 +12,9 @@ Decisions:
   as WeightsLab does, so its ``rate`` (triggers / samples) can exceed 1. The
   ``active`` column counts the samples on which the neuron triggered at least
   once, so ``active_rate`` is a fraction for every layer type.
-* Counters live on the layer's device and are summed without ``.item()``: a batch
-  costs a few reductions, not a synchronisation.
+* Counters live on the layer's device and are summed without ``.item()``; a batch
+  costs two tensor operations per layer (its per-sample counts wait, and are summed
+  every 32 batches or when read), and no synchronisation.
 * Statistics follow surgery (``prune`` / ``grow`` / ``reset`` rows); a layer whose
   size changed behind the callback's back starts its counts over.
 """
@@ -35,14 +36,33 @@ SPLITS = ("train", "eval")
 
 
 class _Counts:
-    """Triggers, active samples (per neuron) and samples seen, for one layer and split."""
+    """Triggers, active samples (per neuron) and samples seen, for one layer and split.
 
-    __slots__ = ("triggers", "active", "seen")
+    Batches wait in ``pending`` (per-sample counts) and are summed every
+    ``FLUSH`` batches or when read: two tensor operations a batch instead of seven.
+    """
+
+    __slots__ = ("triggers", "active", "seen", "pending")
+    FLUSH = 32
 
     def __init__(self, size: int, device: Any = None):
         self.triggers = torch.zeros(size, dtype=torch.int64, device=device)
         self.active = torch.zeros(size, dtype=torch.int64, device=device)
         self.seen = 0
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, per_sample: torch.Tensor) -> None:
+        self.pending.append(per_sample)
+        self.seen += per_sample.shape[0]
+        if len(self.pending) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            batch = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            self.triggers += batch.sum(0)
+            self.active += (batch > 0).sum(0)
 
 
 class NeuronStats(Callback):
@@ -92,26 +112,34 @@ class NeuronStats(Callback):
         if name is None or not isinstance(out, torch.Tensor):
             return
         split = "train" if self._learn.training else "eval"
-        with torch.no_grad():
-            positive = out.detach() > 0
-            if isinstance(data["self"], nn.Conv2d):
-                if positive.dim() == 3:  # unbatched
-                    positive = positive[None]
-                per_sample = positive.flatten(2).sum(2)  # (batch, channels)
-            else:
-                if positive.dim() == 1:
-                    positive = positive[None]
-                per_sample = positive.flatten(1, -2).sum(1) if positive.dim() > 2 else positive
-            counts = self.counts[split].get(name)
-            if counts is None or counts.triggers.shape[0] != per_sample.shape[1]:
-                counts = self.counts[split][name] = _Counts(per_sample.shape[1], out.device)
-            counts.triggers += per_sample.sum(0)
-            counts.active += (per_sample > 0).sum(0)
-            counts.seen += per_sample.shape[0]
+        # Comparisons and sums of booleans build no autograd graph: no no_grad needed.
+        positive = out > 0
+        if isinstance(data["self"], nn.Conv2d):
+            if positive.dim() == 3:  # unbatched
+                positive = positive[None]
+            per_sample = positive.sum((2, 3))  # (batch, channels)
+        elif positive.dim() <= 2:  # one position per sample
+            per_sample = positive.view(-1, positive.shape[-1])
+        else:  # (batch, ..., features)
+            per_sample = positive.flatten(1, -2).sum(1)
+        counts = self.counts[split].get(name)
+        if counts is None or counts.triggers.shape[0] != per_sample.shape[1]:
+            counts = self.counts[split][name] = _Counts(per_sample.shape[1], out.device)
+        counts.add(per_sample)
+
+    def flush(self) -> None:
+        """Sum the batches still pending (reading and surgery do it first)."""
+        for split in SPLITS:
+            for counts in self.counts[split].values():
+                counts.flush()
+
+    def after_fit(self, learn) -> None:
+        self.flush()
 
     # -- surgery ---------------------------------------------------------------------
     def prune(self, layer: str, keep: torch.Tensor) -> None:
         """Keep only the neurons ``keep`` (indices) of ``layer``."""
+        self.flush()
         for split in SPLITS:
             counts = self.counts[split].get(layer)
             if counts is not None:
@@ -121,6 +149,7 @@ class NeuronStats(Callback):
 
     def grow(self, layer: str, n: int) -> None:
         """Append ``n`` neurons with zero counts to ``layer``."""
+        self.flush()
         for split in SPLITS:
             counts = self.counts[split].get(layer)
             if counts is not None:
@@ -130,6 +159,7 @@ class NeuronStats(Callback):
 
     def reset(self, layer: str, neurons: torch.Tensor) -> None:
         """Zero the counts of ``neurons`` of ``layer`` (after a re-initialisation)."""
+        self.flush()
         for split in SPLITS:
             counts = self.counts[split].get(layer)
             if counts is not None:
@@ -143,6 +173,7 @@ class NeuronStats(Callback):
         import pandas as pd
 
         frames = []
+        self.flush()
         for split in SPLITS:
             for layer, c in self.counts[split].items():
                 triggers = c.triggers.cpu().numpy()
@@ -169,6 +200,7 @@ class NeuronStats(Callback):
 
     def dead(self, layer: str, split: str = "train") -> list[int]:
         """Neurons of ``layer`` that never triggered on the samples of ``split`` seen so far."""
+        self.flush()
         counts = self.counts[split].get(layer)
         if counts is None or counts.seen == 0:
             return []
@@ -176,6 +208,7 @@ class NeuronStats(Callback):
 
     def weak(self, layer: str, split: str = "train") -> list[int]:
         """Live neurons of ``layer`` whose rate is below ``weak_ratio`` times the layer's median."""
+        self.flush()
         counts = self.counts[split].get(layer)
         if counts is None or counts.seen == 0:
             return []
@@ -188,6 +221,7 @@ class NeuronStats(Callback):
         from rich.console import Console
         from rich.table import Table
 
+        self.flush()
         console = console or Console()
         names = layers or list(dict.fromkeys([*self.counts["train"], *self.counts["eval"]]))
         for layer in names:
@@ -213,6 +247,7 @@ class NeuronStats(Callback):
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict:
+        self.flush()
         return {
             split: {
                 name: {"triggers": c.triggers.cpu(), "active": c.active.cpu(), "seen": c.seen}

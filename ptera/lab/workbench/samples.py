@@ -182,6 +182,10 @@ class AllowedBatches:
         self.pos = 0
 
     def next(self) -> torch.Tensor | None:
+        chunk = self.order[self.pos : self.pos + self.batch_size]
+        if len(chunk) == self.batch_size and not self.table.denied[chunk].any():
+            self.pos += self.batch_size  # the common case: nothing denied in the next batch
+            return chunk
         rest = self.order[self.pos :]
         where = torch.nonzero(~self.table.denied[rest]).flatten()[: self.batch_size]
         if len(where) == 0:
