@@ -36,9 +36,11 @@ class CheckpointStore:
 
     @property
     def ids(self) -> list[int]:
+        """The ids of the checkpoints saved so far."""
         return sorted(int(i) for i in self.index)
 
     def path(self, checkpoint_id: int) -> str:
+        """The file of checkpoint ``checkpoint_id``."""
         return os.path.join(self.root, f"checkpoint-{checkpoint_id:04d}.pt")
 
     def save(self, payload: dict, summary: dict) -> int:

@@ -247,6 +247,7 @@ class NeuronStats(Callback):
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The counts as plain tensors and numbers (for checkpoints)."""
         self.flush()
         return {
             split: {
@@ -257,6 +258,7 @@ class NeuronStats(Callback):
         }
 
     def load_state_dict(self, state: dict, device: Any = None) -> None:
+        """Restore counts saved by ``state_dict`` (on ``device``)."""
         self.counts = {split: {} for split in SPLITS}
         for split in SPLITS:
             for name, c in state.get(split, {}).items():

@@ -97,11 +97,13 @@ class NeuronRates(Callback):
                 self.factors[consumer]["in"] = change.apply(inp, 0, factor, fill=1.0)
 
     def state_dict(self) -> dict:
+        """The factors, on the CPU (for checkpoints)."""
         return {
             layer: {axis: f.cpu() for axis, f in fs.items()} for layer, fs in self.factors.items()
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore factors saved by ``state_dict``."""
         self.factors = {}
         for layer, fs in state.items():
             device = self.model.get_submodule(layer).weight.device

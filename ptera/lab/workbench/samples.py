@@ -70,6 +70,7 @@ class SampleTable(Dataset):
 
     @property
     def denied(self) -> torch.Tensor:
+        """The deny list: one boolean per sample."""
         return self.columns["deny_listed"]
 
     def fetch(self, ids: torch.Tensor) -> Any:
@@ -148,12 +149,14 @@ class SampleTable(Dataset):
         return torch.tensor(values, dtype=torch.long)
 
     def state_dict(self) -> dict:
+        """The columns and the generator's state (for checkpoints)."""
         return {
             "columns": {k: v.clone() for k, v in self.columns.items()},
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a table saved by ``state_dict`` (of a dataset of the same length)."""
         if len(state["columns"]["label"]) != len(self):
             raise ValueError(
                 f"the saved table has {len(state['columns']['label'])} samples, this one {len(self)}"
@@ -178,10 +181,12 @@ class AllowedBatches:
         return -(-allowed // self.batch_size)
 
     def new_epoch(self) -> None:
+        """Start a new shuffled pass over the samples."""
         self.order = torch.randperm(len(self.table), generator=self.generator)
         self.pos = 0
 
     def next(self) -> torch.Tensor | None:
+        """The next batch of allowed ids, or ``None`` when this epoch has none left."""
         chunk = self.order[self.pos : self.pos + self.batch_size]
         if len(chunk) == self.batch_size and not self.table.denied[chunk].any():
             self.pos += self.batch_size  # the common case: nothing denied in the next batch
@@ -195,6 +200,7 @@ class AllowedBatches:
         return rest[where]
 
     def state_dict(self) -> dict:
+        """This epoch's order, the position in it and the generator's state."""
         return {
             "order": self.order.clone(),
             "pos": self.pos,
@@ -202,6 +208,7 @@ class AllowedBatches:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore an order saved by ``state_dict``."""
         self.order, self.pos = state["order"].clone(), int(state["pos"])
         self.generator.set_state(state["generator"])
 
@@ -218,9 +225,11 @@ class OrderedBatches:
         return -(-len(self.table) // self.batch_size)
 
     def all(self) -> list[torch.Tensor]:
+        """Every batch of ids, in order (one full evaluation)."""
         return list(torch.arange(len(self.table)).split(self.batch_size))
 
     def next(self) -> torch.Tensor:
+        """The next batch of ids, starting over after the last."""
         if self.pos >= len(self.table):
             self.pos = 0
         ids = torch.arange(self.pos, min(self.pos + self.batch_size, len(self.table)))

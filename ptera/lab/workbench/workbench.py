@@ -115,9 +115,9 @@ class Workbench:
     def __init__(
         self,
         model: nn.Module,
-        optimizer_class: Callable = torch.optim.Adam,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
+        optimizer_class: Callable,
+        train_dataset: Dataset,
+        eval_dataset: Dataset,
         device: Any = "cpu",
         learning_rate: float = 1e-2,
         batch_size: int = 256,
@@ -129,8 +129,6 @@ class Workbench:
         root: str | os.PathLike | None = None,
         log_dir: str | os.PathLike | None = None,
     ):
-        if train_dataset is None or eval_dataset is None:
-            raise TypeError("Workbench needs a train_dataset and an eval_dataset")
         self.name, self.seed, self.loss_fn = name, seed, loss_fn
         self.device = torch.device(device)
         self.model = model.to(self.device)
