@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 __all__ = ["AllowedBatches", "OrderedBatches", "SampleTable"]
 
+_ONE = torch.tensor(1)
 COLUMNS = (
     "prediction_age",
     "prediction_loss",
@@ -45,6 +46,7 @@ class SampleTable(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int = 0):
         self.dataset = dataset
+        self._labels_known = False
         n = len(dataset)
         self.columns = {
             "prediction_age": torch.full((n,), -1, dtype=torch.int64),
@@ -60,6 +62,7 @@ class SampleTable(Dataset):
             and dataset.tensors[1].dim() == 1
         ):
             self.columns["label"] = dataset.tensors[1].detach().cpu().long().clone()
+            self._labels_known = True
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -91,9 +94,9 @@ class SampleTable(Dataset):
         c = self.columns
         c["prediction_age"][ids] = age
         c["prediction_loss"][ids] = losses.detach().float().cpu()
-        c["exposure_amount"][ids] += 1
+        c["exposure_amount"].index_put_((ids,), _ONE, accumulate=True)
         c["prediction"][ids] = predictions.detach().cpu().long()
-        if labels.dim() == 1:
+        if not self._labels_known and labels.dim() == 1:
             c["label"][ids] = labels.detach().cpu().long()
 
     def get_dataframe(self):

@@ -76,8 +76,9 @@ class _Tracker(Callback):
         self.begin()
 
     def begin(self) -> None:
-        self.loss = self.correct = 0
-        self.count = 0
+        # Per-batch tensors, summed once in ``result``: no reduction per batch.
+        self.losses: list[torch.Tensor] = []
+        self.hits: list[torch.Tensor] = []
 
     def after_batch(self, learn) -> None:
         if learn.loss is None:
@@ -85,20 +86,19 @@ class _Tracker(Callback):
         wb = self.wb
         _, targets = learn.split_batch(learn.batch)
         predictions = learn.preds.detach().argmax(1)
-        per_sample = wb._per_sample
         table = wb.train_samples if learn.training else wb.eval_samples
-        table.record(wb._ids, per_sample, predictions, targets, wb.seen)
-        self.loss = self.loss + per_sample.sum()
-        self.correct = self.correct + (predictions == targets).sum()
-        self.count += len(wb._ids)
+        table.record(wb._ids, wb._per_sample, predictions, targets, wb.seen)
+        self.losses.append(wb._per_sample)
+        self.hits.append(predictions == targets)
         if learn.training:
             wb.seen += len(wb._ids)
             wb.step += 1
 
     def result(self) -> tuple[float, float]:
-        if not self.count:
+        if not self.losses:
             return float("nan"), float("nan")
-        return float(self.loss) / self.count, float(self.correct) / self.count
+        losses, hits = torch.cat(self.losses), torch.cat(self.hits)
+        return float(losses.double().mean()), float(hits.double().mean())
 
 
 class Workbench:
