@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -24,13 +25,15 @@ _SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "nu
 
 
 class CheckpointStore:
-    """Checkpoints ``0, 1, ...`` in ``root``; ``print(store)`` lists them."""
+    """Checkpoints ``0, 1, ...`` in ``root`` (a new temporary folder, made at the first
+    save, when ``root`` is ``None``); ``print(store)`` lists them."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = os.fspath(root)
+    def __init__(self, root: str | os.PathLike | None, prefix: str = "ptera-workbench-"):
+        self.root = os.fspath(root) if root is not None else None
+        self.prefix = prefix
         self.index: dict[str, dict] = {}
-        path = os.path.join(self.root, "index.json")
-        if os.path.exists(path):
+        path = os.path.join(self.root, "index.json") if self.root else None
+        if path and os.path.exists(path):
             with open(path) as f:
                 self.index = json.load(f)
 
@@ -45,6 +48,8 @@ class CheckpointStore:
 
     def save(self, payload: dict, summary: dict) -> int:
         """Write ``payload`` as a new checkpoint; returns its id."""
+        if self.root is None:
+            self.root = tempfile.mkdtemp(prefix=self.prefix)
         os.makedirs(self.root, exist_ok=True)
         checkpoint_id = max(self.ids, default=-1) + 1
         _atomic(self.path(checkpoint_id), lambda tmp: torch.save(payload, tmp))
@@ -55,14 +60,13 @@ class CheckpointStore:
     def load(self, checkpoint_id: int) -> dict:
         """The payload of checkpoint ``checkpoint_id`` (read with ``weights_only=True``)."""
         if str(checkpoint_id) not in self.index:
-            raise LookupError(
-                f"no checkpoint {checkpoint_id!r} in {self.root}; checkpoints: {self.ids}"
-            )
+            where = f" in {self.root}" if self.root else ""
+            raise LookupError(f"no checkpoint {checkpoint_id!r}{where}; checkpoints: {self.ids}")
         return torch.load(self.path(checkpoint_id), weights_only=True)
 
     def __repr__(self) -> str:
         if not self.index:
-            return f"no checkpoints in {self.root}"
+            return "no checkpoints" + (f" in {self.root}" if self.root else "")
         lines = [f"checkpoints in {self.root}:"]
         for i in self.ids:
             s = self.index[str(i)]

@@ -20,13 +20,13 @@ Decisions:
   log-probabilities; the default loss, ``cross_entropy``, takes both).
 * Surgery traces the model once with ``torch.fx`` (the graph's structure does not
   change with sizes) and then only edits tensors.
-* Checkpoints go to ``root`` (a fresh temporary folder by default).
+* Checkpoints go to ``root`` (by default a temporary folder, made at the first
+  ``dump``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -155,9 +155,7 @@ class Workbench:
             opt_func=lambda params, lr: self.optimizer,
             cbs=[self._tracker, self.stats, self.rates, *cbs],
         )
-        self.checkpoints = CheckpointStore(
-            root or tempfile.mkdtemp(prefix=f"ptera-workbench-{name}-")
-        )
+        self.checkpoints = CheckpointStore(root, prefix=f"ptera-workbench-{name}-")
         self._writer = None
         if log_dir is not None:
             try:
