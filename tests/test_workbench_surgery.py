@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ptera.lab import SurgeryError, Workbench
@@ -296,3 +298,22 @@ def test_bad_input_is_an_error_and_changes_nothing(make, action, error, message)
     assert state["param_groups"] == opt["param_groups"]
     for i, s in opt["state"].items():
         assert all(torch.equal(v, state["state"][i][k]) for k, v in s.items())
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    pruned=st.sets(st.integers(0, 9), min_size=1, max_size=9),
+    added=st.integers(1, 4),
+)
+def test_any_prune_then_add_is_zeroing_then_the_same_function(pruned, added):
+    """Property: pruning any proper subset of conv channels equals zeroing them; adding keeps it."""
+    wb = bench("seed")
+    wb.model.eval()
+    x = inputs_for("seed", 8)
+    ref = zeroing(wb.model, "out", sorted(pruned), 4)
+    wb.prune(2, pruned)
+    wb.add_neurons(2, added)
+    torch.testing.assert_close(wb.model(x), ref(x), atol=1e-6, rtol=0)
+    assert wb.model.out.in_features == 4 * (10 - len(pruned) + added)

@@ -1,5 +1,7 @@
 """Small models and digits data for the workbench tests (8x8 digits, a few hundred samples)."""
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -7,9 +9,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 
+@functools.cache
+def _digits():
+    return load_digits()
+
+
 def digits(n_train=300, n_eval=100, image=True, id_feature=False):
     """Digits as (train, eval) TensorDatasets; with ``id_feature`` the last pixel is the sample id."""
-    d = load_digits()
+    d = _digits()
     x = torch.tensor(d.data, dtype=torch.float32) / 16
     y = torch.tensor(d.target)
     train_x, eval_x = x[:n_train].clone(), x[n_train : n_train + n_eval].clone()
