@@ -60,6 +60,21 @@ def test_trigger_counts_equal_forward_hooks(model):
     assert len(hooks.counts) == 2 * len(frame.layer.unique())
 
 
+def test_neuron_stats_on_chosen_layers_and_sequence_inputs():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    stats = NeuronStats(layers=["2"])
+    xs = torch.randn(10, 5, 4)  # (batch, positions, features): every position counts
+    dls = DataLoaders([(xs, torch.randn(10, 5, 3))], [])
+    Learner(net, dls, nn.functional.mse_loss, lr=0.0, cbs=[stats]).fit(1, valid=False)
+    frame = stats.dataframe()
+    assert set(frame.layer) == {"2"} and set(frame.seen) == {10}
+    with torch.no_grad():
+        positive = net(xs) > 0
+    assert frame.triggers.tolist() == positive.sum((0, 1)).tolist()
+    assert frame.active.tolist() == positive.any(1).sum(0).tolist()
+
+
 def test_stats_follow_surgery():
     wb = bench()
     wb.train_n_steps(3)
