@@ -14,6 +14,7 @@ from .callbacks import (
 from .learner import DataLoaders, Learner
 from .lrfind import LRFinder
 from .stats import ActivationStats
+from .workbench import NeuronStats, SampleTable, SurgeryError, Workbench
 
 __all__ = [
     "ActivationStats",
@@ -27,6 +28,10 @@ __all__ = [
     "LRFinder",
     "Learner",
     "MetricsCB",
+    "NeuronStats",
     "ProgressCB",
+    "SampleTable",
+    "SurgeryError",
+    "Workbench",
     "load_checkpoint",
 ]
