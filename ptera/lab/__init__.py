@@ -13,6 +13,7 @@ from .callbacks import (
 )
 from .learner import DataLoaders, Learner
 from .lrfind import LRFinder
+from .representations import Saturation
 from .stats import ActivationStats
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "Learner",
     "MetricsCB",
     "ProgressCB",
+    "Saturation",
     "load_checkpoint",
 ]

@@ -1,0 +1,205 @@
+"""Saturation, latents, probes, receptive fields and FLOPs of ptera.lab.representations."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ptera.lab import DataLoaders, Learner, Saturation
+from ptera.lab.representations import intrinsic_dimensionality, saturation
+
+
+def small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),  # 6x6 -> 4x4
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3),
+    )
+
+
+def data(n: int = 300, seed: int = 1) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    return TensorDataset(x, (x.sum((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long())
+
+
+def activations(model: nn.Sequential, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each Conv2d/Linear output, computed by calling the layers one by one."""
+    out = {}
+    with torch.no_grad():
+        for i, layer in enumerate(model):
+            x = layer(x)
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                out[str(i)] = x.double().numpy()
+    return out
+
+
+def reference_rows(a: np.ndarray, conv_method: str) -> np.ndarray:
+    if a.ndim == 2:
+        return a
+    return {
+        "channelwise": lambda: a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1]),
+        "mean": lambda: a.mean((2, 3)),
+        "max": lambda: a.max((2, 3)),
+        "flatten": lambda: a.reshape(len(a), -1),
+    }[conv_method]()
+
+
+def reference(a: np.ndarray, delta: float, rule: str) -> tuple[int, float]:
+    """(k, trace) by numpy in float64, from the definitions."""
+    cov = np.cov(a, rowvar=False, bias=True).reshape(a.shape[1], a.shape[1])
+    values = np.clip(np.sort(np.linalg.eigvalsh(cov))[::-1], 0, None)
+    cum = np.cumsum(values) / values.sum()
+    if rule == "textbook":
+        k = int(np.argmax(cum >= delta)) + 1 if (cum >= delta).any() else len(cum)
+    else:
+        k = max(1, int((cum < delta).sum()))
+    return k, float(np.trace(cov))
+
+
+@pytest.mark.parametrize("rule", ["textbook", "delve"])
+@pytest.mark.parametrize("conv_method", ["channelwise", "mean", "max", "flatten"])
+@pytest.mark.parametrize("delta", [0.9, 0.99])
+def test_saturation_equals_a_float64_reference(rule, conv_method, delta):
+    model, ds = small_cnn(), data()
+    got = saturation(model, ds, delta=delta, conv_method=conv_method, rule=rule)
+    acts = activations(model, ds.tensors[0])
+    assert list(got["layer"]) == ["0", "2", "4", "6"]
+    for row in got.itertuples():
+        rows = reference_rows(acts[row.layer], conv_method)
+        k, trace = reference(rows, delta, rule)
+        assert (row.dim, row.k) == (rows.shape[1], k), row.layer
+        assert row.saturation == k / rows.shape[1]
+        assert row.trace == pytest.approx(trace, rel=1e-9)
+
+
+@pytest.mark.parametrize("conv_method", ["channelwise", "flatten"])
+def test_streaming_over_batches_gives_the_one_batch_numbers(conv_method):
+    model, ds = small_cnn(), data()
+    whole = saturation(model, ds, batch_size=len(ds), conv_method=conv_method)
+    streamed = saturation(model, DataLoader(ds, batch_size=64), conv_method=conv_method)
+    assert list(whole["k"]) == list(streamed["k"])
+    np.testing.assert_allclose(whole["trace"], streamed["trace"], rtol=1e-10)
+
+
+def fit_with_saturation(epochs: int, lr: float, **options):
+    model = small_cnn()
+    train, valid = data(256, seed=1), data(128, seed=2)
+    sat = Saturation(**options)
+    snapshots = []
+
+    class Snapshot:
+        order = 50
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                snapshots.append({k: v.clone() for k, v in learn.model.state_dict().items()})
+
+    dls = DataLoaders.from_datasets(train, valid, batch_size=64)
+    learn = Learner(model, dls, nn.functional.cross_entropy, lr=lr, cbs=[sat, Snapshot()])
+    learn.fit(epochs)
+    return model, train, valid, sat, snapshots
+
+
+def test_the_callback_matches_one_pass_on_the_same_weights():
+    model, _, valid, sat, snapshots = fit_with_saturation(3, lr=0.1)
+    history = sat.history
+    assert list(history.columns) == ["epoch", "split", "layer", "dim", "k", "saturation", "trace"]
+    assert len(history) == 3 * 2 * 4  # epochs x splits x layers
+    for epoch, weights in enumerate(snapshots):
+        model.load_state_dict(weights)
+        expected = saturation(model, valid, batch_size=37)
+        got = history[(history.epoch == epoch) & (history.split == "eval")]
+        assert list(got["k"]) == list(expected["k"])
+        np.testing.assert_allclose(got["trace"], expected["trace"], rtol=1e-9)
+
+
+def test_with_weights_held_still_the_train_numbers_are_a_pass_over_the_train_set():
+    model, train, _, sat, _ = fit_with_saturation(1, lr=0.0, rule="delve", conv_method="max")
+    history = sat.history
+    got = history[history.split == "train"]
+    expected = saturation(model, train, rule="delve", conv_method="max")
+    assert list(got["k"]) == list(expected["k"])
+    np.testing.assert_allclose(got["trace"], expected["trace"], rtol=1e-9)
+
+
+def test_the_callback_registers_no_hook_and_writes_csv_and_plots(tmp_path):
+    seen = []
+
+    class NoHooks:
+        def after_batch(self, learn):
+            seen.append(
+                any(m._forward_hooks or m._forward_pre_hooks for m in learn.model.modules())
+            )
+
+    model, train, valid = small_cnn(), data(128), data(64, seed=2)
+    sat = Saturation(layers=["2", "6"])
+    dls = DataLoaders.from_datasets(train, valid, batch_size=64)
+    Learner(model, dls, nn.functional.cross_entropy, cbs=[sat, NoHooks()]).fit(2)
+    assert seen and not any(seen)
+    assert set(sat.history["layer"]) == {"2", "6"}
+    sat.to_csv(tmp_path / "sat.csv")
+    assert (tmp_path / "sat.csv").read_text().startswith("epoch,split,layer,dim,k,saturation,trace")
+    paths = sat.plot(tmp_path, prefix="run-")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["run-lsat_epoch0.png", "run-lsat_epoch1.png"]
+
+
+def test_a_selector_names_a_layer():
+    model, ds = small_cnn(), data(64)
+    got = saturation(model, ds, layers=["Flatten(self) > #value as out"])
+    assert list(got["dim"]) == [80]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"delta": 0}, "delta must be a number in (0, 1]"),
+        ({"delta": 1.5}, "delta must be a number in (0, 1]"),
+        ({"conv_method": "median"}, "conv_method must be one of"),
+        ({"rule": "paper"}, "rule must be one of"),
+    ],
+)
+def test_bad_options_fail_when_built(options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        Saturation(**options)
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (["nope"], "layer 'nope' is not a module of Sequential"),
+        (["Linear(self) > #value"], "must capture the output `as out`"),
+        ("0", "must be a list"),
+    ],
+)
+def test_bad_layers_are_named(layers, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        saturation(small_cnn(), data(8), layers=layers)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=12),
+    st.floats(0.05, 1.0),
+)
+def test_k_is_the_first_index_reaching_delta(values, delta):
+    values = sorted(values, reverse=True)
+    ev = torch.tensor(values, dtype=torch.float64)
+    k = intrinsic_dimensionality(ev, delta)
+    kd = intrinsic_dimensionality(ev, delta, rule="delve")
+    if sum(values) == 0:
+        assert (k, kd) == (0, 1)
+        return
+    cum = (ev.cumsum(0) / ev.sum()).tolist()
+    assert 1 <= k <= len(values) and 1 <= kd <= len(values)
+    assert k == len(values) or cum[k - 1] >= delta
+    assert k == 1 or cum[k - 2] < delta
+    assert kd == max(1, sum(c < delta for c in cum))
