@@ -9,7 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ptera.lab import DataLoaders, Learner, Saturation
-from ptera.lab.representations import intrinsic_dimensionality, saturation
+from ptera.lab.representations import (
+    extract_latents,
+    intrinsic_dimensionality,
+    load_manifest,
+    saturation,
+    train_probes,
+)
 
 
 def small_cnn() -> nn.Sequential:
@@ -203,3 +209,76 @@ def test_k_is_the_first_index_reaching_delta(values, delta):
     assert k == len(values) or cum[k - 1] >= delta
     assert k == 1 or cum[k - 2] < delta
     assert kd == max(1, sum(c < delta for c in cum))
+
+
+# -- latents and probes -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "downsampling, conv_shapes",
+    [
+        (4, [(300, 4 * 4 * 4), (300, 5 * 4 * 4)]),
+        (2, [(300, 4 * 2 * 2), (300, 5 * 2 * 2)]),
+        (None, [(300, 4 * 4 * 4), (300, 5 * 4 * 4)]),
+        ("pixelwise", [(300 * 16, 4), (300 * 16, 5)]),
+    ],
+)
+def test_extracted_latents_load_without_pickle(tmp_path, downsampling, conv_shapes):
+    model, ds = small_cnn(), data()
+    entry = extract_latents(model, ds, tmp_path, downsampling=downsampling, batch_size=64)
+    assert list(entry["layers"]) == ["0", "2", "4", "6"]
+    shapes = [
+        np.load(tmp_path / e["file"], allow_pickle=False).shape for e in entry["layers"].values()
+    ]
+    assert shapes == [*conv_shapes, (300, 7), (300, 3)]
+    labels = np.load(tmp_path / "train-labels.npy", allow_pickle=False)
+    np.testing.assert_array_equal(labels, ds.tensors[1].numpy())
+    # The rows are the layer's outputs, in data order.
+    last = np.load(tmp_path / entry["layers"]["6"]["file"], allow_pickle=False)
+    np.testing.assert_allclose(last, activations(model, ds.tensors[0])["6"], rtol=1e-5, atol=1e-6)
+    manifest = load_manifest(tmp_path)
+    assert manifest["splits"]["train"]["n"] == 300
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_extraction_records_where_the_model_came_from(tmp_path):
+    extract_latents(small_cnn(), data(32), tmp_path, checkpoint="run/model.pt", config={"a": 1})
+    manifest = load_manifest(tmp_path)
+    assert (manifest["checkpoint"], manifest["config"]) == ("run/model.pt", {"a": 1})
+
+
+@pytest.mark.parametrize("downsampling", [0, -2, "pixel", 2.5])
+def test_bad_downsampling_is_named(tmp_path, downsampling):
+    with pytest.raises(ValueError, match="downsampling must be"):
+        extract_latents(small_cnn(), data(8), tmp_path, downsampling=downsampling)
+
+
+@pytest.fixture(scope="module")
+def digit_latents(tmp_path_factory):
+    from ptera.lab.data import digits
+    from ptera.lab.models import Lenet5
+
+    folder = tmp_path_factory.mktemp("latents")
+    torch.manual_seed(0)
+    model, (train, test) = Lenet5(8), digits()
+    extract_latents(model, train, folder, layers=["features.0", "classifier.5"], split="train")
+    extract_latents(model, test, folder, layers=["features.0", "classifier.5"], split="eval")
+    return folder
+
+
+def test_probes_beat_chance_on_digits_and_a_rerun_refits_nothing(digit_latents):
+    first = train_probes(digit_latents)
+    assert list(first["layer"]) == ["features.0", "classifier.5"]
+    assert first.attrs["fitted"] == ["features.0", "classifier.5"]
+    assert (first["eval_accuracy"] > 0.3).all()  # chance is 0.1
+    assert first["eval_accuracy"].iloc[0] > 0.8  # an untrained conv layer still separates digits
+    again = train_probes(digit_latents)
+    assert again.attrs["fitted"] == []
+    assert again.equals(first)
+    text = (digit_latents / "probe_performance.csv").read_text().splitlines()
+    assert text[0] == "layer,train_accuracy,eval_accuracy,converged"
+    assert [line.split(",")[0] for line in text[1:]] == ["features.0", "classifier.5"]
+
+
+def test_probes_name_a_missing_split(tmp_path):
+    extract_latents(small_cnn(), data(16), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no 'eval' latents"):
+        train_probes(tmp_path)
