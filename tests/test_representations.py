@@ -9,10 +9,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ptera.lab import DataLoaders, Learner, Saturation
+from ptera.lab.models import Lenet5, SmallResNet
 from ptera.lab.representations import (
+    computational_info,
     extract_latents,
+    flops,
     intrinsic_dimensionality,
     load_manifest,
+    receptive_field,
     saturation,
     train_probes,
 )
@@ -254,7 +258,6 @@ def test_bad_downsampling_is_named(tmp_path, downsampling):
 @pytest.fixture(scope="module")
 def digit_latents(tmp_path_factory):
     from ptera.lab.data import digits
-    from ptera.lab.models import Lenet5
 
     folder = tmp_path_factory.mktemp("latents")
     torch.manual_seed(0)
@@ -282,3 +285,72 @@ def test_probes_name_a_missing_split(tmp_path):
     extract_latents(small_cnn(), data(16), tmp_path)
     with pytest.raises(FileNotFoundError, match="no 'eval' latents"):
         train_probes(tmp_path)
+
+
+# -- receptive fields and FLOPs ------------------------------------------------------
+def known_chain() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 2, 3, dilation=2),
+        nn.AvgPool2d(3, stride=1, padding=1),
+    )
+
+
+@pytest.mark.parametrize(
+    "model, shape, expected",
+    [
+        # r += (k - 1) * dilation * jump; jump *= stride; by hand:
+        (known_chain, (3, 32, 32), [(3, 1, 32), (5, 2, 16), (7, 4, 8), (23, 4, 4), (31, 4, 4)]),
+        (lambda: Lenet5(8), (1, 8, 8), [(5, 1, 8), (6, 2, 4), (14, 2, 4), (16, 4, 2)]),
+    ],
+)
+def test_receptive_fields_of_known_chains(model, shape, expected):
+    got = receptive_field(model(), shape)
+    assert list(zip(got.receptive_field, got.stride, got["size"])) == expected
+
+
+def test_a_skip_connection_needs_noskip():
+    with pytest.raises(ValueError, match="skip connection .* build it with noskip=True"):
+        receptive_field(SmallResNet(16), (1, 16, 16))
+    got = receptive_field(SmallResNet(16, noskip=True), (1, 16, 16))
+    assert list(got.layer) == ["stem.0", *(f"blocks.{i}.body.{j}" for i in (0, 1) for j in (0, 3))]
+    assert list(got.receptive_field) == [3, 5, 7, 9, 13]
+
+
+def test_a_gradient_outside_the_analytic_field_is_an_error():
+    class Shifted(nn.Module):  # a conv that reads its input rolled by 3 pixels: not a chain
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.roll(x, 3, dims=2))
+
+    with pytest.raises(ValueError, match="layer conv: its gradient reaches input rows"):
+        receptive_field(Shifted(), (1, 12, 12))
+
+
+@pytest.mark.parametrize(
+    "model, shape, expected",
+    [
+        (lambda: nn.Linear(10, 5), (10,), 2 * 10 * 5),
+        (lambda: nn.Conv2d(1, 2, 3), (1, 5, 5), 2 * 9 * (2 * 3 * 3)),
+        (
+            lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 3)),
+            (1, 4, 4),
+            2 * (16 * 4 + 4 * 3),
+        ),
+    ],
+)
+def test_flops_per_inference(model, shape, expected):
+    assert flops(model(), shape) == expected
+
+
+def test_computational_info_counts_parameters_and_modules():
+    info = computational_info(Lenet5(8), (1, 8, 8))
+    assert info["parameters"] == sum(p.numel() for p in Lenet5(8).parameters())
+    assert info["flops_per_inference"] == flops(Lenet5(8), (1, 8, 8)) > 0
+    assert info["flops_by_module"]["Lenet5.features.0"] == 2 * 25 * 6 * 64

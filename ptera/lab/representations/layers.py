@@ -63,10 +63,14 @@ def resolve_layers(model: nn.Module, layers: Iterable[str] | None) -> tuple[dict
 
 
 class LayerProbe:
-    """Calls ``sink(name, output)`` for each output of the chosen layers while active."""
+    """Calls ``sink(name, output)`` for each output of the chosen layers while active
+    (detached, unless ``detach=False``)."""
 
-    def __init__(self, model: nn.Module, layers: Iterable[str] | None, sink: Callable):
+    def __init__(
+        self, model: nn.Module, layers: Iterable[str] | None, sink: Callable, detach: bool = True
+    ):
         self.by_module, self.selectors = resolve_layers(model, layers)
+        self.detach = detach
         self.order = list(self.by_module.values()) + self.selectors
         classes = {type(m) for name, m in model.named_modules() if id(m) in self.by_module}
         self.env = {f"_cls{i}": cls for i, cls in enumerate(sorted(classes, key=_qualname))}
@@ -77,13 +81,13 @@ class LayerProbe:
         out = data.get("out")
         name = self.by_module.get(id(data.get("self")))
         if name is not None and isinstance(out, torch.Tensor):
-            self.sink(name, out.detach())
+            self.sink(name, out.detach() if self.detach else out)
 
     def _selector_output(self, name: str) -> Callable:
         def take(data: dict) -> None:
             out = data.get("out")
             if isinstance(out, torch.Tensor):
-                self.sink(name, out.detach())
+                self.sink(name, out.detach() if self.detach else out)
 
         return take
 
