@@ -120,7 +120,6 @@ def trained(tmp_path_factory):
 
 def test_train_writes_the_seed_tree(trained):
     tmp, _ = trained
-    folder = tmp / "logs" / "mlp" / "runs_program:tiny_digits_8".replace(":", "_") / "RES"
     folder = next((tmp / "logs" / "mlp").iterdir()) / "RES"
     assert folder.name == "RES" and folder.parent.name == "tiny_digits_8"
     for name in ("mlp-tiny_digits-r8-bs60-e2-sgd", "mlp-tiny_digits-r8-bs60-e2-adam"):
@@ -238,3 +237,17 @@ def test_a_run_killed_mid_training_resumes_after_its_last_epoch(tmp_path):
     Runs(cfg2, "K").train(verbose=False)
     straight = pd.read_csv(next(next(other.glob("SlowMLP/*/K")).glob("*.csv")))
     pd.testing.assert_frame_equal(resumed, straight)
+
+
+def test_the_example_config_runs(tmp_path):
+    cfg = json.loads((ROOT / "examples" / "runs.json").read_text())
+    assert len(expand(cfg)) == 4
+    moved = {**cfg, "logs_dir": str(tmp_path / "logs"), "latents_dir": str(tmp_path / "lat")}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(moved))
+    assert main(["train", "--config", str(path), "--run-id", "RES", "--quiet"]) == 0
+    tables = sorted((tmp_path / "logs").rglob("*.csv"))
+    assert len(tables) == 4
+    final = [pd.read_csv(t).iloc[-1] for t in tables]
+    assert all(row.epoch == 3 for row in final)
+    assert max(row.test_accuracy for row in final) > 0.8

@@ -95,15 +95,15 @@ def noisy_digits(resolution: int | None = None) -> tuple[TensorDataset, TensorDa
 
 # -- optimizers ---------------------------------------------------------------------------
 def sgd() -> tuple[type, dict]:
-    return torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}
+    return torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}
 
 
 def adam() -> tuple[type, dict]:
-    return torch.optim.Adam, {"lr": 1e-3}
+    return torch.optim.Adam, {"lr": 3e-3}
 
 
 def radam() -> tuple[type, dict]:
-    return torch.optim.RAdam, {"lr": 1e-3}
+    return torch.optim.RAdam, {"lr": 3e-3}
 
 
 # -- metrics -------------------------------------------------------------------------------
