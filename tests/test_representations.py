@@ -132,13 +132,34 @@ def test_the_callback_matches_one_pass_on_the_same_weights():
         np.testing.assert_allclose(got["trace"], expected["trace"], rtol=1e-9)
 
 
-def test_with_weights_held_still_the_train_numbers_are_a_pass_over_the_train_set():
-    model, train, _, sat, _ = fit_with_saturation(1, lr=0.0, rule="delve", conv_method="max")
+@pytest.mark.parametrize("buffer_elements", [1, 1000, 1 << 20])  # flush every batch ... once
+@pytest.mark.parametrize("conv_method", ["channelwise", "max"])
+def test_with_weights_held_still_the_train_numbers_are_a_pass_over_the_train_set(
+    monkeypatch, buffer_elements, conv_method
+):
+    monkeypatch.setattr(Saturation, "buffer_elements", buffer_elements)
+    model, train, _, sat, _ = fit_with_saturation(1, lr=0.0, rule="delve", conv_method=conv_method)
     history = sat.history
     got = history[history.split == "train"]
-    expected = saturation(model, train, rule="delve", conv_method="max")
+    expected = saturation(model, train, rule="delve", conv_method=conv_method)
     assert list(got["k"]) == list(expected["k"])
     np.testing.assert_allclose(got["trace"], expected["trace"], rtol=1e-9)
+
+
+def test_an_in_place_activation_does_not_change_what_was_measured():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 3))
+    ds = data(128)
+    sat = Saturation()
+    dls = DataLoaders.from_datasets(ds, ds, batch_size=32)
+    Learner(model, dls, nn.functional.cross_entropy, lr=0.0, cbs=[sat]).fit(1)
+    conv = reference_rows(activations(model, ds.tensors[0])["0"], "channelwise")
+    k, trace = reference(conv, 0.99, "textbook")
+    history = sat.history
+    conv_rows = history[history.layer == "0"]
+    assert list(conv_rows.split) == ["train", "eval"]
+    for row in conv_rows.itertuples():
+        assert (row.k, row.trace) == (k, pytest.approx(trace, rel=1e-9))
 
 
 def test_the_callback_registers_no_hook_and_writes_csv_and_plots(tmp_path):

@@ -20,8 +20,13 @@ Decisions:
 * A layer whose outputs do not vary (trace 0) has ``k = 0`` (textbook) or 1 (delve,
   its ``max(1, ...)``).
 * The ``Saturation`` callback measures the train and eval passes of each epoch
-  apart, from the activations the Learner computes anyway (one extra ``X^T X``
-  per layer and batch, no extra forward pass); its history restarts at each fit.
+  apart, from the activations the Learner computes anyway (no extra forward
+  pass); its history restarts at each fit. It keeps float64 copies of each
+  layer's outputs and folds them into the sums a million values at a time, so
+  a small model pays a few large products rather than many small ones.
+* Channelwise conv rows are never built: ``X^T X`` is the sum over the batch of
+  ``M M^T`` for each ``(C, H*W)`` map ``M`` (a batched product on the maps as
+  they lie in memory).
 """
 
 from __future__ import annotations
@@ -103,6 +108,28 @@ class Covariance:
         self.sum += x.sum(0)
         self.n += x.shape[0]
 
+    def update_maps(self, out: torch.Tensor) -> None:
+        """Add the channelwise rows of conv maps ``(batch, C, H, W)``: every position
+        is a row, without building the rows (a transposing copy that cost more than
+        the product)."""
+        x = out.detach().to(torch.float64)
+        b, c = x.shape[:2]
+        if self.xtx is None:
+            self.update(x.new_zeros(0, c))
+        elif c != self.xtx.shape[0]:
+            self.update(x.new_zeros(0, c))  # the same error as for rows
+        maps = x.reshape(b, c, -1)
+        self.xtx += torch.bmm(maps, maps.transpose(1, 2)).sum(0)
+        self.sum += maps.sum((0, 2))
+        self.n += b * maps.shape[2]
+
+    def add(self, out: torch.Tensor, conv_method: str = "channelwise") -> None:
+        """Add a layer output's rows (see ``rows_of``)."""
+        if out.dim() == 4 and conv_method == "channelwise":
+            self.update_maps(out)
+        else:
+            self.update(rows_of(out, conv_method))
+
     @property
     def dim(self) -> int:
         return 0 if self.xtx is None else self.xtx.shape[0]
@@ -165,7 +192,9 @@ def saturation(
     covs: dict[str, Covariance] = {}
 
     def record(name: str, out: torch.Tensor) -> None:
-        covs.setdefault(name, Covariance()).update(rows_of(out, conv_method))
+        if name not in covs:
+            covs[name] = Covariance()
+        covs[name].add(out, conv_method)
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     probe = LayerProbe(model, layers, record)
@@ -186,6 +215,7 @@ class Saturation(Callback):
     """
 
     order = 5
+    buffer_elements = 1 << 20  # per layer: outputs held before one batched update
 
     def __init__(
         self,
@@ -199,6 +229,7 @@ class Saturation(Callback):
         self.layers = None if layers is None else list(layers)
         self.rows: list[dict] = []
         self._covs: dict[str, Covariance] | None = None
+        self._buffers: dict[str, list[torch.Tensor]] = {}
         self._probe: LayerProbe | None = None
 
     def before_fit(self, learn) -> None:
@@ -207,17 +238,31 @@ class Saturation(Callback):
         self._probe.__enter__()
 
     def before_epoch(self, learn) -> None:
-        self._covs = {}
+        self._covs, self._buffers = {}, {}
 
     def _record(self, name: str, out: torch.Tensor) -> None:
-        if self._covs is not None:  # only inside the Learner's epochs
-            cov = self._covs.get(name)
-            if cov is None:
-                cov = self._covs[name] = Covariance()
-            cov.update(rows_of(out, self.conv_method))
+        if self._covs is None:  # only inside the Learner's epochs
+            return
+        if name not in self._covs:
+            self._covs[name], self._buffers[name] = Covariance(), []
+        buffer = self._buffers[name]
+        if buffer and buffer[0].shape[1:] != out.shape[1:]:
+            self._flush(name)
+        # A float64 copy: a later in-place op (ReLU(inplace=True)) cannot change it.
+        buffer.append(out.detach().to(torch.float64, copy=True))
+        if sum(t.numel() for t in buffer) >= self.buffer_elements:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        buffer = self._buffers[name]
+        if buffer:
+            self._covs[name].add(torch.cat(buffer), self.conv_method)
+            buffer.clear()
 
     def after_epoch(self, learn) -> None:
-        covs, self._covs = self._covs, None
+        for name in self._buffers:
+            self._flush(name)
+        covs, self._covs, self._buffers = self._covs, None, {}
         if not covs:
             return
         split = "train" if learn.training else "eval"
@@ -225,7 +270,7 @@ class Saturation(Callback):
             self.rows.append({"epoch": learn.epoch, "split": split, **row})
 
     def cleanup_fit(self, learn) -> None:
-        self._covs = None
+        self._covs, self._buffers = None, {}
         if self._probe is not None:
             probe, self._probe = self._probe, None
             probe.__exit__(None, None, None)
