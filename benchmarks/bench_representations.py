@@ -33,9 +33,16 @@ def upscale(ds, size):
     return TensorDataset(F.interpolate(x, size=(size, size), mode="bilinear"), y)
 
 
+class ProbesOnly(Saturation):
+    """The same probes, delivering each output to nothing: the price of the probes alone."""
+
+    def _record(self, name, out):
+        pass
+
+
 def fit(train, test, size, saturation):
     torch.manual_seed(0)
-    cbs = [Saturation()] if saturation else []
+    cbs = [saturation()] if saturation else []
     dls = DataLoaders.from_datasets(train, test, batch_size=64)
     learn = Learner(Lenet5(size), dls, nn.functional.cross_entropy, lr=1e-2,
                     opt_func=torch.optim.Adam, cbs=cbs)  # fmt: skip
@@ -63,8 +70,13 @@ def main():
         tr, te = (train, test) if size == 8 else (upscale(train, size), upscale(test, size))
         times = (interleave_cpu if CPU else interleave)(
             {
-                "Learner": lambda tr=tr, te=te, size=size: fit(tr, te, size, False),
-                "Learner + Saturation": lambda tr=tr, te=te, size=size: fit(tr, te, size, True),
+                "Learner": lambda tr=tr, te=te, size=size: fit(tr, te, size, None),
+                "Learner + probes only": lambda tr=tr, te=te, size=size: fit(
+                    tr, te, size, ProbesOnly
+                ),
+                "Learner + Saturation": lambda tr=tr, te=te, size=size: fit(
+                    tr, te, size, Saturation
+                ),
             },
             ROUNDS,
         )
