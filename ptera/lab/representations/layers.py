@@ -40,10 +40,10 @@ def resolve_layers(model: nn.Module, layers: Iterable[str] | None) -> tuple[dict
     A name that is neither a module of ``model`` nor a selector capturing ``out``
     is an error naming it.
     """
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of names or selectors, got the string {layers!r}")
     modules = dict(model.named_modules())
     names = default_layers(model) if layers is None else list(layers)
-    if layers is not None and isinstance(layers, str):
-        raise TypeError(f"layers must be a list of names or selectors, got the string {layers!r}")
     if not names:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to measure")
     by_module, selectors = {}, []

@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         runs = Runs(args.config, args.run_id, device=args.device)
-        groups = runs.groups if args.command != "receptive-field" else None  # checks every run
+        if args.command != "receptive-field":
+            runs.plan()  # every experiment built and checked before anything trains
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    del groups
     verbose = not args.quiet
     executor = "ray" if args.ray else None
     if verbose:

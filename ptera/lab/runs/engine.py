@@ -88,7 +88,7 @@ class SaturationMetric:
         return {**self.__dict__, "_key": None, "_values": {}}
 
 
-class TestMetric:
+class HeldOutMetric:
     """A registry metric ``fn(model, test_set)`` as an experiment metric."""
 
     def __init__(self, fn: Callable, test: Any):
@@ -138,11 +138,16 @@ class Runs:
         return len(self.runs)
 
     # -- planning -----------------------------------------------------------------------
-    @property
-    def groups(self) -> list[Group]:
+    def plan(self) -> list[Group]:
+        """Build (and so check) every experiment of the configuration; nothing trains."""
         if self._groups is None:
             self._groups = [self._group(runs) for runs in self._grouped().values()]
         return self._groups
+
+    @property
+    def groups(self) -> list[Group]:
+        """The runs grouped by experiment, each with its trials."""
+        return self.plan()
 
     def _grouped(self) -> dict[tuple, list[Run]]:
         out: dict[tuple, list[Run]] = {}
@@ -190,7 +195,7 @@ class Runs:
         for name in first.metrics:
             fn = METRICS_REGISTRY.lookup(name, "metrics")
             if fn is not None:
-                metrics.register_metric(name, TestMetric(fn, test))
+                metrics.register_metric(name, HeldOutMetric(fn, test))
         optimizers = list(dict.fromkeys(r.optimizer for r in runs))
         sizes = list(dict.fromkeys(r.batch_size for r in runs))
         choices = []
