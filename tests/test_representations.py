@@ -11,12 +11,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from ptera.lab import DataLoaders, Learner, Saturation
 from ptera.lab.models import Lenet5, SmallResNet
 from ptera.lab.representations import (
+    Covariance,
     computational_info,
     extract_latents,
     flops,
     intrinsic_dimensionality,
     load_manifest,
     receptive_field,
+    rows_of,
     saturation,
     train_probes,
 )
@@ -375,3 +377,29 @@ def test_computational_info_counts_parameters_and_modules():
     assert info["parameters"] == sum(p.numel() for p in Lenet5(8).parameters())
     assert info["flops_per_inference"] == flops(Lenet5(8), (1, 8, 8)) > 0
     assert info["flops_by_module"]["Lenet5.features.0"] == 2 * 25 * 6 * 64
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.integers(0, 2**16))
+def test_the_streamed_covariance_does_not_depend_on_the_batches(sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(sum(sizes), 3, 2, 2, generator=g) * 5 + 2
+    whole, streamed, as_rows = Covariance(), Covariance(), Covariance()
+    whole.add(maps)
+    for part in maps.split(sizes):
+        streamed.add(part)
+    as_rows.update(rows_of(maps))  # the rows built explicitly
+    for other in (streamed, as_rows):
+        assert other.n == whole.n == sum(sizes) * 4
+        torch.testing.assert_close(other.matrix(), whole.matrix(), rtol=1e-12, atol=1e-12)
+
+
+def test_pixelwise_latents_make_a_probe_per_position(tmp_path):
+    model = small_cnn()
+    extract_latents(model, data(64), tmp_path, downsampling="pixelwise", split="train")
+    extract_latents(model, data(32, seed=3), tmp_path, downsampling="pixelwise", split="eval")
+    frame = train_probes(tmp_path, max_iter=200)
+    assert list(frame.layer) == ["0", "2", "4", "6"]
+    manifest = load_manifest(tmp_path)
+    assert manifest["splits"]["eval"]["layers"]["0"]["positions"] == 16
+    assert frame.eval_accuracy.between(0, 1).all()
