@@ -1,7 +1,7 @@
 """Saturation, latents and linear probes of a small CNN on scikit-learn's digits.
 
-Run with `python examples/saturation.py [figure.png]` (default
-docs/saturation.png). The model is trained by the Learner with the `Saturation`
+Run with `python examples/saturation.py [figure.png]` (default: a temporary
+folder; the README's figure is `python examples/saturation.py docs/saturation.png`). The model is trained by the Learner with the `Saturation`
 callback (every Conv2d and Linear output, train and eval passes, collected by
 probes: no hook, no edit); then every layer's latents are extracted to disk and a
 logistic-regression probe is fitted per layer. The figure shows, per layer, the
@@ -19,8 +19,6 @@ from ptera.lab import DataLoaders, Learner, Saturation
 from ptera.lab.data import digits
 from ptera.lab.models import Lenet5
 from ptera.lab.representations import extract_latents, saturation, train_probes
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(figure: Path) -> None:
@@ -95,4 +93,5 @@ def plot(history, probes, figure: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "saturation.png")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    main(out or Path(tempfile.mkdtemp("-saturation")) / "saturation.png")
