@@ -251,3 +251,14 @@ def test_the_example_config_runs(tmp_path):
     final = [pd.read_csv(t).iloc[-1] for t in tables]
     assert all(row.epoch == 3 for row in final)
     assert max(row.test_accuracy for row in final) > 0.8
+
+
+def test_runs_that_differ_only_in_epochs_share_a_trial_and_keep_their_own_view(tmp_path):
+    runs = Runs(config(tmp_path, epoch=[2, 1]), "E")
+    runs.train(verbose=False)
+    (long, short) = [g.trials[g.runs[0]].id for g in runs.groups]
+    assert long == short  # the 1-epoch run is the first epoch of the 2-epoch trial
+    folder = runs.runs[1].folder("E")
+    table = pd.read_csv(folder / f"{runs.runs[1].name}.csv")
+    assert list(table.epoch) == [0, 1]
+    assert torch.load(folder / f"{runs.runs[1].name}.pt", weights_only=True)["epoch"] == 1

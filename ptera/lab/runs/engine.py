@@ -290,7 +290,10 @@ class Runs:
 
     # -- the view -------------------------------------------------------------------------
     def last_epoch(self, group: Group, run: Run) -> int:
-        return group.experiment.store.epochs([group.trials[run].id])[group.trials[run].id]
+        """The run's last committed epoch, at most its own ``epoch`` (a longer run of
+        the same trial may have gone further)."""
+        trial = group.trials[run].id
+        return min(group.experiment.store.epochs([trial])[trial], run.epoch)
 
     def trained_model(self, group: Group, run: Run) -> torch.nn.Module:
         """The run's model with the weights of its last committed epoch."""
@@ -311,7 +314,7 @@ class Runs:
             folder.mkdir(parents=True, exist_ok=True)
             _write_text(folder / f"{run.name}_config.json", json.dumps(run.config(), indent=4))
             _write_text(folder / "computational_info.json", json.dumps(info, indent=4))
-            frame = results[results.trial == plan.id]
+            frame = results[(results.trial == plan.id) & (results.epoch <= run.epoch)]
             table, history = _tables(frame, group.layers)
             if len(table):
                 table.to_csv(folder / f"{run.name}.csv", index=False)
