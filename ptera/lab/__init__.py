@@ -13,6 +13,7 @@ from .callbacks import (
 )
 from .learner import DataLoaders, Learner
 from .lrfind import LRFinder
+from .representations import Saturation
 from .stats import ActivationStats
 from .workbench import NeuronStats, SampleTable, SurgeryError, Workbench
 
@@ -31,6 +32,7 @@ __all__ = [
     "NeuronStats",
     "ProgressCB",
     "SampleTable",
+    "Saturation",
     "SurgeryError",
     "Workbench",
     "load_checkpoint",
