@@ -184,6 +184,13 @@ def register_tooled(fn: types.FunctionType) -> FnState:
     return state
 
 
+def unregister_tooled(state: FnState) -> None:
+    """Undo ``register_tooled``: ``state`` no longer answers ``*`` or bare names."""
+    if _tooled.pop(state.fid, None) is not None:
+        state.tooled = False
+        _version[0] += 1
+
+
 def tooled_states() -> list[FnState]:
     """Every function decorated with ``@tooled`` that still exists."""
     dead = [fid for fid, st in _tooled.items() if st.function is None]

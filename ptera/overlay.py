@@ -435,32 +435,40 @@ def active_rule_count() -> int:
 
 
 class Immediate:
-    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set."""
+    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set.
+
+    Both receive a dict of ``Capture`` objects (``.value``, ``.values``, ``.name``),
+    as in 1.4; names in a text selector resolve in the caller's scope.
+    """
 
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = (
+            select(selector, env=caller_env(1)) if isinstance(selector, str) else selector
+        )
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
         comp = compile_selector(self.selector)
         if self.intercept is not None:
-            return Rule(comp, self.intercept, immediate=True, intercepts=True)
+            return Rule(comp, self.intercept, immediate=True, raw=True, intercepts=True)
         trigger = self.trigger
 
         def emit(data):
             trigger(data)
             return ABSENT
 
-        return Rule(comp, emit, immediate=True)
+        return Rule(comp, emit, immediate=True, raw=True)
 
 
 class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = select(selector) if isinstance(selector, str) else selector
+        self.selector = (
+            select(selector, env=caller_env(1)) if isinstance(selector, str) else selector
+        )
         self.close = close
 
     def rule(self) -> Rule:
@@ -471,8 +479,16 @@ class BaseOverlay:
     """A context manager that activates handlers (``Immediate``, ``Total`` or rules)."""
 
     def __init__(self, *handlers):
-        self.handlers = handlers
+        self.handlers = list(handlers)
         self._tokens: list = []
+
+    def fork(self) -> BaseOverlay:
+        """A new overlay of the same type with the same handlers."""
+        return type(self)(*self.handlers)
+
+    def add(self, *handlers) -> None:
+        """Add handlers (used from the next time the overlay is entered)."""
+        self.handlers.extend(handlers)
 
     def __enter__(self):
         rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
@@ -495,3 +511,13 @@ def caller_env(skip: int = 1) -> dict:
     if f is None:
         return {}
     return {**f.f_globals, **f.f_locals}
+
+
+def __getattr__(name: str):
+    # 1.4's `ptera.overlay` also held these; they live in compat.py (imported late,
+    # since compat builds on this module).
+    if name in ("Overlay", "no_overlay", "autotool"):
+        from . import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

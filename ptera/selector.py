@@ -37,7 +37,7 @@ from typing import Any
 
 from .sentinel import Sentinel
 
-__all__ = ["Scope", "SelectorError", "Var", "select", "split_selectors"]
+__all__ = ["Scope", "SelectorError", "Var", "parse", "select", "split_selectors"]
 
 
 class SelectorError(ValueError):
@@ -464,6 +464,11 @@ def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
     if env is not None:
         tree = replace(tree, env=env)
     return tree
+
+
+def parse(text: str) -> Scope:
+    """Parse a selector without binding names to anything (1.4's ``selector.parse``)."""
+    return _parse(text)
 
 
 def split_selectors(text: str) -> list[str]:

@@ -23,7 +23,9 @@ class Tag:
         return TagSet.of(other, self)
 
     def __repr__(self) -> str:
-        return f"tag.{self.name}"
+        return f"ptera.tag.{self.name}"
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class TagSet:
 
     def __repr__(self) -> str:
         return " & ".join(sorted(map(_annotation_repr, self.members)))
+
+    __str__ = __repr__
 
 
 def _annotation_repr(x: object) -> str:
