@@ -96,6 +96,23 @@ class FnState:
             _by_code.setdefault(code, self)
         return code
 
+    def enable_free(self, name: str) -> None:
+        """Let states give free name ``name`` a value: recompile the running variants."""
+        source = self.source
+        if name in source.free_state:
+            return
+        with _lock:
+            current = next((i for i, c in self._variants.items() if c is self.current), None)
+            was_idle = self.current is self.idle
+            source.free_state = source.free_state | {name}
+            self._variants.clear()
+            self.idle = compile_variant(source, frozenset())
+            _by_code.setdefault(self.idle, self)
+            if was_idle:
+                self.set_code(self.idle)
+            else:
+                self.set_code(self.code_for(current))
+
     def set_code(self, code: types.CodeType) -> None:
         if code is self.current:
             return

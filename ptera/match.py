@@ -14,6 +14,9 @@ Decisions:
   or when some instrumented function assigns ``h[k] = ...``.
 * Naming a variable that the named function does not have is an error, not an
   empty stream; so is naming a function that cannot be found.
+* A free name the function reads (a global, a builtin) is one of its variables
+  when named (``f > debug``): its value at entry is reported and can be
+  replaced. ``$v`` and ``*`` stand for the function's own variables only.
 """
 
 from __future__ import annotations
@@ -253,7 +256,7 @@ class _Compiler:
             )
         if var.name is not None:
             v = variables.get(var.name)
-            if v is None or v.provenance == "external":
+            if v is None:
                 if strict:
                     known = ", ".join(n for n, x in variables.items() if x.provenance != "external")
                     raise _error(

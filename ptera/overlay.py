@@ -40,6 +40,7 @@ from .transform import (
     ABSENT_NAME,
     ENTER,
     EXIT,
+    FREE,
     MISSING,
     REPORT,
     REPORT_KEY,
@@ -317,6 +318,25 @@ def after_exit(call: Callable[[], Any]) -> None:
     _after.calls = [*_after.calls, call]
 
 
+def _free(F, S, name, read):
+    """A free name at entry: the state's value, else the real one as reported.
+
+    Returns ``ABSENT`` when nothing replaced the real value, so that the body
+    keeps reading the name itself.
+    """
+    value = S.get(name, ABSENT) if S is not ABSENT else ABSENT
+    if value is not ABSENT:
+        return _report(F, name, value)
+    if F is None:
+        return ABSENT
+    try:
+        real = read()
+    except NameError:
+        real = ABSENT
+    value = _report(F, name, real)
+    return ABSENT if value is real else value
+
+
 def _missing(fid, name):
     raise PteraNameError(name, state_by_fid(fid))
 
@@ -334,6 +354,7 @@ HELPERS = {
     SETTLE: settle,
     MISSING: _missing,
     SETKEY: _setkey,
+    FREE: _free,
     ABSENT_NAME: ABSENT,
 }
 
