@@ -23,29 +23,41 @@ from .transform import ABSENT
 
 
 class Capture:
-    """A captured variable: its name in results, the real names and the values."""
+    """A captured variable: its key in results (``capture``), the real names and the values.
 
-    __slots__ = ("name", "names", "values")
+    ``name`` is the real name of the variable when there is one (``$v`` may stand
+    for several), else the key, as in 1.4.
+    """
+
+    __slots__ = ("capture", "names", "values")
 
     def __init__(self, name: str, names: list, values: list):
-        self.name, self.names, self.values = name, names, values
+        self.capture, self.names, self.values = name, names, values
+
+    @property
+    def name(self) -> str:
+        """The variable's real name if it is unique, else the capture key."""
+        names = self.names
+        if names and all(n == names[0] for n in names):
+            return names[0]
+        return self.capture
 
     @property
     def value(self) -> Any:
         """The single value; an error if the capture has several (use ``values``)."""
         if len(self.values) != 1:
             raise ValueError(
-                f"capture '{self.name}' has {len(self.values)} values {self.values!r};"
+                f"capture '{self.capture}' has {len(self.values)} values {self.values!r};"
                 " use .values (or map_all / raw=True)"
             )
         return self.values[0]
 
     def __repr__(self) -> str:
-        return f"Capture({self.name!r}, {self.names!r}, {self.values!r})"
+        return f"Capture({self.capture!r}, {self.names!r}, {self.values!r})"
 
     def __eq__(self, other):
-        return isinstance(other, Capture) and (self.name, self.names, self.values) == (
-            other.name,
+        return isinstance(other, Capture) and (self.capture, self.names, self.values) == (
+            other.capture,
             other.names,
             other.values,
         )
@@ -307,6 +319,10 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         data = {k: Capture(k, [names.get(k, k)], [v]) for k, v in data.items()}
     if rule.wrap is not None:
         step = "begin" if spec.focus == 1 else "end"
+        if spec.focus == 1 and value is not ABSENT:
+            # The end marker of the region carries the value it began with.
+            act.caps[spec.out] = value
+            act.names[spec.out] = name
         data["$wrap"] = {"id": id(act), "name": rule.wrap, "step": step}
     result = rule.emit(data)
     return value if result is ABSENT or not rule.intercepts else result

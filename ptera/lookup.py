@@ -231,9 +231,26 @@ def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
     fn = unwrap(obj)
     if isinstance(fn, types.FunctionType):
         return [fn]
-    if callable(fn) and not isinstance(fn, types.BuiltinFunctionType):
-        return functions_of(type(fn), name)
-    raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
+    if not callable(fn):
+        raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, property) and getattr(fn, "__name__", None) in ("__get__", "__set__"):
+        # `Cls.prop.__get__` stands for the property's getter (core.md), `__set__` its setter.
+        accessor = owner.fget if fn.__name__ == "__get__" else owner.fset
+        if accessor is not None:
+            return functions_of(accessor, name)
+    cls = type(fn)
+    if not isinstance(fn, types.BuiltinFunctionType) and any(
+        isinstance(vars(k).get(a), types.FunctionType)
+        for k in cls.__mro__
+        for a in ("forward", "__call__")
+    ):
+        return functions_of(cls, name)
+    raise TypeError(
+        f"'{name}' is a {cls.__name__}, not a Python function: ptera can only probe"
+        " functions written in Python (it rewrites their source); name the Python"
+        " function it calls instead (for a property, `Cls.prop.fget` or `Cls.prop`)"
+    )
 
 
 def _getattr_path(obj: Any, parts: Iterable[str]) -> Any:

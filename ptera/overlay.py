@@ -18,7 +18,8 @@ Decisions:
   transparent.
 * Generator frames are not pushed on the stack (they would leak into the
   consumer's calls while suspended): a generator is a leaf scope.
-* ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
+* ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
+  (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 """
 
 from __future__ import annotations

@@ -11,8 +11,11 @@ Decisions:
   set); one without gives a total probe (one dict per call of the outermost
   function). ``probe_type`` forces either.
 * A selector with both ``!`` and ``!!`` in an immediate probe emits giving's
-  ``$wrap`` begin/end markers named after the function holding the focus, so
-  ``probe.wmap(fn)`` and ``probe.wrap(...)`` can bracket the region.
+  ``$wrap`` begin/end markers named after the primary focus (as in 1.4), so
+  ``probe.wmap(fn)``, ``probe.wrap(name, fn)`` and ``kwrap`` can bracket the
+  region. A secondary focus without a primary one is a ``ValueError``.
+* ``override()`` with no argument uses each value of the stream it is called on
+  (``probe["y"].map(f).override()``).
 * ``override`` on an overridable probe replaces the focus value with the value
   (or ``fn(item)``) of the last override subscriber that saw the emission.
 """
@@ -110,6 +113,10 @@ class _Pool:
             rules.append(rule)
 
 
+def _identity(item: Any) -> Any:
+    return item
+
+
 def _dead(data: dict) -> Any:
     return ABSENT
 
@@ -118,19 +125,20 @@ _pool = _Pool()
 
 
 def _wrap_name(sel: Scope) -> str | None:
-    def holder(node: Scope) -> str | None:
-        for child in node.children:
-            if isinstance(child, Scope):
-                found = holder(child)
-                if found:
-                    return found
-            elif child.focus == 1:
-                return node.fn or "*"
-        return None
-
+    # Named after the primary focus, as in 1.4: `wrap("#enter", ...)`, `kwrap("n", ...)`.
     if sel.focus is not None and sel.secondary is not None:
-        return holder(sel)
+        return sel.focus.out_name
     return None
+
+
+def _check_focus_pattern(sel: Scope) -> None:
+    if sel.secondary is not None and sel.focus is None:
+        raise SelectorError(
+            str(sel),
+            0,
+            "unsupported focus pattern: a secondary focus '!!' needs a primary focus '!'"
+            " (the start of the region that ends at '!!')",
+        )
 
 
 class Probe(SourceProxy):
@@ -169,6 +177,7 @@ class Probe(SourceProxy):
         self._used = False
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
         immediate = probe_type == "immediate" or (probe_type is None and sel.focus is not None)
         if immediate and sel.focus is None:
@@ -240,6 +249,7 @@ class OverridableProbe(Probe):
         super().__init__(*selectors, _obs=_obs, _root=_root, **kwargs)
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         if probe_type == "total" or sel.focus is None:
             raise SelectorError(
                 str(sel), 0, "an overridable probe needs a focus: mark a variable with '!'"
@@ -256,8 +266,12 @@ class OverridableProbe(Probe):
         finally:
             root._cell = cell
 
-    def override(self, setter: Any = None) -> Any:
-        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable."""
+    def override(self, setter: Any = _identity) -> Any:
+        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable.
+
+        With no argument, each item of this stream is the new value
+        (``probe["y"].map(f).override()``).
+        """
         root = self._root
 
         def change(item):

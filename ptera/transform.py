@@ -550,9 +550,9 @@ class _Instrumenter(ast.NodeTransformer):
         body = node.body
         for n in loopvars:
             if self.wants(f"#loop_{n}"):
-                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _name(n))), node))
+                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _const(True))), node))
             if self.wants(f"#endloop_{n}"):
-                end = ast.Expr(_report(f"#endloop_{n}", _name(n)))
+                end = ast.Expr(_report(f"#endloop_{n}", _const(True)))
                 body = [
                     ast.copy_location(
                         ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node

@@ -117,7 +117,7 @@ def gen(n):
         ("layer[2] > q", lambda: seq(1), [{"q": 4}]),
         ("seq > layer[$i] > q", lambda: seq(1), [{"i": i, "q": 2**i} for i in (1, 2, 3)]),
         ("gen > #yield", lambda: list(gen(3)), [{"#yield": v} for v in (0, 1, 4)]),
-        ("f > #loop_i", lambda: f(0), [{"#loop_i": i} for i in range(3)]),
+        ("f > #loop_i", lambda: f(0), [{"#loop_i": True} for i in range(3)]),
         ("f > #enter", lambda: f(0), [{"#enter": True}]),
         ("f{x, !#exit}", lambda: f(0), [{"x": 0, "#exit": True}]),
     ],
