@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .match import Compiled, Template, VarSpec
+from .match import Compiled, Same, Template, VarSpec
 from .selector import NOVALUE
 from .transform import ABSENT
 
@@ -65,6 +65,8 @@ class Capture:
 
 def filter_eq(a: Any, b: Any) -> bool:
     """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
+    if type(b) is Same:
+        return a is b.obj
     if isinstance(b, bool) or b is None:
         return a is b
     if isinstance(a, bool):
@@ -94,6 +96,7 @@ class Rule:
         "interest",
         "plans",
         "cells",
+        "offpath",
     )
 
     def __init__(
@@ -114,6 +117,7 @@ class Rule:
         # With a name, the `!`/`!!` pair emits giving's `$wrap` begin/end markers.
         self.wrap = wrap
         self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
+        self.offpath = frozenset() if immediate else _offpath(compiled)
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
         self.handlers: dict[int, dict[str, tuple]] = {
@@ -135,7 +139,17 @@ class Rule:
 class Act:
     """The captures of one live call for one template of one rule."""
 
-    __slots__ = ("t", "rule", "parent", "caps", "names", "failed", "pending", "holder")
+    __slots__ = (
+        "t",
+        "rule",
+        "parent",
+        "caps",
+        "names",
+        "failed",
+        "pending",
+        "holder",
+        "deferred",
+    )
 
     def __init__(self, t: Template, rule: Rule, parent: Act | None):
         self.t = t
@@ -145,6 +159,7 @@ class Act:
         self.names: dict = {}
         self.failed = t.filters  # equality filters not yet satisfied
         self.pending = {} if t.collects else None
+        self.deferred: list | None = None  # a root's results waiting for its exit (_offpath)
         holder = None
         if not rule.immediate:
             a = self
@@ -194,11 +209,42 @@ class Act:
             h = self
         if h is not None and h.pending is not None:
             h.pending.setdefault(out, []).append(entry)
+        elif self.t.node in self.rule.offpath:
+            self.root().pool().setdefault(out, []).append(entry)
+
+    def root(self) -> Act:
+        a = self
+        while a.parent is not None:
+            a = a.parent
+        return a
+
+    def pool(self) -> dict:
+        """A root's captures from branches beside the focus (see ``_offpath``)."""
+        if self.deferred is None:
+            self.deferred = [{}]
+        return self.deferred[0]
+
+    def release(self) -> None:
+        """At a root's exit: emit the deferred results, each with the pooled captures."""
+        deferred, self.deferred = self.deferred, None
+        pool = deferred[0]
+        for data in deferred[1:]:
+            for out, entries in pool.items():
+                data.setdefault(out, []).extend(entries)
+            self._emit(data)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, None
         if self.chain() is None:
             return
+        if self.rule.offpath:
+            root = self.root()
+            root.pool()
+            root.deferred.append(pending)
+            return
+        self._emit(pending)
+
+    def _emit(self, pending: dict) -> None:
         data = {
             out: Capture(out, [n for n, _ in lst], [v for _, v in lst])
             for out, lst in pending.items()
@@ -206,6 +252,32 @@ class Act:
         if not self.rule.raw:
             data = {out: cap.value for out, cap in data.items()}
         self.rule.emit(data)
+
+
+def _offpath(compiled: Compiled) -> frozenset:
+    """Nodes of a total selector beside the focus's path, such as ``nager`` in
+    ``canard(coincoin(!x), nager(a))``: their captures are pooled in the root call
+    and every result of that call, emitted when it ends, gets all of them (1.4)."""
+    parents = compiled.parents
+    focus = next(
+        (
+            t.node
+            for temps in compiled.templates.values()
+            for t in temps
+            if any(s.focus == 1 for specs in t.vars.values() for s in specs)
+        ),
+        None,
+    )
+    if focus is None:
+        return frozenset()
+
+    def line(n):
+        while n is not None:
+            yield n
+            n = parents.get(n)
+
+    above = set(line(focus))
+    return frozenset(n for n in parents if n not in above and focus not in set(line(n)))
 
 
 def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:

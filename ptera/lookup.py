@@ -230,7 +230,7 @@ def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
         raise NotFound(f"'{name}' is a class without a forward or __call__ method: name a method")
     fn = unwrap(obj)
     if isinstance(fn, types.FunctionType):
-        return [fn]
+        return [_through_closure(fn, name)]
     if not callable(fn):
         raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
     owner = getattr(fn, "__self__", None)
@@ -251,6 +251,35 @@ def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
         " functions written in Python (it rewrites their source); name the Python"
         " function it calls instead (for a property, `Cls.prop.fget` or `Cls.prop`)"
     )
+
+
+def _through_closure(fn: types.FunctionType, name: str) -> types.FunctionType:
+    """The function a decorator's closure wraps, when the name asks for it.
+
+    A wrapper made without ``functools.wraps`` (``def inner(*a): return fn(*a)``)
+    has another name than the one the selector gives (``hidden``); if its closure
+    holds a function of that name, that function is the one meant.
+    """
+    wanted = name.replace(":", ".").replace("/", ".").split(".")[-1]
+    current, seen = fn, set()
+    while current.__name__ != wanted and current.__closure__ and id(current) not in seen:
+        seen.add(id(current))
+        inner = [unwrap(f) for f in map(_cell_value, current.__closure__)]
+        inner = [f for f in inner if isinstance(f, types.FunctionType)]
+        found = next((f for f in inner if f.__name__ == wanted), None)
+        if found is not None:
+            return found
+        if len(inner) != 1:
+            break
+        current = inner[0]  # a wrapper of a wrapper: follow the one function it holds
+    return fn
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
 
 
 def _getattr_path(obj: Any, parts: Iterable[str]) -> Any:

@@ -21,11 +21,12 @@ Decisions:
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lookup import FnState, NotFound, registry_version, resolve, tooled_states
+from .lookup import FnState, NotFound, _getattr_path, registry_version, resolve, tooled_states
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError
@@ -33,6 +34,18 @@ from .transform import CALLKEY, TransformError
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
 META_POINTS = {"#enter", "#exit", "#error", "#value", "#yield", "#receive"}
+
+
+class Same:
+    """A filter value that matches one object by identity (``cow.cry``: only ``cow``)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __repr__(self) -> str:
+        return f"Same({self.obj!r})"
 
 
 @dataclass(frozen=True)
@@ -118,10 +131,11 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
 
 
 class _Compiler:
-    def __init__(self, selector: Scope, env, collect: bool, resolved: dict):
+    def __init__(self, selector: Scope, env, collect: bool, resolved: dict, instances=None):
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
+        self.instances = instances or {}
         self.env = env
         self.templates: dict[int, list[Template]] = {}
         self.interest: dict[FnState, set[str]] = {}
@@ -177,6 +191,12 @@ class _Compiler:
             elif isinstance(child, Var):
                 vars_.append(child)
         pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
+        if node.fn in self.instances and fns:
+            # `cow.cry > x`: only calls whose first argument is that very `cow`.
+            first = fns[0].original.co_varnames[:1]
+            if first:
+                same = Same(self.instances[node.fn])
+                pairs.append((Var(first[0], "self", value=same), None))
         sub_scopes = []
         for child in node.children:
             if isinstance(child, Scope):
@@ -330,10 +350,18 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     )
-    key = (selector, collect, signature, tags, registry_version())
+    instances = _instances(selector, env, resolved)
+    key = (
+        selector,
+        collect,
+        signature,
+        tags,
+        registry_version(),
+        tuple((n, id(obj)) for n, obj in instances.items()),
+    )
     compiled = _cache.get(key)
     if compiled is None:
-        compiled = _Compiler(selector, env, collect, resolved).compile()
+        compiled = _Compiler(selector, env, collect, resolved, instances).compile()
         if len(_cache) > 512:
             _cache.clear()
         _cache[key] = compiled
@@ -342,6 +370,25 @@ def compile_selector(
             _fast_cache.clear()
         _fast_cache[fast] = (bound, compiled)
     return compiled
+
+
+def _instances(selector: Scope, env, resolved: dict) -> dict[str, Any]:
+    """The objects that names like ``cow.cry`` bind their method to (not classes)."""
+    out = {}
+    if not env:
+        return out
+    for name, found in resolved.items():
+        head, *rest = name.split(".")
+        if not rest or head not in env or not isinstance(found, list):
+            continue
+        try:
+            obj = _getattr_path(env[head], rest)
+        except AttributeError:
+            continue
+        owner = getattr(obj, "__self__", None)
+        if isinstance(obj, types.MethodType) and not isinstance(owner, type):
+            out[name] = owner
+    return out
 
 
 _cache: dict = {}

@@ -298,6 +298,8 @@ def _exit(F, error):
             h(act, "#exit", True, ABSENT)
         if act.pending is not None and act.t.holder:
             act.flush()
+        if act.deferred is not None and act.parent is None:
+            act.release()
     if _after.calls:
         # Work that needs every result of this exit first (Grad's one backward pass);
         # dropped when the call failed.
