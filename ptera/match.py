@@ -8,7 +8,9 @@ id, so the hot path never walks a selector.
 
 Decisions:
 
-* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it.
+* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it:
+  the ``@tooled`` ones, and the undecorated ones that ``f`` can reach through the
+  names its code uses (reach.py says what that finds and what it cannot).
 * ``h[1] as h`` is a keyed variable (a ``Recurrence`` slot or a subscript
   assignment ``h[k] = v``) of the enclosing scope when ``h`` names no function,
   or when some instrumented function assigns ``h[k] = ...``.
@@ -26,7 +28,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lookup import FnState, NotFound, _getattr_path, registry_version, resolve, tooled_states
+from .lookup import (
+    FnState,
+    NotFound,
+    _getattr_path,
+    registry_version,
+    resolve,
+    state_for,
+    tooled_states,
+)
+from .reach import reachable
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError
@@ -142,6 +153,7 @@ class _Compiler:
         self.parents: dict[int, int | None] = {}
         self.pushers: set[int] = set()
         self.counter = 0
+        self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
         self.named: list[FnState] = []
 
@@ -213,7 +225,12 @@ class _Compiler:
         deep_vars = [(v, k) for v, k in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
+        self.roots[nid] = fns if fns is not None else self.roots.get(parent)
         candidates = fns if fns is not None else tooled_states()
+        named = bool(pairs) and all(v.name is not None for v, _ in pairs)
+        if fns is None and node.deep and named and self.roots.get(parent):
+            # Only for named variables: `f >> $v` would instrument every callee.
+            candidates = candidates + self.reachable(self.roots[parent], candidates)
         # With several functions under one name, a variable must exist in one of them.
         missing: dict[int, SelectorError] = {}
         for st in candidates:
@@ -259,6 +276,13 @@ class _Compiler:
             self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
         for child in sub_scopes:
             self.node(child, nid)
+
+    def reachable(self, roots: list[FnState], known: list[FnState]) -> list[FnState]:
+        """Undecorated functions that the named ones may call (``outer >> x``, reach.py)."""
+        have = {st.fid for st in known}
+        fns = [st.function for st in roots if st.function is not None]
+        found = [state_for(fn) for fn in reachable(fns)]
+        return [st for st in dict.fromkeys(found) if st.fid not in have]
 
     def _names_function(self, node: Scope) -> bool:
         # `h[1] as h` is a keyed variable when some instrumented function assigns
