@@ -198,3 +198,24 @@ def test_a_missing_function_is_still_a_selector_error():
     with pytest.raises(SelectorError, match="cannot find function"):
         with probing("nowhere_at_all > x"):
             pass
+
+
+@tooled
+def gen(n):
+    for i in range(n):
+        yield i * 10
+    return n
+
+
+@pytest.mark.parametrize(
+    "selector, names",
+    [
+        ("gen > $x:@exit", ["#yield", "#yield", "#exit"]),
+        ("gen > $x:@enter", ["#enter", "#receive", "#receive"]),
+    ],
+)
+def test_meta_tag_filters_in_generators(selector, names):
+    with probing(selector, raw=True) as p:
+        got = p.map(lambda d: d["x"].name).accum()
+        list(gen(2))
+    assert got == names
