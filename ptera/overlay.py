@@ -468,9 +468,7 @@ class Immediate:
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = (
-            select(selector, env=caller_env(1)) if isinstance(selector, str) else selector
-        )
+        self.selector = _in_caller(selector)
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
@@ -486,13 +484,17 @@ class Immediate:
         return Rule(comp, emit, immediate=True, raw=True)
 
 
+def _in_caller(selector):
+    """A selector whose names resolve where the handler was made (unless it has an env)."""
+    sel = select(selector) if isinstance(selector, str) else selector
+    return sel if sel.env is not None else select(sel, env=caller_env(1))
+
+
 class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = (
-            select(selector, env=caller_env(1)) if isinstance(selector, str) else selector
-        )
+        self.selector = _in_caller(selector)
         self.close = close
 
     def rule(self) -> Rule:

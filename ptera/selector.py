@@ -475,11 +475,32 @@ def _parse(text: str) -> Scope:
     return _Parser(text).parse()
 
 
-def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
-    """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references."""
+def select(
+    text: str | Scope,
+    env: Mapping[str, Any] | None = None,
+    *,
+    skip_modules: Any = (),
+    skip_frames: int = 0,
+    strict: bool = False,
+) -> Scope:
+    """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references.
+
+    1.4's ``skip_modules`` and ``skip_frames`` are accepted and not needed: names
+    resolve in the scope where the selector is used. ``strict=True`` resolves the
+    names at once, so that a function that cannot be found is an error here.
+    """
     tree = text if isinstance(text, Scope) else _parse(text)
     if env is not None:
         tree = replace(tree, env=env)
+    if strict:
+        import sys
+
+        from .match import compile_selector
+
+        if tree.env is None:
+            f = sys._getframe(1)
+            tree = replace(tree, env={**f.f_globals, **f.f_locals})
+        compile_selector(tree)
     return tree
 
 

@@ -325,3 +325,25 @@ def test_opparse_unknown_operator_is_a_syntax_error():
     with pytest.raises(SyntaxError, match="Invalid token: %") as info:
         _parser("a % b")
     assert info.value.offset == 3
+
+
+def test_handlers_resolve_names_where_they_are_made():
+    def local_fn(q):
+        r = q * 3
+        return r
+
+    seen = []
+    parsed = ptera.select("local_fn > r")  # no env: resolved when the handler is made
+    with ptera.BaseOverlay(
+        interpret.Immediate(parsed, trigger=lambda caps: seen.append(caps["r"].value)),
+        interpret.Total("local_fn(q) > r", close=lambda caps: seen.append(caps["q"].value)),
+    ):
+        local_fn(2)
+    assert seen == [6, 2]
+
+
+def test_select_accepts_141_keywords():
+    assert ptera.select("f > x", skip_modules=["x"], skip_frames=1) == ptera.select("f > x")
+    assert ptera.select("f > y", strict=True).env is not None
+    with pytest.raises(ptera.SelectorError, match="cannot find function 'nowhere'"):
+        ptera.select("nowhere > y", strict=True)
