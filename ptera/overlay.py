@@ -66,6 +66,7 @@ class PteraNameError(NameError):
         )
         self.varname = name
         self.state = state
+        self.function = state.qualname  # 1.4's attribute: the function's name
 
     def info(self) -> dict:
         """The variable's record in ``__ptera_info__`` (coleo reads it)."""

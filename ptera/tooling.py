@@ -26,8 +26,13 @@ from .tags import tag
 __all__ = ["is_tooled", "tooled"]
 
 
-def tooled(fn: Any) -> Any:
-    """Instrument ``fn`` so that selectors can address its variables; returns ``fn``."""
+def tooled(fn: Any = None) -> Any:
+    """Instrument ``fn`` so that selectors can address its variables; returns ``fn``.
+
+    ``@tooled()`` (with parentheses, as 1.4 allowed) is the same decorator.
+    """
+    if fn is None:
+        return tooled
     if isinstance(fn, (staticmethod, classmethod)):
         tooled(fn.__func__)
         return fn

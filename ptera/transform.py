@@ -321,6 +321,13 @@ def _comment_above(lines: list[str], lineno: int) -> str | None:
 def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
     if expr is None:
         return ABSENT
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        if expr.value.startswith("@"):
+            # 1.4's spelling of tags: `x: "@Important & @Other"`.
+            from .tags import get_tags
+
+            parts = [p.strip() for p in expr.value.split("&")]
+            return get_tags(*(p[1:] for p in parts if p.startswith("@")))
     env = dict(fn.__globals__)
     if fn.__closure__:
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):

@@ -347,3 +347,32 @@ def test_select_accepts_141_keywords():
     assert ptera.select("f > y", strict=True).env is not None
     with pytest.raises(ptera.SelectorError, match="cannot find function 'nowhere'"):
         ptera.select("nowhere > y", strict=True)
+
+
+@tooled()
+def _string_tags(a):
+    x: "@Important" = 1  # noqa: F821 (1.4's string spelling of tags)
+    y: "@Important & @Other" = 2  # noqa: F821
+    return a + x + y
+
+
+def test_string_tag_annotations_and_tooled_with_parentheses():
+    info = _string_tags.__ptera_info__
+    assert info["x"]["annotation"] is tag.Important
+    assert info["y"]["annotation"] == tag.Important & tag.Other
+    with probing("_string_tags > $v:Important").values() as got:
+        _string_tags(0)
+    assert got == [{"v": 1}, {"v": 2}]
+    assert ptera.tags.match_tag(None, tag.Anything)
+    assert ptera.tags.get_tags("A", "B") == tag.A & tag.B
+
+
+def test_name_error_names_the_function():
+    @tooled
+    def needs(q):
+        w: int
+        return q + w
+
+    with pytest.raises(ptera.PteraNameError) as info:
+        needs(1)
+    assert info.value.varname == "w" and info.value.function.endswith("needs")
