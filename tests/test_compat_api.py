@@ -351,8 +351,8 @@ def test_select_accepts_141_keywords():
 
 @tooled()
 def _string_tags(a):
-    x: "@Important" = 1  # noqa: F821 (1.4's string spelling of tags)
-    y: "@Important & @Other" = 2  # noqa: F821
+    x: "@Important" = 1  # noqa: F722 (1.4's string spelling of tags)
+    y: "@Important & @Other" = 2  # noqa: F722
     return a + x + y
 
 
