@@ -294,7 +294,7 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         and rule.wrap is None
     )
     if fires and simple:
-        focus = _fast_focus(spec.out, rule.emit, rule.intercepts)
+        focus = _fast_focus(spec.out, rule.emit, rule.intercepts, keep=not t.simple)
         rule.cells.append(focus.__closure__[focus.__code__.co_freevars.index("emit")])
         return focus
     if fires:
@@ -316,9 +316,22 @@ def _fast_capture(out: str) -> Callable:
     return capture
 
 
-def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
+def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Callable:
     # `emit` is a closure variable, rebound in place when the rule changes hands
     # (Rule.rebind): no attribute lookup per value.
+    if keep and not intercepts:
+        # The focus is kept with the call's other captures, so that a result lists
+        # them in the order they were first set (as in 1.4). Only for templates
+        # with captures: a simple one's activation may be shared by calls.
+
+        def focus(act, name, value, key):
+            if value is not ABSENT:
+                caps = act.caps
+                caps[out] = value
+                emit(caps.copy())
+            return value
+
+        return focus
     if intercepts:
 
         def focus(act, name, value, key):
@@ -377,11 +390,20 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     chain = act.chain()
     if chain is None:
         return value
+    # Innermost scope first, each in the order its captures were first set (as in 1.4:
+    # a printed result reads the same); an inner capture wins over an outer one. An
+    # activation that calls may share (a simple template's) is never written to.
+    keep = value is not ABSENT and not act.t.simple
+    if keep:
+        act.caps[spec.out] = value
+        act.names[spec.out] = name
     data, names = {}, {}
-    for a in chain:
-        data.update(a.caps)
-        names.update(a.names)
-    if value is not ABSENT:
+    for a in reversed(chain):
+        for k, v in a.caps.items():
+            data.setdefault(k, v)
+        for k, v in a.names.items():
+            names.setdefault(k, v)
+    if value is not ABSENT and not keep:
         data[spec.out] = value
         names[spec.out] = name
     if spec.key_out is not None:

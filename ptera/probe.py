@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import atexit
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -313,15 +314,33 @@ def global_probe(
     probe_type: str | None = None,
     env: dict | None = None,
 ) -> Probe:
-    """A probe active in every thread at once, until its ``deactivate()``."""
+    """A probe active in every thread at once, until its ``deactivate()`` (or the
+    interpreter's exit, which completes it: ``max().print()`` then prints, as in 1.4)."""
     env = env if env is not None else caller_env(1)
     probe = Probe(*selectors, raw=raw, probe_type=probe_type, env=env)
     probe._enter(glob=True)
     probe.__class__ = _GlobalProbe
+    if not _open_globals:
+        atexit.register(_complete_globals)
+    _open_globals[id(probe)] = probe
     return probe
+
+
+_open_globals: dict[int, Probe] = {}
+
+
+def _complete_globals() -> None:
+    for key in list(_open_globals):  # in the order they were made
+        probe = _open_globals.pop(key, None)
+        if probe is not None and probe._token is not None:
+            probe.deactivate()
 
 
 class _GlobalProbe(Probe):
     def __enter__(self):
         # Already active; `with global_probe(...)` just scopes its lifetime.
         return self
+
+    def _exit(self):
+        _open_globals.pop(id(self), None)
+        super()._exit()

@@ -219,3 +219,46 @@ def test_meta_tag_filters_in_generators(selector, names):
         got = p.map(lambda d: d["x"].name).accum()
         list(gen(2))
     assert got == names
+
+
+@tooled
+def running_sum(n):
+    acc = 0
+    for k in range(n):
+        acc = acc + k
+    return acc
+
+
+@pytest.mark.parametrize(
+    "selector, keys",
+    [
+        # Innermost scope first, each in the order its captures were first set.
+        ("running_sum(k, !acc)", [["acc"], ["acc", "k"], ["acc", "k"]]),
+        ("running_sum(!k, acc)", [["acc", "k"], ["acc", "k"]]),
+        ("running_sum(n) > acc", [["n", "acc"]] * 3),
+    ],
+)
+def test_results_list_captures_in_the_order_141_printed_them(selector, keys):
+    with probing(selector).values() as got:
+        running_sum(2)
+    assert [list(d) for d in got] == keys
+
+
+def test_global_probes_complete_when_the_interpreter_exits(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "from ptera import global_probe, tooled\n"
+        "@tooled\n"
+        "def f(x):\n"
+        "    y = x * 2\n"
+        "    return y\n"
+        "global_probe('f > y')['y'].max().print('max={}')\n"
+        "f(1); f(4); f(2)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == "max=8"
