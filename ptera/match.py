@@ -8,7 +8,9 @@ id, so the hot path never walks a selector.
 
 Decisions:
 
-* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it.
+* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it:
+  the ``@tooled`` ones, and the undecorated ones that ``f`` can reach through the
+  names its code uses (reach.py says what that finds and what it cannot).
 * ``h[1] as h`` is a keyed variable (a ``Recurrence`` slot or a subscript
   assignment ``h[k] = v``) of the enclosing scope when ``h`` names no function,
   or when some instrumented function assigns ``h[k] = ...``.
@@ -23,10 +25,14 @@ Decisions:
   filter on the method's ``self`` (``Same``). A class name matches every instance.
 * A key (``Linear[1]``) on functions that no call can key (not decorated, and no
   decorated function has ``h[k] = f(...)``) is a ``SelectorError``.
+* A free name the function reads (a global, a builtin) is one of its variables
+  when named (``f > debug``): its value at entry is reported and can be
+  replaced. ``$v`` and ``*`` stand for the function's own variables only.
 """
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -35,12 +41,15 @@ from typing import Any
 from .lookup import (
     FnState,
     NotFound,
+    _getattr_path,
     bound_instance,
     module_forwards,
     registry_version,
     resolve,
+    state_for,
     tooled_states,
 )
+from .reach import reachable
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError, self_name
@@ -166,7 +175,8 @@ class Same:
     not keep a model alive; equal to another ``Same`` of the same live object.
     """
 
-    def __init__(self, obj: Any):
+    def __init__(self, obj: Any, capture: bool = False):
+        self.capture = capture  # results include the object as `self`
         try:
             self.ref = weakref.ref(obj)
         except TypeError:
@@ -194,12 +204,14 @@ class _Compiler:
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
+        self.instances = instances or {}
         self.env = env
         self.templates: dict[int, list[Template]] = {}
         self.interest: dict[FnState, set[str]] = {}
         self.parents: dict[int, int | None] = {}
         self.pushers: set[int] = set()
         self.counter = 0
+        self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
         self.named: list[FnState] = []
 
@@ -251,9 +263,11 @@ class _Compiler:
         pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
         same = self.instances.get(node.fn)
         if same is not None and fns:
-            # A module named by instance: only calls whose `self` is that module match.
+            # A module named by instance (`net.2 > input`) or a method of one object
+            # (`cow.cry > x`, which also captures `self`): only that object's calls match.
             me = self_name(fns[0].source.fn, fns[0].source.tree)
-            pairs.append((Var(me, None, value=same), None))
+            if me is not None:
+                pairs.append((Var(me, "self" if same.capture else None, value=same), None))
         if key is not NOVALUE or key_out is not None:
             self.check_keyed(node, fns)
         sub_scopes = []
@@ -272,10 +286,15 @@ class _Compiler:
         deep_vars = [(v, k) for v, k in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
+        self.roots[nid] = fns if fns is not None else self.roots.get(parent)
         candidates = fns if fns is not None else tooled_states()
         if fns is None and node.deep:
             # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
             candidates = candidates + [st for st in self.forwards if not st.tooled]
+        named = bool(pairs) and all(v.name is not None for v, _ in pairs)
+        if fns is None and node.deep and named and self.roots.get(parent):
+            # Only for named variables: `f >> $v` would instrument every callee.
+            candidates = candidates + self.reachable(self.roots[parent], candidates)
         # With several functions under one name, a variable must exist in one of them.
         missing: dict[int, SelectorError] = {}
         for st in candidates:
@@ -292,7 +311,8 @@ class _Compiler:
                     names = self.names_for(
                         var, st, variables, strict=fns is not None and not var.deep
                     )
-                    if fns is None and not st.tooled:
+                    if fns is None and not st.tooled and st in self.forwards:
+                        # A stock module's forward: only the attributes it reads.
                         names = [n for n in names if n in st.source.attributes]
                 except (SelectorError, _NoVariable) as err:
                     missing.setdefault(i, err)
@@ -347,6 +367,13 @@ class _Compiler:
             " `model.layers.3.mlp > x`) or bind it in env",
         )
 
+    def reachable(self, roots: list[FnState], known: list[FnState]) -> list[FnState]:
+        """Undecorated functions that the named ones may call (``outer >> x``, reach.py)."""
+        have = {st.fid for st in known}
+        fns = [st.function for st in roots if st.function is not None]
+        found = [state_for(fn) for fn in reachable(fns)]
+        return [st for st in dict.fromkeys(found) if st.fid not in have]
+
     def _names_function(self, node: Scope) -> bool:
         # `h[1] as h` is a keyed variable when some instrumented function assigns
         # `h[k] = ...`, even if a function named `h` exists somewhere.
@@ -367,7 +394,7 @@ class _Compiler:
                 return [var.name]
             if v is None and var.name in st.source.comprehended and strict:
                 raise _NoVariable(var.name, st, variables, comprehended=True)
-            if v is None or v.provenance == "external":
+            if v is None:
                 if strict:
                     raise _NoVariable(var.name, st, variables)
                 return []
@@ -443,6 +470,8 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     )
+    for name, obj in _instances(selector, env, resolved).items():
+        instances.setdefault(name, Same(obj, capture=True))
     key = (selector, collect, signature, tags, registry_version(), *instances.items(), *forwards)
     compiled = _cache.get(key)
     if compiled is None:
@@ -455,6 +484,25 @@ def compile_selector(
             _fast_cache.clear()
         _fast_cache[fast] = (bound, compiled)
     return compiled
+
+
+def _instances(selector: Scope, env, resolved: dict) -> dict[str, Any]:
+    """The objects that names like ``cow.cry`` bind their method to (not classes)."""
+    out = {}
+    if not env:
+        return out
+    for name, found in resolved.items():
+        head, *rest = name.split(".")
+        if not rest or head not in env or not isinstance(found, list):
+            continue
+        try:
+            obj = _getattr_path(env[head], rest)
+        except AttributeError:
+            continue
+        owner = getattr(obj, "__self__", None)
+        if isinstance(obj, types.MethodType) and not isinstance(owner, type):
+            out[name] = owner
+    return out
 
 
 _cache: dict = {}

@@ -18,7 +18,8 @@ Decisions:
   transparent.
 * Generator frames are not pushed on the stack (they would leak into the
   consumer's calls while suspended): a generator is a leaf scope.
-* ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
+* ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
+  (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
   rules, in any order relative to other activations, and only once.
 """
@@ -43,6 +44,7 @@ from .transform import (
     ABSENT_NAME,
     ENTER,
     EXIT,
+    FREE,
     HIDE,
     MISSING,
     REPORT,
@@ -69,6 +71,7 @@ class PteraNameError(NameError):
         )
         self.varname = name
         self.state = state
+        self.function = state.qualname  # 1.4's attribute: the function's name
 
     def info(self) -> dict:
         """The variable's record in ``__ptera_info__`` (coleo reads it)."""
@@ -311,6 +314,8 @@ def _exit(F, error):
             h(act, "#exit", True, ABSENT)
         if act.pending is not None and act.t.holder:
             act.flush()
+        if act.deferred is not None and act.parent is None:
+            act.release()
     if _after.calls:
         # Work that needs every result of this exit first (Grad's one backward pass);
         # dropped when the call failed.
@@ -332,6 +337,25 @@ def after_exit(call: Callable[[], Any]) -> None:
     _after.calls = [*_after.calls, call]
 
 
+def _free(F, S, name, read):
+    """A free name at entry: the state's value, else the real one as reported.
+
+    Returns ``ABSENT`` when nothing replaced the real value, so that the body
+    keeps reading the name itself.
+    """
+    value = S.get(name, ABSENT) if S is not ABSENT else ABSENT
+    if value is not ABSENT:
+        return _report(F, name, value)
+    if F is None:
+        return ABSENT
+    try:
+        real = read()
+    except NameError:
+        real = ABSENT
+    value = _report(F, name, real)
+    return ABSENT if value is real else value
+
+
 def _missing(fid, name):
     raise PteraNameError(name, state_by_fid(fid))
 
@@ -349,6 +373,7 @@ HELPERS = {
     SETTLE: settle,
     MISSING: _missing,
     SETKEY: _setkey,
+    FREE: _free,
     ABSENT_NAME: ABSENT,
     HIDE: hide_helpers,
 }
@@ -498,32 +523,42 @@ def active_rule_count() -> int:
 
 
 class Immediate:
-    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set."""
+    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set.
+
+    Both receive a dict of ``Capture`` objects (``.value``, ``.values``, ``.name``),
+    as in 1.4; names in a text selector resolve in the caller's scope.
+    """
 
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = select(selector)
+        self.selector = _in_caller(selector)
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
         comp = compile_selector(self.selector)
         if self.intercept is not None:
-            return Rule(comp, self.intercept, immediate=True, intercepts=True)
+            return Rule(comp, self.intercept, immediate=True, raw=True, intercepts=True)
         trigger = self.trigger
 
         def emit(data):
             trigger(data)
             return ABSENT
 
-        return Rule(comp, emit, immediate=True)
+        return Rule(comp, emit, immediate=True, raw=True)
+
+
+def _in_caller(selector):
+    """A selector whose names resolve where the handler was made (unless it has an env)."""
+    sel = select(selector)  # a TypeError unless a string or a Scope
+    return sel if sel.env is not None else select(sel, env=caller_env(1))
 
 
 class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = select(selector)
+        self.selector = _in_caller(selector)
         self.close = close
 
     def rule(self) -> Rule:
@@ -540,8 +575,16 @@ class BaseOverlay:
                     "BaseOverlay needs handlers (Immediate, Total or Rule),"
                     f" not {type(h).__name__} ({h!r:.60})"
                 )
-        self.handlers = handlers
+        self.handlers = list(handlers)
         self._tokens: list = []
+
+    def fork(self) -> BaseOverlay:
+        """A new overlay of the same type with the same handlers."""
+        return type(self)(*self.handlers)
+
+    def add(self, *handlers) -> None:
+        """Add handlers (used from the next time the overlay is entered)."""
+        self.handlers.extend(handlers)
 
     def __enter__(self):
         rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
@@ -564,3 +607,13 @@ def caller_env(skip: int = 1) -> dict:
     if f is None:
         return {}
     return {**f.f_globals, **f.f_locals}
+
+
+def __getattr__(name: str):
+    # 1.4's `ptera.overlay` also held these; they live in compat.py (imported late,
+    # since compat builds on this module).
+    if name in ("Overlay", "no_overlay", "autotool"):
+        from . import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

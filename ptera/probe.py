@@ -11,8 +11,11 @@ Decisions:
   set); one without gives a total probe (one dict per call of the outermost
   function). ``probe_type`` forces either.
 * A selector with both ``!`` and ``!!`` in an immediate probe emits giving's
-  ``$wrap`` begin/end markers named after the function holding the focus, so
-  ``probe.wmap(fn)`` and ``probe.wrap(...)`` can bracket the region.
+  ``$wrap`` begin/end markers named after the primary focus (as in 1.4), so
+  ``probe.wmap(fn)``, ``probe.wrap(name, fn)`` and ``kwrap`` can bracket the
+  region. A secondary focus without a primary one is a ``ValueError``.
+* ``override()`` with no argument uses each value of the stream it is called on
+  (``probe["y"].map(f).override()``).
 * ``override`` on an overridable probe replaces the focus value with the value
   (or ``fn(item)``) of the last override subscriber that saw the emission.
 * A probe that ends with no value while its functions ran (instrumented) in
@@ -21,6 +24,7 @@ Decisions:
 
 from __future__ import annotations
 
+import atexit
 import sys
 import warnings
 from collections.abc import Callable
@@ -115,6 +119,10 @@ class _Pool:
             rules.append(rule)
 
 
+def _identity(item: Any) -> Any:
+    return item
+
+
 def _dead(data: dict) -> Any:
     return ABSENT
 
@@ -123,19 +131,20 @@ _pool = _Pool()
 
 
 def _wrap_name(sel: Scope) -> str | None:
-    def holder(node: Scope) -> str | None:
-        for child in node.children:
-            if isinstance(child, Scope):
-                found = holder(child)
-                if found:
-                    return found
-            elif child.focus == 1:
-                return node.fn or "*"
-        return None
-
+    # Named after the primary focus, as in 1.4: `wrap("#enter", ...)`, `kwrap("n", ...)`.
     if sel.focus is not None and sel.secondary is not None:
-        return holder(sel)
+        return sel.focus.out_name
     return None
+
+
+def _check_focus_pattern(sel: Scope) -> None:
+    if sel.secondary is not None and sel.focus is None:
+        raise SelectorError(
+            str(sel),
+            0,
+            "unsupported focus pattern: a secondary focus '!!' needs a primary focus '!'"
+            " (the start of the region that ends at '!!')",
+        )
 
 
 class Probe(SourceProxy):
@@ -175,6 +184,7 @@ class Probe(SourceProxy):
         self._used = False
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
         immediate = probe_type == "immediate" or (probe_type is None and sel.focus is not None)
         if immediate and sel.focus is None:
@@ -260,6 +270,7 @@ class OverridableProbe(Probe):
         super().__init__(*selectors, _obs=_obs, _root=_root, **kwargs)
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         if probe_type == "total" or sel.focus is None:
             raise SelectorError(
                 str(sel), 0, "an overridable probe needs a focus: mark a variable with '!'"
@@ -276,8 +287,12 @@ class OverridableProbe(Probe):
         finally:
             root._cell = cell
 
-    def override(self, setter: Any = None) -> Any:
-        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable."""
+    def override(self, setter: Any = _identity) -> Any:
+        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable.
+
+        With no argument, each item of this stream is the new value
+        (``probe["y"].map(f).override()``).
+        """
         root = self._root
 
         def change(item):
@@ -343,15 +358,33 @@ def global_probe(
     probe_type: str | None = None,
     env: dict | None = None,
 ) -> Probe:
-    """A probe active in every thread at once, until its ``deactivate()``."""
+    """A probe active in every thread at once, until its ``deactivate()`` (or the
+    interpreter's exit, which completes it: ``max().print()`` then prints, as in 1.4)."""
     env = env if env is not None else caller_env(1)
     probe = Probe(*selectors, raw=raw, probe_type=probe_type, env=env)
     probe._enter(glob=True)
     probe.__class__ = _GlobalProbe
+    if not _open_globals:
+        atexit.register(_complete_globals)
+    _open_globals[id(probe)] = probe
     return probe
+
+
+_open_globals: dict[int, Probe] = {}
+
+
+def _complete_globals() -> None:
+    for key in list(_open_globals):  # in the order they were made
+        probe = _open_globals.pop(key, None)
+        if probe is not None and probe._token is not None:
+            probe.deactivate()
 
 
 class _GlobalProbe(Probe):
     def __enter__(self):
         # Already active; `with global_probe(...)` just scopes its lifetime.
         return self
+
+    def _exit(self):
+        _open_globals.pop(id(self), None)
+        super()._exit()

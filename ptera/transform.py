@@ -36,6 +36,13 @@ Decisions:
 * In a method, each read of ``self.a`` is a point named ``a`` (unless a local is
   named ``a``), so ``Linear > weight`` sees the parameter ``Linear.forward`` reads.
   Attributes are kept out of ``__ptera_info__`` (coleo's contract lists locals).
+* A free name (a global, builtin or closure variable the body reads and never
+  assigns) is a point only where it is wanted: when a selector names it, or a
+  state gives it a value. It gets its value once, at entry (after the
+  arguments): the state's, else an override's; every read in the body then sees
+  that value, or reads the name as Python would when nothing replaced it, so a
+  global that changes during the call is still seen. Reads inside nested
+  functions and lambdas are theirs and see the real name.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ ENTER, EXIT, REPORT, REPORT_KEY = (H.format(n) for n in ("enter", "exit", "repor
 MISSING, SETKEY = H.format("missing"), H.format("setkey")
 TAKE, SETTLE = H.format("take"), H.format("settle")
 HIDE = H.format("hide")
+FREE = H.format("free")
 STATE = "__ptera_S__"  # the local holding the call's state
 PRIORITY_WRAPPERS = ("default", "Override")  # callees that make `x = default(v)` settle
 
@@ -123,6 +131,9 @@ class Source:
     # ``self.a`` read in a method's body, by attribute name: points named ``a``.
     attributes: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
+    # Free names (read, never assigned) that some state gives a value: every
+    # variant, the idle one included, reads them from the call's state first.
+    free_state: frozenset[str] = frozenset()
 
     @property
     def local_names(self) -> frozenset[str]:
@@ -132,8 +143,8 @@ class Source:
 
     @property
     def stateful(self) -> bool:
-        """Whether calls fetch a state (declared or defaulted variables)."""
-        return bool(self.declared or self.defaulted)
+        """Whether calls fetch a state (declared, defaulted or state-set free variables)."""
+        return bool(self.declared or self.defaulted or self.free_state)
 
 
 def _class_of(qualname: str) -> str | None:
@@ -431,6 +442,13 @@ def _comment_above(lines: list[str], lineno: int) -> str | None:
 def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
     if expr is None:
         return ABSENT
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        if expr.value.startswith("@"):
+            # 1.4's spelling of tags: `x: "@Important & @Other"`.
+            from .tags import get_tags
+
+            parts = [p.strip() for p in expr.value.split("&")]
+            return get_tags(*(p[1:] for p in parts if p.startswith("@")))
     env = dict(fn.__globals__)
     if fn.__closure__:
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
@@ -503,6 +521,13 @@ class _Instrumenter(ast.NodeTransformer):
         self.interest = interest
         self.tmp = 0
         self.me = self_name(source.fn, source.tree) if source.attributes else None
+        # Free names that are points here: read from the state or reported at entry.
+        external = {n for n, v in source.variables.items() if v.provenance == "external"}
+        self.free = sorted(
+            n
+            for n in external
+            if n in source.free_state or (interest is not None and n in interest)
+        )
 
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
@@ -527,6 +552,17 @@ class _Instrumenter(ast.NodeTransformer):
         return node
 
     def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.free:
+            # The value given at entry, else the name as Python would read it.
+            held = _free_local(node.id)
+            check = ast.IfExp(
+                test=ast.Compare(
+                    left=_name(held), ops=[ast.IsNot()], comparators=[_name(ABSENT_NAME)]
+                ),
+                body=_name(held),
+                orelse=_name(node.id),
+            )
+            return ast.copy_location(check, node)
         if isinstance(node.ctx, ast.Load) and node.id in self.source.declared:
             # Reading a declared variable that got no value is an error with a name.
             check = ast.IfExp(
@@ -664,9 +700,9 @@ class _Instrumenter(ast.NodeTransformer):
         body = node.body
         for n in loopvars:
             if self.wants(f"#loop_{n}"):
-                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _name(n))), node))
+                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _const(True))), node))
             if self.wants(f"#endloop_{n}"):
-                end = ast.Expr(_report(f"#endloop_{n}", _name(n)))
+                end = ast.Expr(_report(f"#endloop_{n}", _const(True)))
                 body = [
                     ast.copy_location(
                         ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node
@@ -740,6 +776,14 @@ class _Instrumenter(ast.NodeTransformer):
         if self.interest is not None and not self.interest:
             # The light variant: only declarations and defaults are handled, no frame.
             setup = [ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None))]
+            get = ast.Attribute(value=_name(STATE), attr="get", ctx=ast.Load())
+            setup += [
+                ast.Assign(
+                    targets=[_name(_free_local(n), ast.Store())],
+                    value=ast.Call(func=get, args=[_const(n), _name(ABSENT_NAME)], keywords=[]),
+                )
+                for n in self.free
+            ]
             setup = take + [ast.copy_location(s, first) for s in setup]
             tree.body = doc + setup + (body or [ast.Pass()])
             return tree
@@ -751,6 +795,18 @@ class _Instrumenter(ast.NodeTransformer):
         ordered += [a.arg for a in (tree.args.vararg,) if a] + [a.arg for a in tree.args.kwonlyargs]
         ordered += [a.arg for a in (tree.args.kwarg,) if a]
         setup = [enter] + [_rebind(n, first) for n in ordered if n in args]
+        state = _name(STATE if self.source.stateful else ABSENT_NAME)
+        for n in self.free:
+            # Reported at entry like an argument; the lambda reads the name lazily,
+            # so that an unset global is an error only if the body reads it.
+            read = ast.Lambda(
+                args=ast.arguments(
+                    posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]
+                ),
+                body=_name(n),
+            )
+            value = _call(FREE, _name(FRAME), state, _const(n), read)
+            setup.append(ast.Assign(targets=[_name(_free_local(n), ast.Store())], value=value))
         if self.wants("#enter"):
             setup.append(ast.Expr(_report("#enter", _const(True))))
         err = "__ptera_err__"
@@ -779,6 +835,11 @@ class _Instrumenter(ast.NodeTransformer):
             if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
                 ast.copy_location(n, first)
         return tree
+
+
+def _free_local(name: str) -> str:
+    """The local holding the value given to free name ``name`` for this call."""
+    return f"__ptera_v_{name}__"
 
 
 class _Mangler(ast.NodeTransformer):
@@ -813,7 +874,7 @@ class _Mangler(ast.NodeTransformer):
 
 def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:
     """Compile the instrumented code object of ``source`` for ``interest`` (cached)."""
-    key = interest
+    key = (interest, source.free_state)
     if key in source.variants:
         return source.variants[key]
     import copy

@@ -8,7 +8,6 @@ from ptera import (
     BaseOverlay,
     ConflictError,
     Immediate,
-    Overlay,
     Override,
     PteraFunction,
     PteraNameError,
@@ -20,6 +19,7 @@ from ptera import (
     tweaking,
     using,
 )
+from ptera.effects import Overlay  # the composable one (ptera.Overlay is 1.4's)
 
 
 @ptera
