@@ -10,10 +10,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ptera import SelectorError, probing
 from ptera.lab import (
+    STAGES,
     ActivationStats,
+    Callback,
+    CancelBackwardException,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelStepException,
     CheckpointCB,
     DataLoaders,
     Learner,
@@ -307,3 +311,115 @@ def test_every_after_batch_runs_when_an_earlier_callback_cancels():
     )
     Learner(nn.Linear(2, 1), tiny(), cbs=[first, Recorder("b", log)]).fit(2)
     assert "b.after_batch" in log and log.count("a.before_batch") == 1  # b closed its batch too
+
+
+CANCELS = {
+    "fit": CancelFitException,
+    "epoch": CancelEpochException,
+    "batch": CancelBatchException,
+    "backward": CancelBackwardException,
+    "step": CancelStepException,
+}
+
+
+def test_every_listed_event_fires_in_a_plain_fit():
+    log = []
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Recorder("a", log)]).fit(1)
+    assert set(stages_of(log)) == {e for e in STAGES if not e.startswith("after_cancel_")}
+
+
+@pytest.mark.parametrize("stage", list(CANCELS))
+def test_each_stage_fires_its_cancel_after_and_cleanup_events(stage):
+    log = []
+    cb = Recorder("a", log, cancel=(f"before_{stage}", CANCELS[stage], lambda learn: True))
+    learn = Learner(nn.Linear(2, 1), tiny(), cbs=[cb])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.fit(1)
+    events = stages_of(log)
+    assert {f"after_cancel_{stage}", f"after_{stage}", f"cleanup_{stage}"} <= set(events)
+    # Each of these stages leads to the update: cancelling it always skips the update.
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_a_misspelled_stage_method_is_an_error_naming_the_known_ones():
+    class Typo(Callback):
+        def after_batch(self, learn):
+            pass
+
+        def after_bach(self, learn):
+            pass
+
+    with pytest.raises(TypeError, match="has after_bach, which no stage fires; the stage methods"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[Typo()])
+    with pytest.raises(TypeError, match="before_fit, after_cancel_fit, after_fit, cleanup_fit"):
+        Learner(nn.Linear(2, 1), tiny()).add_cb(Typo())
+
+
+class Raises:
+    """A callback raising ``make()`` at each event listed in ``raises``."""
+
+    def __init__(self, raises):
+        self.raises = raises
+
+    def __getattr__(self, event):
+        if event not in STAGES:
+            raise AttributeError(event)
+
+        def method(learn):
+            if event in self.raises:
+                raise self.raises[event]()
+
+        return method
+
+
+class Boom(Exception):
+    pass
+
+
+def closing_error():
+    return ValueError("closing went wrong")
+
+
+@pytest.mark.parametrize(
+    "closing", ["after_batch", "cleanup_batch", "after_epoch", "cleanup_epoch", "after_fit"]
+)
+def test_a_closing_callback_error_does_not_hide_the_body_error(closing):
+    cb = Raises({"before_batch": Boom, closing: closing_error})
+    with pytest.raises(Boom) as info:
+        Learner(nn.Linear(2, 1), tiny(), cbs=[cb]).fit(1)
+    assert any("closing went wrong" in note for note in info.value.__notes__)
+
+
+def test_a_closing_callback_error_is_raised_when_the_body_succeeded():
+    with pytest.raises(ValueError, match="closing went wrong"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[Raises({"after_fit": closing_error})]).fit(1)
+
+
+@pytest.mark.parametrize(
+    "event, cancel",
+    [
+        ("after_batch", CancelBatchException),
+        ("cleanup_batch", CancelBatchException),
+        ("after_epoch", CancelEpochException),
+        ("cleanup_epoch", CancelBatchException),
+        ("after_step", CancelStepException),
+        ("cleanup_backward", CancelBackwardException),
+        ("after_fit", CancelFitException),
+        ("cleanup_fit", CancelFitException),
+        ("after_cancel_fit", CancelFitException),
+    ],
+)
+def test_a_cancel_raised_while_closing_does_not_escape_fit(event, cancel):
+    raises = {event: cancel}
+    if event.startswith("after_cancel_"):
+        raises["before_fit"] = CancelFitException
+    log = []
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Raises(raises), Recorder("a", log)]).fit(2)
+    assert stages_of(log)[-1] == "cleanup_fit"
+
+
+def test_a_cancel_of_an_enclosing_stage_raised_while_closing_still_cancels_it():
+    log = []
+    cb = Raises({"after_batch": CancelEpochException})
+    Learner(nn.Linear(2, 1), tiny(), cbs=[cb, Recorder("a", log)]).fit(2)
+    assert stages_of(log).count("before_batch") == 4  # one per epoch, train and valid

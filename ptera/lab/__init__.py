@@ -1,10 +1,13 @@
 """The lab: training loops and experiments whose every value is addressable by a selector."""
 
 from .callbacks import (
+    STAGES,
     Callback,
+    CancelBackwardException,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelStepException,
     CheckpointCB,
     DeviceCB,
     MetricsCB,
@@ -16,11 +19,14 @@ from .lrfind import LRFinder
 from .stats import ActivationStats
 
 __all__ = [
+    "STAGES",
     "ActivationStats",
     "Callback",
+    "CancelBackwardException",
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
+    "CancelStepException",
     "CheckpointCB",
     "DataLoaders",
     "DeviceCB",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from typing import Any
 
@@ -26,10 +27,13 @@ import torch
 
 __all__ = [
     "STAGES",
+    "STAGE_NAMES",
     "Callback",
+    "CancelBackwardException",
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
+    "CancelStepException",
     "CheckpointCB",
     "DeviceCB",
     "MetricsCB",
@@ -38,11 +42,10 @@ __all__ = [
     "load_checkpoint",
 ]
 
-STAGES = tuple(
-    f"{when}_{stage}"
-    for stage in ("fit", "epoch", "batch", "backward", "step")
-    for when in ("before", "after", "after_cancel", "cleanup")
-)
+STAGE_NAMES = ("fit", "epoch", "batch", "backward", "step")
+WHENS = ("before", "after_cancel", "after", "cleanup")
+STAGES = tuple(f"{when}_{stage}" for stage in STAGE_NAMES for when in WHENS)
+_STAGE_LIKE = re.compile(r"(before|after|after_cancel|cleanup)_\w+")
 
 
 class CancelFitException(Exception):
@@ -57,6 +60,14 @@ class CancelBatchException(Exception):
     """Raised by a callback to skip the rest of the current batch."""
 
 
+class CancelBackwardException(Exception):
+    """Raised by a ``before_backward`` callback to skip the backward pass."""
+
+
+class CancelStepException(Exception):
+    """Raised by a ``before_step`` callback to skip the optimizer step."""
+
+
 class Callback:
     """Base class for callbacks (optional: any object with stage methods works)."""
 
@@ -64,15 +75,22 @@ class Callback:
 
 
 def check_callback(cb: Any) -> Any:
-    """``cb`` itself if it has a stage method; a ``TypeError`` naming it otherwise."""
+    """``cb`` itself if it has a stage method and no misspelled one; a ``TypeError`` otherwise."""
     if isinstance(cb, type):
         raise TypeError(f"callback {cb.__name__} is a class: pass an instance, {cb.__name__}()")
-    if not any(callable(getattr(cb, s, None)) for s in STAGES):
+    known = ", ".join(STAGES)
+    unknown = [
+        name
+        for name in dir(cb)
+        if _STAGE_LIKE.fullmatch(name) and name not in STAGES and callable(getattr(cb, name))
+    ]
+    if unknown:
         raise TypeError(
-            f"callback {cb!r} has no stage method; define one of before_fit, after_fit,"
-            " before_epoch, after_epoch, before_batch, after_batch (and after_cancel_*,"
-            " cleanup_*, before/after_backward, before/after_step)"
+            f"callback {cb!r} has {', '.join(unknown)}, which no stage fires;"
+            f" the stage methods are {known}"
         )
+    if not any(callable(getattr(cb, s, None)) for s in STAGES):
+        raise TypeError(f"callback {cb!r} has no stage method; define one of {known}")
     return cb
 
 

@@ -1,6 +1,7 @@
 """A Learner (fit / epoch / batch) whose stages are instrumented functions.
 
-``fit``, ``one_epoch`` and ``one_batch`` are ``@tooled`` methods, so ``one_batch > loss``,
+The bodies of the ``fit``, ``epoch`` and ``batch`` stages are the ``@tooled``
+functions ``fit``, ``one_epoch`` and ``one_batch``, so ``one_batch > loss``,
 ``fit > epoch`` or ``one_epoch(train=False) > loss`` are selectors, and so is anything
 inside the model (``Linear > input``). Callbacks come two ways, mixable: objects
 with stage methods (``before_fit`` ... ``after_batch``, called in ``order`` with the
@@ -8,10 +9,16 @@ learner), and selector listeners (``@learn.on("one_batch > loss")``).
 
 Decisions:
 
-* Each stage runs ``before_<stage>``, the body, ``after_cancel_<stage>`` if the
-  body raised ``Cancel<Stage>Exception``, then ``after_<stage>`` and
-  ``cleanup_<stage>``, both always (also when another error propagates), and
-  each for every callback even when one of them raises.
+* One helper, ``run_stage``, runs every stage (fit, epoch, batch, backward,
+  step): ``before_<stage>``, the body, ``after_cancel_<stage>`` if either raised
+  ``Cancel<Stage>Exception``, then ``after_<stage>`` and ``cleanup_<stage>``,
+  both always (also when another error propagates), and each for every callback
+  even when one of them raises. Every event in ``STAGES`` is fired by it.
+* The body's error is the one a stage raises; a closing callback's error is a
+  note on it. A cancel raised while a stage closes is dropped when its stage has
+  already ended, so ``fit`` never lets a ``Cancel*Exception`` out of its close.
+* A stage's state (``training``, a cleared ``loss``) is set before its
+  ``before_`` event, so callbacks see the stage they are in.
 * Validation iterates the valid loader in eval mode under ``torch.no_grad()``.
 * Listener results are collected in ``learn.results`` (a ``Result``), by
   listener name, for the last ``fit``.
@@ -20,7 +27,6 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,9 +39,13 @@ from ..results import Result
 from ..selector import select
 from ..tooling import tooled
 from .callbacks import (
+    STAGES,
+    WHENS,
+    CancelBackwardException,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelStepException,
     check_callback,
 )
 
@@ -45,6 +55,15 @@ _CANCEL = {
     "fit": CancelFitException,
     "epoch": CancelEpochException,
     "batch": CancelBatchException,
+    "backward": CancelBackwardException,
+    "step": CancelStepException,
+}
+_CANCELS = tuple(_CANCEL.values())
+_DEPTH = {"fit": 0, "epoch": 1, "batch": 2, "backward": 3, "step": 3}
+# The cancels that a stage's end makes moot: its own and those of stages inside it.
+_ENDED_WITH = {
+    stage: tuple(_CANCEL[s] for s, d in _DEPTH.items() if d >= depth)
+    for stage, depth in _DEPTH.items()
 }
 
 
@@ -86,8 +105,8 @@ class Learner:
             opt_func,
         )
         self.cbs = [check_callback(cb) for cb in cbs]
-        self._methods_key: tuple = ()
-        self._methods_cache: dict[str, list] = {}
+        self._events_key: tuple = ()
+        self._events_cache: dict[str, tuple] = {}
         self.listeners = Overlay()
         self.results = Result()
         self.opt = None
@@ -117,55 +136,77 @@ class Learner:
 
         return register
 
-    def callback(self, stage: str) -> None:
-        """Call ``stage`` on every callback that has it, in ``order``.
+    def callback(self, event: str) -> None:
+        """Call ``event`` (``"before_fit"``, ...) on every callback that has it, in ``order``.
 
-        In ``after_*`` and ``cleanup_*`` stages every callback runs even if an
-        earlier one raised (a cancel included): the first exception is re-raised
-        at the end, so no callback misses the close of what it opened.
+        For ``after_*`` and ``cleanup_*`` events every callback runs even if an
+        earlier one raised; the first error is raised at the end.
         """
-        methods = self._methods(stage)
-        if not stage.startswith(("after_", "cleanup_")):
+        methods = self._methods(event)
+        if not event.startswith(("after_", "cleanup_")):
             for method in methods:
                 method(self)
             return
-        first = None
+        errors = self._call_all(methods, None)
+        if errors:
+            raise errors[0][1]
+
+    def _methods(self, event: str) -> list:
+        stage, when = _split_event(event)
+        return self._events(stage)[WHENS.index(when)]
+
+    def _events(self, stage: str) -> tuple[list, list, list, list]:
+        # Stages run several times a batch: sort once per set of callbacks, not per call.
+        key = tuple(map(id, self.cbs))
+        if key != self._events_key:
+            self._events_key, self._events_cache = key, {}
+        got = self._events_cache.get(stage)
+        if got is None:
+            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
+            got = tuple(
+                [m for m in (getattr(cb, f"{when}_{stage}", None) for cb in ordered) if m]
+                for when in WHENS
+            )
+            self._events_cache[stage] = got
+        return got
+
+    def _call_all(self, methods: list, errors: list | None) -> list | None:
         for method in methods:
             try:
                 method(self)
             except Exception as exc:
-                first = first or exc
-        if first is not None:
-            raise first
+                errors = errors or []
+                errors.append((method, exc))
+        return errors
 
-    def _methods(self, stage: str) -> list:
-        # Stages fire ~10 times a batch: sort once per set of callbacks, not per call.
-        key = tuple(map(id, self.cbs))
-        if key != self._methods_key:
-            self._methods_key, self._methods_cache = key, {}
-        got = self._methods_cache.get(stage)
-        if got is None:
-            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
-            got = [m for m in (getattr(cb, stage, None) for cb in ordered) if m is not None]
-            self._methods_cache[stage] = got
-        return got
+    def run_stage(self, stage: str, body: Callable, *args: Any) -> Any:
+        """Run ``body(*args)`` as ``stage``, with its four events around it.
 
-    @contextmanager
-    def stage(self, name: str):
-        """after_cancel_/after_/cleanup_ callbacks around a stage body.
-
-        The body starts with ``self.callback("before_<name>")``, so that a cancel
-        raised there is handled like one raised later in the stage.
+        ``before_<stage>`` callbacks and the body run first; ``after_cancel_<stage>``
+        if either raised ``Cancel<Stage>Exception``; then ``after_<stage>`` and
+        ``cleanup_<stage>``, always, each for every callback. The body's own error
+        is the one raised; errors of closing callbacks are added to it as notes
+        (or raised, the first one, when the body succeeded). A cancel raised while
+        closing a stage that is not inside the one it cancels has nothing left to
+        cancel and is dropped, so no ``Cancel*Exception`` escapes ``fit``.
         """
+        before, cancelled, after, cleanup = self._events(stage)
+        error = late = result = None
         try:
-            try:
-                yield
-            except _CANCEL[name]:
-                self.callback(f"after_cancel_{name}")
-            finally:
-                self.callback(f"after_{name}")
-        finally:
-            self.callback(f"cleanup_{name}")
+            for method in before:
+                method(self)
+            result = body(*args)
+        except _CANCEL[stage]:
+            late = self._call_all(cancelled, late)
+        except BaseException as exc:
+            error = exc
+        late = self._call_all(after, late)
+        late = self._call_all(cleanup, late)
+        if late:
+            error = _settle(stage, error, late)
+        if error is not None:
+            raise error
+        return result
 
     # -- the stages ------------------------------------------------------------------
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True) -> Learner:
@@ -178,38 +219,21 @@ class Learner:
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
         with self.listeners as results:
             self.results = results
-            fit(self, n_epochs, train, valid)
+            self.run_stage("fit", fit, self, n_epochs, train, valid)
         return self
 
-    @tooled
-    def one_epoch(self, train: bool):
-        """One pass over the train (``train=True``) or valid loader."""
+    def one_epoch(self, train: bool) -> Any:
+        """One pass over the train (``train=True``) or valid loader; its last loss."""
         self.training = train
         self.model.train(train)
-        loader = self.dls.train if train else self.dls.valid
         self.loss = None
-        with self.stage("epoch"):
-            self.callback("before_epoch")
-            for i, batch in enumerate(loader):
-                self.iter, self.batch = i, batch
-                loss = self.one_batch()  # noqa: F841 -- a point: `one_epoch > loss`
+        self.run_stage("epoch", one_epoch, self, train)
         return self.loss
 
-    @tooled
-    def one_batch(self):
-        """Predict, compute the loss and, when training, step the optimizer."""
+    def one_batch(self) -> Any:
+        """Predict, compute the loss and, when training, step the optimizer; the loss."""
         self.preds = self.loss = None
-        with self.stage("batch"):
-            self.callback("before_batch")
-            xb, yb = self.split_batch(self.batch)
-            preds = self.model(xb)
-            self.preds = preds
-            loss = self.loss_fn(preds, yb)
-            self.loss = loss
-            if self.training:
-                self.backward()
-                self.step()
-                self.zero_grad()
+        self.run_stage("batch", one_batch, self)
         return self.loss
 
     def split_batch(self, batch: Any) -> tuple[Any, Any]:
@@ -226,14 +250,18 @@ class Learner:
         return batch[0], batch[1]
 
     def backward(self) -> None:
-        self.callback("before_backward")
+        """The backward stage: ``loss.backward()``."""
+        self.run_stage("backward", self._backward)
+
+    def _backward(self) -> None:
         self.loss.backward()
-        self.callback("after_backward")
 
     def step(self) -> None:
-        self.callback("before_step")
+        """The step stage: ``opt.step()``."""
+        self.run_stage("step", self._step)
+
+    def _step(self) -> None:
         self.opt.step()
-        self.callback("after_step")
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()
@@ -251,15 +279,60 @@ class Learner:
         return finder
 
 
+def _split_event(event: str) -> tuple[str, str]:
+    when, _, stage = event.rpartition("_")
+    if when not in WHENS or stage not in _CANCEL:
+        raise ValueError(f"unknown event {event!r}; the events are {', '.join(STAGES)}")
+    return stage, when
+
+
+def _settle(stage: str, error: BaseException | None, late: list) -> BaseException | None:
+    """The one exception a stage raises, given its body's and its closing callbacks'."""
+    late = [(m, e) for m, e in late if not isinstance(e, _ENDED_WITH[stage])]
+    if not late:
+        return error
+    raised = [e for e in (error, *(e for _, e in late)) if e is not None]
+    # An error beats a cancel: a cancel is control flow, an error is news.
+    chosen = next((e for e in raised if not isinstance(e, _CANCELS)), raised[0])
+    for method, exc in late:
+        if exc is not chosen:
+            name = getattr(method, "__qualname__", repr(method))
+            chosen.add_note(f"while the {stage} stage ended, {name} also raised {exc!r}")
+    if error is not None and error is not chosen:
+        chosen.add_note(f"raised while the {stage} stage ended on {error!r}")
+    return chosen
+
+
 @tooled
 def fit(learn: Learner, n_epochs: int, train: bool = True, valid: bool = True) -> None:
-    """The fit stage: epochs of training and validation (``fit > epoch`` selects them)."""
-    with learn.stage("fit"):
-        learn.callback("before_fit")
-        for epoch in range(n_epochs):
-            learn.epoch = epoch
-            if train:
-                learn.one_epoch(True)
-            if valid:
-                with torch.no_grad():
-                    learn.one_epoch(False)
+    """The fit stage's body: epochs of training and validation (``fit > epoch``)."""
+    for epoch in range(n_epochs):
+        learn.epoch = epoch
+        if train:
+            learn.one_epoch(True)
+        if valid:
+            with torch.no_grad():
+                learn.one_epoch(False)
+
+
+@tooled
+def one_epoch(learn: Learner, train: bool) -> None:
+    """The epoch stage's body: every batch of a loader (``one_epoch(train=False) > loss``)."""
+    loader = learn.dls.train if train else learn.dls.valid
+    for i, batch in enumerate(loader):
+        learn.iter, learn.batch = i, batch
+        loss = learn.one_batch()  # noqa: F841 -- a point: `one_epoch > loss`
+
+
+@tooled
+def one_batch(learn: Learner) -> None:
+    """The batch stage's body (``one_batch > loss``, ``one_batch(xb) > preds``)."""
+    xb, yb = learn.split_batch(learn.batch)
+    preds = learn.model(xb)
+    learn.preds = preds
+    loss = learn.loss_fn(preds, yb)
+    learn.loss = loss
+    if learn.training:
+        learn.backward()
+        learn.step()
+        learn.zero_grad()
