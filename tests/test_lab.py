@@ -423,3 +423,33 @@ def test_a_cancel_of_an_enclosing_stage_raised_while_closing_still_cancels_it():
     cb = Raises({"after_batch": CancelEpochException})
     Learner(nn.Linear(2, 1), tiny(), cbs=[cb, Recorder("a", log)]).fit(2)
     assert stages_of(log).count("before_batch") == 4  # one per epoch, train and valid
+
+
+def dropout_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+def adam_learner(cbs=()):
+    model, dls = dropout_mlp(), make_digits()
+    return Learner(
+        model, dls, nn.functional.cross_entropy, lr=1e-3, opt_func=torch.optim.Adam, cbs=cbs
+    )
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_two_plus_two_epochs_from_a_checkpoint_equal_four(tmp_path, valid):
+    # Dropout draws from torch's state, shuffling from the loader's generator,
+    # validation's loader from torch's state, Adam keeps moments: all must resume.
+    straight = adam_learner()
+    straight.fit(4, valid=valid)
+    after = torch.get_rng_state()
+    path = tmp_path / "ckpt.pt"
+    adam_learner(cbs=[CheckpointCB(path)]).fit(2, valid=valid)
+    torch.manual_seed(123)  # whatever happened in between
+    resumed = adam_learner()
+    assert load_checkpoint(resumed, path) == 1
+    resumed.fit(2, valid=valid)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), after)

@@ -10,9 +10,10 @@ Decisions:
   ``history`` is one dict per epoch and split.
 * ``ProgressCB`` shows a rich bar with a live loss only on a terminal and when
   ``CI`` is not set; otherwise it prints one line per epoch.
-* ``CheckpointCB`` writes model + optimizer + epoch to a temporary file and
-  renames it, so a crash never leaves half a checkpoint; ``load_checkpoint``
-  reads with ``weights_only=True``.
+* ``CheckpointCB`` writes model, optimizer, epoch and random states at the end
+  of each epoch (after validation) through ``Learner.save`` (atomic);
+  ``load_checkpoint`` reads with ``weights_only=True`` and restores all of them,
+  so a resumed ``fit`` continues the run bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sys
 from typing import Any
 
 import torch
+
+from .checkpoints import read_checkpoint
 
 __all__ = [
     "STAGES",
@@ -225,7 +228,11 @@ class ProgressCB(Callback):
 
 
 class CheckpointCB(Callback):
-    """Save model, optimizer and epoch after each training epoch, atomically."""
+    """Save model, optimizer, epoch and random states at the end of each epoch, atomically.
+
+    An epoch ends after its validation when ``fit`` validates, else after its
+    training; ``load_checkpoint`` then resumes exactly where the run stopped.
+    """
 
     order = 30
 
@@ -233,22 +240,19 @@ class CheckpointCB(Callback):
         self.path, self.every = os.fspath(path), every
 
     def after_epoch(self, learn) -> None:
-        if learn.training and (learn.epoch + 1) % self.every == 0:
-            state = {
-                "model": learn.model.state_dict(),
-                "opt": learn.opt.state_dict(),
-                "epoch": learn.epoch,
-            }
-            tmp = self.path + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
+        # Saving before validation would miss the random draws validation makes.
+        ends_epoch = learn.phases and learn.training is learn.phases[-1]
+        if True in learn.phases and ends_epoch and (learn.epoch + 1) % self.every == 0:
+            learn.save(self.path)
 
 
 def load_checkpoint(learn, path: str | os.PathLike) -> int:
-    """Load a ``CheckpointCB`` file into ``learn`` (model and optimizer); returns its epoch."""
-    state = torch.load(os.fspath(path), weights_only=True)
-    learn.model.load_state_dict(state["model"])
-    if learn.opt is None:
-        learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
-    learn.opt.load_state_dict(state["opt"])
+    """Load a ``CheckpointCB`` file into ``learn`` to resume it; returns its epoch.
+
+    Model, optimizer (also for the next ``fit``) and random states (torch's,
+    Python's, NumPy's, the loaders' generators) are restored, so ``fit(2)``, then
+    ``load_checkpoint`` and ``fit(2)`` on a fresh learner, equals ``fit(4)``.
+    """
+    state = read_checkpoint(path)
+    learn._restore(state, with_opt=True, with_random=True)
     return state["epoch"]

@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ from .callbacks import (
     CancelStepException,
     check_callback,
 )
+from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
 
 __all__ = ["DataLoaders", "Learner"]
 
@@ -110,6 +112,8 @@ class Learner:
         self.listeners = Overlay()
         self.results = Result()
         self.opt = None
+        self._opt_state: dict | None = None
+        self.phases: tuple[bool, ...] = ()
         self.training = False
         self.epoch = self.iter = 0
         self.batch = self.preds = self.loss = None
@@ -216,7 +220,11 @@ class Learner:
         (``fit > epoch``), which runs in the instrumented function ``fit`` below.
         """
         self.n_epochs = n_epochs
+        self.phases = tuple(t for t, on in ((True, train), (False, valid)) if on)
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        if self._opt_state is not None:  # from `load`: the resumed run's optimizer
+            self.opt.load_state_dict(self._opt_state)
+            self._opt_state = None
         with self.listeners as results:
             self.results = results
             self.run_stage("fit", fit, self, n_epochs, train, valid)
@@ -265,6 +273,43 @@ class Learner:
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()
+
+    # -- saving -----------------------------------------------------------------------
+    def _loaders(self) -> dict[str, Any]:
+        return {"train": self.dls.train, "valid": self.dls.valid}
+
+    def save(self, path: str | os.PathLike, with_opt: bool = True) -> str:
+        """Write model, optimizer, epoch and random states to ``path`` (atomically)."""
+        state = {
+            "model": self.model.state_dict(),
+            "epoch": self.epoch,
+            "random": random_states(self._loaders()),
+        }
+        if with_opt and self.opt is not None:
+            state["opt"] = self.opt.state_dict()
+        return write_checkpoint(path, state)
+
+    def load(
+        self, path: str | os.PathLike, with_opt: bool = True, with_random: bool = False
+    ) -> Learner:
+        """Read a ``save`` or ``CheckpointCB`` file (``weights_only=True``) into this learner.
+
+        The optimizer state is also the one the next ``fit`` starts from.
+        ``with_random=True`` restores the random states too, so that a ``fit``
+        right after continues the saved run exactly (``load_checkpoint`` does this).
+        """
+        self._restore(read_checkpoint(path), with_opt, with_random)
+        return self
+
+    def _restore(self, state: dict, with_opt: bool, with_random: bool) -> None:
+        self.model.load_state_dict(state["model"])
+        if with_opt and "opt" in state:
+            if self.opt is None:
+                self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+            self.opt.load_state_dict(state["opt"])
+            self._opt_state = state["opt"]
+        if with_random and "random" in state:
+            set_random_states(state["random"], self._loaders())
 
     def lr_find(self, **kwargs) -> Any:
         """Run an ``LRFinder`` (model and optimizer restored afterwards); returns it."""
