@@ -17,6 +17,7 @@ from .callbacks import (
 from .learner import DataLoaders, Learner
 from .lrfind import LRFinder
 from .stats import ActivationStats
+from .training import GradClip, MixedPrecision, OneCycle
 
 __all__ = [
     "STAGES",
@@ -30,9 +31,12 @@ __all__ = [
     "CheckpointCB",
     "DataLoaders",
     "DeviceCB",
+    "GradClip",
     "LRFinder",
     "Learner",
     "MetricsCB",
+    "MixedPrecision",
+    "OneCycle",
     "ProgressCB",
     "load_checkpoint",
 ]

@@ -48,10 +48,11 @@ from .callbacks import (
     CancelFitException,
     CancelStepException,
     check_callback,
+    to_device,
 )
 from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
 
-__all__ = ["DataLoaders", "Learner"]
+__all__ = ["DataLoaders", "Learner", "auto_loss"]
 
 _CANCEL = {
     "fit": CancelFitException,
@@ -87,14 +88,37 @@ class DataLoaders:
         )
 
 
+def auto_loss(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The Learner's loss when none is given: ``cross_entropy`` for integer targets
+    (class indices), ``mse_loss`` for float targets of the predictions' shape."""
+    if targets.dtype.is_floating_point:
+        if preds.shape != targets.shape:
+            raise ValueError(
+                f"the Learner got no loss_fn: float targets mean mse_loss, but the"
+                f" predictions have shape {tuple(preds.shape)} and the targets"
+                f" {tuple(targets.shape)}; pass loss_fn= to say what to compute"
+            )
+        return torch.nn.functional.mse_loss(preds, targets)
+    if targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"the Learner got no loss_fn and targets of dtype {targets.dtype}: it chooses"
+            " cross_entropy for integer targets and mse_loss for float ones; pass loss_fn="
+        )
+    return torch.nn.functional.cross_entropy(preds, targets)
+
+
 class Learner:
-    """Train ``model`` on ``dls`` with ``loss_fn``; ``fit(n)`` runs the stages and callbacks."""
+    """Train ``model`` on ``dls`` with ``loss_fn``; ``fit(n)`` runs the stages and callbacks.
+
+    Without ``loss_fn``, the loss follows the targets' dtype (``auto_loss``):
+    ``cross_entropy`` for class indices, ``mse_loss`` for float targets.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         dls: DataLoaders,
-        loss_fn: Callable = torch.nn.functional.mse_loss,
+        loss_fn: Callable | None = None,
         lr: float = 0.1,
         opt_func: Callable = torch.optim.SGD,
         cbs: tuple = (),
@@ -102,7 +126,7 @@ class Learner:
         self.model, self.dls, self.loss_fn, self.lr, self.opt_func = (
             model,
             dls,
-            loss_fn,
+            auto_loss if loss_fn is None else loss_fn,
             lr,
             opt_func,
         )
@@ -112,6 +136,7 @@ class Learner:
         self.listeners = Overlay()
         self.results = Result()
         self.opt = None
+        self.grad_scaler: Any = None  # a torch.amp.GradScaler, set by MixedPrecision(float16)
         self._opt_state: dict | None = None
         self.phases: tuple[bool, ...] = ()
         self.training = False
@@ -230,6 +255,28 @@ class Learner:
             self.run_stage("fit", fit, self, n_epochs, train, valid)
         return self
 
+    def fit_one_cycle(
+        self,
+        n_epochs: int,
+        lr_max: float | None = None,
+        train: bool = True,
+        valid: bool = True,
+        **kwargs: Any,
+    ) -> Learner:
+        """``fit`` under torch's ``OneCycleLR`` peaking at ``lr_max`` (default ``self.lr``).
+
+        ``kwargs`` go to ``OneCycleLR`` (``pct_start``, ``div_factor``, ...).
+        """
+        from .training import OneCycle
+
+        steps = n_epochs * len(self.dls.train) if train else 1
+        cycle = OneCycle(self.lr if lr_max is None else lr_max, steps, **kwargs)
+        self.add_cb(cycle)
+        try:
+            return self.fit(n_epochs, train, valid)
+        finally:
+            self.remove_cb(cycle)
+
     def one_epoch(self, train: bool) -> Any:
         """One pass over the train (``train=True``) or valid loader; its last loss."""
         self.training = train
@@ -262,17 +309,55 @@ class Learner:
         self.run_stage("backward", self._backward)
 
     def _backward(self) -> None:
-        self.loss.backward()
+        if self.grad_scaler is None:
+            self.loss.backward()
+        else:
+            self.grad_scaler.scale(self.loss).backward()
 
     def step(self) -> None:
         """The step stage: ``opt.step()``."""
         self.run_stage("step", self._step)
 
     def _step(self) -> None:
-        self.opt.step()
+        if self.grad_scaler is None:
+            self.opt.step()
+        else:
+            self.grad_scaler.step(self.opt)
+            self.grad_scaler.update()
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()
+
+    # -- predictions -------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def predict(self, xb: Any) -> Any:
+        """The model's output on the inputs ``xb`` (a batch), in eval mode, without grad."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(to_device(xb, self._device()))
+        finally:
+            self.model.train(was_training)
+
+    def get_preds(self, loader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predictions, targets)`` over ``loader`` (default: the valid loader), on the CPU.
+
+        A plain eval loop under ``no_grad``: no stage, callback or listener runs.
+        """
+        loader = self.dls.valid if loader is None else loader
+        preds, targets = [], []
+        for i, batch in enumerate(loader):
+            self.iter = i
+            xb, yb = self.split_batch(batch)
+            preds.append(self.predict(xb))
+            targets.append(yb)
+        if not preds:
+            raise ValueError("get_preds: the loader yielded no batch")
+        return torch.cat(preds).cpu(), torch.cat([torch.as_tensor(t) for t in targets]).cpu()
 
     # -- saving -----------------------------------------------------------------------
     def _loaders(self) -> dict[str, Any]:
