@@ -1,5 +1,7 @@
 """ptera.lab: the Learner's stages, callbacks, listeners, metrics, stats and LR finder."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -453,3 +455,51 @@ def test_two_plus_two_epochs_from_a_checkpoint_equal_four(tmp_path, valid):
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_lr_find_leaves_records_output_and_checkpoints_alone(digits, tmp_path, capsys):
+    metrics = MetricsCB(MulticlassAccuracy(num_classes=10))
+    path = tmp_path / "ckpt.pt"
+    cbs = [metrics, ProgressCB(), ActivationStats(), CheckpointCB(path)]
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, cbs=cbs)
+    learn.fit(1, train=False)
+    capsys.readouterr()
+    rows, results = list(metrics.history), learn.results
+    learn.lr_find(num_it=30)
+    assert capsys.readouterr().out == ""
+    assert metrics.history == rows and learn.results is results
+    assert not path.exists() and learn.cbs == cbs
+
+
+def test_plots_create_their_folder(digits, tmp_path):
+    stats = ActivationStats()
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, cbs=[stats])
+    finder = learn.lr_find(num_it=10)
+    learn.fit(1, valid=False)
+    assert finder.plot(tmp_path / "a" / "b" / "lr.png") == str(tmp_path / "a" / "b" / "lr.png")
+    paths = stats.plot(tmp_path / "c" / "d")
+    assert [os.path.dirname(p) for p in paths] == [str(tmp_path / "c" / "d")] * 2
+
+
+def test_activation_stats_report_dead_units_of_activations_only(digits, monkeypatch, tmp_path):
+    import matplotlib.figure
+
+    stats = ActivationStats()
+    Learner(mlp(), digits, nn.functional.cross_entropy, cbs=[stats]).fit(1)
+    train = stats.stats["train"]
+    assert {name: "dead" in s for name, s in train.items()} == {"0": False, "1": True, "2": False}
+    n = len(digits.train)
+    assert all(len(train[name][key]) == n for name in train for key in train[name])
+    assert len(stats.stats["eval"]["0"]["mean"]) == len(digits.valid)
+    assert 0 < min(train["1"]["dead"]) and max(train["1"]["dead"]) < 1
+    assert [stats.label(name) for name in train] == ["0 (Linear)", "1 (ReLU)", "2 (Linear)"]
+    axes = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        axes.extend((ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    stats.plot(tmp_path)
+    assert ("1 (ReLU)", "batch", "|activation|") in axes

@@ -72,9 +72,15 @@ class CancelStepException(Exception):
 
 
 class Callback:
-    """Base class for callbacks (optional: any object with stage methods works)."""
+    """Base class for callbacks (optional: any object with stage methods works).
+
+    ``order`` sorts callbacks (lowest first); ``runs_in_lr_find = False`` keeps a
+    callback out of ``Learner.lr_find`` (records, progress and checkpoints of a
+    throwaway run would mislead).
+    """
 
     order = 0
+    runs_in_lr_find = True
 
 
 def check_callback(cb: Any) -> Any:
@@ -124,6 +130,7 @@ class MetricsCB(Callback):
     """torchmetrics metrics and the batch-size-weighted loss, per epoch, train and valid apart."""
 
     order = 10
+    runs_in_lr_find = False
 
     def __init__(self, *metrics: Any, print_epochs: bool = True, **named: Any):
         from torchmetrics.aggregation import MeanMetric
@@ -177,6 +184,7 @@ class ProgressCB(Callback):
     """A rich progress bar with the live loss (on a terminal, outside CI); epoch lines."""
 
     order = 20
+    runs_in_lr_find = False
 
     def __init__(self, live: bool | None = None):
         self.live = live
@@ -235,6 +243,7 @@ class CheckpointCB(Callback):
     """
 
     order = 30
+    runs_in_lr_find = False
 
     def __init__(self, path: str | os.PathLike, every: int = 1):
         self.path, self.every = os.fspath(path), every

@@ -397,15 +397,20 @@ class Learner:
             set_random_states(state["random"], self._loaders())
 
     def lr_find(self, **kwargs) -> Any:
-        """Run an ``LRFinder`` (model and optimizer restored afterwards); returns it."""
+        """Run an ``LRFinder`` (model and optimizer restored afterwards); returns it.
+
+        Callbacks with ``runs_in_lr_find = False`` (metrics, progress, checkpoints,
+        activation statistics) sit it out, and ``results`` keeps the last ``fit``'s.
+        """
         from .lrfind import LRFinder
 
         finder = LRFinder(**kwargs)
-        self.add_cb(finder)
+        cbs, results = self.cbs, self.results
+        self.cbs = [cb for cb in cbs if getattr(cb, "runs_in_lr_find", True)] + [finder]
         try:
             self.fit(finder.max_epochs, valid=False)
         finally:
-            self.remove_cb(finder)
+            self.cbs, self.results = cbs, results
         return finder
 
 
