@@ -503,3 +503,30 @@ def test_activation_stats_report_dead_units_of_activations_only(digits, monkeypa
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     stats.plot(tmp_path)
     assert ("1 (ReLU)", "batch", "|activation|") in axes
+
+
+def test_metrics_and_activation_stats_read_the_device_per_epoch_not_per_batch(monkeypatch):
+    # On a GPU each .item(), .tolist() or .cpu() waits for the device: count ptera's.
+    import sys
+
+    lab = os.path.dirname(sys.modules["ptera.lab"].__file__)
+    reads = []
+    for name in ("item", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(lab):
+                reads.append(sys._getframe(1).f_code.co_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    digits = make_digits()
+    dls = DataLoaders.from_datasets(digits.train.dataset, digits.valid.dataset, batch_size=16)
+    stats = ActivationStats()
+    cbs = [MetricsCB(print_epochs=False), stats]
+    Learner(mlp(), dls, nn.functional.cross_entropy, cbs=cbs).fit(2)
+    monkeypatch.undo()
+    batches = 2 * (len(dls.train) + len(dls.valid))
+    # Per epoch and split: the loss; mean and std of 3 layers; the ReLU's dead fraction.
+    assert len(reads) == 4 * (1 + 2 * 3 + 1) < batches / 4
+    assert len(stats.stats["train"]["1"]["dead"]) == 2 * len(dls.train)

@@ -7,9 +7,11 @@ Decisions:
 
 * ``MetricsCB`` keeps separate copies of its torchmetrics metrics for train and
   valid, resets them each epoch, and weights the loss by batch size; its
-  ``history`` is one dict per epoch and split.
+  ``history`` is one dict per epoch and split. Metrics and the loss sum stay on
+  the predictions' device: numbers are read once per epoch, never per batch.
 * ``ProgressCB`` shows a rich bar with a live loss only on a terminal and when
-  ``CI`` is not set; otherwise it prints one line per epoch.
+  ``CI`` is not set (the loss read at most four times a second: each read syncs
+  the device); otherwise it prints one line per epoch.
 * ``CheckpointCB`` writes model, optimizer, epoch and random states at the end
   of each epoch (after validation) through ``Learner.save`` (atomic);
   ``load_checkpoint`` reads with ``weights_only=True`` and restores all of them,
@@ -19,9 +21,11 @@ Decisions:
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import sys
+import time
 from typing import Any
 
 import torch
@@ -133,42 +137,47 @@ class MetricsCB(Callback):
     runs_in_lr_find = False
 
     def __init__(self, *metrics: Any, print_epochs: bool = True, **named: Any):
-        from torchmetrics.aggregation import MeanMetric
-
         for m in metrics:
             named[type(m).__name__.lower()] = m
         self.metrics = named
-        self.loss = MeanMetric()
-        self._split = {
-            True: (copy.deepcopy(named), copy.deepcopy(self.loss)),
-            False: (copy.deepcopy(named), copy.deepcopy(self.loss)),
-        }
+        self._split = {True: copy.deepcopy(named), False: copy.deepcopy(named)}
         self.print_epochs = print_epochs
         self.history: list[dict] = []
 
     def before_epoch(self, learn) -> None:
-        metrics, loss = self._split[learn.training]
-        for m in metrics.values():
+        self._metrics = self._split[learn.training]
+        for m in self._metrics.values():
             m.reset()
-        loss.reset()
+        self._loss_sum: torch.Tensor | None = None
+        self._count = 0
+        self._device = None
 
     def after_batch(self, learn) -> None:
-        if learn.loss is None:
+        loss = learn.loss
+        if loss is None:
             return
-        metrics, loss = self._split[learn.training]
-        _, yb = learn.split_batch(learn.batch)
-        preds = learn.preds.detach().cpu()
-        yb = yb.detach().cpu()
-        for m in metrics.values():
+        preds, yb = learn.preds.detach(), learn.batch[1]
+        if preds.device != self._device:  # metrics accumulate where the predictions are
+            self._device = preds.device
+            for m in self._metrics.values():
+                m.to(self._device)
+        for m in self._metrics.values():
             m.update(preds, yb)
-        loss.update(learn.loss.detach().cpu(), weight=len(yb))
+        n = len(yb)
+        if self._loss_sum is None:
+            self._loss_sum = loss.detach().float() * n
+        else:
+            self._loss_sum.add_(loss.detach(), alpha=n)
+        self._count += n
 
     def after_epoch(self, learn) -> None:
-        metrics, loss = self._split[learn.training]
-        row = {"epoch": learn.epoch, "train": learn.training, "loss": loss.compute().item()}
-        for name, m in metrics.items():
-            value = m.compute()
-            row[name] = value.item() if value.numel() == 1 else value.tolist()
+        row = {"epoch": learn.epoch, "train": learn.training, "loss": math.nan}
+        if self._loss_sum is not None:  # else no batch ran (a cancelled epoch)
+            # The epoch's only syncs with the device: one per number in the row.
+            row["loss"] = (self._loss_sum / self._count).item()
+            for name, m in self._metrics.items():
+                value = m.compute()
+                row[name] = value.item() if value.numel() == 1 else value.tolist()
         self.history.append(row)
         if self.print_epochs and not any(isinstance(cb, ProgressCB) for cb in learn.cbs):
             print(format_row(row))
@@ -196,6 +205,7 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn) -> None:
         self.progress = None
+        self.shown = -math.inf
         if self._enabled():
             from rich.progress import Progress
 
@@ -211,12 +221,19 @@ class ProgressCB(Callback):
             )
 
     def after_batch(self, learn) -> None:
-        if self.progress is not None and learn.loss is not None:
-            self.progress.update(
-                self.task,
-                advance=1,
-                description=f"epoch {learn.epoch + 1} loss {learn.loss.item():.4f}",
-            )
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if learn.loss is None or now < self.shown + 0.25:
+            self.progress.advance(self.task)
+            return
+        # Reading the loss syncs the device: a few times a second, not every batch.
+        self.shown = now
+        self.progress.update(
+            self.task,
+            advance=1,
+            description=f"epoch {learn.epoch + 1} loss {learn.loss.item():.4f}",
+        )
 
     def after_epoch(self, learn) -> None:
         if self.progress is not None:
