@@ -5,9 +5,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import TensorDataset, random_split
+from torch.utils.data import Subset, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
 from ptera import SelectorError, probing
@@ -27,6 +29,15 @@ from ptera.lab import (
     ProgressCB,
     load_checkpoint,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: a second intra-op thread only adds contention on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -433,7 +444,9 @@ def dropout_mlp():
 
 
 def adam_learner(cbs=()):
-    model, dls = dropout_mlp(), make_digits()
+    model, digits = dropout_mlp(), make_digits()
+    train, valid = (Subset(d.dataset, range(256)) for d in (digits.train, digits.valid))
+    dls = DataLoaders.from_datasets(train, valid, batch_size=32)
     return Learner(
         model, dls, nn.functional.cross_entropy, lr=1e-3, opt_func=torch.optim.Adam, cbs=cbs
     )
@@ -530,3 +543,51 @@ def test_metrics_and_activation_stats_read_the_device_per_epoch_not_per_batch(mo
     # Per epoch and split: the loss; mean and std of 3 layers; the ReLU's dead fraction.
     assert len(reads) == 4 * (1 + 2 * 3 + 1) < batches / 4
     assert len(stats.stats["train"]["1"]["dead"]) == 2 * len(dls.train)
+
+
+ENCLOSING = {
+    "fit": ["fit"],
+    "epoch": ["fit", "epoch"],
+    "batch": ["fit", "epoch", "batch"],
+    "backward": ["fit", "epoch", "batch", "backward"],
+    "step": ["fit", "epoch", "batch", "step"],
+}
+
+
+@st.composite
+def cancels(draw):
+    """Cancels of a stage or of one enclosing it, raised from any event of that stage."""
+    out = {}
+    for event in draw(st.lists(st.sampled_from(STAGES), min_size=1, max_size=3, unique=True)):
+        stage = event.rsplit("_", 1)[1]
+        out[event] = (CANCELS[draw(st.sampled_from(ENCLOSING[stage]))], draw(st.integers(0, 3)))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(cancels())
+def test_whatever_is_cancelled_every_opened_stage_is_closed_once(plan):
+    log = []
+
+    class Canceller:
+        def __getattr__(self, event):
+            if event not in plan:
+                raise AttributeError(event)
+            exc, nth = plan[event]
+            calls = []
+
+            def method(learn):
+                calls.append(1)
+                if len(calls) == nth + 1:
+                    raise exc()
+
+            return method
+
+    recorder = Recorder("a", log, order=-1)  # sees each before_ event before any cancel
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Canceller(), recorder]).fit(2)
+    events = stages_of(log)
+    for stage in CANCELS:
+        opened = events.count(f"before_{stage}")
+        assert events.count(f"after_{stage}") == events.count(f"cleanup_{stage}") == opened
+        assert events.count(f"after_cancel_{stage}") <= opened
+    assert events[-1] == "cleanup_fit"

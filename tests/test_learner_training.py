@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ptera.lab import DataLoaders, GradClip, Learner, MetricsCB, MixedPrecision
 
-from .test_lab import make_digits, mlp, tiny
+from .test_lab import make_digits, mlp, one_thread, tiny  # noqa: F401 -- one_thread: autouse
 
 
 def classes():
