@@ -141,6 +141,7 @@ class MetricsCB(Callback):
             named[type(m).__name__.lower()] = m
         self.metrics = named
         self._split = {True: copy.deepcopy(named), False: copy.deepcopy(named)}
+        self._device: dict[bool, torch.device | None] = {True: None, False: None}
         self.print_epochs = print_epochs
         self.history: list[dict] = []
 
@@ -150,17 +151,16 @@ class MetricsCB(Callback):
             m.reset()
         self._loss_sum: torch.Tensor | None = None
         self._count = 0
-        self._device = None
 
     def after_batch(self, learn) -> None:
         loss = learn.loss
         if loss is None:
             return
         preds, yb = learn.preds.detach(), learn.batch[1]
-        if preds.device != self._device:  # metrics accumulate where the predictions are
-            self._device = preds.device
+        if preds.device != self._device[learn.training]:  # accumulate where the preds are
+            self._device[learn.training] = preds.device
             for m in self._metrics.values():
-                m.to(self._device)
+                m.to(preds.device)
         for m in self._metrics.values():
             m.update(preds, yb)
         n = len(yb)

@@ -150,6 +150,7 @@ class Learner:
         return self
 
     def remove_cb(self, cb: Any) -> None:
+        """Remove a callback object added before."""
         self.cbs.remove(cb)
 
     def on(self, selector: str) -> Callable[[Callable], Callable]:
@@ -326,6 +327,7 @@ class Learner:
             self.grad_scaler.update()
 
     def zero_grad(self) -> None:
+        """Clear the gradients (after the step; not a stage)."""
         self.opt.zero_grad()
 
     # -- predictions -------------------------------------------------------------------
