@@ -1,9 +1,17 @@
 """Callbacks of the Learner: cancel exceptions, device, metrics, progress, checkpoints.
 
 A callback is any object with one or more stage methods (``before_fit``,
-``after_batch``, ...), each called with the learner, in ``order``.
+``after_batch``, ...), each called with the learner, in ``order``. ``STAGES``
+lists them all: ``before_``, ``after_cancel_``, ``after_`` and ``cleanup_`` of
+``fit``, ``epoch``, ``batch``, ``backward`` and ``step``.
 
 Decisions:
+
+* ``check_callback`` refuses a callback whose method looks like a stage method
+  but is none (``after_bach``): a typo would otherwise never run, silently.
+* Callbacks that record or write (metrics, progress, checkpoints, activation
+  statistics) set ``runs_in_lr_find = False``: the LR finder's throwaway run
+  must not show up in a run's records.
 
 * ``MetricsCB`` keeps separate copies of its torchmetrics metrics for train and
   valid, resets them each epoch, and weights the loss by batch size; its
