@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -249,7 +250,8 @@ class Learner:
         self.phases = tuple(t for t, on in ((True, train), (False, valid)) if on)
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
         if self._opt_state is not None:  # from `load`: the resumed run's optimizer
-            self.opt.load_state_dict(self._opt_state)
+            # A copy: optimizers keep loaded tensors and update them in place.
+            self.opt.load_state_dict(copy.deepcopy(self._opt_state))
             self._opt_state = None
         with self.listeners as results:
             self.results = results
@@ -393,7 +395,7 @@ class Learner:
         if with_opt and "opt" in state:
             if self.opt is None:
                 self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
-            self.opt.load_state_dict(state["opt"])
+            self.opt.load_state_dict(copy.deepcopy(state["opt"]))
             self._opt_state = state["opt"]
         if with_random and "random" in state:
             set_random_states(state["random"], self._loaders())
@@ -407,12 +409,13 @@ class Learner:
         from .lrfind import LRFinder
 
         finder = LRFinder(**kwargs)
-        cbs, results = self.cbs, self.results
+        cbs, results, opt_state = self.cbs, self.results, self._opt_state
         self.cbs = [cb for cb in cbs if getattr(cb, "runs_in_lr_find", True)] + [finder]
         try:
             self.fit(finder.max_epochs, valid=False)
         finally:
-            self.cbs, self.results = cbs, results
+            # A loaded optimizer state is still the one the next real fit starts from.
+            self.cbs, self.results, self._opt_state = cbs, results, opt_state
         return finder
 
 
