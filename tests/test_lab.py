@@ -292,6 +292,8 @@ def test_bad_input_names_the_culprit():
     with pytest.raises(TypeError, match="is a class: pass an instance, MetricsCB"):
         Learner(nn.Linear(2, 1), tiny(), cbs=[MetricsCB])
     learn = Learner(nn.Linear(2, 1), tiny())
+    with pytest.raises(ValueError, match="start_epoch=3 and n_epochs=2"):
+        learn.fit(2, start_epoch=3)
     with pytest.raises(SelectorError, match="has no variable 'lossy'"):
         learn.on("one_batch > lossy")
     bad = DataLoaders([torch.randn(4, 2)], [])
@@ -462,12 +464,16 @@ def test_two_plus_two_epochs_from_a_checkpoint_equal_four(tmp_path, valid):
     path = tmp_path / "ckpt.pt"
     adam_learner(cbs=[CheckpointCB(path)]).fit(2, valid=valid)
     torch.manual_seed(123)  # whatever happened in between
-    resumed = adam_learner()
-    assert load_checkpoint(resumed, path) == 1
-    resumed.fit(2, valid=valid)
+    metrics = MetricsCB(print_epochs=False)
+    resumed = adam_learner(cbs=[metrics, CheckpointCB(path)])
+    epoch = load_checkpoint(resumed, path)
+    assert epoch == 1
+    resumed.fit(4, valid=valid, start_epoch=epoch + 1)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), after)
+    assert sorted({row["epoch"] for row in metrics.history}) == [2, 3]
+    assert torch.load(path, weights_only=True)["epoch"] == 3
 
 
 def test_lr_find_leaves_records_output_and_checkpoints_alone(digits, tmp_path, capsys):

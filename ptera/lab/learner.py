@@ -240,12 +240,22 @@ class Learner:
         return result
 
     # -- the stages ------------------------------------------------------------------
-    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True) -> Learner:
-        """Train (and validate) for ``n_epochs``; returns ``self``.
+    def fit(
+        self, n_epochs: int = 1, train: bool = True, valid: bool = True, start_epoch: int = 0
+    ) -> Learner:
+        """Train (and validate) epochs ``start_epoch`` to ``n_epochs - 1``; returns ``self``.
 
-        The listeners are active for the whole call, so they see the loop itself
-        (``fit > epoch``), which runs in the instrumented function ``fit`` below.
+        ``start_epoch`` resumes a run: after ``epoch = load_checkpoint(learn, path)``,
+        ``fit(n, start_epoch=epoch + 1)`` numbers the epochs (and their checkpoints
+        and metrics rows) as the uninterrupted run would. The listeners are active
+        for the whole call, so they see the loop itself (``fit > epoch``), which runs
+        in the instrumented function ``fit`` below.
         """
+        if not 0 <= start_epoch <= n_epochs:
+            raise ValueError(
+                f"fit needs 0 <= start_epoch <= n_epochs, got start_epoch={start_epoch}"
+                f" and n_epochs={n_epochs}"
+            )
         self.n_epochs = n_epochs
         self.phases = tuple(t for t, on in ((True, train), (False, valid)) if on)
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
@@ -255,7 +265,7 @@ class Learner:
             self._opt_state = None
         with self.listeners as results:
             self.results = results
-            self.run_stage("fit", fit, self, n_epochs, train, valid)
+            self.run_stage("fit", fit, self, n_epochs, train, valid, start_epoch)
         return self
 
     def fit_one_cycle(
@@ -444,9 +454,11 @@ def _settle(stage: str, error: BaseException | None, late: list) -> BaseExceptio
 
 
 @tooled
-def fit(learn: Learner, n_epochs: int, train: bool = True, valid: bool = True) -> None:
+def fit(
+    learn: Learner, n_epochs: int, train: bool = True, valid: bool = True, start_epoch: int = 0
+) -> None:
     """The fit stage's body: epochs of training and validation (``fit > epoch``)."""
-    for epoch in range(n_epochs):
+    for epoch in range(start_epoch, n_epochs):
         learn.epoch = epoch
         if train:
             learn.one_epoch(True)
