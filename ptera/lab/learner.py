@@ -9,14 +9,9 @@ learner), and selector listeners (``@learn.on("one_batch > loss")``).
 
 Decisions:
 
-* One helper, ``run_stage``, runs every stage (fit, epoch, batch, backward,
-  step): ``before_<stage>``, the body, ``after_cancel_<stage>`` if either raised
-  ``Cancel<Stage>Exception``, then ``after_<stage>`` and ``cleanup_<stage>``,
-  both always (also when another error propagates), and each for every callback
-  even when one of them raises. Every event in ``STAGES`` is fired by it.
-* The body's error is the one a stage raises; a closing callback's error is a
-  note on it. A cancel raised while a stage closes is dropped when its stage has
-  already ended, so ``fit`` never lets a ``Cancel*Exception`` out of its close.
+* The stages run through ``run_stage`` (``stages.py``): ``before_<stage>``, the
+  body, ``after_cancel_<stage>`` on its cancel, then ``after_<stage>`` and
+  ``cleanup_<stage>``, always, for fit, epoch, batch, backward and step.
 * A stage's state (``training``, a cleared ``loss``) is set before its
   ``before_`` event, so callbacks see the stage they are in.
 * Validation iterates the valid loader in eval mode under ``torch.no_grad()``.
@@ -40,35 +35,11 @@ from ..overlay import caller_env
 from ..results import Result
 from ..selector import select
 from ..tooling import tooled
-from .callbacks import (
-    STAGES,
-    WHENS,
-    CancelBackwardException,
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-    CancelStepException,
-    check_callback,
-    to_device,
-)
+from .callbacks import check_callback, to_device
 from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
+from .stages import Stages
 
 __all__ = ["DataLoaders", "Learner", "auto_loss"]
-
-_CANCEL = {
-    "fit": CancelFitException,
-    "epoch": CancelEpochException,
-    "batch": CancelBatchException,
-    "backward": CancelBackwardException,
-    "step": CancelStepException,
-}
-_CANCELS = tuple(_CANCEL.values())
-_DEPTH = {"fit": 0, "epoch": 1, "batch": 2, "backward": 3, "step": 3}
-# The cancels that a stage's end makes moot: its own and those of stages inside it.
-_ENDED_WITH = {
-    stage: tuple(_CANCEL[s] for s, d in _DEPTH.items() if d >= depth)
-    for stage, depth in _DEPTH.items()
-}
 
 
 class DataLoaders:
@@ -108,7 +79,7 @@ def auto_loss(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(preds, targets)
 
 
-class Learner:
+class Learner(Stages):
     """Train ``model`` on ``dls`` with ``loss_fn``; ``fit(n)`` runs the stages and callbacks.
 
     Without ``loss_fn``, the loss follows the targets' dtype (``auto_loss``):
@@ -166,78 +137,6 @@ class Learner:
             return fn
 
         return register
-
-    def callback(self, event: str) -> None:
-        """Call ``event`` (``"before_fit"``, ...) on every callback that has it, in ``order``.
-
-        For ``after_*`` and ``cleanup_*`` events every callback runs even if an
-        earlier one raised; the first error is raised at the end.
-        """
-        methods = self._methods(event)
-        if not event.startswith(("after_", "cleanup_")):
-            for method in methods:
-                method(self)
-            return
-        errors = self._call_all(methods, None)
-        if errors:
-            raise errors[0][1]
-
-    def _methods(self, event: str) -> list:
-        stage, when = _split_event(event)
-        return self._events(stage)[WHENS.index(when)]
-
-    def _events(self, stage: str) -> tuple[list, list, list, list]:
-        # Stages run several times a batch: sort once per set of callbacks, not per call.
-        key = tuple(map(id, self.cbs))
-        if key != self._events_key:
-            self._events_key, self._events_cache = key, {}
-        got = self._events_cache.get(stage)
-        if got is None:
-            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
-            got = tuple(
-                [m for m in (getattr(cb, f"{when}_{stage}", None) for cb in ordered) if m]
-                for when in WHENS
-            )
-            self._events_cache[stage] = got
-        return got
-
-    def _call_all(self, methods: list, errors: list | None) -> list | None:
-        for method in methods:
-            try:
-                method(self)
-            except Exception as exc:
-                errors = errors or []
-                errors.append((method, exc))
-        return errors
-
-    def run_stage(self, stage: str, body: Callable, *args: Any) -> Any:
-        """Run ``body(*args)`` as ``stage``, with its four events around it.
-
-        ``before_<stage>`` callbacks and the body run first; ``after_cancel_<stage>``
-        if either raised ``Cancel<Stage>Exception``; then ``after_<stage>`` and
-        ``cleanup_<stage>``, always, each for every callback. The body's own error
-        is the one raised; errors of closing callbacks are added to it as notes
-        (or raised, the first one, when the body succeeded). A cancel raised while
-        closing a stage that is not inside the one it cancels has nothing left to
-        cancel and is dropped, so no ``Cancel*Exception`` escapes ``fit``.
-        """
-        before, cancelled, after, cleanup = self._events(stage)
-        error = late = result = None
-        try:
-            for method in before:
-                method(self)
-            result = body(*args)
-        except _CANCEL[stage]:
-            late = self._call_all(cancelled, late)
-        except BaseException as exc:
-            error = exc
-        late = self._call_all(after, late)
-        late = self._call_all(cleanup, late)
-        if late:
-            error = _settle(stage, error, late)
-        if error is not None:
-            raise error
-        return result
 
     # -- the stages ------------------------------------------------------------------
     def fit(
@@ -427,30 +326,6 @@ class Learner:
             # A loaded optimizer state is still the one the next real fit starts from.
             self.cbs, self.results, self._opt_state = cbs, results, opt_state
         return finder
-
-
-def _split_event(event: str) -> tuple[str, str]:
-    when, _, stage = event.rpartition("_")
-    if when not in WHENS or stage not in _CANCEL:
-        raise ValueError(f"unknown event {event!r}; the events are {', '.join(STAGES)}")
-    return stage, when
-
-
-def _settle(stage: str, error: BaseException | None, late: list) -> BaseException | None:
-    """The one exception a stage raises, given its body's and its closing callbacks'."""
-    late = [(m, e) for m, e in late if not isinstance(e, _ENDED_WITH[stage])]
-    if not late:
-        return error
-    raised = [e for e in (error, *(e for _, e in late)) if e is not None]
-    # An error beats a cancel: a cancel is control flow, an error is news.
-    chosen = next((e for e in raised if not isinstance(e, _CANCELS)), raised[0])
-    for method, exc in late:
-        if exc is not chosen:
-            name = getattr(method, "__qualname__", repr(method))
-            chosen.add_note(f"while the {stage} stage ended, {name} also raised {exc!r}")
-    if error is not None and error is not chosen:
-        chosen.add_note(f"raised while the {stage} stage ended on {error!r}")
-    return chosen
 
 
 @tooled
