@@ -10,7 +10,14 @@ from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
 from .recurrence import Recurrence
 from .results import Collection, Result
-from .selector import Scope, SelectorError, Var, select
+from .selector import (
+    Scope,
+    SelectorError,
+    SelectorSyntaxError,
+    UnresolvedSelectorError,
+    Var,
+    select,
+)
 from .selfless import PteraFunction, defaults
 from .state import ConflictError, Override, State, default
 from .tags import Tag, TagSet, match_tag, tag
@@ -50,11 +57,13 @@ __all__ = [
     "Result",
     "Scope",
     "SelectorError",
+    "SelectorSyntaxError",
     "State",
     "Tag",
     "TagSet",
     "Total",
     "TransformError",
+    "UnresolvedSelectorError",
     "Var",
     "auto_cli",
     "default",
