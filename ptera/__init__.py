@@ -21,7 +21,7 @@ from .selector import (
 from .selfless import PteraFunction, defaults
 from .state import ConflictError, Override, State, default
 from .tags import Tag, TagSet, match_tag, tag
-from .tooling import is_tooled, tooled
+from .tooling import instrumented_source, is_tooled, tooled
 from .transform import ABSENT, TransformError
 
 __version__ = "1.4.2"
@@ -69,6 +69,7 @@ __all__ = [
     "default",
     "defaults",
     "global_probe",
+    "instrumented_source",
     "is_tooled",
     "match_tag",
     "probing",
