@@ -56,10 +56,13 @@ class SelectorError(ValueError):
     """A selector is wrong: ``reason``, shown under its ``text`` with a caret at ``column``.
 
     The base of the selector errors; raised as such for misuse (a probe that needs a
-    focus and has none). ``text`` is the selector as the user typed it.
+    focus and has none). ``text`` is the selector as the user typed it; given a parsed
+    ``Scope``, its typed text is used (its canonical form for a tree built by hand).
     """
 
-    def __init__(self, text: str, column: int, reason: str):
+    def __init__(self, text: str | Scope, column: int, reason: str):
+        if isinstance(text, Scope):
+            text = text.source if text.source is not None else str(text)
         super().__init__(text, column, reason)  # the args rebuild it when unpickled
         self.text, self.column, self.reason = text, column, reason
 

@@ -158,3 +158,19 @@ def test_every_selector_error_renders_the_typed_text(text):
         probing(text, env=ENV)
     except SelectorError as err:
         check_rendering(err, text)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda text: probing(text, probe_type="immediate", env=ENV),
+        lambda text: ptera.OverridableProbe(text, env=ENV),
+    ],
+    ids=["immediate probe", "overridable probe"],
+)
+def test_a_misused_selector_is_the_base_error_in_the_typed_text(make):
+    with pytest.raises(SelectorError) as info:
+        with make("f( x,  y )"):
+            pass
+    assert type(info.value) is SelectorError
+    assert info.value.text == "f( x,  y )" and "needs a focus" in info.value.reason
