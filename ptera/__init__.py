@@ -14,11 +14,18 @@ from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
 from .recurrence import Recurrence
 from .results import Collection, Result
-from .selector import Scope, SelectorError, Var, select
+from .selector import (
+    Scope,
+    SelectorError,
+    SelectorSyntaxError,
+    UnresolvedSelectorError,
+    Var,
+    select,
+)
 from .selfless import PteraFunction, defaults
 from .state import ConflictError, Override, State, default
 from .tags import Tag, TagSet, match_tag, tag
-from .tooling import is_tooled, tooled
+from .tooling import instrumented_source, is_tooled, tooled
 from .transform import ABSENT, TransformError
 from .utils import refstring
 from .version import version
@@ -57,17 +64,20 @@ __all__ = [
     "Result",
     "Scope",
     "SelectorError",
+    "SelectorSyntaxError",
     "State",
     "Tag",
     "TagSet",
     "Total",
     "TransformError",
+    "UnresolvedSelectorError",
     "Var",
     "auto_cli",
     "autotool",
     "default",
     "defaults",
     "global_probe",
+    "instrumented_source",
     "interpret",
     "is_tooled",
     "match_tag",

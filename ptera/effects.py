@@ -48,7 +48,7 @@ def _mapping(values: Any, what: str, kind: str) -> Mapping:
 
 def _needs_focus(sel: Scope, what: str) -> Scope:
     if sel.focus is None:
-        raise SelectorError(str(sel), 0, f"{what} needs a focus: mark a variable with '!'")
+        raise SelectorError(sel, 0, f"{what} needs a focus: mark a variable with '!'")
     return sel
 
 

@@ -50,7 +50,7 @@ from .lookup import (
     tooled_states,
 )
 from .reach import reachable
-from .selector import NOVALUE, Scope, SelectorError, Var
+from .selector import NOVALUE, Scope, SelectorError, UnresolvedSelectorError, Var
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError, self_name
 
@@ -117,10 +117,18 @@ class Compiled:
     total_handlers: dict = field(default_factory=dict)  # shared by total rules (capture.Rule)
 
 
-def _error(selector: Scope, needle: str, message: str) -> SelectorError:
-    text = str(selector)
-    col = max(text.find(needle), 0)
-    return SelectorError(text, col, message)
+def _error(selector: Scope, node: Var | Scope | None, needle: str, message: str) -> SelectorError:
+    """An error about ``node`` of ``selector``: the caret on ``needle`` within that node,
+    in the text as typed (the canonical form for a tree built by hand)."""
+    text = selector.source
+    if text is None:
+        text = str(selector)
+        return UnresolvedSelectorError(text, max(text.find(needle), 0), message)
+    span = node.span if node is not None else None
+    if span is not None:
+        col = text.find(needle, *span)
+        return UnresolvedSelectorError(text, col if col >= 0 else span[0], message)
+    return UnresolvedSelectorError(text, max(text.find(needle), 0), message)
 
 
 def _is_slot(node: Scope) -> bool:
@@ -139,6 +147,7 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
         focus=val.focus if val else 0,
         value=val.value if val else NOVALUE,
         deep=node.deep,
+        span=node.span,
     )
     return var, key
 
@@ -147,9 +156,9 @@ class _NoVariable(Exception):
     """A named function lacks a variable; the ``SelectorError`` is built only if raised
     (printing the selector for each of n missing captures would be quadratic)."""
 
-    def __init__(self, name: str, st: FnState, variables: dict, comprehended: bool = False):
-        super().__init__(name)
-        self.name, self.st, self.variables = name, st, variables
+    def __init__(self, var: Var, st: FnState, variables: dict, comprehended: bool = False):
+        super().__init__(var.name)
+        self.var, self.name, self.st, self.variables = var, var.name, st, variables
         self.comprehended = comprehended
 
     def error(self, selector: Scope) -> SelectorError:
@@ -159,13 +168,13 @@ class _NoVariable(Exception):
                 " of its own that ptera does not instrument: assign it in the function"
                 " (a for loop) to probe it"
             )
-            return _error(selector, self.name, message)
+            return _error(selector, self.var, self.name, message)
         known = ", ".join(
             [n for n, x in self.variables.items() if x.provenance != "external"]
             + [f"self.{a}" for a in self.st.source.attributes]
         )
         message = f"'{self.st.qualname}' has no variable '{self.name}' (it has: {known or 'none'})"
-        return _error(selector, self.name, message)
+        return _error(selector, self.var, self.name, message)
 
 
 class Same:
@@ -242,9 +251,10 @@ class _Compiler:
             return None
         found = self.resolved[node.fn]
         if isinstance(found, NotFound):
-            raise _error(self.selector, node.fn, f"cannot find function '{node.fn}': {found}")
+            message = f"cannot find function '{node.fn}': {found}"
+            raise _error(self.selector, node, node.fn, message)
         if isinstance(found, TransformError):
-            raise _error(self.selector, node.fn, str(found))
+            raise _error(self.selector, node, node.fn, str(found))
         return found
 
     def node(self, node: Scope, parent: int | None, extra: tuple = ()) -> None:
@@ -303,7 +313,7 @@ class _Compiler:
             except TransformError as exc:
                 if fns is None:
                     continue
-                raise _error(self.selector, node.fn or "*", str(exc)) from None
+                raise _error(self.selector, node, node.fn or "*", str(exc)) from None
             t = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
             found: dict[str, list[VarSpec]] = {}  # lists, not tuples: n captures stay linear
             for i, (var, keyvar) in enumerate(pairs):
@@ -332,7 +342,7 @@ class _Compiler:
                     one = spec
                     if name in st.source.attributes and var.tag is not None:
                         # An attribute has no annotation: its value's class is checked.
-                        one = replace(spec, isa=self.tag(var.tag))
+                        one = replace(spec, isa=self.tag(var.tag, var))
                     found.setdefault(name, []).append(one)
             t.vars = {name: tuple(specs) for name, specs in found.items()}
             t.collects = holds and (self.collect or self.selector.focus is None)
@@ -347,7 +357,7 @@ class _Compiler:
                 raise err
         for var, keyvar in deep_vars:
             # `f >> x`: x also in any instrumented call below f.
-            below = Var(var.name, var.capture, var.focus, var.tag, var.value)
+            below = replace(var, deep=False)
             self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
         for child in sub_scopes:
             self.node(child, nid)
@@ -360,6 +370,7 @@ class _Compiler:
             return  # `h[k] = g(...)` in decorated code may call it
         raise _error(
             self.selector,
+            node,
             node.fn,
             f"'{node.fn}[...]' can never match: a call gets a key only from `h[k] = f(...)`"
             " in a @tooled function or from `f[k](...)` on a @tooled f, and no @tooled"
@@ -393,10 +404,10 @@ class _Compiler:
             if (v is None or v.provenance == "external") and var.name in st.source.attributes:
                 return [var.name]
             if v is None and var.name in st.source.comprehended and strict:
-                raise _NoVariable(var.name, st, variables, comprehended=True)
+                raise _NoVariable(var, st, variables, comprehended=True)
             if v is None:
                 if strict:
-                    raise _NoVariable(var.name, st, variables)
+                    raise _NoVariable(var, st, variables)
                 return []
             names = [var.name]
         elif var.tag in META_TAGS:
@@ -404,17 +415,17 @@ class _Compiler:
         else:
             names = [n for n, x in variables.items() if x.provenance != "external"]
         if var.tag is not None:
-            wanted = self.tag(var.tag)
+            wanted = self.tag(var.tag, var)
             names = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
             if var.name is None:
                 names += list(st.source.attributes)  # checked on their values (VarSpec.isa)
         return names
 
-    def tag(self, text: str) -> Any:
+    def tag(self, text: str, var: Var | None = None) -> Any:
         env = self.env or {}
         if text.startswith("##"):
             if text not in env:
-                raise _error(self.selector, text, f"'{text}' is not bound in env")
+                raise _error(self.selector, var, text, f"'{text}' is not bound in env")
             return env[text]
         head, *rest = text.split(".")
         if head in env:

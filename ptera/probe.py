@@ -189,7 +189,7 @@ class Probe(SourceProxy):
         immediate = probe_type == "immediate" or (probe_type is None and sel.focus is not None)
         if immediate and sel.focus is None:
             raise SelectorError(
-                str(sel), 0, "an immediate probe needs a focus: mark a variable with '!'"
+                sel, 0, "an immediate probe needs a focus: mark a variable with '!'"
             )
         rule = _pool.take(
             comp,
@@ -273,7 +273,7 @@ class OverridableProbe(Probe):
         _check_focus_pattern(sel)
         if probe_type == "total" or sel.focus is None:
             raise SelectorError(
-                str(sel), 0, "an overridable probe needs a focus: mark a variable with '!'"
+                sel, 0, "an overridable probe needs a focus: mark a variable with '!'"
             )
         comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
         return Rule(comp, self._emit, immediate=True, raw=self._raw, intercepts=True)

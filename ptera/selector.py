@@ -27,6 +27,10 @@ Decisions where the spec is silent:
 * Inside ``f<...>`` a ``>`` closes the bracket; use ``{}`` or ``()`` to nest.
 * The canonical form uses ``{}`` brackets everywhere and ``>>`` inside them for
   deep children: ``f >> g > x`` prints as ``f{>> g{!x}}``.
+* Errors quote the selector as typed, not its canonical form: the root keeps the
+  typed text (``source``) and each parsed node the columns it came from (``span``),
+  both left out of equality, so a later error puts its caret on the very
+  occurrence that failed (the second ``x`` of ``f(x) > g(x) > q``).
 """
 
 from __future__ import annotations
@@ -39,15 +43,66 @@ from typing import Any
 
 from .sentinel import Sentinel
 
-__all__ = ["Scope", "SelectorError", "Var", "parse", "select", "split_selectors"]
+__all__ = [
+    "Scope",
+    "SelectorError",
+    "SelectorSyntaxError",
+    "UnresolvedSelectorError",
+    "Var",
+    "parse",
+    "select",
+    "split_selectors",
+]
 
 
 class SelectorError(ValueError):
-    """A selector could not be parsed or resolved; the message points at the column."""
+    """A selector is wrong: ``reason``, shown under its ``text`` with a caret at ``column``.
 
-    def __init__(self, text: str, col: int, expected: str):
-        super().__init__(f"{expected}\n  {text}\n  {' ' * col}^")
-        self.text, self.col, self.expected = text, col, expected
+    The base of the selector errors; raised as such for misuse (a probe that needs a
+    focus and has none). ``text`` is the selector as the user typed it; given a parsed
+    ``Scope``, its typed text is used (its canonical form for a tree built by hand).
+    """
+
+    def __init__(self, text: str | Scope, column: int, reason: str):
+        if isinstance(text, Scope):
+            text = text.source if text.source is not None else str(text)
+        super().__init__(text, column, reason)  # the args rebuild it when unpickled
+        self.text, self.column, self.reason = text, column, reason
+
+    @property
+    def col(self) -> int:
+        """The column (the name before ``column``)."""
+        return self.column
+
+    @property
+    def expected(self) -> str:
+        """The reason (the name before ``reason``)."""
+        return self.reason
+
+    def __str__(self) -> str:
+        return f"{self.reason}\n{_point_at(self.text, self.column)}"
+
+
+class SelectorSyntaxError(SelectorError):
+    """A selector's text does not parse; ``column`` is where the parser stopped."""
+
+
+class UnresolvedSelectorError(SelectorError):
+    """A selector parses but names what does not exist: an unknown function, a variable
+    the function lacks, a name not bound in ``env``; ``column`` is that occurrence."""
+
+
+def _point_at(text: str, column: int) -> str:
+    """``text`` indented, with a caret under ``column`` (under its own line if several)."""
+    column = min(max(column, 0), len(text))
+    lines = text.split("\n")
+    row = text.count("\n", 0, column)
+    before = text[text.rfind("\n", 0, column) + 1 : column]
+    # Tabs stay tabs so that the caret lines up however the terminal expands them.
+    caret = "  " + "".join(c if c == "\t" else " " for c in before) + "^"
+    shown = ["  " + line for line in lines]
+    shown.insert(row + 1, caret)
+    return "\n".join(shown)
 
 
 NOVALUE = Sentinel("NOVALUE")
@@ -65,6 +120,8 @@ class Var:
     tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
     value: Any = NOVALUE  # equality filter
     deep: bool = False
+    # Columns of the typed text this node came from (see ``Scope.source``).
+    span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_meta(self) -> bool:
@@ -107,6 +164,8 @@ class Scope:
     children: tuple[Node, ...] = ()
     deep: bool = False
     env: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
+    source: str | None = field(default=None, compare=False, repr=False)  # the root's typed text
 
     def __str__(self) -> str:
         out = ">> " if self.deep else ""
@@ -158,7 +217,11 @@ class _Parser:
 
     # -- characters -------------------------------------------------------
     def error(self, expected: str, col: int | None = None):
-        raise SelectorError(self.text, self.pos if col is None else col, expected)
+        raise SelectorSyntaxError(self.text, self.pos if col is None else col, expected)
+
+    def span_from(self, start: int) -> tuple[int, int]:
+        """The columns from ``start`` to the end of what was read, trailing blanks excluded."""
+        return start, start + len(self.text[start : self.pos].rstrip())
 
     def skip_ws(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos] in " \t\n\r":
@@ -233,7 +296,7 @@ class _Parser:
             self.error("expected '>', '>>' or the end of the selector")
         if isinstance(node, Var):
             node = Scope(None, (_as_candidate(node),))
-        return self.settle_focus(node)
+        return replace(self.settle_focus(node), source=self.text)
 
     def chain(self, closer: str | None) -> Node:
         start = self.pos
@@ -268,7 +331,7 @@ class _Parser:
             self.error("'$name' captures a variable and cannot be a function", start)
         if item.name is not None and (item.is_meta or item.capture != item.name):
             self.error("expected a function name before '>'", start)
-        return Scope(item.name)
+        return Scope(item.name, span=item.span)
 
     def item(self) -> Node:
         self.skip_ws()
@@ -333,8 +396,10 @@ class _Parser:
                 key = self.key()
             if key is not None:
                 children = (key, *children)
-            scope = Scope(fn, children)
+            scope = Scope(fn, children, span=self.span_from(start))
             self.as_var = None
+            self.skip_ws()
+            as_at = self.pos
             if self.take_word("as"):
                 # `f(!n) as !!v`: the return value, with a focus mark of its own.
                 self.skip_ws()
@@ -345,12 +410,13 @@ class _Parser:
                 elif self.take("!"):
                     mark = 1
                     self.bang_at.append(mark_at)
-                self.as_var = Var("#value", self.ident("a name after 'as'"), focus=mark)
+                name = self.ident("a name after 'as'")
+                self.as_var = Var("#value", name, focus=mark, span=self.span_from(as_at))
                 scope = replace(scope, children=scope.children + (self.as_var,))
             return scope
         if var is None:
             if is_fn_path or self.peek() == ">":
-                return Scope(fn)
+                return Scope(fn, span=self.span_from(start))
             self.error("a dotted name or module path names a function: expected '>' or brackets")
 
         if self.take(":"):
@@ -361,7 +427,7 @@ class _Parser:
             if var.name is None and var.capture is not None:
                 self.error("'$name' is already a capture name; 'as' is not allowed", name_at)
             var = replace(var, capture=self.ident("a name after 'as'"))
-        return replace(var, focus=focus)
+        return replace(var, focus=focus, span=self.span_from(start))
 
     def take_word(self, word: str) -> bool:
         self.skip_ws()
@@ -410,6 +476,7 @@ class _Parser:
     def key(self) -> Var | None:
         if not self.take("["):
             return None
+        start = self.pos - 1
         if self.take("$"):
             if not _IDENT.match(self.text, self.pos):
                 self.error("expected a variable name after '$'")
@@ -418,7 +485,7 @@ class _Parser:
             key = Var("#key", None, value=self.literal())
         if not self.take("]"):
             self.error("expected ']' to close the key")
-        return key
+        return replace(key, span=self.span_from(start))
 
     def bracket(self) -> tuple[Node, ...]:
         opener_at = self.pos

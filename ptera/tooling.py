@@ -11,19 +11,23 @@ Decisions:
 * ``__ptera_info__`` also lists the meta-variables ``#enter``, ``#exit``,
   ``#receive`` and ``#yield`` (provenance ``"meta"``, annotated ``tag.enter`` or
   ``tag.exit``), which coleo's catalogue expects, as 1.4 did.
+* ``instrumented_source`` shows, as text, the code ptera would swap in.
 """
 
 from __future__ import annotations
 
+import ast
 import types
+from collections.abc import Iterable
 from typing import Any
 
-from .lookup import register_tooled, unwrap
+from .lookup import register_tooled, state_for, unwrap
 from .overlay import HELPERS
 from .selfless import attach
 from .tags import tag
+from .transform import instrument
 
-__all__ = ["is_tooled", "tooled"]
+__all__ = ["instrumented_source", "is_tooled", "tooled"]
 
 
 def tooled(fn: Any = None) -> Any:
@@ -72,3 +76,30 @@ def is_tooled(fn: Any) -> bool:
     if isinstance(fn, types.MethodType):
         fn = fn.__func__
     return hasattr(fn, "__ptera_info__")
+
+
+def instrumented_source(fn: Any, variables: Iterable[str] | None = None) -> str:
+    """The source of the code ptera runs for ``fn`` when ``variables`` are wanted.
+
+    ``variables`` names the points to report (``{"x", "#value"}``); ``None`` means
+    every point, and an empty set gives the code ``fn`` runs while nothing watches
+    it. Nothing is activated: this reads what a probe would swap in.
+    """
+    target = unwrap(fn)
+    if not isinstance(target, types.FunctionType):
+        raise TypeError(f"instrumented_source needs a Python function, not {type(fn).__name__}")
+    if isinstance(variables, str):
+        raise TypeError(f"variables is a set of names, like {{{variables!r}}}, not a string")
+    source = state_for(target).source
+    interest = None if variables is None else frozenset(variables)
+    if interest is not None:
+        known = source.local_names | source.attributes.keys()
+        unknown = sorted(n for n in interest if not n.startswith("#") and n not in known)
+        if unknown:
+            raise ValueError(
+                f"{target.__qualname__} has no variable {', '.join(map(repr, unknown))}"
+                f" (it has: {', '.join(sorted(known)) or 'none'})"
+            )
+        if not interest and not source.stateful:
+            return ast.unparse(source.tree)  # idle, it runs its own code
+    return ast.unparse(instrument(source, interest))

@@ -42,7 +42,7 @@ class Grad:
         sel = select(selector) if isinstance(selector, str) else selector
         if sel.focus is None or sel.secondary is None:
             raise SelectorError(
-                str(sel),
+                sel,
                 0,
                 "Grad needs a focus '!x' (what to differentiate by) and a secondary focus"
                 " '!!y' (what to differentiate)",

@@ -872,17 +872,26 @@ class _Mangler(ast.NodeTransformer):
         return node
 
 
-def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:
-    """Compile the instrumented code object of ``source`` for ``interest`` (cached)."""
-    key = (interest, source.free_state)
-    if key in source.variants:
-        return source.variants[key]
+def instrument(source: Source, interest: frozenset | None) -> ast.FunctionDef:
+    """The instrumented copy of ``source.tree`` for ``interest`` (``None``: every point).
+
+    A pure rewrite, AST in, AST out: ``source.tree`` is left as it was and nothing
+    is compiled or activated, so a test can read the result (``ast.unparse``).
+    """
     import copy
 
     tree = copy.deepcopy(source.tree)
     if source.class_name:
         tree = _Mangler(source.class_name).visit(tree)
-    tree = _Instrumenter(source, interest).instrument(tree)
+    return _Instrumenter(source, interest).instrument(tree)
+
+
+def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:
+    """Compile the instrumented code object of ``source`` for ``interest`` (cached)."""
+    key = (interest, source.free_state)
+    if key in source.variants:
+        return source.variants[key]
+    tree = instrument(source, interest)
     # A neutral name, so that the factory does not bind the function's own name
     # (which would turn a recursive call into a closure reference).
     tree.name = "__ptera_fn__"

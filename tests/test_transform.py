@@ -1,5 +1,6 @@
 """Instrumentation preserves the semantics of every program, idle or probed."""
 
+import ast
 import contextlib
 import inspect
 import traceback
@@ -7,7 +8,7 @@ import weakref
 
 import pytest
 
-from ptera import PteraNameError, SelectorError, probing, tooled
+from ptera import PteraNameError, SelectorError, instrumented_source, probing, tooled
 from ptera.transform import TransformError
 
 from . import programs
@@ -266,6 +267,87 @@ def _stores_then_drops(fail):
 def test_subscript_assignment_does_not_keep_its_value_alive(selector, fail):
     with probing(selector) if selector else contextlib.nullcontext():
         assert _stores_then_drops(fail)
+
+
+# -- the rewrite as text: instrumented_source ---------------------------------------
+
+
+@tooled
+def _keyed_sum(x, h):
+    y = x * 2
+    h[x] = y
+    for i in range(2):
+        y += i
+    return y
+
+
+def reported(source: str) -> set:
+    """The names the rewritten code reports: its string constants (``_keyed_sum`` has none)."""
+    tree = ast.parse(source)
+    return {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+
+
+LOOP = {"i", "#loop_i", "#endloop_i"}
+
+
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        (None, {"x", "h", "y", "#enter", "#value"} | LOOP),
+        ({"y"}, {"y"}),
+        ({"h"}, {"h"}),
+        ({"i", "#value"}, {"i", "#value"}),
+        ({"#endloop_i"}, {"#endloop_i"}),
+        (set(), set()),
+    ],
+)
+def test_instrumented_source_reports_only_what_is_asked(variables, expected):
+    assert reported(instrumented_source(_keyed_sum, variables)) == expected
+
+
+def test_the_idle_variant_is_the_original_code():
+    original = ast.parse(inspect.getsource(_keyed_sum)).body[0]
+    original.decorator_list = []
+    assert instrumented_source(_keyed_sum, set()) == ast.unparse(original)
+
+
+def test_keyed_assignment_clears_its_temporaries_in_a_finally():
+    tree = ast.parse(instrumented_source(_keyed_sum, {"h"}))
+    (guard,) = [
+        t for t in ast.walk(tree) if isinstance(t, ast.Try) and not t.handlers and t.finalbody
+    ]
+    bound = {
+        t.id
+        for s in guard.body
+        if isinstance(s, ast.Assign)
+        for t in s.targets
+        if isinstance(t, ast.Name)
+    }
+    cleared = {t.id for s in guard.finalbody for t in s.targets}
+    assert len(bound) == 3 and cleared == bound
+    assert all(isinstance(s.value, ast.Constant) and s.value.value is None for s in guard.finalbody)
+
+
+def test_instrumented_source_activates_nothing():
+    code = _keyed_sum.__code__
+    instrumented_source(_keyed_sum)
+    assert _keyed_sum.__code__ is code
+    assert _keyed_sum(1, {}) == 3
+
+
+@pytest.mark.parametrize(
+    "fn, variables, error, message",
+    [
+        (_keyed_sum, "y", TypeError, r"a set of names, like \{'y'\}"),
+        (_keyed_sum, {"z"}, ValueError, r"no variable 'z' \(it has: h, i, x, y\)"),
+        (len, None, TypeError, "needs a Python function"),
+    ],
+)
+def test_instrumented_source_rejects_bad_input(fn, variables, error, message):
+    with pytest.raises(error, match=message):
+        instrumented_source(fn, variables)
 
 
 # -- where source comes from: notebook cells yes, strings no ----------------------
