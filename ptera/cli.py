@@ -27,7 +27,9 @@ Decisions:
   keys are options; a key holding a table is a selector prefix for per-context
   values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``); a key
   containing ``>`` is a whole selector. A per-context value is converted like
-  the option its selector's focus names, and a bad selector is a config error.
+  an option only where its selector's focus lands on that option's declaration
+  (elsewhere, a local of the same name is no option), and a bad selector is a
+  config error.
 * Bad input (unknown option, wrong type, unreadable file, conflicting value)
   prints ``error: ...`` and exits with status 2, like argparse; with
   ``exit_on_error=False`` the exception is raised instead.
@@ -351,7 +353,8 @@ def split_config(
 ) -> tuple[dict, dict]:
     """Option values and per-context tweaks (selector -> value) of a config.
 
-    A per-context value is converted like the option its selector's focus names;
+    A per-context value is converted like the option declared where its selector's
+    focus lands (and left as written elsewhere);
     with ``env``, each selector's functions must be found there (or by import path).
     """
     values, tweaks = {}, {}
@@ -377,12 +380,26 @@ def _context_value(selector: str, value: Any, options: dict, path: str, env: dic
         tree = select(selector)
         if tree.focus is None:
             raise SelectorError(selector, 0, "a per-context value needs a focus: mark it with '!'")
-        if env is not None:
-            compile_selector(tree, env)
+        compiled = compile_selector(tree, env)
     except SelectorError as exc:
+        if env is None:  # not validated without the caller's names: left as written
+            return value
         raise CliError(f"config {path}: {exc}") from None
-    option = options.get(tree.focus.name)
-    return value if option is None else convert(option, value, f"config {path}: {selector!r}")
+    # Converted only where the focus lands on a site of the option: `label > n` is left
+    # alone when `n` is an option of another function but a plain local of `label`.
+    states = {st.fid: st for st in compiled.interest}
+    for fid, templates in compiled.templates.items():
+        st = states.get(fid)
+        for name, specs in (kv for t in templates for kv in t.vars.items()):
+            option = options.get(name)
+            if st is None or option is None or not any(s.focus == 1 for s in specs):
+                continue
+            if any(
+                (site.function, site.filename) == (st.qualname, st.original.co_filename)
+                for site in option.sites
+            ):
+                return convert(option, value, f"config {path}: {selector!r}")
+    return value
 
 
 def from_environment(options: dict[str, Option], prefix: str, environ=None) -> dict:

@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from ptera import ABSENT, ConflictError, auto_cli
-from ptera.cli import CliError, find_options
+from ptera.cli import CliError, find_options, split_config
+from tests import cli_program
 from tests.cli_program import main
 
 
@@ -256,6 +257,21 @@ def test_per_context_values_of_the_wrong_type_name_the_key(tmp_path, text, messa
     with pytest.raises(CliError) as info:
         run(["--config", str(path)])
     assert f"config {path}: {message}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("main > n", "5", 5),  # main declares the option n: converted
+        ("label > n", "5", "5"),  # in label, n is a plain local: left as written
+        ("label > n", "other", "other"),  # ...and not checked against main's int
+        ("label > n", 7, 7),
+    ],
+)
+def test_per_context_values_are_converted_only_at_the_options_sites(key, value, expected):
+    options = find_options(main)
+    _, tweaks = split_config({key: value}, options, "c.toml", vars(cli_program))
+    assert tweaks == {key: expected} and type(tweaks[key]) is type(expected)
 
 
 def test_per_context_bool_strings_become_bools(tmp_path):
