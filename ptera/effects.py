@@ -183,12 +183,19 @@ class Overlay:
 
     def __exit__(self, *exc) -> bool:
         # The context's current result knows how it was activated (thread-safe).
-        active, token = self._current.get().activation
+        current = self._current.get()
+        if current is None:
+            raise ValueError(
+                "this overlay was not entered here: its rules were activated in another"
+                " context (another asyncio task, thread or copied context); end them there"
+            )
+        active, token = current.activation
         try:
             if active is not None:
                 deactivate(active)
         finally:
-            self._current.reset(token)
+            if active is None or not active.active:  # else another context's: left as is
+                self._current.reset(token)
         return False
 
 

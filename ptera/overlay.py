@@ -20,7 +20,9 @@ Decisions:
   consumer's calls while suspended): a generator is a leaf scope.
 * ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
-  rules, in any order relative to other activations, and only once.
+  rules, in any order relative to other activations, and only once. Only the
+  context that activated rules can end them (elsewhere: ``ValueError``, and they
+  stay active), since a task or a copied context would end them in its copy only.
 """
 
 from __future__ import annotations
@@ -384,7 +386,8 @@ class Activation:
     """Rules made active by ``activate``; ``remove()`` (or leaving ``with``) ends them.
 
     Removing takes away exactly these rules, whatever was activated or removed
-    since (activations may end in any order); removing twice does nothing.
+    since (activations may end in any order); removing twice does nothing; removing
+    in another context (task, thread) is a ``ValueError`` that leaves them active.
     """
 
     __slots__ = ("rules", "glob", "token", "active")
@@ -446,32 +449,48 @@ def activate(
         return Activation(rules, False, token)
 
 
+def _reset_owned(token: Token) -> None:
+    # Only the context that activated rules can end them: a task or a copied context
+    # sees them too, but ending them there would leave them active where they started.
+    # The token knows its context.
+    try:
+        _plan.reset(token)
+    except ValueError:
+        raise ValueError(
+            "these rules were activated in another context (another asyncio task,"
+            " thread or copied context): end them where they were activated"
+        ) from None
+
+
+def check_owner(activation: Activation) -> None:
+    """Raise ``ValueError`` unless ``deactivate(activation)`` may run here (its context)."""
+    with _globals.lock:
+        if activation.active and not activation.glob:
+            now = _plan.get()
+            _reset_owned(activation.token)
+            activation.token = _plan.set(now)  # the same old value: an equivalent token
+
+
 def deactivate(activation: Activation) -> None:
     """Undo ``activate``: remove its rules and restore code that nothing needs."""
     with _globals.lock:
         if not activation.active:
             return
-        activation.active = False
-        rules, token, activation.token = activation.rules, activation.token, None
+        rules, token = activation.rules, activation.token
         if activation.glob:
             _globals.rules = _without(_globals.rules, rules)
             _globals.epoch += 1
         else:
             rules_now = _plan.get().rules
+            _reset_owned(token)
             before = token.old_value if token.old_value is not Token.MISSING else _EMPTY
-            restored = False
-            if rules_now == before.rules + rules:
-                # The newest activation: going back to the plan before it keeps its cache.
-                try:
-                    _plan.reset(token)
-                    restored = True
-                except ValueError:  # another context
-                    pass
-            if not restored:
+            if rules_now != before.rules + rules:
+                # Not the newest activation: keep the ones made since.
                 _plan.set(Plan(_without(rules_now, rules), _globals.epoch))
             plan = _plan.get()
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
+        activation.active, activation.token = False, None
         _install(_count(rules, -1))
 
 

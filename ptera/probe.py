@@ -27,7 +27,7 @@ from giving import SourceProxy
 
 from .capture import Rule
 from .match import compile_selector
-from .overlay import activate, caller_env, deactivate
+from .overlay import activate, caller_env, check_owner, deactivate
 from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
@@ -209,8 +209,8 @@ class Probe(SourceProxy):
 
     def _exit(self):
         if self._token is not None:
-            token, self._token = self._token, None
-            deactivate(token)
+            deactivate(self._token)  # from another context: raises, the probe stays on
+            self._token = None
             pooled, refs, self._pooled = self._pooled, self._refs, []
             if refs is not None:
                 now = [_Pool.refs(r) for r in pooled]
@@ -218,6 +218,12 @@ class Probe(SourceProxy):
                     # More references now than when activated: a live call holds it.
                     if before == after and _Pool.private(rule):
                         _pool.give(rule)
+
+    def __exit__(self, *exc):
+        if self._root is self and self._token is not None:
+            # From another context: fail before giving completes the subscribers.
+            check_owner(self._token)
+        return super().__exit__(*exc)
 
     def activate(self) -> Probe:
         """Activate this probe in the current context (until ``deactivate``)."""

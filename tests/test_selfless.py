@@ -1,6 +1,8 @@
 """Functions as objects: the classic "trace queries" walk-through, state and priorities."""
 
 import asyncio
+import contextvars
+import threading
 
 import pytest
 
@@ -20,6 +22,7 @@ from ptera import (
     tweaking,
     using,
 )
+from ptera.overlay import active_rule_count
 
 
 @ptera
@@ -173,6 +176,43 @@ def test_overlays_end_in_any_order(first, expected):
     assert sumsquares(3, 4) == expected  # the other overlay still applies
     overlays[1 - first].__exit__(None, None, None)
     assert sumsquares(3, 4) == 25
+
+
+async def _call(fn):
+    return fn()
+
+
+def _in_thread(fn):
+    thread = threading.Thread(target=fn)
+    thread.start()
+    thread.join()
+
+
+ELSEWHERE = {
+    "task": lambda fn: asyncio.run(_call(fn)),  # a task runs in a copy of the context
+    "thread": _in_thread,
+    "copied context": lambda fn: contextvars.copy_context().run(fn),
+}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_an_overlay_ended_in_another_context_fails_and_stays_active(where):
+    # Ending it there would leave it active where it started, for good.
+    ov = tweaking({"sumsquares > yy": 4})
+    ov.__enter__()
+    errors = []
+
+    def stop():
+        try:
+            ov.__exit__(None, None, None)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    ELSEWHERE[where](stop)
+    assert errors and "activated in another context" in errors[0]
+    assert sumsquares(3, 4) == 13  # still active here
+    ov.__exit__(None, None, None)  # where it started: ends it
+    assert sumsquares(3, 4) == 25 and active_rule_count() == 0
 
 
 @pytest.mark.parametrize(
