@@ -547,15 +547,26 @@ class BaseOverlay:
                     f" not {type(h).__name__} ({h!r:.60})"
                 )
         self.handlers = handlers
-        self._tokens: list = []
+        # Per context (a tuple, so that a copied context cannot change ours): one
+        # overlay shared by threads or tasks ends, on exit, the activation it made there.
+        self._activations: ContextVar[tuple[Activation, ...]] = ContextVar(
+            "ptera_base_overlay", default=()
+        )
 
     def __enter__(self):
         rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
-        self._tokens.append(activate(rules))
+        self._activations.set((*self._activations.get(), activate(rules)))
         return self
 
     def __exit__(self, *exc):
-        deactivate(self._tokens.pop())
+        stack = self._activations.get()
+        if not stack:
+            raise ValueError(
+                "this BaseOverlay was not entered here: its rules were activated in another"
+                " context (another asyncio task, thread or copied context); end them there"
+            )
+        deactivate(stack[-1])  # from a copied context: raises, nothing changed
+        self._activations.set(stack[:-1])
         return False
 
 

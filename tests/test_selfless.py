@@ -215,6 +215,53 @@ def test_an_overlay_ended_in_another_context_fails_and_stays_active(where):
     assert sumsquares(3, 4) == 25 and active_rule_count() == 0
 
 
+def test_a_base_overlay_shared_by_threads_ends_each_threads_own_activation():
+    # A enters, B enters, A exits: B's activation must survive A's exit.
+    overlay = BaseOverlay(Immediate("square > !rval", intercept=lambda rval: 1000))
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with overlay:
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+        seen["a"] = sumsquares(3, 4)
+
+    def b():
+        a_in.wait(10)
+        with overlay:
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = sumsquares(3, 4)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"a": 25, "b": 2000}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_a_base_overlay_ended_in_another_context_fails_and_stays_active(where):
+    overlay = BaseOverlay(Immediate("sumsquares > !yy", intercept=lambda yy: 4))
+    overlay.__enter__()
+    errors = []
+
+    def stop():
+        try:
+            overlay.__exit__(None, None, None)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    ELSEWHERE[where](stop)
+    assert errors and "activated in another context" in errors[0]
+    assert sumsquares(3, 4) == 13
+    overlay.__exit__(None, None, None)
+    assert sumsquares(3, 4) == 25 and active_rule_count() == 0
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
