@@ -575,6 +575,12 @@ def auto_cli(
         )
     if isinstance(argv, (str, bytes)) or not (argv is None or isinstance(argv, Iterable)):
         raise TypeError(f"auto_cli: argv is a list of strings (like sys.argv[1:]), not {argv!r}")
+    argv = None if argv is None else list(argv)
+    for arg in argv or ():
+        if not isinstance(arg, str):
+            raise TypeError(f"auto_cli: argv holds strings (like sys.argv[1:]), not {arg!r}")
+    if not isinstance(env_prefix, str):
+        raise TypeError(f"auto_cli: env_prefix is a string (like 'PTERA_'), not {env_prefix!r}")
     if environ is not None and not isinstance(environ, Mapping):
         raise TypeError(f"auto_cli: environ is a mapping (like os.environ), not {environ!r}")
     options = find_options(entry, tags)

@@ -510,6 +510,9 @@ class Immediate:
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
         self.selector = select(selector)
+        for name, fn in (("intercept", intercept), ("trigger", trigger)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"Immediate: {name} is a function, not {fn!r:.60}")
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
@@ -530,6 +533,8 @@ class Total:
 
     def __init__(self, selector, close: Callable):
         self.selector = select(selector)
+        if not callable(close):
+            raise TypeError(f"Total: close is a function, not {close!r:.60}")
         self.close = close
 
     def rule(self) -> Rule:

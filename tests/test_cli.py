@@ -307,8 +307,10 @@ def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, care
         (main, {"argv": "--rate 1"}, "argv is a list of strings .*, not '--rate 1'"),
         (main, {"tag": 123}, r"tag is a Tag \(tag.HyperParameter\) or a tuple of Tags, not 123"),
         (main, {"environ": 3}, r"environ is a mapping \(like os.environ\), not 3"),
+        (main, {"argv": ["--rate", 1]}, r"argv holds strings \(like sys.argv\[1:\]\), not 1"),
+        (main, {"env_prefix": 3}, r"env_prefix is a string \(like 'PTERA_'\), not 3"),
     ],
 )
 def test_wrong_argument_types_are_type_errors(entry, kwargs, message):
     with pytest.raises(TypeError, match=message):
-        auto_cli(entry, **{"argv": [], **kwargs})
+        auto_cli(entry, **{"argv": [], "environ": {"PTERA_N": "1"}, **kwargs})

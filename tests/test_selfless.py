@@ -15,6 +15,7 @@ from ptera import (
     PteraFunction,
     PteraNameError,
     Recurrence,
+    Total,
     default,
     probing,
     ptera,
@@ -278,6 +279,9 @@ def test_a_base_overlay_ended_in_another_context_fails_and_stays_active(where):
         (lambda: Overlay().on("square > x", 5), "on needs a function to call, not int"),
         (lambda: BaseOverlay(123), "BaseOverlay needs handlers .*, not int"),
         (lambda: Immediate(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: Immediate("square > !x", intercept=3), "Immediate: intercept is a function"),
+        (lambda: Immediate("square > !x", trigger="x"), "Immediate: trigger is a function"),
+        (lambda: Total("square > x", 3), "Total: close is a function, not 3"),
     ],
 )
 def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
