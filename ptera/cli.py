@@ -25,7 +25,8 @@ Decisions:
   evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
   ``!!python/...`` tag anywhere is a config error, never an object. Top-level
   keys are options; a key holding a table is a selector prefix for per-context
-  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``); a key
+  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``, and so are
+  ``["net > layer"]`` and nested ``[net.layer]`` tables); any other key
   containing ``>`` is a whole selector. A per-context value is converted like
   an option only where its selector's focus lands on that option's declaration
   (elsewhere, a local of the same name is no option), and a bad selector is a
@@ -358,15 +359,26 @@ def split_config(
     with ``env``, each selector's functions must be found there (or by import path).
     """
     values, tweaks = {}, {}
+
+    def table(prefix: str, items: dict) -> None:
+        # A table is a selector prefix, whether its key holds `>` or it is nested
+        # (`[chain.scale]` is `chain > scale`).
+        for name, v in items.items():
+            if not isinstance(name, str):
+                raise CliError(f"config {path}: keys are variable names, got {name!r}")
+            selector = f"{prefix} > {name}"
+            if isinstance(v, dict):
+                table(selector, v)
+            else:
+                tweaks[selector] = _context_value(selector, v, options, path, env)
+
     for key, value in data.items():
         if not isinstance(key, str):
             raise CliError(f"config {path}: keys are option names or selectors, got {key!r}")
-        if ">" in key:
+        if isinstance(value, dict):
+            table(key, value)
+        elif ">" in key:
             tweaks[key] = _context_value(key, value, options, path, env)
-        elif isinstance(value, dict):
-            for name, v in value.items():
-                selector = f"{key} > {name}"
-                tweaks[selector] = _context_value(selector, v, options, path, env)
         elif key in options:
             values[key] = convert(options[key], value, f"config {path}")
         else:

@@ -234,6 +234,9 @@ def test_yaml_python_tags_are_refused_never_evaluated(tmp_path, ext, tag_text, l
     [
         ('"scale[2]" = { T = "10" }', 20.0),  # a table: "10" -> 10.0 like a top-level T
         ('"chain > scale[2] > T" = "10"', 20.0),  # a selector key
+        ('["chain > scale[2]"]\nT = "10"', 20.0),  # a table named by a selector
+        ('[chain."scale[2]"]\nT = "10"', 20.0),  # nested tables: chain > scale[2]
+        ('[chain]\n"scale[2]" = { T = 10.0 }', 20.0),
     ],
 )
 def test_per_context_values_are_converted_like_top_level_ones(tmp_path, text, expected):
