@@ -316,7 +316,7 @@ def read_config(path: str) -> dict:
         raise CliError(f"config {path}: cannot read it ({exc})") from None
     except Exception as exc:  # the parser's own error: say where
         problem = str(getattr(exc, "problem", None) or "")
-        if problem.startswith("could not determine a constructor"):  # e.g. !!python/name
+        if ext in ("yaml", "yml") and _is_yaml_tag_error(exc):  # e.g. !!python/name
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             raise CliError(
@@ -333,6 +333,12 @@ def _toml_format():
     import tomllib
 
     return {"load": lambda f: tomllib.loads(f.read())}
+
+
+def _is_yaml_tag_error(exc: Exception) -> bool:
+    import yaml
+
+    return isinstance(exc, yaml.constructor.ConstructorError)
 
 
 def _yaml_format():

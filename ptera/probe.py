@@ -166,7 +166,7 @@ class Probe(SourceProxy):
                 else (self._rule(sel, probe_type),)
             )
         )
-        self._token = None
+        self._activation = None
         self._used = False
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
@@ -202,15 +202,15 @@ class Probe(SourceProxy):
         self._used = True
         rules = self._rules
         plans = rules[0].plans if len(rules) == 1 else None
-        self._token = activate(rules, glob=glob, plans=plans)
+        self._activation = activate(rules, glob=glob, plans=plans)
         # Global probes never pool: other threads may be inside their functions.
         self._refs = None if glob else [_Pool.refs(r) for r in self._pooled]
         return self
 
     def _exit(self):
-        if self._token is not None:
-            deactivate(self._token)  # from another context: raises, the probe stays on
-            self._token = None
+        if self._activation is not None:
+            deactivate(self._activation)  # from another context: raises, the probe stays on
+            self._activation = None
             pooled, refs, self._pooled = self._pooled, self._refs, []
             if refs is not None:
                 now = [_Pool.refs(r) for r in pooled]
@@ -220,9 +220,9 @@ class Probe(SourceProxy):
                         _pool.give(rule)
 
     def __exit__(self, *exc):
-        if self._root is self and self._token is not None:
+        if self._root is self and self._activation is not None:
             # From another context: fail before giving completes the subscribers.
-            check_owner(self._token)
+            check_owner(self._activation)
         return super().__exit__(*exc)
 
     def activate(self) -> Probe:
