@@ -1,19 +1,28 @@
 """The Learner's overhead: digits MLP, 5 epochs, ratios to hand-written loops.
 
-1. `Learner` + `MetricsCB` (torchmetrics accuracy, weighted loss) vs a hand loop
-   updating the same torchmetrics objects.
-2. `Learner` + `ActivationStats` (probes) vs the hand loop recording the same
-   statistics from `register_forward_hook`.
+1. `Learner` + `MetricsCB` (torchmetrics accuracy, weighted loss summed on the
+   device) vs a hand loop updating the same metric and summing the loss the same way.
+2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks,
+   both in hand loops and inside the same Learner (a callback that registers the
+   hooks), so that the difference is the mechanism alone.
+3. The stage dispatch alone: microseconds per batch that the Learner adds to a
+   hand loop on a model too small to hide it (one Linear(4, 2), batches of 8
+   made in advance).
+
+Every case runs once per round, rounds interleaved; ratios are per round,
+reported as median and range (min-max). Times are the main thread's CPU time
+(``time.thread_time``; torch runs on one thread here), not wall time: on a shared,
+loaded machine wall time mostly measures the wait for a core.
 """
 
 import os
+import statistics
+import time
 
 import torch
 from sklearn.datasets import load_digits
-from timing import interleave, report
 from torch import nn
 from torch.utils.data import TensorDataset, random_split
-from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ptera.lab import ActivationStats, DataLoaders, Learner, MetricsCB
@@ -31,36 +40,81 @@ def setup():
     return model, DataLoaders.from_datasets(train, valid, batch_size=64)
 
 
-def hand_loop(model, dls, hooks=False):
+def interleave(cases, rounds):
+    """CPU seconds of each case per round, cases interleaved (after one warm-up run each)."""
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.thread_time()
+            fn()
+            times[name].append(time.thread_time() - start)
+    return times
+
+
+class HookStats:
+    """The statistics ActivationStats records, recorded by forward hooks (the baseline)."""
+
+    def __init__(self, model):
+        self.pending, self.hists, self.training = {}, {}, True
+        self.handles = [m.register_forward_hook(self.hook(n, m)) for n, m in model.named_children()]
+
+    def hook(self, name, module):
+        dead = isinstance(module, nn.ReLU)
+
+        def record(module, inputs, out):
+            x = out.detach()
+            p = self.pending.setdefault((self.training, name), {"mean": [], "std": [], "dead": []})
+            p["mean"].append(x.mean())
+            p["std"].append(x.std())
+            if dead:
+                p["dead"].append((x <= 0).float().mean())
+            self.hists.setdefault((self.training, name), []).append(x.abs().histc(40, 0, 10))
+
+        return record
+
+    def flush(self):
+        for p in self.pending.values():
+            for values in p.values():
+                if values:
+                    torch.stack(values).tolist()
+                    values.clear()
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class HookStatsCB:
+    """HookStats inside a Learner: hooks for the fit, flushed each epoch."""
+
+    order = 5
+
+    def before_fit(self, learn):
+        self.stats = HookStats(learn.model)
+
+    def before_epoch(self, learn):
+        self.stats.training = learn.training
+
+    def after_epoch(self, learn):
+        self.stats.flush()
+
+    def cleanup_fit(self, learn):
+        self.stats.remove()
+
+
+def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     acc = {t: MulticlassAccuracy(num_classes=10) for t in (True, False)}
-    loss_m = {t: MeanMetric() for t in (True, False)}
-    stats = {}
-    handles = []
-    if hooks:
-        state = {"train": True}
-
-        def hook(name):
-            def record(module, inputs, out):
-                x = out.detach().float()
-                s = stats.setdefault(
-                    (state["train"], name), {"mean": [], "std": [], "dead": [], "hist": []}
-                )
-                s["mean"].append(x.mean().item())
-                s["std"].append(x.std().item())
-                s["dead"].append((x <= 0).float().mean().item())
-                s["hist"].append(x.abs().histc(40, 0, 10))
-
-            return record
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in model.named_children()]
-    for _ in range(EPOCHS):
+    stats = HookStats(model) if hooks else None
+    for _ in range(epochs):
         for train, loader in ((True, dls.train), (False, dls.valid)):
-            if hooks:
-                state["train"] = train
+            if stats is not None:
+                stats.training = train
             model.train(train)
             acc[train].reset()
-            loss_m[train].reset()
+            total, count = None, 0
             with torch.set_grad_enabled(train):
                 for xb, yb in loader:
                     preds = model(xb)
@@ -69,56 +123,99 @@ def hand_loop(model, dls, hooks=False):
                         loss.backward()
                         opt.step()
                         opt.zero_grad()
-                    acc[train].update(preds.detach(), yb)
-                    loss_m[train].update(loss.detach(), weight=len(yb))
-            acc[train].compute()
-            loss_m[train].compute()
-    for h in handles:
-        h.remove()
+                    if metric:
+                        acc[train].update(preds.detach(), yb)
+                    if total is None:
+                        total = loss.detach().float() * len(yb)
+                    else:
+                        total.add_(loss.detach(), alpha=len(yb))
+                    count += len(yb)
+            if metric:
+                acc[train].compute().item()
+            (total / count).item()
+            if stats is not None:
+                stats.flush()
+    if stats is not None:
+        stats.remove()
+
+
+def tiny():
+    # Batches made in advance: no DataLoader cost to hide the dispatch in.
+    torch.manual_seed(0)
+    xs, ys = torch.randn(512, 4), torch.randint(0, 2, (512,))
+    batches = [(xs[i : i + 8], ys[i : i + 8]) for i in range(0, 512, 8)]
+    return nn.Linear(4, 2), DataLoaders(batches, batches[:16])
+
+
+def summary(name, ratios, target=""):
+    lo, med, hi = min(ratios), statistics.median(ratios), max(ratios)
+    print(f"{name:52} {med:7.3f}   {lo:.3f}-{hi:.3f}  {target}")
 
 
 def main():
     torch.set_num_threads(1)
 
-    def hand_metrics():
-        hand_loop(*setup())
+    def learner(*cbs, model_dls=None):
+        model, dls = model_dls or setup()
+        metrics = MetricsCB(MulticlassAccuracy(num_classes=10), print_epochs=False)
+        Learner(model, dls, nn.functional.cross_entropy, cbs=[metrics, *cbs]).fit(EPOCHS)
 
-    def learner_metrics():
-        model, dls = setup()
-        cb = MetricsCB(MulticlassAccuracy(num_classes=10), print_epochs=False)
-        Learner(model, dls, nn.functional.cross_entropy, cbs=[cb]).fit(EPOCHS)
-
-    def hand_hooks():
-        hand_loop(*setup(), hooks=True)
-
-    def learner_stats():
-        model, dls = setup()
-        cbs = [MetricsCB(MulticlassAccuracy(num_classes=10), print_epochs=False), ActivationStats()]
-        Learner(model, dls, nn.functional.cross_entropy, cbs=cbs).fit(EPOCHS)
+    def tiny_learner():
+        model, dls = tiny()
+        Learner(model, dls, nn.functional.cross_entropy, cbs=[MetricsCB(print_epochs=False)]).fit(
+            EPOCHS
+        )
 
     times = interleave(
         {
-            "hand loop + metrics": hand_metrics,
-            "Learner + MetricsCB": learner_metrics,
-            "hand loop + metrics + hook stats": hand_hooks,
-            "Learner + ActivationStats (probes)": learner_stats,
+            "hand loop + metrics": lambda: hand_loop(*setup()),
+            "Learner + MetricsCB": learner,
+            "hand loop + metrics + hook stats": lambda: hand_loop(*setup(), hooks=True),
+            "Learner + MetricsCB + hook stats": lambda: learner(HookStatsCB()),
+            "Learner + MetricsCB + ActivationStats (probes)": lambda: learner(ActivationStats()),
+            "tiny: hand loop": lambda: hand_loop(*tiny(), metric=False),
+            "tiny: Learner + MetricsCB (loss only)": tiny_learner,
         },
         ROUNDS,
     )
-    report(
-        f"Learner, digits MLP 64-128-10, {EPOCHS} epochs, 1 thread, {ROUNDS} rounds (vs hand loop)",
-        times,
-        "hand loop + metrics",
-        {"Learner + MetricsCB": "<=1.05"},
-    )
-    ratio = sorted(
-        a / b
-        for a, b in zip(
-            times["Learner + ActivationStats (probes)"], times["hand loop + metrics + hook stats"]
-        )
-    )
+
+    def ratios(a, b):
+        return [x / y for x, y in zip(times[a], times[b])]
+
     print(
-        f"ActivationStats by probes / by hooks, median: {ratio[len(ratio) // 2]:.3f} (target <=1.05)"
+        f"Learner overhead, digits MLP 64-128-10, {EPOCHS} epochs, 1 thread, {ROUNDS} rounds,"
+        " CPU time"
+    )
+    print(f"{'case':52} {'median':>7}   {'range':11}  target")
+    for name, ts in times.items():
+        print(f"  {name:50} {statistics.median(ts) * 1e3:9.1f} ms")
+    summary(
+        "Learner + MetricsCB / hand loop",
+        ratios("Learner + MetricsCB", "hand loop + metrics"),
+        "<=1.02",
+    )
+    summary(
+        "ActivationStats (probes) / hook stats, in the Learner",
+        ratios(
+            "Learner + MetricsCB + ActivationStats (probes)", "Learner + MetricsCB + hook stats"
+        ),
+        "<=1.02",
+    )
+    summary(
+        "Learner + ActivationStats / hand loop + hook stats",
+        ratios(
+            "Learner + MetricsCB + ActivationStats (probes)", "hand loop + metrics + hook stats"
+        ),
+    )
+    _, dls = tiny()
+    batches = EPOCHS * (len(dls.train) + len(dls.valid))
+    extra = [
+        (a - b) / batches * 1e6
+        for a, b in zip(times["tiny: Learner + MetricsCB (loss only)"], times["tiny: hand loop"])
+    ]
+    print(
+        f"{'stage dispatch, us per batch (tiny model)':52} {statistics.median(extra):7.1f}"
+        f"   {min(extra):.1f}-{max(extra):.1f}"
     )
 
 

@@ -1,6 +1,6 @@
 """The Learner on scikit-learn's digits: metrics, progress, activation statistics, LR finder.
 
-Run with `python examples/learner.py [output-folder]`. The model is a stock
+Run with `python examples/learner.py [output-folder]` (created if missing). The model is a stock
 `nn.Sequential`; every statistic below is collected by selectors (probes), not by
 hooks, and `@learn.on(...)` listens to a variable of the training loop itself.
 """
@@ -31,9 +31,8 @@ def main(out):
     )
     stats = ActivationStats()
     metrics = MetricsCB(accuracy=MulticlassAccuracy(num_classes=10, average="micro"))
-    learn = Learner(
-        model, digits(), nn.functional.cross_entropy, cbs=[metrics, ProgressCB(), stats]
-    )
+    # No loss_fn: integer class targets choose cross_entropy.
+    learn = Learner(model, digits(), cbs=[metrics, ProgressCB(), stats])
 
     finder = learn.lr_find(num_it=60)
     learn.lr = min(finder.suggestion * 3, 1.0)
@@ -52,8 +51,9 @@ def main(out):
     print(f"largest batch loss seen: {max(learn.results.hard_batches):.4f}")
     for name in stats.layers():
         s = stats.stats["train"][name]
+        dead = f", dead {s['dead'][-1]:.1%}" if "dead" in s else ""  # activations only
         print(
-            f"layer {name}: last mean {s['mean'][-1]:+.3f}, std {s['std'][-1]:.3f}, dead {s['dead'][-1]:.1%}"
+            f"layer {stats.label(name)}: last mean {s['mean'][-1]:+.3f}, std {s['std'][-1]:.3f}{dead}"
         )
     print(f"activation plots: {', '.join(stats.plot(out))}")
     print(f"final validation accuracy: {acc:.1%}")

@@ -3,9 +3,13 @@
 import sys as _sys
 import types as _types
 
+from giving import operators as op
+
+from . import interpret, opparse, tools, utils
 from .capture import Capture
 from .cli import CliError, auto_cli
-from .effects import Overlay, rewriting, tweaking, using
+from .compat import Overlay, autotool, no_overlay
+from .effects import rewriting, tweaking, using
 from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
 from .recurrence import Recurrence
@@ -16,11 +20,14 @@ from .state import ConflictError, Override, State, default
 from .tags import Tag, TagSet, match_tag, tag
 from .tooling import is_tooled, tooled
 from .transform import ABSENT, TransformError
+from .utils import refstring
+from .version import version
 
-__version__ = "1.4.2"
+__version__ = version
 
 ptera = tooled
 tooled.defaults = defaults  # `from ptera import ptera` then `@ptera.defaults(...)`
+tooled.inplace = tooled  # 1.4's `@tooled.inplace`: our decorator always works in place
 
 
 class _CallableModule(_types.ModuleType):
@@ -57,17 +64,26 @@ __all__ = [
     "TransformError",
     "Var",
     "auto_cli",
+    "autotool",
     "default",
     "defaults",
     "global_probe",
+    "interpret",
     "is_tooled",
     "match_tag",
+    "no_overlay",
+    "op",
+    "opparse",
     "probing",
     "ptera",
+    "refstring",
     "rewriting",
     "select",
     "tag",
     "tooled",
+    "tools",
     "tweaking",
     "using",
+    "utils",
+    "version",
 ]

@@ -15,37 +15,51 @@ focus is set again or its scope ends (core.md section 3).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from .match import Compiled, Template, VarSpec
+from .match import Compiled, Same, Template, VarSpec
 from .selector import NOVALUE
+from .tags import annotation_matches
 from .transform import ABSENT
 
 
 class Capture:
-    """A captured variable: its name in results, the real names and the values."""
+    """A captured variable: its key in results (``capture``), the real names and the values.
 
-    __slots__ = ("name", "names", "values")
+    ``name`` is the real name of the variable when there is one (``$v`` may stand
+    for several), else the key, as in 1.4.
+    """
+
+    __slots__ = ("capture", "names", "values")
 
     def __init__(self, name: str, names: list, values: list):
-        self.name, self.names, self.values = name, names, values
+        self.capture, self.names, self.values = name, names, values
+
+    @property
+    def name(self) -> str:
+        """The variable's real name if it is unique, else the capture key."""
+        names = self.names
+        if names and all(n == names[0] for n in names):
+            return names[0]
+        return self.capture
 
     @property
     def value(self) -> Any:
         """The single value; an error if the capture has several (use ``values``)."""
         if len(self.values) != 1:
             raise ValueError(
-                f"capture '{self.name}' has {len(self.values)} values {self.values!r};"
+                f"capture '{self.capture}' has {len(self.values)} values {self.values!r};"
                 " use .values (or map_all / raw=True)"
             )
         return self.values[0]
 
     def __repr__(self) -> str:
-        return f"Capture({self.name!r}, {self.names!r}, {self.values!r})"
+        return f"Capture({self.capture!r}, {self.names!r}, {self.values!r})"
 
     def __eq__(self, other):
-        return isinstance(other, Capture) and (self.name, self.names, self.values) == (
-            other.name,
+        return isinstance(other, Capture) and (self.capture, self.names, self.values) == (
+            other.capture,
             other.names,
             other.values,
         )
@@ -53,6 +67,8 @@ class Capture:
 
 def filter_eq(a: Any, b: Any) -> bool:
     """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
+    if isinstance(b, Same):
+        return b.matches(a)
     if isinstance(b, bool) or b is None:
         return a is b
     if isinstance(a, bool):
@@ -82,6 +98,7 @@ class Rule:
         "interest",
         "plans",
         "cells",
+        "offpath",
     )
 
     def __init__(
@@ -102,8 +119,14 @@ class Rule:
         # With a name, the `!`/`!!` pair emits giving's `$wrap` begin/end markers.
         self.wrap = wrap
         self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
+        self.offpath = frozenset() if immediate else _offpath(compiled)
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
+        shared = compiled.total_handlers if not immediate else None
+        if shared:
+            # A total rule's handlers depend on its templates only: build them once.
+            self.handlers = shared
+            return
         self.handlers: dict[int, dict[str, tuple]] = {
             id(t): {
                 name: tuple(_handler(spec, t, self) for spec in specs)
@@ -112,6 +135,8 @@ class Rule:
             for temps in compiled.templates.values()
             for t in temps
         }
+        if shared is not None:
+            shared.update(self.handlers)
 
     def rebind(self, emit: Callable[[dict], Any]) -> None:
         """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
@@ -123,7 +148,17 @@ class Rule:
 class Act:
     """The captures of one live call for one template of one rule."""
 
-    __slots__ = ("t", "rule", "parent", "caps", "names", "failed", "pending", "holder")
+    __slots__ = (
+        "t",
+        "rule",
+        "parent",
+        "caps",
+        "names",
+        "failed",
+        "pending",
+        "holder",
+        "deferred",
+    )
 
     def __init__(self, t: Template, rule: Rule, parent: Act | None):
         self.t = t
@@ -133,6 +168,7 @@ class Act:
         self.names: dict = {}
         self.failed = t.filters  # equality filters not yet satisfied
         self.pending = {} if t.collects else None
+        self.deferred: list | None = None  # a root's results waiting for its exit (_offpath)
         holder = None
         if not rule.immediate:
             a = self
@@ -182,11 +218,42 @@ class Act:
             h = self
         if h is not None and h.pending is not None:
             h.pending.setdefault(out, []).append(entry)
+        elif self.t.node in self.rule.offpath:
+            self.root().pool().setdefault(out, []).append(entry)
+
+    def root(self) -> Act:
+        a = self
+        while a.parent is not None:
+            a = a.parent
+        return a
+
+    def pool(self) -> dict:
+        """A root's captures from branches beside the focus (see ``_offpath``)."""
+        if self.deferred is None:
+            self.deferred = [{}]
+        return self.deferred[0]
+
+    def release(self) -> None:
+        """At a root's exit: emit the deferred results, each with the pooled captures."""
+        deferred, self.deferred = self.deferred, None
+        pool = deferred[0]
+        for data in deferred[1:]:
+            for out, entries in pool.items():
+                data.setdefault(out, []).extend(entries)
+            self._emit(data)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, None
         if self.chain() is None:
             return
+        if self.rule.offpath:
+            root = self.root()
+            root.pool()
+            root.deferred.append(pending)
+            return
+        self._emit(pending)
+
+    def _emit(self, pending: dict) -> None:
         data = {
             out: Capture(out, [n for n, _ in lst], [v for _, v in lst])
             for out, lst in pending.items()
@@ -196,8 +263,36 @@ class Act:
         self.rule.emit(data)
 
 
+def _offpath(compiled: Compiled) -> frozenset:
+    """Nodes of a total selector beside the focus's path, such as ``nager`` in
+    ``canard(coincoin(!x), nager(a))``: their captures are pooled in the root call
+    and every result of that call, emitted when it ends, gets all of them (1.4)."""
+    parents = compiled.parents
+    focus = next(
+        (
+            t.node
+            for temps in compiled.templates.values()
+            for t in temps
+            if any(s.focus == 1 for specs in t.vars.values() for s in specs)
+        ),
+        None,
+    )
+    if focus is None:
+        return frozenset()
+
+    def line(n):
+        while n is not None:
+            yield n
+            n = parents.get(n)
+
+    above = set(line(focus))
+    return frozenset(n for n in parents if n not in above and focus not in set(line(n)))
+
+
 def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     """The function that handles one reported variable for ``spec``."""
+    if spec.isa is not NOVALUE:
+        return _checked(spec.isa, _handler(replace(spec, isa=NOVALUE), t, rule))
     if not rule.immediate:
         return lambda act, name, value, key: _total(act, spec, name, value, key)
     fires = spec.focus == 1 or (spec.focus == 2 and rule.wrap is not None)
@@ -210,7 +305,7 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         and rule.wrap is None
     )
     if fires and simple:
-        focus = _fast_focus(spec.out, rule.emit, rule.intercepts)
+        focus = _fast_focus(spec.out, rule.emit, rule.intercepts, keep=not t.simple)
         rule.cells.append(focus.__closure__[focus.__code__.co_freevars.index("emit")])
         return focus
     if fires:
@@ -218,6 +313,17 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
         return _fast_capture(spec.out)
     return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+
+
+def _checked(wanted: Any, handler: Callable) -> Callable:
+    """Handle only values whose class matches ``wanted`` (``$p:Parameter`` on ``self.a``)."""
+
+    def check(act, name, value, key):
+        if annotation_matches(type(value), wanted):
+            return handler(act, name, value, key)
+        return value
+
+    return check
 
 
 def _fast_capture(out: str) -> Callable:
@@ -232,9 +338,22 @@ def _fast_capture(out: str) -> Callable:
     return capture
 
 
-def _fast_focus(out: str, emit: Callable, intercepts: bool) -> Callable:
+def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Callable:
     # `emit` is a closure variable, rebound in place when the rule changes hands
     # (Rule.rebind): no attribute lookup per value.
+    if keep and not intercepts:
+        # The focus is kept with the call's other captures, so that a result lists
+        # them in the order they were first set (as in 1.4). Only for templates
+        # with captures: a simple one's activation may be shared by calls.
+
+        def focus(act, name, value, key):
+            if value is not ABSENT:
+                caps = act.caps
+                caps[out] = value
+                emit(caps.copy())
+            return value
+
+        return focus
     if intercepts:
 
         def focus(act, name, value, key):
@@ -293,11 +412,20 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     chain = act.chain()
     if chain is None:
         return value
+    # Innermost scope first, each in the order its captures were first set (as in 1.4:
+    # a printed result reads the same); an inner capture wins over an outer one. An
+    # activation that calls may share (a simple template's) is never written to.
+    keep = value is not ABSENT and not act.t.simple
+    if keep:
+        act.caps[spec.out] = value
+        act.names[spec.out] = name
     data, names = {}, {}
-    for a in chain:
-        data.update(a.caps)
-        names.update(a.names)
-    if value is not ABSENT:
+    for a in reversed(chain):
+        for k, v in a.caps.items():
+            data.setdefault(k, v)
+        for k, v in a.names.items():
+            names.setdefault(k, v)
+    if value is not ABSENT and not keep:
         data[spec.out] = value
         names[spec.out] = name
     if spec.key_out is not None:
@@ -307,6 +435,10 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         data = {k: Capture(k, [names.get(k, k)], [v]) for k, v in data.items()}
     if rule.wrap is not None:
         step = "begin" if spec.focus == 1 else "end"
+        if spec.focus == 1 and value is not ABSENT:
+            # The end marker of the region carries the value it began with.
+            act.caps[spec.out] = value
+            act.names[spec.out] = name
         data["$wrap"] = {"id": id(act), "name": rule.wrap, "step": step}
     result = rule.emit(data)
     return value if result is ABSENT or not rule.intercepts else result

@@ -14,7 +14,10 @@ Decisions:
   option and the line. Declared without a value (``n: tag.HyperParameter``),
   the option is required when the program reads it.
 * An option is one name: every site that declares it receives the same value
-  (help lists all sites). Values reach the program as a tweak on
+  (help lists all sites). Sites whose defaults differ keep their own until the
+  option is given; help shows each default beside its site, and ``--dump-config``
+  writes one per-context entry per site (``"enc > lr" = 0.1``), so a dumped
+  config reproduces the run. Values reach the program as a tweak on
   ``name:Tag``, so they win over the code's defaults and over state.
 * Types: the annotation's non-tag part (``tag.HyperParameter & int``), else the
   type of the default, else ``str``; ``bool`` options are flags with
@@ -120,6 +123,12 @@ class Option:
         return ABSENT
 
     @property
+    def per_site(self) -> bool:
+        """Whether the sites declare different defaults (each keeps its own unless set)."""
+        values = [s.default for s in self.sites if s.kind == "default"]
+        return any(_differ(v, values[0]) for v in values[1:])
+
+    @property
     def fixed(self) -> Site | None:
         return next((s for s in self.sites if s.kind == "fixed"), None)
 
@@ -135,6 +144,14 @@ class Option:
             for m in re.finditer(rf"^\[{name}:\s*(.*?)\]\s*$", site.doc or "", flags=re.M):
                 found.extend(re.split(r"[ ,;]+", m.group(1).strip()))
         return found
+
+
+def _differ(a: Any, b: Any) -> bool:
+    return type(a) is not type(b) or a != b
+
+
+def _shown(value: Any) -> str:
+    return str(value) if isinstance(value, _Expr) else repr(value)
 
 
 def _strip_commands(doc: str) -> str:
@@ -467,6 +484,13 @@ class _Parser(argparse.ArgumentParser):
             default = opt.default
             if opt.fixed:
                 shown = f"{opt.fixed.default!r} (fixed)"
+            elif opt.per_site:
+                # Each declaration's own default, named by its function.
+                kinds = {"declared": "required", "fixed": "{} (fixed)"}
+                shown = "\n".join(
+                    kinds.get(s.kind, "{}").format(_shown(s.default)) + f" ({s.function})"
+                    for s in opt.sites
+                )
             elif default is ABSENT:
                 shown = "required"
             else:
@@ -557,6 +581,19 @@ def _toml_value(value: Any) -> str:
     raise CliError(f"cannot write {value!r} ({type(value).__name__}) to a config")
 
 
+def per_site_defaults(options: dict[str, Option], values: dict) -> dict:
+    """``{"enc > lr": 0.1, "dec > lr": 0.2}`` for options whose sites' defaults differ
+    and that were given no value."""
+    out = {}
+    for name, opt in sorted(options.items()):
+        if name in values or not opt.per_site:
+            continue
+        for site in opt.sites:
+            if site.kind == "default" and not isinstance(site.default, _Expr):
+                out[f"{site.function} > {name}"] = site.default
+    return out
+
+
 # ---------------------------------------------------------------------------
 # The entry point
 
@@ -642,8 +679,13 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
         resolved = {
             n: values.get(n, o.default)
             for n, o in sorted(options.items())
-            if values.get(n, o.default) is not ABSENT and not isinstance(o.default, _Expr)
+            if values.get(n, o.default) is not ABSENT
+            and not isinstance(o.default, _Expr)
+            and (n in values or not o.per_site)
         }
+        # Declarations with different defaults: one entry per function, so the dump
+        # runs each with its own value (user tweaks from a config still win).
+        tweaks = {**per_site_defaults(options, values), **tweaks}
         if dump == "json":
             print(json.dumps({**resolved, **tweaks}, indent=2))
         else:

@@ -96,6 +96,23 @@ class FnState:
             _by_code.setdefault(code, self)
         return code
 
+    def enable_free(self, name: str) -> None:
+        """Let states give free name ``name`` a value: recompile the running variants."""
+        source = self.source
+        if name in source.free_state:
+            return
+        with _lock:
+            current = next((i for i, c in self._variants.items() if c is self.current), None)
+            was_idle = self.current is self.idle
+            source.free_state = source.free_state | {name}
+            self._variants.clear()
+            self.idle = compile_variant(source, frozenset())
+            _by_code.setdefault(self.idle, self)
+            if was_idle:
+                self.set_code(self.idle)
+            else:
+                self.set_code(self.code_for(current))
+
     def set_code(self, code: types.CodeType) -> None:
         if code is self.current:
             return
@@ -184,6 +201,13 @@ def register_tooled(fn: types.FunctionType) -> FnState:
     return state
 
 
+def unregister_tooled(state: FnState) -> None:
+    """Undo ``register_tooled``: ``state`` no longer answers ``*`` or bare names."""
+    if _tooled.pop(state.fid, None) is not None:
+        state.tooled = False
+        _version[0] += 1
+
+
 def tooled_states() -> list[FnState]:
     """Every function decorated with ``@tooled`` that still exists."""
     dead = [fid for fid, st in _tooled.items() if st.function is None]
@@ -206,10 +230,56 @@ def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
         raise NotFound(f"'{name}' is a class without a forward or __call__ method: name a method")
     fn = unwrap(obj)
     if isinstance(fn, types.FunctionType):
-        return [fn]
-    if callable(fn) and not isinstance(fn, types.BuiltinFunctionType):
-        return functions_of(type(fn), name)
-    raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
+        return [_through_closure(fn, name)]
+    if not callable(fn):
+        raise NotFound(f"'{name}' is {type(obj).__name__}, not a Python function")
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, property) and getattr(fn, "__name__", None) in ("__get__", "__set__"):
+        # `Cls.prop.__get__` stands for the property's getter (core.md), `__set__` its setter.
+        accessor = owner.fget if fn.__name__ == "__get__" else owner.fset
+        if accessor is not None:
+            return functions_of(accessor, name)
+    cls = type(fn)
+    if not isinstance(fn, types.BuiltinFunctionType) and any(
+        isinstance(vars(k).get(a), types.FunctionType)
+        for k in cls.__mro__
+        for a in ("forward", "__call__")
+    ):
+        return functions_of(cls, name)
+    raise TypeError(
+        f"'{name}' is a {cls.__name__}, not a Python function: ptera can only probe"
+        " functions written in Python (it rewrites their source); name the Python"
+        " function it calls instead (for a property, `Cls.prop.fget` or `Cls.prop`)"
+    )
+
+
+def _through_closure(fn: types.FunctionType, name: str) -> types.FunctionType:
+    """The function a decorator's closure wraps, when the name asks for it.
+
+    A wrapper made without ``functools.wraps`` (``def inner(*a): return fn(*a)``)
+    has another name than the one the selector gives (``hidden``); if its closure
+    holds a function of that name, that function is the one meant.
+    """
+    wanted = name.replace(":", ".").replace("/", ".").split(".")[-1]
+    current, seen = fn, set()
+    while current.__name__ != wanted and current.__closure__ and id(current) not in seen:
+        seen.add(id(current))
+        inner = [unwrap(f) for f in map(_cell_value, current.__closure__)]
+        inner = [f for f in inner if isinstance(f, types.FunctionType)]
+        found = next((f for f in inner if f.__name__ == wanted), None)
+        if found is not None:
+            return found
+        if len(inner) != 1:
+            break
+        current = inner[0]  # a wrapper of a wrapper: follow the one function it holds
+    return fn
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
 
 
 def _getattr_path(obj: Any, parts: Iterable[str]) -> Any:
@@ -282,6 +352,23 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
     return [state_for(f, discover=True) for f in functions_of(obj, name)]
 
 
+def bound_instance(name: str, env: Mapping[str, Any] | None) -> Any:
+    """The ``torch.nn.Module`` a selector name binds (``net.2``, ``model.layers.3.mlp``,
+    a module in ``env``), or None: its calls alone match, not those of its class."""
+    head, *rest = name.split(".")
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None or env is None or head not in env:
+        return None
+    try:
+        obj = _getattr_path(env[head], rest)
+    except AttributeError:
+        return None
+    if isinstance(obj, types.MethodType):
+        obj = obj.__self__
+    return obj if isinstance(obj, base) else None
+
+
 def _module_classes(name: str) -> list[type]:
     """``torch.nn.Module`` subclasses named ``name`` (when torch is loaded): ``Linear > x``."""
     torch = sys.modules.get("torch")
@@ -301,6 +388,51 @@ def _module_classes(name: str) -> list[type]:
                 if sub.__name__ == name:
                     found.append(sub)
     return found
+
+
+def module_forwards(env: Mapping[str, Any] | None) -> list[FnState]:
+    """The ``forward`` of each class of the ``torch.nn.Module`` objects in ``env`` and
+    their submodules (also inside lists, tuples and dicts there).
+
+    What ``f >> $p:Parameter`` searches for the parameters a stock module reads:
+    the modules in scope, not every module class torch defines (instrumenting
+    those costs milliseconds on each activation).
+    """
+    torch = sys.modules.get("torch")
+    base = getattr(getattr(torch, "nn", None), "Module", None)
+    if base is None or not env:
+        return []
+    classes: dict[type, None] = {}
+    for value in list(env.values()):
+        if isinstance(value, (list, tuple)):
+            items = value
+        elif isinstance(value, dict) and "__builtins__" not in value:
+            items = list(value.values())
+        else:
+            items = (value,)
+        for item in items:
+            if isinstance(item, base):
+                classes.update((type(m), None) for m in item.modules())
+    found = []
+    for cls in classes:
+        st = _forwards.get(cls, False)
+        if st is False:
+            fn = unwrap(getattr(cls, "forward", None))
+            st = None
+            if isinstance(fn, types.FunctionType):
+                try:
+                    st = state_for(fn)
+                    if not st.source.attributes:
+                        st = None
+                except TransformError:  # no source: no attributes to report
+                    st = None
+            _forwards[cls] = st
+        if st is not None and st not in found:
+            found.append(st)
+    return found
+
+
+_forwards: dict[type, FnState | None] = {}
 
 
 def _is_tooled(fn: Any) -> bool:

@@ -8,24 +8,51 @@ id, so the hot path never walks a selector.
 
 Decisions:
 
-* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it.
+* ``f >> x`` is ``x`` in ``f`` plus ``x`` in any instrumented function below it:
+  the ``@tooled`` ones, and the undecorated ones that ``f`` can reach through the
+  names its code uses (reach.py says what that finds and what it cannot).
 * ``h[1] as h`` is a keyed variable (a ``Recurrence`` slot or a subscript
   assignment ``h[k] = v``) of the enclosing scope when ``h`` names no function,
   or when some instrumented function assigns ``h[k] = ...``.
 * Naming a variable that the named function does not have is an error, not an
   empty stream; so is naming a function that cannot be found.
+* ``$v:Tag`` also covers the ``self`` attributes a method reads, checked on the
+  value's class when it is reported; a ``>>`` wildcard reaches, for those
+  attributes, the ``forward`` of the module classes in scope (the ``env``'s modules
+  and their submodules): ``f >> $p:Parameter`` with ``net`` in scope.
+* A name that resolves to a module *instance* (``net.2``, ``model.layers.3.mlp``,
+  or an instance bound in ``env``) matches only that instance's calls: an identity
+  filter on the method's ``self`` (``Same``). A class name matches every instance.
+* A key (``Linear[1]``) on functions that no call can key (not decorated, and no
+  decorated function has ``h[k] = f(...)``) is a ``SelectorError``.
+* A free name the function reads (a global, a builtin) is one of its variables
+  when named (``f > debug``): its value at entry is reported and can be
+  replaced. ``$v`` and ``*`` stand for the function's own variables only.
 """
 
 from __future__ import annotations
 
+import types
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .lookup import FnState, NotFound, registry_version, resolve, tooled_states
+from .lookup import (
+    FnState,
+    NotFound,
+    _getattr_path,
+    bound_instance,
+    module_forwards,
+    registry_version,
+    resolve,
+    state_for,
+    tooled_states,
+)
+from .reach import reachable
 from .selector import NOVALUE, Scope, SelectorError, Var
 from .tags import Tag, annotation_matches
-from .transform import CALLKEY, TransformError
+from .transform import CALLKEY, TransformError, self_name
 
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
@@ -41,6 +68,7 @@ class VarSpec:
     value: Any = NOVALUE  # equality filter
     key: Any = NOVALUE  # for keyed variables: the key filter
     key_out: str | None = None  # for keyed variables: capture the key as
+    isa: Any = NOVALUE  # attribute points (``self.weight``): the tag the value's class must match
 
 
 @dataclass
@@ -86,6 +114,7 @@ class Compiled:
     secondary: Var | None
     parents: dict[int, int | None]  # node -> parent node
     pushers: set[int]  # nodes with child nodes
+    total_handlers: dict = field(default_factory=dict)  # shared by total rules (capture.Rule)
 
 
 def _error(selector: Scope, needle: str, message: str) -> SelectorError:
@@ -118,27 +147,71 @@ class _NoVariable(Exception):
     """A named function lacks a variable; the ``SelectorError`` is built only if raised
     (printing the selector for each of n missing captures would be quadratic)."""
 
-    def __init__(self, name: str, st: FnState, variables: dict):
+    def __init__(self, name: str, st: FnState, variables: dict, comprehended: bool = False):
         super().__init__(name)
         self.name, self.st, self.variables = name, st, variables
+        self.comprehended = comprehended
 
     def error(self, selector: Scope) -> SelectorError:
-        known = ", ".join(n for n, x in self.variables.items() if x.provenance != "external")
+        if self.comprehended:
+            message = (
+                f"'{self.name}' of '{self.st.qualname}' lives only in a comprehension, a scope"
+                " of its own that ptera does not instrument: assign it in the function"
+                " (a for loop) to probe it"
+            )
+            return _error(selector, self.name, message)
+        known = ", ".join(
+            [n for n, x in self.variables.items() if x.provenance != "external"]
+            + [f"self.{a}" for a in self.st.source.attributes]
+        )
         message = f"'{self.st.qualname}' has no variable '{self.name}' (it has: {known or 'none'})"
         return _error(selector, self.name, message)
 
 
+class Same:
+    """An identity filter: the call's ``self`` is this object (``net.2 > input``).
+
+    Holds a weak reference where it can, so a compiled selector in the cache does
+    not keep a model alive; equal to another ``Same`` of the same live object.
+    """
+
+    def __init__(self, obj: Any, capture: bool = False):
+        self.capture = capture  # results include the object as `self`
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:
+            self.ref = lambda: obj
+
+    def matches(self, value: Any) -> bool:
+        return value is self.ref()
+
+    def __eq__(self, other):
+        return isinstance(other, Same) and self.ref() is other.ref() and self.ref() is not None
+
+    def __hash__(self):
+        return id(self.ref())
+
+    def __repr__(self):
+        return f"Same({self.ref()!r})"
+
+
 class _Compiler:
-    def __init__(self, selector: Scope, env, collect: bool, resolved: dict):
+    def __init__(
+        self, selector: Scope, env, collect: bool, resolved: dict, instances=None, forwards=()
+    ):
+        self.instances: dict[str, Same] = instances or {}
+        self.forwards: tuple[FnState, ...] = forwards
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
+        self.instances = instances or {}
         self.env = env
         self.templates: dict[int, list[Template]] = {}
         self.interest: dict[FnState, set[str]] = {}
         self.parents: dict[int, int | None] = {}
         self.pushers: set[int] = set()
         self.counter = 0
+        self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
         self.named: list[FnState] = []
 
@@ -188,6 +261,15 @@ class _Compiler:
             elif isinstance(child, Var):
                 vars_.append(child)
         pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
+        same = self.instances.get(node.fn)
+        if same is not None and fns:
+            # A module named by instance (`net.2 > input`) or a method of one object
+            # (`cow.cry > x`, which also captures `self`): only that object's calls match.
+            me = self_name(fns[0].source.fn, fns[0].source.tree)
+            if me is not None:
+                pairs.append((Var(me, "self" if same.capture else None, value=same), None))
+        if key is not NOVALUE or key_out is not None:
+            self.check_keyed(node, fns)
         sub_scopes = []
         for child in node.children:
             if isinstance(child, Scope):
@@ -204,7 +286,15 @@ class _Compiler:
         deep_vars = [(v, k) for v, k in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
+        self.roots[nid] = fns if fns is not None else self.roots.get(parent)
         candidates = fns if fns is not None else tooled_states()
+        if fns is None and node.deep:
+            # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
+            candidates = candidates + [st for st in self.forwards if not st.tooled]
+        named = bool(pairs) and all(v.name is not None for v, _ in pairs)
+        if fns is None and node.deep and named and self.roots.get(parent):
+            # Only for named variables: `f >> $v` would instrument every callee.
+            candidates = candidates + self.reachable(self.roots[parent], candidates)
         # With several functions under one name, a variable must exist in one of them.
         missing: dict[int, SelectorError] = {}
         for st in candidates:
@@ -221,6 +311,9 @@ class _Compiler:
                     names = self.names_for(
                         var, st, variables, strict=fns is not None and not var.deep
                     )
+                    if fns is None and not st.tooled and st in self.forwards:
+                        # A stock module's forward: only the attributes it reads.
+                        names = [n for n in names if n in st.source.attributes]
                 except (SelectorError, _NoVariable) as err:
                     missing.setdefault(i, err)
                     names = []
@@ -236,7 +329,11 @@ class _Compiler:
                 if var.value is not NOVALUE:
                     t.filters += 1
                 for name in names:
-                    found.setdefault(name, []).append(spec)
+                    one = spec
+                    if name in st.source.attributes and var.tag is not None:
+                        # An attribute has no annotation: its value's class is checked.
+                        one = replace(spec, isa=self.tag(var.tag))
+                    found.setdefault(name, []).append(one)
             t.vars = {name: tuple(specs) for name, specs in found.items()}
             t.collects = holds and (self.collect or self.selector.focus is None)
             if fns is None and not t.vars and not sub_scopes and not deep_vars:
@@ -255,6 +352,28 @@ class _Compiler:
         for child in sub_scopes:
             self.node(child, nid)
 
+    def check_keyed(self, node: Scope, fns: list[FnState] | None) -> None:
+        """``Linear[1] > x`` can match only if something calls ``Linear`` with a key."""
+        if fns is None or any(st.tooled for st in fns):
+            return  # `f[k](...)` keys a call of a decorated function
+        if any(st.source.keyed_calls for st in tooled_states()):
+            return  # `h[k] = g(...)` in decorated code may call it
+        raise _error(
+            self.selector,
+            node.fn,
+            f"'{node.fn}[...]' can never match: a call gets a key only from `h[k] = f(...)`"
+            " in a @tooled function or from `f[k](...)` on a @tooled f, and no @tooled"
+            " function does either; to pick one module, name it by path (`net.2 > input`,"
+            " `model.layers.3.mlp > x`) or bind it in env",
+        )
+
+    def reachable(self, roots: list[FnState], known: list[FnState]) -> list[FnState]:
+        """Undecorated functions that the named ones may call (``outer >> x``, reach.py)."""
+        have = {st.fid for st in known}
+        fns = [st.function for st in roots if st.function is not None]
+        found = [state_for(fn) for fn in reachable(fns)]
+        return [st for st in dict.fromkeys(found) if st.fid not in have]
+
     def _names_function(self, node: Scope) -> bool:
         # `h[1] as h` is a keyed variable when some instrumented function assigns
         # `h[k] = ...`, even if a function named `h` exists somewhere.
@@ -271,7 +390,11 @@ class _Compiler:
             )
         if var.name is not None:
             v = variables.get(var.name)
-            if v is None or v.provenance == "external":
+            if (v is None or v.provenance == "external") and var.name in st.source.attributes:
+                return [var.name]
+            if v is None and var.name in st.source.comprehended and strict:
+                raise _NoVariable(var.name, st, variables, comprehended=True)
+            if v is None:
                 if strict:
                     raise _NoVariable(var.name, st, variables)
                 return []
@@ -283,6 +406,8 @@ class _Compiler:
         if var.tag is not None:
             wanted = self.tag(var.tag)
             names = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
+            if var.name is None:
+                names += list(st.source.attributes)  # checked on their values (VarSpec.isa)
         return names
 
     def tag(self, text: str) -> Any:
@@ -314,23 +439,28 @@ def compile_selector(
     """
     env = env if env is not None else selector.env
     heads, tag_names = _names_of(selector)
+    forwards = tuple(module_forwards(env)) if _reaches_attributes(selector) else ()
     fast = None
     if env is not None and all(h in env for h in heads) and all(t in env for t in tag_names):
         # Every name is bound in the caller: the bound objects (and the registry's
         # version) decide the result, so a probe entered in a loop skips resolution.
         # Keyed by identities (hashing a selector tree costs more than this lookup).
         bound = (selector, *(env[h] for h in heads), *(env[t] for t in tag_names))
-        fast = (collect, *map(id, bound), registry_version())
+        fast = (collect, *map(id, bound), registry_version(), *forwards)
         hit = _fast_cache.get(fast)
         if hit is not None and all(a is b for a, b in zip(hit[0], bound)):
             return hit[1]
     resolved: dict[str, list[FnState] | Exception] = {}
+    instances: dict[str, Same] = {}
     for node in selector.walk():
         if isinstance(node, Scope) and node.fn is not None and node.fn not in resolved:
             try:
                 resolved[node.fn] = resolve(node.fn, env)
             except (NotFound, TransformError) as exc:
                 resolved[node.fn] = exc
+            obj = bound_instance(node.fn, env)
+            if obj is not None:
+                instances[node.fn] = Same(obj)
     signature = tuple(
         (name, tuple(st.fid for st in found) if isinstance(found, list) else str(found))
         for name, found in resolved.items()
@@ -340,10 +470,12 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     )
-    key = (selector, collect, signature, tags, registry_version())
+    for name, obj in _instances(selector, env, resolved).items():
+        instances.setdefault(name, Same(obj, capture=True))
+    key = (selector, collect, signature, tags, registry_version(), *instances.items(), *forwards)
     compiled = _cache.get(key)
     if compiled is None:
-        compiled = _Compiler(selector, env, collect, resolved).compile()
+        compiled = _Compiler(selector, env, collect, resolved, instances, forwards).compile()
         if len(_cache) > 512:
             _cache.clear()
         _cache[key] = compiled
@@ -354,8 +486,35 @@ def compile_selector(
     return compiled
 
 
+def _instances(selector: Scope, env, resolved: dict) -> dict[str, Any]:
+    """The objects that names like ``cow.cry`` bind their method to (not classes)."""
+    out = {}
+    if not env:
+        return out
+    for name, found in resolved.items():
+        head, *rest = name.split(".")
+        if not rest or head not in env or not isinstance(found, list):
+            continue
+        try:
+            obj = _getattr_path(env[head], rest)
+        except AttributeError:
+            continue
+        owner = getattr(obj, "__self__", None)
+        if isinstance(obj, types.MethodType) and not isinstance(owner, type):
+            out[name] = owner
+    return out
+
+
 _cache: dict = {}
 _fast_cache: dict = {}  # (selector, collect, ids of bound names, version) -> (objects, compiled)
+
+
+def _reaches_attributes(selector: Scope) -> bool:
+    """Whether a ``>>`` variable may name module attributes (``f >> $p:Parameter``)."""
+    return any(
+        isinstance(n, Var) and n.deep and (n.tag is not None or n.name is not None)
+        for n in selector.walk()
+    )
 
 
 def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:

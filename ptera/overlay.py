@@ -18,7 +18,8 @@ Decisions:
   transparent.
 * Generator frames are not pushed on the stack (they would leak into the
   consumer's calls while suspended): a generator is a leaf scope.
-* ``#enter`` and ``#exit`` have the value ``True``; ``#error`` is the exception.
+* ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
+  (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
   rules, in any order relative to other activations, and only once. Only the
   context that activated rules can end them (elsewhere: ``ValueError``, and they
@@ -35,6 +36,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from .capture import Act, Rule, filter_eq
+from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
@@ -44,6 +46,7 @@ from .transform import (
     ABSENT_NAME,
     ENTER,
     EXIT,
+    FREE,
     HIDE,
     MISSING,
     REPORT,
@@ -70,6 +73,7 @@ class PteraNameError(NameError):
         )
         self.varname = name
         self.state = state
+        self.function = state.qualname  # 1.4's attribute: the function's name
 
     def info(self) -> dict:
         """The variable's record in ``__ptera_info__`` (coleo reads it)."""
@@ -224,6 +228,8 @@ def _enter(fid):
         plan = current_plan()
     fp = plan.fns.get(fid)
     if fp is None:
+        # Instrumented for another thread or task, not this one (probe.py warns).
+        _missed[fid] = _missed.get(fid, 0) + 1
         return None
     if fp.static is not None:
         return fp.static
@@ -253,6 +259,14 @@ def _enter(fid):
     if fp.push:
         frame.token = _frame.set(frame)
     return frame
+
+
+_missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
+
+
+def missed_calls(fids) -> dict[int, int]:
+    """How many calls of each function ran instrumented code for other contexts' overlays."""
+    return {fid: _missed.get(fid, 0) for fid in fids}
 
 
 def _report(F, name, value):
@@ -302,6 +316,8 @@ def _exit(F, error):
             h(act, "#exit", True, ABSENT)
         if act.pending is not None and act.t.holder:
             act.flush()
+        if act.deferred is not None and act.parent is None:
+            act.release()
     if _after.calls:
         # Work that needs every result of this exit first (Grad's one backward pass);
         # dropped when the call failed.
@@ -323,6 +339,25 @@ def after_exit(call: Callable[[], Any]) -> None:
     _after.calls = [*_after.calls, call]
 
 
+def _free(F, S, name, read):
+    """A free name at entry: the state's value, else the real one as reported.
+
+    Returns ``ABSENT`` when nothing replaced the real value, so that the body
+    keeps reading the name itself.
+    """
+    value = S.get(name, ABSENT) if S is not ABSENT else ABSENT
+    if value is not ABSENT:
+        return _report(F, name, value)
+    if F is None:
+        return ABSENT
+    try:
+        real = read()
+    except NameError:
+        real = ABSENT
+    value = _report(F, name, real)
+    return ABSENT if value is real else value
+
+
 def _missing(fid, name):
     raise PteraNameError(name, state_by_fid(fid))
 
@@ -340,6 +375,7 @@ HELPERS = {
     SETTLE: settle,
     MISSING: _missing,
     SETKEY: _setkey,
+    FREE: _free,
     ABSENT_NAME: ABSENT,
     HIDE: hide_helpers,
 }
@@ -432,6 +468,7 @@ def activate(
         except Exception:
             _install(_count(rules, -1))
             raise
+        overlay_started()
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
@@ -492,6 +529,7 @@ def deactivate(activation: Activation) -> None:
                 _plan.set(Plan(plan.rules, _globals.epoch))
         activation.active, activation.token = False, None
         _install(_count(rules, -1))
+        overlay_ended()
 
 
 def active_rule_count() -> int:
@@ -504,12 +542,16 @@ def active_rule_count() -> int:
 
 
 class Immediate:
-    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set."""
+    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set.
+
+    Both receive a dict of ``Capture`` objects (``.value``, ``.values``, ``.name``),
+    as in 1.4; names in a text selector resolve in the caller's scope.
+    """
 
     def __init__(
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
-        self.selector = select(selector)
+        self.selector = _in_caller(selector)
         for name, fn in (("intercept", intercept), ("trigger", trigger)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"Immediate: {name} is a function, not {fn!r:.60}")
@@ -518,21 +560,27 @@ class Immediate:
     def rule(self) -> Rule:
         comp = compile_selector(self.selector)
         if self.intercept is not None:
-            return Rule(comp, self.intercept, immediate=True, intercepts=True)
+            return Rule(comp, self.intercept, immediate=True, raw=True, intercepts=True)
         trigger = self.trigger
 
         def emit(data):
             trigger(data)
             return ABSENT
 
-        return Rule(comp, emit, immediate=True)
+        return Rule(comp, emit, immediate=True, raw=True)
+
+
+def _in_caller(selector):
+    """A selector whose names resolve where the handler was made (unless it has an env)."""
+    sel = select(selector)  # a TypeError unless a string or a Scope
+    return sel if sel.env is not None else select(sel, env=caller_env(1))
 
 
 class Total:
     """Call ``close(captures)`` with pooled captures when each match completes."""
 
     def __init__(self, selector, close: Callable):
-        self.selector = select(selector)
+        self.selector = _in_caller(selector)
         if not callable(close):
             raise TypeError(f"Total: close is a function, not {close!r:.60}")
         self.close = close
@@ -551,12 +599,20 @@ class BaseOverlay:
                     "BaseOverlay needs handlers (Immediate, Total or Rule),"
                     f" not {type(h).__name__} ({h!r:.60})"
                 )
-        self.handlers = handlers
+        self.handlers = list(handlers)
         # Per context (a tuple, so that a copied context cannot change ours): one
         # overlay shared by threads or tasks ends, on exit, the activation it made there.
         self._activations: ContextVar[tuple[Activation, ...]] = ContextVar(
             "ptera_base_overlay", default=()
         )
+
+    def fork(self) -> BaseOverlay:
+        """A new overlay of the same type with the same handlers."""
+        return type(self)(*self.handlers)
+
+    def add(self, *handlers) -> None:
+        """Add handlers (used from the next time the overlay is entered)."""
+        self.handlers.extend(handlers)
 
     def __enter__(self):
         rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
@@ -586,3 +642,13 @@ def caller_env(skip: int = 1) -> dict:
     if f is None:
         return {}
     return {**f.f_globals, **f.f_locals}
+
+
+def __getattr__(name: str):
+    # 1.4's `ptera.overlay` also held these; they live in compat.py (imported late,
+    # since compat builds on this module).
+    if name in ("Overlay", "no_overlay", "autotool"):
+        from . import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

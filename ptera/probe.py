@@ -11,23 +11,32 @@ Decisions:
   set); one without gives a total probe (one dict per call of the outermost
   function). ``probe_type`` forces either.
 * A selector with both ``!`` and ``!!`` in an immediate probe emits giving's
-  ``$wrap`` begin/end markers named after the function holding the focus, so
-  ``probe.wmap(fn)`` and ``probe.wrap(...)`` can bracket the region.
+  ``$wrap`` begin/end markers named after the primary focus (as in 1.4), so
+  ``probe.wmap(fn)``, ``probe.wrap(name, fn)`` and ``kwrap`` can bracket the
+  region. A secondary focus without a primary one is a ``ValueError``.
+* ``override()`` with no argument uses each value of the stream it is called on
+  (``probe["y"].map(f).override()``).
 * ``override`` on an overridable probe replaces the focus value with the value
   (or ``fn(item)``) of the last override subscriber that saw the emission.
+* A probe that ends with no value while its functions ran (instrumented) in
+  other threads or tasks warns once a process: the thread pool mistake.
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from giving import SourceProxy
+from giving import operators as giving_ops
 
 from .capture import Rule
+from .lookup import state_by_fid
 from .match import compile_selector
-from .overlay import activate, caller_env, check_owner, deactivate
+from .overlay import activate, caller_env, check_owner, deactivate, missed_calls
 from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
@@ -110,6 +119,10 @@ class _Pool:
             rules.append(rule)
 
 
+def _identity(item: Any) -> Any:
+    return item
+
+
 def _dead(data: dict) -> Any:
     return ABSENT
 
@@ -118,19 +131,20 @@ _pool = _Pool()
 
 
 def _wrap_name(sel: Scope) -> str | None:
-    def holder(node: Scope) -> str | None:
-        for child in node.children:
-            if isinstance(child, Scope):
-                found = holder(child)
-                if found:
-                    return found
-            elif child.focus == 1:
-                return node.fn or "*"
-        return None
-
+    # Named after the primary focus, as in 1.4: `wrap("#enter", ...)`, `kwrap("n", ...)`.
     if sel.focus is not None and sel.secondary is not None:
-        return holder(sel)
+        return sel.focus.out_name
     return None
+
+
+def _check_focus_pattern(sel: Scope) -> None:
+    if sel.secondary is not None and sel.focus is None:
+        raise SelectorError(
+            str(sel),
+            0,
+            "unsupported focus pattern: a secondary focus '!!' needs a primary focus '!'"
+            " (the start of the region that ends at '!!')",
+        )
 
 
 class Probe(SourceProxy):
@@ -170,6 +184,7 @@ class Probe(SourceProxy):
         self._used = False
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         comp = compile_selector(sel, sel.env if sel.env is not None else self._env)
         immediate = probe_type == "immediate" or (probe_type is None and sel.focus is not None)
         if immediate and sel.focus is None:
@@ -203,6 +218,9 @@ class Probe(SourceProxy):
         rules = self._rules
         plans = rules[0].plans if len(rules) == 1 else None
         self._activation = activate(rules, glob=glob, plans=plans)
+        self._emitted = False
+        self._fids = {fid for r in rules for fid in r.compiled.templates}
+        self._missed = None if glob else missed_calls(self._fids)
         # Global probes never pool: other threads may be inside their functions.
         self._refs = None if glob else [_Pool.refs(r) for r in self._pooled]
         return self
@@ -211,6 +229,8 @@ class Probe(SourceProxy):
         if self._activation is not None:
             deactivate(self._activation)  # from another context: raises, the probe stays on
             self._activation = None
+            if self._missed is not None and not self._emitted:
+                _warn_other_threads(self, self._missed)
             pooled, refs, self._pooled = self._pooled, self._refs, []
             if refs is not None:
                 now = [_Pool.refs(r) for r in pooled]
@@ -225,6 +245,10 @@ class Probe(SourceProxy):
             check_owner(self._activation)
         return super().__exit__(*exc)
 
+    def _push(self, data):
+        self._emitted = True
+        super()._push(data)
+
     def activate(self) -> Probe:
         """Activate this probe in the current context (until ``deactivate``)."""
         return self.__enter__()
@@ -232,6 +256,11 @@ class Probe(SourceProxy):
     def deactivate(self) -> None:
         """Stop this probe; every probed function runs its original code again."""
         self._root.__exit__(None, None, None)
+
+    def where(self, /, *keys, **conditions):
+        """giving's ``where``; ``self`` is a condition like any other capture name
+        (``probing("Linear(self) > input").where(self=net[2])``)."""
+        return self.pipe(giving_ops.where(*keys, **conditions))
 
     # giving's failure helpers should point past ptera's and reactivex's frames.
     def fail(self, *args, skip=(), **kwargs):
@@ -247,6 +276,7 @@ class OverridableProbe(Probe):
         super().__init__(*selectors, _obs=_obs, _root=_root, **kwargs)
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
+        _check_focus_pattern(sel)
         if probe_type == "total" or sel.focus is None:
             raise SelectorError(
                 str(sel), 0, "an overridable probe needs a focus: mark a variable with '!'"
@@ -263,8 +293,12 @@ class OverridableProbe(Probe):
         finally:
             root._cell = cell
 
-    def override(self, setter: Any = None) -> Any:
-        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable."""
+    def override(self, setter: Any = _identity) -> Any:
+        """Replace the focus value with ``setter(item)``, or with ``setter`` if not callable.
+
+        With no argument, each item of this stream is the new value
+        (``probe["y"].map(f).override()``).
+        """
         root = self._root
 
         def change(item):
@@ -282,6 +316,28 @@ class OverridableProbe(Probe):
             root._cell[0] = setter(**item)
 
         return self.subscribe(change)
+
+
+def _warn_other_threads(probe: Probe, before: dict[int, int]) -> None:
+    """Warn (once a process) that a probe saw nothing while its functions ran elsewhere."""
+    if _warned:
+        return
+    now = missed_calls(before)
+    ran = [fid for fid, n in now.items() if n > before[fid]]
+    if ran:
+        _warned.append(True)
+        names = ", ".join(sorted({state_by_fid(fid).qualname for fid in ran}))
+        selectors = "; ".join(str(s) for s in probe._selectors)
+        warnings.warn(
+            f"probe {selectors!r} ended with no value, but {names} ran in another thread or"
+            " task while it was active: a probe sees only its own thread or task (a thread"
+            " pool's workers are other threads); use global_probe(...) to see every thread",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+_warned: list = []
 
 
 def probing(
@@ -308,15 +364,33 @@ def global_probe(
     probe_type: str | None = None,
     env: dict | None = None,
 ) -> Probe:
-    """A probe active in every thread at once, until its ``deactivate()``."""
+    """A probe active in every thread at once, until its ``deactivate()`` (or the
+    interpreter's exit, which completes it: ``max().print()`` then prints, as in 1.4)."""
     env = env if env is not None else caller_env(1)
     probe = Probe(*selectors, raw=raw, probe_type=probe_type, env=env)
     probe._enter(glob=True)
     probe.__class__ = _GlobalProbe
+    if not _open_globals:
+        atexit.register(_complete_globals)
+    _open_globals[id(probe)] = probe
     return probe
+
+
+_open_globals: dict[int, Probe] = {}
+
+
+def _complete_globals() -> None:
+    for key in list(_open_globals):  # in the order they were made
+        probe = _open_globals.pop(key, None)
+        if probe is not None and probe._activation is not None:
+            probe.deactivate()
 
 
 class _GlobalProbe(Probe):
     def __enter__(self):
         # Already active; `with global_probe(...)` just scopes its lifetime.
         return self
+
+    def _exit(self):
+        _open_globals.pop(id(self), None)
+        super()._exit()

@@ -4,6 +4,15 @@ Assigning ``h[i] = v`` in a ``@ptera`` function reports variable ``h`` with key
 ``i``, so ``h[1] as h`` selects one step; the storage itself is a plain mapping.
 With a ``window``, only the last ``window`` assignments are kept, which bounds
 memory for long recurrences; reading a dropped step says so.
+
+Decisions:
+
+* A step that is missing (never set, or dropped by the window) raises
+  ``StepError``, both an ``IndexError`` (a recurrence is read like a sequence,
+  ``h[i - 1]``) and a ``KeyError`` (steps are keys), so code written for
+  either catches it.
+* The window is the first positional argument: ``Recurrence(2)``; the repr
+  shows it the same way, ``Recurrence(2, {2: 3, 3: 4})``.
 """
 
 from __future__ import annotations
@@ -11,7 +20,15 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-__all__ = ["Recurrence"]
+__all__ = ["Recurrence", "StepError"]
+
+
+class StepError(IndexError, KeyError):
+    """A step of a ``Recurrence`` that is not held (never set, or out of the window)."""
+
+    def __str__(self) -> str:
+        # KeyError would quote the message; this is a sentence.
+        return str(self.args[0]) if self.args else ""
 
 
 class Recurrence:
@@ -39,11 +56,11 @@ class Recurrence:
             pass
         held = ", ".join(map(repr, self._steps)) or "none"
         if self._dropped:
-            raise KeyError(
+            raise StepError(
                 f"step {key!r} is not held: this Recurrence keeps the last {self.window}"
                 f" steps (held: {held}); use a larger window"
             )
-        raise KeyError(f"step {key!r} was never set (set: {held})")
+        raise StepError(f"step {key!r} was never set (set: {held})")
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._steps
@@ -59,5 +76,5 @@ class Recurrence:
         return self._steps.items()
 
     def __repr__(self) -> str:
-        window = f"window={self.window}, " if self.window is not None else ""
+        window = f"{self.window}, " if self.window is not None else ""
         return f"Recurrence({window}{self._steps!r})"

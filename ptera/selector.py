@@ -15,8 +15,10 @@ Decisions where the spec is silent:
 
 * ``deep`` marks a child reached through ``>>``. A deep ``Scope`` is any call below
   its parent; a deep ``Var`` is set in the parent's own call or any call below it.
-* Meta-variables (``#value``, ``#key``, ...) are not captured under their own name
-  unless they are the focus or renamed with ``as``, so ``f[0] > x`` gives only x.
+* ``#key`` (``f[0]``) is a filter, not captured unless renamed (``f[$i]``), so
+  ``f[0] > x`` gives only x; other meta-variables named in a selector
+  (``f(#loop_i) > x``) are captured under their own name, as in 1.4.
+* ``f(!n) as !!v``: the name after ``as`` may carry a focus mark.
 * ``a > b`` makes ``b`` the focus when ``b`` is a single variable (or a keyed
   variable ``h[1] as h``) and the selector has no ``!`` elsewhere. Two implicit
   candidates without a ``!`` are ambiguous and rejected.
@@ -37,7 +39,7 @@ from typing import Any
 
 from .sentinel import Sentinel
 
-__all__ = ["Scope", "SelectorError", "Var", "select", "split_selectors"]
+__all__ = ["Scope", "SelectorError", "Var", "parse", "select", "split_selectors"]
 
 
 class SelectorError(ValueError):
@@ -70,8 +72,14 @@ class Var:
 
     @property
     def out_name(self) -> str | None:
-        """The name this variable has in results (its own name if it is the focus)."""
-        if self.capture is None and self.focus:
+        """The name this variable has in results (its own name if it is the focus).
+
+        A meta-variable other than ``#key`` also has its own name: ``f(#loop_i) > x``
+        gives ``#loop_i`` with each ``x``, as in 1.4.
+        """
+        if self.capture is None and (
+            self.focus or (self.is_meta and self.name != "#key" and not self.name.startswith("##"))
+        ):
             return self.name
         return self.capture
 
@@ -178,7 +186,13 @@ class _Parser:
         parts = [self.ident(what)]
         while self.text.startswith(".", self.pos):
             self.pos += 1
-            parts.append(self.ident("a name after '.'"))
+            # `net.layers.3.mlp`: a submodule path as `get_submodule` spells it.
+            m = re.compile(r"\d+").match(self.text, self.pos)
+            if m:
+                self.pos = m.end()
+                parts.append(m.group())
+            else:
+                parts.append(self.ident("a name after '.'"))
         return ".".join(parts)
 
     def literal(self) -> Any:
@@ -322,7 +336,16 @@ class _Parser:
             scope = Scope(fn, children)
             self.as_var = None
             if self.take_word("as"):
-                self.as_var = Var("#value", self.ident("a name after 'as'"))
+                # `f(!n) as !!v`: the return value, with a focus mark of its own.
+                self.skip_ws()
+                mark_at, mark = self.pos, 0
+                if self.take("!!"):
+                    mark = 2
+                    self.bangbang_at.append(mark_at)
+                elif self.take("!"):
+                    mark = 1
+                    self.bang_at.append(mark_at)
+                self.as_var = Var("#value", self.ident("a name after 'as'"), focus=mark)
                 scope = replace(scope, children=scope.children + (self.as_var,))
             return scope
         if var is None:
@@ -461,8 +484,20 @@ def _parse(text: str) -> Scope:
     return _Parser(text).parse()
 
 
-def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
-    """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references."""
+def select(
+    text: str | Scope,
+    env: Mapping[str, Any] | None = None,
+    *,
+    skip_modules: Any = (),
+    skip_frames: int = 0,
+    strict: bool = False,
+) -> Scope:
+    """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references.
+
+    1.4's ``skip_modules`` and ``skip_frames`` are accepted and not needed: names
+    resolve in the scope where the selector is used. ``strict=True`` resolves the
+    names at once, so that a function that cannot be found is an error here.
+    """
     if not isinstance(text, (str, Scope)):
         raise TypeError(
             f"a selector is a string or a Scope tree (like 'f > x'),"
@@ -472,6 +507,15 @@ def select(text: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:
     tree = text if isinstance(text, Scope) else _parse(text)
     if env is not None:
         tree = replace(tree, env=env)
+    if strict:
+        import sys
+
+        from .match import compile_selector
+
+        if tree.env is None:
+            f = sys._getframe(1)
+            tree = replace(tree, env={**f.f_globals, **f.f_locals})
+        compile_selector(tree)
     return tree
 
 
@@ -481,6 +525,11 @@ def check_env(env: Any) -> None:
         raise TypeError(
             f"env must be a mapping of names to objects (a dict), not {type(env).__name__}"
         )
+
+
+def parse(text: str) -> Scope:
+    """Parse a selector without binding names to anything (1.4's ``selector.parse``)."""
+    return _parse(text)
 
 
 def split_selectors(text: str) -> list[str]:

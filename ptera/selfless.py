@@ -14,7 +14,8 @@ Decisions:
 * Values given to ``new`` for arguments are defaults of those arguments; wrap
   them in ``Override`` to force them over the call's own values.
 * Names that ``new`` or ``state`` accept: arguments, declared variables
-  (``z: int``) and defaulted ones (``x = default(1)``). Anything else is an
+  (``z: int``), defaulted ones (``x = default(1)``) and free names the body
+  reads (``debug``, even ``print``), as in the seed. Anything else is an
   error that lists what is settable.
 * ``f.state`` of a plain function is the state of direct calls (what
   ``@ptera.defaults`` fills); objects copy the state they are made from.
@@ -58,6 +59,9 @@ def settable_kinds(st: FnState) -> dict[str, str]:
     }
     kinds.update((n, "declared") for n in sorted(source.declared))
     kinds.update((n, "default") for n in sorted(source.defaulted))
+    for n, var in source.variables.items():
+        if var.provenance == "external" and n not in kinds:
+            kinds[n] = "free"
     return kinds
 
 
@@ -104,6 +108,7 @@ class PteraFunction:
         obj = self._copy()
         for name, value in values.items():
             obj.state.set(name, value, f"{self.__name__}.new({name}=...)")
+        obj._stateful = self._st.source.stateful  # a free name may have made it so
         return obj
 
     def clone(self, return_object: bool | None = None) -> PteraFunction:
@@ -177,7 +182,9 @@ class PteraFunction:
     def _invoke(self, args: tuple, kwargs: dict) -> Any:
         fn = self.__wrapped__
         if not self._stateful:
-            return fn(*args, **kwargs)
+            if not (self.state and self._st.source.stateful):
+                return fn(*args, **kwargs)
+            self._stateful = True  # `obj.state.debug = ...` gave a free name a value
         if self._later:
             return self._invoke_later(args, kwargs)
         fid, state = self._st.fid, self.state
@@ -249,7 +256,7 @@ def attach(fn: types.FunctionType, st: FnState) -> None:
     """Give a ``@ptera`` function its object methods and its base ``state``."""
     if getattr(fn, "__ptera_object__", None) is st:
         return
-    fn.state = base_state(st.fid, st.qualname, settable_kinds(st))
+    fn.state = base_state(st.fid, st.qualname, settable_kinds(st), st.enable_free)
     for name in ("new", "clone", "using", "tweak", "rewrite"):
         setattr(fn, name, _delegate(fn, st, name))
     fn.on = _on_plain(fn)

@@ -79,17 +79,20 @@ def same(a: Any, b: Any) -> bool:
 class State(dict):
     """The values of a selfless object's variables: ``state.x`` reads, ``state.x = v`` writes.
 
-    ``kinds`` maps each settable name to ``"argument"``, ``"declared"`` or
-    ``"default"``; writing any other name is a ``TypeError`` that lists them.
+    ``kinds`` maps each settable name to ``"argument"``, ``"declared"``,
+    ``"default"`` or ``"free"`` (a global or builtin the function reads); writing
+    any other name is a ``TypeError`` that lists them. ``on_free(name)`` is called
+    when a free name gets a value (the function must then read it from states).
     """
 
-    __slots__ = ("_meta", "_kinds", "_owner")
+    __slots__ = ("_meta", "_kinds", "_owner", "_on_free")
 
-    def __init__(self, owner: str = "", kinds: dict | None = None):
+    def __init__(self, owner: str = "", kinds: dict | None = None, on_free=None):
         super().__init__()
         object.__setattr__(self, "_meta", {})
         object.__setattr__(self, "_kinds", kinds)
         object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_on_free", on_free)
 
     def set(self, name: str, value: Any, source: str) -> None:
         """Give ``name`` a value (maybe wrapped in ``default``/``Override``) from ``source``."""
@@ -101,6 +104,8 @@ class State(dict):
                 f" (settable: {settable}); declare it in the body (`{name}: type`)"
                 f" or assign it with `{name} = default(...)`"
             )
+        if kinds is not None and kinds[name] == "free" and self._on_free is not None:
+            self._on_free(name)
         priority, plain = split_priority(value)
         self[name] = plain
         self._meta[name] = (priority, source)
@@ -112,7 +117,7 @@ class State(dict):
         return self._meta.get(name, (NORMAL, "the state"))[1]
 
     def copy(self) -> State:
-        new = State(self._owner, self._kinds)
+        new = State(self._owner, self._kinds, self._on_free)
         new.update(self)
         new._meta.update(self._meta)
         return new
@@ -141,11 +146,11 @@ _pending: ContextVar[tuple | None] = ContextVar("ptera_state", default=None)
 _base: dict[int, State] = {}  # fid -> the state of calls made directly to the function
 
 
-def base_state(fid: int, owner: str, kinds: dict) -> State:
+def base_state(fid: int, owner: str, kinds: dict, on_free=None) -> State:
     """The state a function uses when it is called directly (``fn.state``)."""
     st = _base.get(fid)
     if st is None:
-        st = _base[fid] = State(owner, kinds)
+        st = _base[fid] = State(owner, kinds, on_free)
     return st
 
 

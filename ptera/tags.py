@@ -3,6 +3,12 @@
 ``lr: tag.HyperParameter = default(0.1)`` tags ``lr``; ``n: tag.CliArgument & int``
 tags ``n`` and also says it is an ``int``. A selector filters on tags with
 ``:HyperParameter``.
+
+Decisions:
+
+* Tags print as ``ptera.tag.Name``, and a ``TagSet`` prints its members sorted
+  (``ptera.tag.Bar & ptera.tag.Foo``), as in 1.4.
+* 1.4's string spelling ``x: "@Important"`` (or ``"@A & @B"``) is read as those tags.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ class Tag:
         return TagSet.of(other, self)
 
     def __repr__(self) -> str:
-        return f"tag.{self.name}"
+        return f"ptera.tag.{self.name}"
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class TagSet:
     def __repr__(self) -> str:
         return " & ".join(sorted(map(_annotation_repr, self.members)))
 
+    __str__ = __repr__
+
 
 def _annotation_repr(x: object) -> str:
     return repr(x) if isinstance(x, Tag) else getattr(x, "__qualname__", repr(x))
@@ -69,8 +79,19 @@ class _TagFactory:
 tag = _TagFactory()
 
 
+def get_tags(*names: str | Tag) -> Tag | TagSet:
+    """One tag from a name (``get_tags("A")``), or a ``TagSet`` from several."""
+    tags = [getattr(tag, n) if isinstance(n, str) else n for n in names]
+    return tags[0] if len(tags) == 1 else TagSet.of(*tags)
+
+
 def match_tag(wanted: object, annotation: object) -> bool:
-    """Whether ``annotation`` is the tag ``wanted`` or a ``TagSet`` containing it."""
+    """Whether ``annotation`` is the tag ``wanted`` or a ``TagSet`` containing it.
+
+    ``wanted=None`` matches anything, as in 1.4.
+    """
+    if wanted is None:
+        return True
     if annotation == wanted:
         return True
     return isinstance(annotation, TagSet) and wanted in annotation.members

@@ -5,6 +5,12 @@ extra), registered with the engine and carrying ``__ptera_info__`` and the objec
 methods of ``selfless.py`` (``new``, ``using``, ``tweak``, ...). Its code stays
 the original until an overlay needs it; a function that declares variables
 without values (``z: int``) runs a light variant that only guards their reads.
+
+Decisions:
+
+* ``__ptera_info__`` also lists the meta-variables ``#enter``, ``#exit``,
+  ``#receive`` and ``#yield`` (provenance ``"meta"``, annotated ``tag.enter`` or
+  ``tag.exit``), which coleo's catalogue expects, as 1.4 did.
 """
 
 from __future__ import annotations
@@ -15,12 +21,18 @@ from typing import Any
 from .lookup import register_tooled, unwrap
 from .overlay import HELPERS
 from .selfless import attach
+from .tags import tag
 
 __all__ = ["is_tooled", "tooled"]
 
 
-def tooled(fn: Any) -> Any:
-    """Instrument ``fn`` so that selectors can address its variables; returns ``fn``."""
+def tooled(fn: Any = None) -> Any:
+    """Instrument ``fn`` so that selectors can address its variables; returns ``fn``.
+
+    ``@tooled()`` (with parentheses, as 1.4 allowed) is the same decorator.
+    """
+    if fn is None:
+        return tooled
     if isinstance(fn, (staticmethod, classmethod)):
         tooled(fn.__func__)
         return fn
@@ -30,7 +42,8 @@ def tooled(fn: Any) -> Any:
     target.__globals__.update(HELPERS)
     state = register_tooled(target)
     if not hasattr(target, "__ptera_info__"):
-        target.__ptera_info__ = {n: v.as_dict() for n, v in state.source.variables.items()}
+        info = {n: v.as_dict() for n, v in state.source.variables.items()}
+        target.__ptera_info__ = {**info, **_meta_info()}
     attach(target, state)
     if fn is not target and not hasattr(fn, "__ptera_info__"):
         try:
@@ -38,6 +51,20 @@ def tooled(fn: Any) -> Any:
         except AttributeError:
             pass
     return fn
+
+
+def _meta_info() -> dict:
+    """The meta-variables every function has, annotated with their meta-tags (as in 1.4)."""
+    annotations = {
+        "#enter": tag.enter,
+        "#exit": tag.exit,
+        "#receive": tag.enter,
+        "#yield": tag.exit,
+    }
+    return {
+        name: {"annotation": ann, "provenance": "meta", "doc": None, "location": None}
+        for name, ann in annotations.items()
+    }
 
 
 def is_tooled(fn: Any) -> bool:

@@ -33,6 +33,16 @@ Decisions:
 * The engine's locals (``__ptera_F__``, temporaries) are hidden from ``locals()``,
   ``vars()`` and ``dir()`` called in the body (they return filtered copies);
   ``frame.f_locals``, debuggers and tracebacks still show them.
+* In a method, each read of ``self.a`` is a point named ``a`` (unless a local is
+  named ``a``), so ``Linear > weight`` sees the parameter ``Linear.forward`` reads.
+  Attributes are kept out of ``__ptera_info__`` (coleo's contract lists locals).
+* A free name (a global, builtin or closure variable the body reads and never
+  assigns) is a point only where it is wanted: when a selector names it, or a
+  state gives it a value. It gets its value once, at entry (after the
+  arguments): the state's, else an override's; every read in the body then sees
+  that value, or reads the name as Python would when nothing replaced it, so a
+  global that changes during the call is still seen. Reads inside nested
+  functions and lambdas are theirs and see the real name.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ ENTER, EXIT, REPORT, REPORT_KEY = (H.format(n) for n in ("enter", "exit", "repor
 MISSING, SETKEY = H.format("missing"), H.format("setkey")
 TAKE, SETTLE = H.format("take"), H.format("settle")
 HIDE = H.format("hide")
+FREE = H.format("free")
 STATE = "__ptera_S__"  # the local holding the call's state
 PRIORITY_WRAPPERS = ("default", "Override")  # callees that make `x = default(v)` settle
 
@@ -124,7 +135,13 @@ class Source:
     keyed_calls: bool
     class_name: str | None
     fid: int = 0
+    comprehended: frozenset[str] = frozenset()  # bound only in comprehensions (not points)
+    # ``self.a`` read in a method's body, by attribute name: points named ``a``.
+    attributes: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
+    # Free names (read, never assigned) that some state gives a value: every
+    # variant, the idle one included, reads them from the call's state first.
+    free_state: frozenset[str] = frozenset()
 
     @property
     def local_names(self) -> frozenset[str]:
@@ -134,8 +151,8 @@ class Source:
 
     @property
     def stateful(self) -> bool:
-        """Whether calls fetch a state (declared or defaulted variables)."""
-        return bool(self.declared or self.defaulted)
+        """Whether calls fetch a state (declared, defaulted or state-set free variables)."""
+        return bool(self.declared or self.defaulted or self.free_state)
 
 
 def _class_of(qualname: str) -> str | None:
@@ -158,7 +175,9 @@ def parse_function(fn: types.FunctionType) -> Source:
         block = inspect.getblock(lines[code.co_firstlineno - 1 :])
     except (OSError, TypeError, IndexError) as exc:
         raise TransformError(
-            f"cannot instrument {fn.__qualname__}: its source is not available ({exc})"
+            f"cannot instrument {fn.__qualname__}: its source is not available ({exc});"
+            f" it was defined in {filename!r}: code run by `python -c` or `exec` of a string"
+            " has no source, define the function in a file or a notebook cell"
         ) from None
     if filename.startswith("<frozen "):
         filename = inspect.getsourcefile(sys.modules[fn.__module__]) or filename
@@ -168,12 +187,16 @@ def parse_function(fn: types.FunctionType) -> Source:
     tree = module.body[0]
     if not isinstance(tree, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise TransformError(f"cannot instrument {fn.__qualname__}: not a def statement")
+    plain = any(
+        getattr(d, "id", None) in ("staticmethod", "classmethod") for d in tree.decorator_list
+    )
     tree.decorator_list = []
     all_lines = lines
     scan = _Scanner()
     for stmt in tree.body:
         scan.visit(stmt)
     variables = _collect_variables(fn, tree, scan, all_lines)
+    attributes = {} if plain else _self_attributes(fn, tree, variables)
     return Source(
         fn=fn,
         tree=tree,
@@ -186,7 +209,54 @@ def parse_function(fn: types.FunctionType) -> Source:
         loops=frozenset(scan.loops),
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
+        attributes=attributes,
+        comprehended=frozenset(scan.comprehended - variables.keys()),
     )
+
+
+def self_name(fn: types.FunctionType, tree: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The name of a method's first argument (``self``), or None for a plain function."""
+    args = tree.args.posonlyargs + tree.args.args
+    if _class_of(fn.__qualname__) is None or not args:
+        return None
+    return args[0].arg
+
+
+def _self_attributes(fn, tree, variables: dict[str, Variable]) -> dict[str, Variable]:
+    """The attributes of ``self`` a method reads (``Linear.forward`` reads ``weight``).
+
+    A name that is also a local variable stays the local's: one name, one point.
+    """
+    me = self_name(fn, tree)
+    if me is None:
+        return {}
+    found: dict[str, Variable] = {}
+    for stmt in tree.body:
+        for node in _walk_own_scope(stmt):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Load)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == me
+                and node.attr not in found
+                and variables.get(node.attr, _EXTERNAL).provenance == "external"
+            ):
+                loc = (fn.__code__.co_filename, fn.__qualname__, node.lineno)
+                found[node.attr] = Variable(ABSENT, "attribute", None, loc)
+    return found
+
+
+def _walk_own_scope(node: ast.AST):
+    """``ast.walk`` that does not enter nested functions, lambdas and classes."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        for child in ast.iter_child_nodes(n):
+            if not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+            ):
+                todo.append(child)
 
 
 def _source_lines(fn: types.FunctionType) -> list[str]:
@@ -194,12 +264,17 @@ def _source_lines(fn: types.FunctionType) -> list[str]:
     try:
         return inspect.findsource(fn.__code__)[0]
     except OSError:
+        if not fn.__code__.co_filename.startswith("<frozen "):
+            raise  # `exec` of a string, `python -c`: the module's file is another text
         module = sys.modules.get(fn.__module__)
         path = module and inspect.getsourcefile(module)
         lines = path and linecache.getlines(path)
         if not lines:
             raise
         return lines
+
+
+_EXTERNAL = Variable(ABSENT, "external", None, ())
 
 
 def _arg_names(args: ast.arguments) -> set[str]:
@@ -240,6 +315,7 @@ class _Scanner(ast.NodeVisitor):
         self.defaulted: set[str] = set()
         self.keyed: set[str] = set()
         self.keyed_calls = False
+        self.comprehended: set[str] = set()  # names bound only by comprehensions
 
     def bind(self, name: str, line: int) -> None:
         self.assigned.setdefault(name, line)
@@ -256,6 +332,27 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Lambda(self, node):
         pass
+
+    def visit_ListComp(self, node):
+        # A comprehension is a scope of its own: its targets are not the function's.
+        own: set[str] = set()
+        for gen in node.generators:
+            own.update(_target_names(gen.target))
+        outer, self.loaded = self.loaded, set()
+        assigned = dict(self.assigned)
+        for child in ast.iter_child_nodes(node):
+            self.visit(child)
+        self.assigned = {**assigned, **{k: v for k, v in self.assigned.items() if k not in own}}
+        self.comprehended.update(own - self.assigned.keys())
+        self.loaded = outer | (self.loaded - own)
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_comprehension(self, node):
+        self.visit(node.target)
+        self.visit(node.iter)
+        for cond in node.ifs:
+            self.visit(cond)
 
     def visit_Name(self, node):
         if isinstance(node.ctx, ast.Load):
@@ -353,6 +450,13 @@ def _comment_above(lines: list[str], lineno: int) -> str | None:
 def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
     if expr is None:
         return ABSENT
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        if expr.value.startswith("@"):
+            # 1.4's spelling of tags: `x: "@Important & @Other"`.
+            from .tags import get_tags
+
+            parts = [p.strip() for p in expr.value.split("&")]
+            return get_tags(*(p[1:] for p in parts if p.startswith("@")))
     env = dict(fn.__globals__)
     if fn.__closure__:
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
@@ -424,6 +528,14 @@ class _Instrumenter(ast.NodeTransformer):
         self.source = source
         self.interest = interest
         self.tmp = 0
+        self.me = self_name(source.fn, source.tree) if source.attributes else None
+        # Free names that are points here: read from the state or reported at entry.
+        external = {n for n, v in source.variables.items() if v.provenance == "external"}
+        self.free = sorted(
+            n
+            for n in external
+            if n in source.free_state or (interest is not None and n in interest)
+        )
 
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
@@ -448,6 +560,17 @@ class _Instrumenter(ast.NodeTransformer):
         return node
 
     def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.free:
+            # The value given at entry, else the name as Python would read it.
+            held = _free_local(node.id)
+            check = ast.IfExp(
+                test=ast.Compare(
+                    left=_name(held), ops=[ast.IsNot()], comparators=[_name(ABSENT_NAME)]
+                ),
+                body=_name(held),
+                orelse=_name(node.id),
+            )
+            return ast.copy_location(check, node)
         if isinstance(node.ctx, ast.Load) and node.id in self.source.declared:
             # Reading a declared variable that got no value is an error with a name.
             check = ast.IfExp(
@@ -458,6 +581,19 @@ class _Instrumenter(ast.NodeTransformer):
                 orelse=_call(MISSING, _const(self.source.fid), _const(node.id)),
             )
             return ast.copy_location(check, node)
+        return node
+
+    def visit_Attribute(self, node):
+        node = self.generic_visit(node)
+        if (
+            isinstance(node.ctx, ast.Load)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self.me
+            and node.attr in self.source.attributes
+            and self.wants(node.attr)
+        ):
+            # Each read of `self.weight` reports `weight`; an override replaces what is read.
+            return ast.copy_location(_report(node.attr, node), node)
         return node
 
     def visit_NamedExpr(self, node):
@@ -572,9 +708,9 @@ class _Instrumenter(ast.NodeTransformer):
         body = node.body
         for n in loopvars:
             if self.wants(f"#loop_{n}"):
-                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _name(n))), node))
+                pre.append(ast.copy_location(ast.Expr(_report(f"#loop_{n}", _const(True))), node))
             if self.wants(f"#endloop_{n}"):
-                end = ast.Expr(_report(f"#endloop_{n}", _name(n)))
+                end = ast.Expr(_report(f"#endloop_{n}", _const(True)))
                 body = [
                     ast.copy_location(
                         ast.Try(body=body, handlers=[], orelse=[], finalbody=[end]), node
@@ -648,6 +784,14 @@ class _Instrumenter(ast.NodeTransformer):
         if self.interest is not None and not self.interest:
             # The light variant: only declarations and defaults are handled, no frame.
             setup = [ast.Assign(targets=[_name(FRAME, ast.Store())], value=_const(None))]
+            get = ast.Attribute(value=_name(STATE), attr="get", ctx=ast.Load())
+            setup += [
+                ast.Assign(
+                    targets=[_name(_free_local(n), ast.Store())],
+                    value=ast.Call(func=get, args=[_const(n), _name(ABSENT_NAME)], keywords=[]),
+                )
+                for n in self.free
+            ]
             setup = take + [ast.copy_location(s, first) for s in setup]
             tree.body = doc + setup + (body or [ast.Pass()])
             return tree
@@ -659,6 +803,18 @@ class _Instrumenter(ast.NodeTransformer):
         ordered += [a.arg for a in (tree.args.vararg,) if a] + [a.arg for a in tree.args.kwonlyargs]
         ordered += [a.arg for a in (tree.args.kwarg,) if a]
         setup = [enter] + [_rebind(n, first) for n in ordered if n in args]
+        state = _name(STATE if self.source.stateful else ABSENT_NAME)
+        for n in self.free:
+            # Reported at entry like an argument; the lambda reads the name lazily,
+            # so that an unset global is an error only if the body reads it.
+            read = ast.Lambda(
+                args=ast.arguments(
+                    posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]
+                ),
+                body=_name(n),
+            )
+            value = _call(FREE, _name(FRAME), state, _const(n), read)
+            setup.append(ast.Assign(targets=[_name(_free_local(n), ast.Store())], value=value))
         if self.wants("#enter"):
             setup.append(ast.Expr(_report("#enter", _const(True))))
         err = "__ptera_err__"
@@ -687,6 +843,11 @@ class _Instrumenter(ast.NodeTransformer):
             if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
                 ast.copy_location(n, first)
         return tree
+
+
+def _free_local(name: str) -> str:
+    """The local holding the value given to free name ``name`` for this call."""
+    return f"__ptera_v_{name}__"
 
 
 class _Mangler(ast.NodeTransformer):
@@ -721,7 +882,7 @@ class _Mangler(ast.NodeTransformer):
 
 def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:
     """Compile the instrumented code object of ``source`` for ``interest`` (cached)."""
-    key = interest
+    key = (interest, source.free_state)
     if key in source.variants:
         return source.variants[key]
     import copy

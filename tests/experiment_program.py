@@ -61,4 +61,9 @@ def perturb_experiment(store, **kwargs):
 
 if __name__ == "__main__":
     store, n_epochs = sys.argv[1], int(sys.argv[2])
-    perturb_experiment(store, n_train=1400, n_test=300).run(n_epochs)
+    processes = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    import experiment_program  # classes by import path, not __main__'s (workers pickle them)
+
+    experiment = experiment_program.perturb_experiment(store, n_train=1400, n_test=300)
+    experiment.run(n_epochs, processes=processes, verbose=False)
+    print("trained", " ".join(sorted(experiment.trained)))

@@ -317,3 +317,42 @@ def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, care
 def test_wrong_argument_types_are_type_errors(entry, kwargs, message):
     with pytest.raises(TypeError, match=message):
         auto_cli(entry, **{"argv": [], "environ": {"PTERA_N": "1"}, **kwargs})
+
+
+# -- one option declared with different defaults ----------------------------------
+
+
+def run_dup(argv):
+    from tests.cli_dup_program import model
+
+    return auto_cli(model, argv=argv, environ={}, exit_on_error=False)
+
+
+def test_help_lists_each_declarations_default(capsys):
+    with pytest.raises(SystemExit):
+        run_dup(["--help"])
+    out = capsys.readouterr().out
+    assert "0.1 (enc)" in out and "0.2 (dec)" in out
+    assert "4 (model)" not in out  # width: same default everywhere, shown once
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], (0.1, 4.2, 2, 4)),  # each function keeps its own lr
+        (["--lr", "0.5"], (0.5, 4.5, 2, 4)),
+        (["--width", "1", "--depth", "3"], (0.1, 1.2, 3, 1)),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_every_dump_reproduces_its_run(tmp_path, capsys, argv, expected, fmt):
+    assert run_dup(argv) == expected
+    with pytest.raises(SystemExit):
+        run_dup([*argv, "--dump-config", fmt])
+    path = tmp_path / f"dumped.{fmt}"
+    path.write_text(capsys.readouterr().out)
+    assert run_dup(["--config", str(path)]) == expected
+    # A dump of the dumped run is the same dump.
+    with pytest.raises(SystemExit):
+        run_dup(["--config", str(path), "--dump-config", fmt])
+    assert capsys.readouterr().out == path.read_text()

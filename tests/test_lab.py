@@ -1,19 +1,27 @@
 """ptera.lab: the Learner's stages, callbacks, listeners, metrics, stats and LR finder."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import TensorDataset, random_split
+from torch.utils.data import Subset, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
 from ptera import SelectorError, probing
 from ptera.lab import (
+    STAGES,
     ActivationStats,
+    Callback,
+    CancelBackwardException,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelStepException,
     CheckpointCB,
     DataLoaders,
     Learner,
@@ -21,6 +29,15 @@ from ptera.lab import (
     ProgressCB,
     load_checkpoint,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: a second intra-op thread only adds contention on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -275,6 +292,8 @@ def test_bad_input_names_the_culprit():
     with pytest.raises(TypeError, match="is a class: pass an instance, MetricsCB"):
         Learner(nn.Linear(2, 1), tiny(), cbs=[MetricsCB])
     learn = Learner(nn.Linear(2, 1), tiny())
+    with pytest.raises(ValueError, match="start_epoch=3 and n_epochs=2"):
+        learn.fit(2, start_epoch=3)
     with pytest.raises(SelectorError, match="has no variable 'lossy'"):
         learn.on("one_batch > lossy")
     bad = DataLoaders([torch.randn(4, 2)], [])
@@ -307,3 +326,274 @@ def test_every_after_batch_runs_when_an_earlier_callback_cancels():
     )
     Learner(nn.Linear(2, 1), tiny(), cbs=[first, Recorder("b", log)]).fit(2)
     assert "b.after_batch" in log and log.count("a.before_batch") == 1  # b closed its batch too
+
+
+CANCELS = {
+    "fit": CancelFitException,
+    "epoch": CancelEpochException,
+    "batch": CancelBatchException,
+    "backward": CancelBackwardException,
+    "step": CancelStepException,
+}
+
+
+def test_every_listed_event_fires_in_a_plain_fit():
+    log = []
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Recorder("a", log)]).fit(1)
+    assert set(stages_of(log)) == {e for e in STAGES if not e.startswith("after_cancel_")}
+
+
+@pytest.mark.parametrize("stage", list(CANCELS))
+def test_each_stage_fires_its_cancel_after_and_cleanup_events(stage):
+    log = []
+    cb = Recorder("a", log, cancel=(f"before_{stage}", CANCELS[stage], lambda learn: True))
+    learn = Learner(nn.Linear(2, 1), tiny(), cbs=[cb])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.fit(1)
+    events = stages_of(log)
+    assert {f"after_cancel_{stage}", f"after_{stage}", f"cleanup_{stage}"} <= set(events)
+    # Each of these stages leads to the update: cancelling it always skips the update.
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+def test_a_misspelled_stage_method_is_an_error_naming_the_known_ones():
+    class Typo(Callback):
+        def after_batch(self, learn):
+            pass
+
+        def after_bach(self, learn):
+            pass
+
+    with pytest.raises(TypeError, match="has after_bach, which no stage fires; the stage methods"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[Typo()])
+    with pytest.raises(TypeError, match="before_fit, after_cancel_fit, after_fit, cleanup_fit"):
+        Learner(nn.Linear(2, 1), tiny()).add_cb(Typo())
+
+
+class Raises:
+    """A callback raising ``make()`` at each event listed in ``raises``."""
+
+    def __init__(self, raises):
+        self.raises = raises
+
+    def __getattr__(self, event):
+        if event not in STAGES:
+            raise AttributeError(event)
+
+        def method(learn):
+            if event in self.raises:
+                raise self.raises[event]()
+
+        return method
+
+
+class Boom(Exception):
+    pass
+
+
+def closing_error():
+    return ValueError("closing went wrong")
+
+
+@pytest.mark.parametrize(
+    "closing", ["after_batch", "cleanup_batch", "after_epoch", "cleanup_epoch", "after_fit"]
+)
+def test_a_closing_callback_error_does_not_hide_the_body_error(closing):
+    cb = Raises({"before_batch": Boom, closing: closing_error})
+    with pytest.raises(Boom) as info:
+        Learner(nn.Linear(2, 1), tiny(), cbs=[cb]).fit(1)
+    assert any("closing went wrong" in note for note in info.value.__notes__)
+
+
+def test_a_closing_callback_error_is_raised_when_the_body_succeeded():
+    with pytest.raises(ValueError, match="closing went wrong"):
+        Learner(nn.Linear(2, 1), tiny(), cbs=[Raises({"after_fit": closing_error})]).fit(1)
+
+
+@pytest.mark.parametrize(
+    "event, cancel",
+    [
+        ("after_batch", CancelBatchException),
+        ("cleanup_batch", CancelBatchException),
+        ("after_epoch", CancelEpochException),
+        ("cleanup_epoch", CancelBatchException),
+        ("after_step", CancelStepException),
+        ("cleanup_backward", CancelBackwardException),
+        ("after_fit", CancelFitException),
+        ("cleanup_fit", CancelFitException),
+        ("after_cancel_fit", CancelFitException),
+    ],
+)
+def test_a_cancel_raised_while_closing_does_not_escape_fit(event, cancel):
+    raises = {event: cancel}
+    if event.startswith("after_cancel_"):
+        raises["before_fit"] = CancelFitException
+    log = []
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Raises(raises), Recorder("a", log)]).fit(2)
+    assert stages_of(log)[-1] == "cleanup_fit"
+
+
+def test_a_cancel_of_an_enclosing_stage_raised_while_closing_still_cancels_it():
+    log = []
+    cb = Raises({"after_batch": CancelEpochException})
+    Learner(nn.Linear(2, 1), tiny(), cbs=[cb, Recorder("a", log)]).fit(2)
+    assert stages_of(log).count("before_batch") == 4  # one per epoch, train and valid
+
+
+def dropout_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+def adam_learner(cbs=()):
+    model, digits = dropout_mlp(), make_digits()
+    train, valid = (Subset(d.dataset, range(256)) for d in (digits.train, digits.valid))
+    dls = DataLoaders.from_datasets(train, valid, batch_size=32)
+    return Learner(
+        model, dls, nn.functional.cross_entropy, lr=1e-3, opt_func=torch.optim.Adam, cbs=cbs
+    )
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_two_plus_two_epochs_from_a_checkpoint_equal_four(tmp_path, valid):
+    # Dropout draws from torch's state, shuffling from the loader's generator,
+    # validation's loader from torch's state, Adam keeps moments: all must resume.
+    straight = adam_learner()
+    straight.fit(4, valid=valid)
+    after = torch.get_rng_state()
+    path = tmp_path / "ckpt.pt"
+    adam_learner(cbs=[CheckpointCB(path)]).fit(2, valid=valid)
+    torch.manual_seed(123)  # whatever happened in between
+    metrics = MetricsCB(print_epochs=False)
+    resumed = adam_learner(cbs=[metrics, CheckpointCB(path)])
+    epoch = load_checkpoint(resumed, path)
+    assert epoch == 1
+    resumed.fit(4, valid=valid, start_epoch=epoch + 1)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), after)
+    assert sorted({row["epoch"] for row in metrics.history}) == [2, 3]
+    assert torch.load(path, weights_only=True)["epoch"] == 3
+
+
+def test_lr_find_leaves_records_output_and_checkpoints_alone(digits, tmp_path, capsys):
+    metrics = MetricsCB(MulticlassAccuracy(num_classes=10))
+    path = tmp_path / "ckpt.pt"
+    cbs = [metrics, ProgressCB(), ActivationStats(), CheckpointCB(path)]
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, cbs=cbs)
+    learn.fit(1, train=False)
+    capsys.readouterr()
+    rows, results = list(metrics.history), learn.results
+    learn.lr_find(num_it=30)
+    assert capsys.readouterr().out == ""
+    assert metrics.history == rows and learn.results is results
+    assert not path.exists() and learn.cbs == cbs
+
+
+def test_plots_create_their_folder(digits, tmp_path):
+    stats = ActivationStats()
+    learn = Learner(mlp(), digits, nn.functional.cross_entropy, cbs=[stats])
+    finder = learn.lr_find(num_it=10)
+    learn.fit(1, valid=False)
+    assert finder.plot(tmp_path / "a" / "b" / "lr.png") == str(tmp_path / "a" / "b" / "lr.png")
+    paths = stats.plot(tmp_path / "c" / "d")
+    assert [os.path.dirname(p) for p in paths] == [str(tmp_path / "c" / "d")] * 2
+
+
+def test_activation_stats_report_dead_units_of_activations_only(digits, monkeypatch, tmp_path):
+    import matplotlib.figure
+
+    stats = ActivationStats()
+    Learner(mlp(), digits, nn.functional.cross_entropy, cbs=[stats]).fit(1)
+    train = stats.stats["train"]
+    assert {name: "dead" in s for name, s in train.items()} == {"0": False, "1": True, "2": False}
+    n = len(digits.train)
+    assert all(len(train[name][key]) == n for name in train for key in train[name])
+    assert len(stats.stats["eval"]["0"]["mean"]) == len(digits.valid)
+    assert 0 < min(train["1"]["dead"]) and max(train["1"]["dead"]) < 1
+    assert [stats.label(name) for name in train] == ["0 (Linear)", "1 (ReLU)", "2 (Linear)"]
+    axes = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        axes.extend((ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    stats.plot(tmp_path)
+    assert ("1 (ReLU)", "batch", "|activation|") in axes
+
+
+def test_metrics_and_activation_stats_read_the_device_per_epoch_not_per_batch(monkeypatch):
+    # On a GPU each .item(), .tolist() or .cpu() waits for the device: count ptera's.
+    import sys
+
+    lab = os.path.dirname(sys.modules["ptera.lab"].__file__)
+    reads = []
+    for name in ("item", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(lab):
+                reads.append(sys._getframe(1).f_code.co_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    digits = make_digits()
+    dls = DataLoaders.from_datasets(digits.train.dataset, digits.valid.dataset, batch_size=16)
+    stats = ActivationStats()
+    cbs = [MetricsCB(print_epochs=False), stats]
+    Learner(mlp(), dls, nn.functional.cross_entropy, cbs=cbs).fit(2)
+    monkeypatch.undo()
+    batches = 2 * (len(dls.train) + len(dls.valid))
+    # Per epoch and split: the loss; mean and std of 3 layers; the ReLU's dead fraction.
+    assert len(reads) == 4 * (1 + 2 * 3 + 1) < batches / 4
+    assert len(stats.stats["train"]["1"]["dead"]) == 2 * len(dls.train)
+
+
+ENCLOSING = {
+    "fit": ["fit"],
+    "epoch": ["fit", "epoch"],
+    "batch": ["fit", "epoch", "batch"],
+    "backward": ["fit", "epoch", "batch", "backward"],
+    "step": ["fit", "epoch", "batch", "step"],
+}
+
+
+@st.composite
+def cancels(draw):
+    """Cancels of a stage or of one enclosing it, raised from any event of that stage."""
+    out = {}
+    for event in draw(st.lists(st.sampled_from(STAGES), min_size=1, max_size=3, unique=True)):
+        stage = event.rsplit("_", 1)[1]
+        out[event] = (CANCELS[draw(st.sampled_from(ENCLOSING[stage]))], draw(st.integers(0, 3)))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(cancels())
+def test_whatever_is_cancelled_every_opened_stage_is_closed_once(plan):
+    log = []
+
+    class Canceller:
+        def __getattr__(self, event):
+            if event not in plan:
+                raise AttributeError(event)
+            exc, nth = plan[event]
+            calls = []
+
+            def method(learn):
+                calls.append(1)
+                if len(calls) == nth + 1:
+                    raise exc()
+
+            return method
+
+    recorder = Recorder("a", log, order=-1)  # sees each before_ event before any cancel
+    Learner(nn.Linear(2, 1), tiny(), cbs=[Canceller(), recorder]).fit(2)
+    events = stages_of(log)
+    for stage in CANCELS:
+        opened = events.count(f"before_{stage}")
+        assert events.count(f"after_{stage}") == events.count(f"cleanup_{stage}") == opened
+        assert events.count(f"after_cancel_{stage}") <= opened
+    assert events[-1] == "cleanup_fit"

@@ -4,6 +4,7 @@ import asyncio
 import gc
 import threading
 import tracemalloc
+import warnings
 
 import pytest
 
@@ -118,7 +119,7 @@ def gen(n):
         ("layer[2] > q", lambda: seq(1), [{"q": 4}]),
         ("seq > layer[$i] > q", lambda: seq(1), [{"i": i, "q": 2**i} for i in (1, 2, 3)]),
         ("gen > #yield", lambda: list(gen(3)), [{"#yield": v} for v in (0, 1, 4)]),
-        ("f > #loop_i", lambda: f(0), [{"#loop_i": i} for i in range(3)]),
+        ("f > #loop_i", lambda: f(0), [{"#loop_i": True} for i in range(3)]),
         ("f > #enter", lambda: f(0), [{"#enter": True}]),
         ("f{x, !#exit}", lambda: f(0), [{"x": 0, "#exit": True}]),
     ],
@@ -347,7 +348,8 @@ def test_probe_a_method_by_class_name_in_scope():
     c = Counter()
     with probing("Counter.bump > total").values() as a, probing("c.bump > total").values() as b:
         c.bump(1)
-    assert a == b == [{"total": 2}]
+    # Through the instance, only that instance's calls, with it as `self` (as in 1.4).
+    assert a == [{"total": 2}] and b == [{"self": c, "total": 2}]
 
 
 def test_env_resolves_names():
@@ -495,7 +497,10 @@ def test_an_activation_is_removed_once_whatever_the_order():
     from ptera.overlay import activate
 
     seen = []
-    rule = lambda: Immediate("f > a", trigger=seen.append).rule()  # noqa: E731
+    def trigger(caps):  # Immediate passes Capture objects, as in 1.4
+        seen.append({k: c.value for k, c in caps.items()})
+
+    rule = lambda: Immediate("f > a", trigger=trigger).rule()  # noqa: E731
     one, two = activate((rule(),)), activate((rule(),))
     one.remove()
     one.remove()  # idempotent: must not take away what `two` needs
@@ -524,3 +529,46 @@ def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):
     with pytest.raises(TypeError, match=message):
         call()
     assert active_rule_count() == 0
+
+
+# -- selectors that could match nothing say so ------------------------------------
+
+
+@tooled
+def comprehensions(xs):
+    doubled = [x * 2 for x in xs]
+    pairs = {k: v for k, v in zip(xs, doubled)}
+    last = [(seen := x) for x in xs]
+    return doubled, pairs, last, seen
+
+
+@pytest.mark.parametrize("name", ["x", "k", "v"])
+def test_a_comprehension_variable_is_an_error_with_the_reason(name):
+    with pytest.raises(SelectorError, match=f"'{name}' of 'comprehensions' lives only in a"):
+        probing(f"comprehensions > {name}")
+
+
+def test_what_a_comprehension_binds_in_the_function_is_a_point():
+    with probing("comprehensions > seen").values() as seen:
+        comprehensions([1, 2])
+    assert seen == [{"seen": 1}, {"seen": 2}]
+    assert "x" not in comprehensions.__ptera_info__
+
+
+def test_a_probe_around_a_thread_pool_warns_once(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ptera.probe
+
+    monkeypatch.setattr(ptera.probe, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="square ran in another thread.*global_probe"):
+        with probing("square > rval").values() as values:
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(square, range(3)))
+    assert values == []
+    with warnings.catch_warnings(record=True) as again:  # once: the second probe is silent
+        warnings.simplefilter("always")
+        with probing("square > rval"):
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(square, range(3)))
+    assert again == []

@@ -46,3 +46,30 @@ def test_unbounded_recurrence_and_errors():
         h["b"]
     with pytest.raises(ValueError, match="at least 1"):
         Recurrence(window=0)
+
+
+@pytest.mark.parametrize("error", [IndexError, KeyError, LookupError])
+@pytest.mark.parametrize("read", [lambda h: h[0], lambda h: h[99]])  # dropped, never set
+def test_a_missing_step_is_both_an_index_error_and_a_key_error(error, read):
+    h = Recurrence(2)
+    for i in range(4):
+        h[i] = i + 1
+    with pytest.raises(error):
+        read(h)
+
+
+def test_missing_step_message_is_a_plain_sentence():
+    with pytest.raises(IndexError) as info:
+        Recurrence(1)[3]
+    assert str(info.value) == "step 3 was never set (set: none)"
+
+
+@pytest.mark.parametrize(
+    "window, text",
+    [(2, "Recurrence(2, {2: 3, 3: 4})"), (None, "Recurrence({0: 1, 1: 2, 2: 3, 3: 4})")],
+)
+def test_window_is_positional_and_printed_so(window, text):
+    h = Recurrence(window)
+    for i in range(4):
+        h[i] = i + 1
+    assert repr(h) == text

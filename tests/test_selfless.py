@@ -10,7 +10,6 @@ from ptera import (
     BaseOverlay,
     ConflictError,
     Immediate,
-    Overlay,
     Override,
     PteraFunction,
     PteraNameError,
@@ -23,6 +22,7 @@ from ptera import (
     tweaking,
     using,
 )
+from ptera.effects import Overlay  # the composable one (ptera.Overlay is 1.4's)
 from ptera.overlay import active_rule_count
 
 

@@ -1,10 +1,13 @@
 """PyTorch: Grad, probing nn.Modules we did not write, and the seed's MLP snippets."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from ptera import Recurrence, probing, ptera
+from ptera import Recurrence, SelectorError, probing, ptera
 from ptera.torch import Grad
 from tests.torchmods import Block
 
@@ -258,3 +261,166 @@ def test_grad_inside_modules():
     y = net(x).pow(2).sum()
     assert gh.shape == h.shape == (5, 3) and torch.isfinite(gh).all()
     assert torch.allclose(res.value, y)
+
+
+# -- the parameters a stock module reads (`self.weight`) --------------------------
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
+    )
+
+
+@ptera
+def cnn_loss(model, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    return loss
+
+
+def test_grad_on_a_stock_cnn_matches_backward():
+    torch.manual_seed(0)
+    net = small_cnn()
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    with probing(Grad("cnn_loss{!!loss} >> $p:Parameter"), raw=True).values() as got:
+        cnn_loss(net, x, y)
+    cnn_loss(net, x, y).backward()
+    params = dict(net.named_parameters())
+    assert [d["p"].names[0] for d in got] == [n.split(".")[-1] for n in params]
+    for d, p in zip(got, params.values()):
+        value, grad = d["p"].value
+        assert value is p and torch.allclose(grad, p.grad)
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("Linear > weight", ["weight"]),
+        ("Linear > $p:Parameter", ["weight", "bias"]),
+        ("BatchNorm2d > $p:Parameter", ["weight", "bias"]),  # not the running_mean buffer
+        ("BatchNorm2d > running_mean", ["running_mean"]),
+        ("Linear{!input, weight}", ["input"]),
+    ],
+)
+def test_attributes_a_forward_reads_are_points(selector, expected):
+    net = small_cnn()
+    with probing(selector, raw=True).values() as got:
+        net(torch.randn(2, 1, 8, 8))
+    assert [n for d in got for c in d.values() for n in c.names if n in expected] == expected
+
+
+def test_tweaking_a_stock_modules_weight():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with probing("Linear > weight", overridable=True) as probe:
+        probe.override(lambda d: torch.zeros_like(d["weight"]))
+        out = lin(x)
+    assert torch.allclose(out, lin.bias.expand(4, 2))
+    assert not torch.allclose(lin(x), out)
+
+
+def test_an_attribute_a_forward_never_reads_is_named_in_the_error():
+    with pytest.raises(SelectorError, match=r"no variable 'weigth'.*self\.weight"):
+        probing("Linear > weigth")
+
+
+# -- picking one layer of a stock model -------------------------------------------
+
+
+class Tower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({"mlp": nn.Linear(3, 3)}) for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer["mlp"](x) + 1
+        return x
+
+
+ALL_TOWER = ["tower.layers.0.mlp", "tower.layers.1.mlp", "tower.layers.2.mlp"]
+
+
+@pytest.mark.parametrize(
+    "selector, env, which",
+    [
+        ("net.2 > input", None, ["net.2"]),
+        ("net.0(!input)", None, ["net.0"]),
+        ("tower.layers.1.mlp > input", None, ["tower.layers.1.mlp"]),
+        ("lin > input", "net.2", ["net.2"]),
+        ("lin.forward > input", "net.0", ["net.0"]),
+        ("tower >> Linear > input", None, ALL_TOWER),  # not the Linears of net
+    ],
+)
+def test_one_submodule_by_path_or_by_instance(selector, env, which):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))
+    tower = Tower()
+    scope = {"net": net, "tower": tower}
+    if env is not None:
+        scope["lin"] = net.get_submodule(env.split(".", 1)[1])
+    seen = []
+    hooks = [
+        scope[path.split(".")[0]]
+        .get_submodule(path.split(".", 1)[1])
+        .register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        for path in which
+    ]
+    with probing(selector, env=scope).values() as got:
+        tower(net(torch.randn(2, 4)))
+    for hook in hooks:
+        hook.remove()
+    assert len(got) == len(seen) == len(which)
+    assert all(torch.equal(g["input"], s) for g, s in zip(got, seen))
+
+
+def test_where_self_picks_one_module():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with probing("Linear(self) > #value as out") as probe:
+        outs = probe.where(self=net[2])["out"].accum()
+        net(torch.randn(5, 4))
+    assert [tuple(o.shape) for o in outs] == [(5, 2)]
+
+
+def test_a_key_on_a_function_nothing_keys_is_an_error():
+    # In a fresh process: a @tooled function with `h[k] = f(...)` anywhere (this test
+    # module has one) could key any call, and then the selector may match.
+    code = (
+        "import torch\n"
+        "from ptera import SelectorError, probing\n"
+        "try:\n"
+        "    probing('Linear[1] > input')\n"
+        "except SelectorError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "'Linear[...]' can never match" in out and "net.2 > input" in out
+
+
+@pytest.mark.parametrize("scope", ["env", "list in env", "class named"])
+def test_modules_below_a_scope_are_those_in_scope(scope):
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+
+    def grads(net):  # `net` is not in the caller's scope of `probing` below
+        selector = "cnn_loss{!!loss} >> $p:Parameter"
+        env = {"cnn_loss": cnn_loss}
+        if scope == "env":
+            env["model"] = net
+        elif scope == "list in env":
+            env["models"] = [net]
+        else:
+            selector = "cnn_loss{!!loss} >> Linear > $p:Parameter"
+        with probing(Grad(selector), env=env).values() as got:
+            cnn_loss(net, x, y)
+        return got
+
+    got = grads(small_cnn())
+    assert len(got) == (2 if scope == "class named" else 6)

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from ptera import PteraNameError, probing, tooled
+from ptera import PteraNameError, SelectorError, probing, tooled
 from ptera.transform import TransformError
 
 from . import programs
@@ -283,3 +283,82 @@ def _stores_then_drops(fail):
 def test_subscript_assignment_does_not_keep_its_value_alive(selector, fail):
     with probing(selector) if selector else contextlib.nullcontext():
         assert _stores_then_drops(fail)
+
+
+# -- where source comes from: notebook cells yes, strings no ----------------------
+
+NOTEBOOK_CELLS = [
+    """
+from ptera import probing, tooled
+
+def plain(x):
+    y = x + 1
+    return y
+
+@tooled
+def decorated(x):
+    z = x * 3
+    return z
+
+class Model:
+    def forward(self, x):
+        h = x - 1
+        return h
+""",
+    "unrelated = 1 + 1",  # another cell in between, as in a session
+    """
+with probing("plain > y; decorated > z; Model.forward > h").values() as seen:
+    plain(1), decorated(1), Model().forward(1)
+""",
+]
+
+
+@pytest.mark.parametrize("kernel_names", [False, True], ids=["ipython", "ipykernel"])
+def test_functions_defined_in_notebook_cells_instrument(kernel_names, monkeypatch):
+    shell_module = pytest.importorskip("IPython.core.interactiveshell")
+    shell = shell_module.InteractiveShell.instance()
+    if kernel_names:
+        # Jupyter's kernel names cells after a temporary file that is not on disk.
+        monkeypatch.setattr(
+            shell.compile,
+            "get_code_name",
+            lambda raw, code, number: f"/tmp/ipykernel_0/{abs(hash(code))}.py",
+        )
+    for cell in NOTEBOOK_CELLS:
+        result = shell.run_cell(cell)
+        assert result.error_in_exec is None and result.error_before_exec is None
+    assert shell.user_ns["seen"] == [{"y": 2}, {"z": 3}, {"h": 0}]
+
+
+def test_code_without_source_keeps_a_clear_error():
+    namespace = {}
+    exec("def from_a_string(x):\n    y = x + 1\n    return y\n", namespace)
+    with pytest.raises(SelectorError, match="defined in '<string>'.*`exec` of a string"):
+        probing("from_a_string > y", env=namespace)
+
+
+class Reads:
+    scale = 2
+
+    def method(self, x):
+        y = x * self.scale
+        return y
+
+    @staticmethod
+    def static(cfg):
+        y = cfg.scale
+        return y
+
+
+@pytest.mark.parametrize(
+    "selector, ok",
+    [("Reads.method > scale", True), ("Reads.static > scale", False)],
+)
+def test_self_attributes_are_points_only_in_methods(selector, ok):
+    if not ok:
+        with pytest.raises(SelectorError, match="has no variable 'scale'"):
+            probing(selector)
+        return
+    with probing(selector).values() as got:
+        Reads().method(3)
+    assert got == [{"scale": 2}]

@@ -1,35 +1,54 @@
 """Callbacks of the Learner: cancel exceptions, device, metrics, progress, checkpoints.
 
 A callback is any object with one or more stage methods (``before_fit``,
-``after_batch``, ...), each called with the learner, in ``order``.
+``after_batch``, ...), each called with the learner, in ``order``. ``STAGES``
+lists them all: ``before_``, ``after_cancel_``, ``after_`` and ``cleanup_`` of
+``fit``, ``epoch``, ``batch``, ``backward`` and ``step``.
 
 Decisions:
 
+* ``check_callback`` refuses a callback whose method looks like a stage method
+  but is none (``after_bach``): a typo would otherwise never run, silently.
+* Callbacks that record or write (metrics, progress, checkpoints, activation
+  statistics) set ``runs_in_lr_find = False``: the LR finder's throwaway run
+  must not show up in a run's records.
+
 * ``MetricsCB`` keeps separate copies of its torchmetrics metrics for train and
   valid, resets them each epoch, and weights the loss by batch size; its
-  ``history`` is one dict per epoch and split.
+  ``history`` is one dict per epoch and split. Metrics and the loss sum stay on
+  the predictions' device: numbers are read once per epoch, never per batch.
 * ``ProgressCB`` shows a rich bar with a live loss only on a terminal and when
-  ``CI`` is not set; otherwise it prints one line per epoch.
-* ``CheckpointCB`` writes model + optimizer + epoch to a temporary file and
-  renames it, so a crash never leaves half a checkpoint; ``load_checkpoint``
-  reads with ``weights_only=True``.
+  ``CI`` is not set (the loss read at most four times a second: each read syncs
+  the device); otherwise it prints one line per epoch.
+* ``CheckpointCB`` writes model, optimizer, epoch and random states at the end
+  of each epoch (after validation) through ``Learner.save`` (atomic);
+  ``load_checkpoint`` reads with ``weights_only=True`` and restores all of them,
+  so a resumed ``fit`` continues the run bit for bit.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import sys
+import time
 from typing import Any
 
 import torch
 
+from .checkpoints import read_checkpoint
+
 __all__ = [
     "STAGES",
+    "STAGE_NAMES",
     "Callback",
+    "CancelBackwardException",
     "CancelBatchException",
     "CancelEpochException",
     "CancelFitException",
+    "CancelStepException",
     "CheckpointCB",
     "DeviceCB",
     "MetricsCB",
@@ -38,11 +57,10 @@ __all__ = [
     "load_checkpoint",
 ]
 
-STAGES = tuple(
-    f"{when}_{stage}"
-    for stage in ("fit", "epoch", "batch", "backward", "step")
-    for when in ("before", "after", "after_cancel", "cleanup")
-)
+STAGE_NAMES = ("fit", "epoch", "batch", "backward", "step")
+WHENS = ("before", "after_cancel", "after", "cleanup")
+STAGES = tuple(f"{when}_{stage}" for stage in STAGE_NAMES for when in WHENS)
+_STAGE_LIKE = re.compile(r"(before|after|after_cancel|cleanup)_\w+")
 
 
 class CancelFitException(Exception):
@@ -57,22 +75,43 @@ class CancelBatchException(Exception):
     """Raised by a callback to skip the rest of the current batch."""
 
 
+class CancelBackwardException(Exception):
+    """Raised by a ``before_backward`` callback to skip the backward pass."""
+
+
+class CancelStepException(Exception):
+    """Raised by a ``before_step`` callback to skip the optimizer step."""
+
+
 class Callback:
-    """Base class for callbacks (optional: any object with stage methods works)."""
+    """Base class for callbacks (optional: any object with stage methods works).
+
+    ``order`` sorts callbacks (lowest first); ``runs_in_lr_find = False`` keeps a
+    callback out of ``Learner.lr_find`` (records, progress and checkpoints of a
+    throwaway run would mislead).
+    """
 
     order = 0
+    runs_in_lr_find = True
 
 
 def check_callback(cb: Any) -> Any:
-    """``cb`` itself if it has a stage method; a ``TypeError`` naming it otherwise."""
+    """``cb`` itself if it has a stage method and no misspelled one; a ``TypeError`` otherwise."""
     if isinstance(cb, type):
         raise TypeError(f"callback {cb.__name__} is a class: pass an instance, {cb.__name__}()")
-    if not any(callable(getattr(cb, s, None)) for s in STAGES):
+    known = ", ".join(STAGES)
+    unknown = [
+        name
+        for name in dir(cb)
+        if _STAGE_LIKE.fullmatch(name) and name not in STAGES and callable(getattr(cb, name))
+    ]
+    if unknown:
         raise TypeError(
-            f"callback {cb!r} has no stage method; define one of before_fit, after_fit,"
-            " before_epoch, after_epoch, before_batch, after_batch (and after_cancel_*,"
-            " cleanup_*, before/after_backward, before/after_step)"
+            f"callback {cb!r} has {', '.join(unknown)}, which no stage fires;"
+            f" the stage methods are {known}"
         )
+    if not any(callable(getattr(cb, s, None)) for s in STAGES):
+        raise TypeError(f"callback {cb!r} has no stage method; define one of {known}")
     return cb
 
 
@@ -103,44 +142,50 @@ class MetricsCB(Callback):
     """torchmetrics metrics and the batch-size-weighted loss, per epoch, train and valid apart."""
 
     order = 10
+    runs_in_lr_find = False
 
     def __init__(self, *metrics: Any, print_epochs: bool = True, **named: Any):
-        from torchmetrics.aggregation import MeanMetric
-
         for m in metrics:
             named[type(m).__name__.lower()] = m
         self.metrics = named
-        self.loss = MeanMetric()
-        self._split = {
-            True: (copy.deepcopy(named), copy.deepcopy(self.loss)),
-            False: (copy.deepcopy(named), copy.deepcopy(self.loss)),
-        }
+        self._split = {True: copy.deepcopy(named), False: copy.deepcopy(named)}
+        self._device: dict[bool, torch.device | None] = {True: None, False: None}
         self.print_epochs = print_epochs
         self.history: list[dict] = []
 
     def before_epoch(self, learn) -> None:
-        metrics, loss = self._split[learn.training]
-        for m in metrics.values():
+        self._metrics = self._split[learn.training]
+        for m in self._metrics.values():
             m.reset()
-        loss.reset()
+        self._loss_sum: torch.Tensor | None = None
+        self._count = 0
 
     def after_batch(self, learn) -> None:
-        if learn.loss is None:
+        loss = learn.loss
+        if loss is None:
             return
-        metrics, loss = self._split[learn.training]
-        _, yb = learn.split_batch(learn.batch)
-        preds = learn.preds.detach().cpu()
-        yb = yb.detach().cpu()
-        for m in metrics.values():
+        preds, yb = learn.preds.detach(), learn.batch[1]
+        if preds.device != self._device[learn.training]:  # accumulate where the preds are
+            self._device[learn.training] = preds.device
+            for m in self._metrics.values():
+                m.to(preds.device)
+        for m in self._metrics.values():
             m.update(preds, yb)
-        loss.update(learn.loss.detach().cpu(), weight=len(yb))
+        n = len(yb)
+        if self._loss_sum is None:
+            self._loss_sum = loss.detach().float() * n
+        else:
+            self._loss_sum.add_(loss.detach(), alpha=n)
+        self._count += n
 
     def after_epoch(self, learn) -> None:
-        metrics, loss = self._split[learn.training]
-        row = {"epoch": learn.epoch, "train": learn.training, "loss": loss.compute().item()}
-        for name, m in metrics.items():
-            value = m.compute()
-            row[name] = value.item() if value.numel() == 1 else value.tolist()
+        row = {"epoch": learn.epoch, "train": learn.training, "loss": math.nan}
+        if self._loss_sum is not None:  # else no batch ran (a cancelled epoch)
+            # The epoch's only syncs with the device: one per number in the row.
+            row["loss"] = (self._loss_sum / self._count).item()
+            for name, m in self._metrics.items():
+                value = m.compute()
+                row[name] = value.item() if value.numel() == 1 else value.tolist()
         self.history.append(row)
         if self.print_epochs and not any(isinstance(cb, ProgressCB) for cb in learn.cbs):
             print(format_row(row))
@@ -156,6 +201,7 @@ class ProgressCB(Callback):
     """A rich progress bar with the live loss (on a terminal, outside CI); epoch lines."""
 
     order = 20
+    runs_in_lr_find = False
 
     def __init__(self, live: bool | None = None):
         self.live = live
@@ -167,6 +213,7 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn) -> None:
         self.progress = None
+        self.shown = -math.inf
         if self._enabled():
             from rich.progress import Progress
 
@@ -182,12 +229,19 @@ class ProgressCB(Callback):
             )
 
     def after_batch(self, learn) -> None:
-        if self.progress is not None and learn.loss is not None:
-            self.progress.update(
-                self.task,
-                advance=1,
-                description=f"epoch {learn.epoch + 1} loss {learn.loss.item():.4f}",
-            )
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if learn.loss is None or now < self.shown + 0.25:
+            self.progress.advance(self.task)
+            return
+        # Reading the loss syncs the device: a few times a second, not every batch.
+        self.shown = now
+        self.progress.update(
+            self.task,
+            advance=1,
+            description=f"epoch {learn.epoch + 1} loss {learn.loss.item():.4f}",
+        )
 
     def after_epoch(self, learn) -> None:
         if self.progress is not None:
@@ -207,30 +261,32 @@ class ProgressCB(Callback):
 
 
 class CheckpointCB(Callback):
-    """Save model, optimizer and epoch after each training epoch, atomically."""
+    """Save model, optimizer, epoch and random states at the end of each epoch, atomically.
+
+    An epoch ends after its validation when ``fit`` validates, else after its
+    training; ``load_checkpoint`` then resumes exactly where the run stopped.
+    """
 
     order = 30
+    runs_in_lr_find = False
 
     def __init__(self, path: str | os.PathLike, every: int = 1):
         self.path, self.every = os.fspath(path), every
 
     def after_epoch(self, learn) -> None:
-        if learn.training and (learn.epoch + 1) % self.every == 0:
-            state = {
-                "model": learn.model.state_dict(),
-                "opt": learn.opt.state_dict(),
-                "epoch": learn.epoch,
-            }
-            tmp = self.path + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
+        # Saving before validation would miss the random draws validation makes.
+        ends_epoch = learn.phases and learn.training is learn.phases[-1]
+        if True in learn.phases and ends_epoch and (learn.epoch + 1) % self.every == 0:
+            learn.save(self.path)
 
 
 def load_checkpoint(learn, path: str | os.PathLike) -> int:
-    """Load a ``CheckpointCB`` file into ``learn`` (model and optimizer); returns its epoch."""
-    state = torch.load(os.fspath(path), weights_only=True)
-    learn.model.load_state_dict(state["model"])
-    if learn.opt is None:
-        learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
-    learn.opt.load_state_dict(state["opt"])
+    """Load a ``CheckpointCB`` file into ``learn`` to resume it; returns its epoch.
+
+    Model, optimizer (also for the next ``fit``) and random states (torch's,
+    Python's, NumPy's, the loaders' generators) are restored, so ``fit(2)``, then
+    ``load_checkpoint`` and ``fit(2)`` on a fresh learner, equals ``fit(4)``.
+    """
+    state = read_checkpoint(path)
+    learn._restore(state, with_opt=True, with_random=True)
     return state["epoch"]

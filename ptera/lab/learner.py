@@ -1,6 +1,7 @@
 """A Learner (fit / epoch / batch) whose stages are instrumented functions.
 
-``fit``, ``one_epoch`` and ``one_batch`` are ``@tooled`` methods, so ``one_batch > loss``,
+The bodies of the ``fit``, ``epoch`` and ``batch`` stages are the ``@tooled``
+functions ``fit``, ``one_epoch`` and ``one_batch``, so ``one_batch > loss``,
 ``fit > epoch`` or ``one_epoch(train=False) > loss`` are selectors, and so is anything
 inside the model (``Linear > input``). Callbacks come two ways, mixable: objects
 with stage methods (``before_fit`` ... ``after_batch``, called in ``order`` with the
@@ -8,10 +9,11 @@ learner), and selector listeners (``@learn.on("one_batch > loss")``).
 
 Decisions:
 
-* Each stage runs ``before_<stage>``, the body, ``after_cancel_<stage>`` if the
-  body raised ``Cancel<Stage>Exception``, then ``after_<stage>`` and
-  ``cleanup_<stage>``, both always (also when another error propagates), and
-  each for every callback even when one of them raises.
+* The stages run through ``run_stage`` (``stages.py``): ``before_<stage>``, the
+  body, ``after_cancel_<stage>`` on its cancel, then ``after_<stage>`` and
+  ``cleanup_<stage>``, always, for fit, epoch, batch, backward and step.
+* A stage's state (``training``, a cleared ``loss``) is set before its
+  ``before_`` event, so callbacks see the stage they are in.
 * Validation iterates the valid loader in eval mode under ``torch.no_grad()``.
 * Listener results are collected in ``learn.results`` (a ``Result``), by
   listener name, for the last ``fit``.
@@ -19,8 +21,9 @@ Decisions:
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,20 +35,11 @@ from ..overlay import caller_env
 from ..results import Result
 from ..selector import select
 from ..tooling import tooled
-from .callbacks import (
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-    check_callback,
-)
+from .callbacks import check_callback, to_device
+from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
+from .stages import Stages
 
-__all__ = ["DataLoaders", "Learner"]
-
-_CANCEL = {
-    "fit": CancelFitException,
-    "epoch": CancelEpochException,
-    "batch": CancelBatchException,
-}
+__all__ = ["DataLoaders", "Learner", "auto_loss"]
 
 
 class DataLoaders:
@@ -66,14 +60,37 @@ class DataLoaders:
         )
 
 
-class Learner:
-    """Train ``model`` on ``dls`` with ``loss_fn``; ``fit(n)`` runs the stages and callbacks."""
+def auto_loss(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The Learner's loss when none is given: ``cross_entropy`` for integer targets
+    (class indices), ``mse_loss`` for float targets of the predictions' shape."""
+    if targets.dtype.is_floating_point:
+        if preds.shape != targets.shape:
+            raise ValueError(
+                f"the Learner got no loss_fn: float targets mean mse_loss, but the"
+                f" predictions have shape {tuple(preds.shape)} and the targets"
+                f" {tuple(targets.shape)}; pass loss_fn= to say what to compute"
+            )
+        return torch.nn.functional.mse_loss(preds, targets)
+    if targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"the Learner got no loss_fn and targets of dtype {targets.dtype}: it chooses"
+            " cross_entropy for integer targets and mse_loss for float ones; pass loss_fn="
+        )
+    return torch.nn.functional.cross_entropy(preds, targets)
+
+
+class Learner(Stages):
+    """Train ``model`` on ``dls`` with ``loss_fn``; ``fit(n)`` runs the stages and callbacks.
+
+    Without ``loss_fn``, the loss follows the targets' dtype (``auto_loss``):
+    ``cross_entropy`` for class indices, ``mse_loss`` for float targets.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         dls: DataLoaders,
-        loss_fn: Callable = torch.nn.functional.mse_loss,
+        loss_fn: Callable | None = None,
         lr: float = 0.1,
         opt_func: Callable = torch.optim.SGD,
         cbs: tuple = (),
@@ -81,16 +98,19 @@ class Learner:
         self.model, self.dls, self.loss_fn, self.lr, self.opt_func = (
             model,
             dls,
-            loss_fn,
+            auto_loss if loss_fn is None else loss_fn,
             lr,
             opt_func,
         )
         self.cbs = [check_callback(cb) for cb in cbs]
-        self._methods_key: tuple = ()
-        self._methods_cache: dict[str, list] = {}
+        self._events_key: tuple = ()
+        self._events_cache: dict[str, tuple] = {}
         self.listeners = Overlay()
         self.results = Result()
         self.opt = None
+        self.grad_scaler: Any = None  # a torch.amp.GradScaler, set by MixedPrecision(float16)
+        self._opt_state: dict | None = None
+        self.phases: tuple[bool, ...] = ()
         self.training = False
         self.epoch = self.iter = 0
         self.batch = self.preds = self.loss = None
@@ -102,6 +122,7 @@ class Learner:
         return self
 
     def remove_cb(self, cb: Any) -> None:
+        """Remove a callback object added before."""
         self.cbs.remove(cb)
 
     def on(self, selector: str) -> Callable[[Callable], Callable]:
@@ -117,99 +138,69 @@ class Learner:
 
         return register
 
-    def callback(self, stage: str) -> None:
-        """Call ``stage`` on every callback that has it, in ``order``.
-
-        In ``after_*`` and ``cleanup_*`` stages every callback runs even if an
-        earlier one raised (a cancel included): the first exception is re-raised
-        at the end, so no callback misses the close of what it opened.
-        """
-        methods = self._methods(stage)
-        if not stage.startswith(("after_", "cleanup_")):
-            for method in methods:
-                method(self)
-            return
-        first = None
-        for method in methods:
-            try:
-                method(self)
-            except Exception as exc:
-                first = first or exc
-        if first is not None:
-            raise first
-
-    def _methods(self, stage: str) -> list:
-        # Stages fire ~10 times a batch: sort once per set of callbacks, not per call.
-        key = tuple(map(id, self.cbs))
-        if key != self._methods_key:
-            self._methods_key, self._methods_cache = key, {}
-        got = self._methods_cache.get(stage)
-        if got is None:
-            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
-            got = [m for m in (getattr(cb, stage, None) for cb in ordered) if m is not None]
-            self._methods_cache[stage] = got
-        return got
-
-    @contextmanager
-    def stage(self, name: str):
-        """after_cancel_/after_/cleanup_ callbacks around a stage body.
-
-        The body starts with ``self.callback("before_<name>")``, so that a cancel
-        raised there is handled like one raised later in the stage.
-        """
-        try:
-            try:
-                yield
-            except _CANCEL[name]:
-                self.callback(f"after_cancel_{name}")
-            finally:
-                self.callback(f"after_{name}")
-        finally:
-            self.callback(f"cleanup_{name}")
-
     # -- the stages ------------------------------------------------------------------
-    def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True) -> Learner:
-        """Train (and validate) for ``n_epochs``; returns ``self``.
+    def fit(
+        self, n_epochs: int = 1, train: bool = True, valid: bool = True, start_epoch: int = 0
+    ) -> Learner:
+        """Train (and validate) epochs ``start_epoch`` to ``n_epochs - 1``; returns ``self``.
 
-        The listeners are active for the whole call, so they see the loop itself
-        (``fit > epoch``), which runs in the instrumented function ``fit`` below.
+        ``start_epoch`` resumes a run: after ``epoch = load_checkpoint(learn, path)``,
+        ``fit(n, start_epoch=epoch + 1)`` numbers the epochs (and their checkpoints
+        and metrics rows) as the uninterrupted run would. The listeners are active
+        for the whole call, so they see the loop itself (``fit > epoch``), which runs
+        in the instrumented function ``fit`` below.
         """
+        if not 0 <= start_epoch <= n_epochs:
+            raise ValueError(
+                f"fit needs 0 <= start_epoch <= n_epochs, got start_epoch={start_epoch}"
+                f" and n_epochs={n_epochs}"
+            )
         self.n_epochs = n_epochs
+        self.phases = tuple(t for t, on in ((True, train), (False, valid)) if on)
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        if self._opt_state is not None:  # from `load`: the resumed run's optimizer
+            # A copy: optimizers keep loaded tensors and update them in place.
+            self.opt.load_state_dict(copy.deepcopy(self._opt_state))
+            self._opt_state = None
         with self.listeners as results:
             self.results = results
-            fit(self, n_epochs, train, valid)
+            self.run_stage("fit", fit, self, n_epochs, train, valid, start_epoch)
         return self
 
-    @tooled
-    def one_epoch(self, train: bool):
-        """One pass over the train (``train=True``) or valid loader."""
+    def fit_one_cycle(
+        self,
+        n_epochs: int,
+        lr_max: float | None = None,
+        train: bool = True,
+        valid: bool = True,
+        **kwargs: Any,
+    ) -> Learner:
+        """``fit`` under torch's ``OneCycleLR`` peaking at ``lr_max`` (default ``self.lr``).
+
+        ``kwargs`` go to ``OneCycleLR`` (``pct_start``, ``div_factor``, ...).
+        """
+        from .training import OneCycle
+
+        steps = n_epochs * len(self.dls.train) if train else 1
+        cycle = OneCycle(self.lr if lr_max is None else lr_max, steps, **kwargs)
+        self.add_cb(cycle)
+        try:
+            return self.fit(n_epochs, train, valid)
+        finally:
+            self.remove_cb(cycle)
+
+    def one_epoch(self, train: bool) -> Any:
+        """One pass over the train (``train=True``) or valid loader; its last loss."""
         self.training = train
         self.model.train(train)
-        loader = self.dls.train if train else self.dls.valid
         self.loss = None
-        with self.stage("epoch"):
-            self.callback("before_epoch")
-            for i, batch in enumerate(loader):
-                self.iter, self.batch = i, batch
-                loss = self.one_batch()  # noqa: F841 -- a point: `one_epoch > loss`
+        self.run_stage("epoch", one_epoch, self, train)
         return self.loss
 
-    @tooled
-    def one_batch(self):
-        """Predict, compute the loss and, when training, step the optimizer."""
+    def one_batch(self) -> Any:
+        """Predict, compute the loss and, when training, step the optimizer; the loss."""
         self.preds = self.loss = None
-        with self.stage("batch"):
-            self.callback("before_batch")
-            xb, yb = self.split_batch(self.batch)
-            preds = self.model(xb)
-            self.preds = preds
-            loss = self.loss_fn(preds, yb)
-            self.loss = loss
-            if self.training:
-                self.backward()
-                self.step()
-                self.zero_grad()
+        self.run_stage("batch", one_batch, self)
         return self.loss
 
     def split_batch(self, batch: Any) -> tuple[Any, Any]:
@@ -226,40 +217,149 @@ class Learner:
         return batch[0], batch[1]
 
     def backward(self) -> None:
-        self.callback("before_backward")
-        self.loss.backward()
-        self.callback("after_backward")
+        """The backward stage: ``loss.backward()``."""
+        self.run_stage("backward", self._backward)
+
+    def _backward(self) -> None:
+        if self.grad_scaler is None:
+            self.loss.backward()
+        else:
+            self.grad_scaler.scale(self.loss).backward()
 
     def step(self) -> None:
-        self.callback("before_step")
-        self.opt.step()
-        self.callback("after_step")
+        """The step stage: ``opt.step()``."""
+        self.run_stage("step", self._step)
+
+    def _step(self) -> None:
+        if self.grad_scaler is None:
+            self.opt.step()
+        else:
+            self.grad_scaler.step(self.opt)
+            self.grad_scaler.update()
 
     def zero_grad(self) -> None:
+        """Clear the gradients (after the step; not a stage)."""
         self.opt.zero_grad()
 
+    # -- predictions -------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def predict(self, xb: Any) -> Any:
+        """The model's output on the inputs ``xb`` (a batch), in eval mode, without grad."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(to_device(xb, self._device()))
+        finally:
+            self.model.train(was_training)
+
+    def get_preds(self, loader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predictions, targets)`` over ``loader`` (default: the valid loader), on the CPU.
+
+        A plain eval loop under ``no_grad``: no stage, callback or listener runs.
+        """
+        loader = self.dls.valid if loader is None else loader
+        preds, targets = [], []
+        for i, batch in enumerate(loader):
+            self.iter = i
+            xb, yb = self.split_batch(batch)
+            preds.append(self.predict(xb))
+            targets.append(yb)
+        if not preds:
+            raise ValueError("get_preds: the loader yielded no batch")
+        return torch.cat(preds).cpu(), torch.cat([torch.as_tensor(t) for t in targets]).cpu()
+
+    # -- saving -----------------------------------------------------------------------
+    def _loaders(self) -> dict[str, Any]:
+        return {"train": self.dls.train, "valid": self.dls.valid}
+
+    def save(self, path: str | os.PathLike, with_opt: bool = True) -> str:
+        """Write model, optimizer, epoch and random states to ``path`` (atomically)."""
+        state = {
+            "model": self.model.state_dict(),
+            "epoch": self.epoch,
+            "random": random_states(self._loaders()),
+        }
+        if with_opt and self.opt is not None:
+            state["opt"] = self.opt.state_dict()
+        return write_checkpoint(path, state)
+
+    def load(
+        self, path: str | os.PathLike, with_opt: bool = True, with_random: bool = False
+    ) -> Learner:
+        """Read a ``save`` or ``CheckpointCB`` file (``weights_only=True``) into this learner.
+
+        The optimizer state is also the one the next ``fit`` starts from.
+        ``with_random=True`` restores the random states too, so that a ``fit``
+        right after continues the saved run exactly (``load_checkpoint`` does this).
+        """
+        self._restore(read_checkpoint(path), with_opt, with_random)
+        return self
+
+    def _restore(self, state: dict, with_opt: bool, with_random: bool) -> None:
+        self.model.load_state_dict(state["model"])
+        if with_opt and "opt" in state:
+            if self.opt is None:
+                self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+            self.opt.load_state_dict(copy.deepcopy(state["opt"]))
+            self._opt_state = state["opt"]
+        if with_random and "random" in state:
+            set_random_states(state["random"], self._loaders())
+
     def lr_find(self, **kwargs) -> Any:
-        """Run an ``LRFinder`` (model and optimizer restored afterwards); returns it."""
+        """Run an ``LRFinder`` (model and optimizer restored afterwards); returns it.
+
+        Callbacks with ``runs_in_lr_find = False`` (metrics, progress, checkpoints,
+        activation statistics) sit it out, and ``results`` keeps the last ``fit``'s.
+        """
         from .lrfind import LRFinder
 
         finder = LRFinder(**kwargs)
-        self.add_cb(finder)
+        cbs, results, opt_state = self.cbs, self.results, self._opt_state
+        self.cbs = [cb for cb in cbs if getattr(cb, "runs_in_lr_find", True)] + [finder]
         try:
             self.fit(finder.max_epochs, valid=False)
         finally:
-            self.remove_cb(finder)
+            # A loaded optimizer state is still the one the next real fit starts from.
+            self.cbs, self.results, self._opt_state = cbs, results, opt_state
         return finder
 
 
 @tooled
-def fit(learn: Learner, n_epochs: int, train: bool = True, valid: bool = True) -> None:
-    """The fit stage: epochs of training and validation (``fit > epoch`` selects them)."""
-    with learn.stage("fit"):
-        learn.callback("before_fit")
-        for epoch in range(n_epochs):
-            learn.epoch = epoch
-            if train:
-                learn.one_epoch(True)
-            if valid:
-                with torch.no_grad():
-                    learn.one_epoch(False)
+def fit(
+    learn: Learner, n_epochs: int, train: bool = True, valid: bool = True, start_epoch: int = 0
+) -> None:
+    """The fit stage's body: epochs of training and validation (``fit > epoch``)."""
+    for epoch in range(start_epoch, n_epochs):
+        learn.epoch = epoch
+        if train:
+            learn.one_epoch(True)
+        if valid:
+            with torch.no_grad():
+                learn.one_epoch(False)
+
+
+@tooled
+def one_epoch(learn: Learner, train: bool) -> None:
+    """The epoch stage's body: every batch of a loader (``one_epoch(train=False) > loss``)."""
+    loader = learn.dls.train if train else learn.dls.valid
+    for i, batch in enumerate(loader):
+        learn.iter, learn.batch = i, batch
+        loss = learn.one_batch()  # noqa: F841 -- a point: `one_epoch > loss`
+
+
+@tooled
+def one_batch(learn: Learner) -> None:
+    """The batch stage's body (``one_batch > loss``, ``one_batch(xb) > preds``)."""
+    xb, yb = learn.split_batch(learn.batch)
+    preds = learn.model(xb)
+    learn.preds = preds
+    loss = learn.loss_fn(preds, yb)
+    learn.loss = loss
+    if learn.training:
+        learn.backward()
+        learn.step()
+        learn.zero_grad()

@@ -72,6 +72,7 @@ class LRFinder(Callback):
         return self.lrs[best] / 10
 
     def plot(self, path: str | os.PathLike = "lr_find.png") -> str:
+        """Write loss against lr (log scale) with the suggestion marked; returns the path."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -83,6 +84,9 @@ class LRFinder(Callback):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
+        folder = os.path.dirname(os.fspath(path))
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         fig.savefig(path)
         plt.close(fig)
         return os.fspath(path)

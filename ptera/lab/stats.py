@@ -2,9 +2,22 @@
 
 ``ActivationStats()`` probes the output (``#value``) of every leaf module class of
 the model (``Linear(self) > #value as out``, ``ReLU(self) > #value as out``, ...) or
-of any selector given, and records per layer and per batch the mean, the std, the
-dead fraction (share of values <= 0) and a histogram of absolute values (the
-"colorful dimension"), train and eval apart. ``plot`` writes PNGs.
+of any selector given, and records per layer and per batch the mean, the std, a
+histogram of absolute values (the "colorful dimension") and, for activation
+functions only, the dead fraction (share of values <= 0), train and eval apart.
+``plot`` writes PNGs.
+
+Decisions:
+
+* Layers are keyed by their module name (as ``named_modules`` spells it) and
+  labelled "name (Class)" in plots (``label``).
+* The dead fraction is recorded only for outputs of ``torch.nn`` activation
+  modules (``ReLU``, ``GELU``, ...): for a ``Linear`` output, a pre-activation,
+  values <= 0 mean nothing.
+* A record costs no device sync: the statistics of a batch stay tensors (on the
+  model's device) until the epoch ends or ``stats`` is read, and are then turned
+  into numbers with one ``.tolist()`` per layer and statistic. Probed values come
+  out of the model's graph; ``detach`` keeps the statistics out of autograd.
 """
 
 from __future__ import annotations
@@ -14,17 +27,29 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..probe import probing
 from .callbacks import Callback
 
 __all__ = ["ActivationStats"]
 
+_ACTIVATIONS = tuple(
+    cls
+    for cls in vars(nn.modules.activation).values()
+    if isinstance(cls, type)
+    and issubclass(cls, nn.Module)
+    and cls.__module__ == nn.modules.activation.__name__
+    and cls is not nn.MultiheadAttention
+)
+_SCALARS = ("mean", "std", "dead")
+
 
 class ActivationStats(Callback):
     """Per-layer activation statistics of every batch, collected with a probe."""
 
     order = 5
+    runs_in_lr_find = False
 
     def __init__(
         self, *selectors: str, bins: int = 40, hist_max: float = 10.0, env: dict | None = None
@@ -32,8 +57,16 @@ class ActivationStats(Callback):
         self.selectors = selectors
         self.bins, self.hist_max = bins, hist_max
         self.env = env or {}
-        self.stats: dict[str, dict[str, dict[str, list]]] = {}
+        self.classes: dict[str, str] = {}
+        self._stats: dict[str, dict[str, dict[str, list]]] = {}
+        self._pending: dict[bool, dict[str, dict[str, list]]] = {}
         self._probe = None
+
+    @property
+    def stats(self) -> dict[str, dict[str, dict[str, list]]]:
+        """``{"train" | "eval": {layer: {"mean", "std", "hist"[, "dead"]: [per batch]}}}``."""
+        self._flush()
+        return self._stats
 
     def _default_selectors(self, model: torch.nn.Module) -> tuple[list[str], dict]:
         classes = {}
@@ -44,8 +77,13 @@ class ActivationStats(Callback):
         return [f"_cls{i}(self) > #value as out" for i in range(len(classes))], env
 
     def before_fit(self, learn) -> None:
-        self.names = {id(m): name or type(m).__name__ for name, m in learn.model.named_modules()}
-        self.stats = {"train": defaultdict(_series), "eval": defaultdict(_series)}
+        self._layers = {
+            id(m): (name or type(m).__name__, isinstance(m, _ACTIVATIONS), type(m).__name__)
+            for name, m in learn.model.named_modules()
+        }
+        self._stats = {"train": defaultdict(_series), "eval": defaultdict(_series)}
+        self._pending = {True: defaultdict(_scalars), False: defaultdict(_scalars)}
+        self.classes = {}
         if self.selectors:
             selectors, env = list(self.selectors), self.env
         else:
@@ -55,27 +93,56 @@ class ActivationStats(Callback):
         probe = self._probe.__enter__()
         probe.subscribe(self._record)
 
+    def _layer(self, module: Any) -> tuple[str, bool, str]:
+        if module is None:
+            return "out", False, ""
+        cls = type(module).__name__
+        return self._layers.get(id(module)) or (cls, isinstance(module, _ACTIVATIONS), cls)
+
     def _record(self, data: dict) -> None:
         out = data.get("out")
         if not isinstance(out, torch.Tensor):
             return
-        module = data.get("self")
-        name = self.names.get(id(module), type(module).__name__) if module is not None else "out"
-        with torch.no_grad():
-            x = out.detach().float()
-            series = self.stats["train" if self._learn.training else "eval"][name]
-            series["mean"].append(x.mean().item())
-            series["std"].append(x.std().item() if x.numel() > 1 else 0.0)
-            series["dead"].append((x <= 0).float().mean().item())
-            series["hist"].append(x.abs().histc(self.bins, 0, self.hist_max).cpu())
+        name, activation, cls = self._layer(data.get("self"))
+        self.classes.setdefault(name, cls)
+        x = out.detach()
+        if x.dtype != torch.float32:
+            x = x.float()  # histc and a stable std want float32 (bf16 under autocast)
+        training = self._learn.training
+        pending = self._pending[training][name]
+        pending["mean"].append(x.mean())
+        pending["std"].append(x.std() if x.numel() > 1 else x.new_zeros(()))
+        if activation:
+            pending["dead"].append((x <= 0).float().mean())
+        series = self._stats["train" if training else "eval"][name]
+        series["hist"].append(x.abs().histc(self.bins, 0, self.hist_max))
+
+    def _flush(self) -> None:
+        for training, layers in self._pending.items():
+            stats = self._stats["train" if training else "eval"]
+            for name, scalars in layers.items():
+                for key, values in scalars.items():
+                    if values:
+                        stats[name].setdefault(key, []).extend(torch.stack(values).tolist())
+                        values.clear()
+
+    def after_epoch(self, learn) -> None:
+        self._flush()
 
     def cleanup_fit(self, learn) -> None:
+        self._flush()
         if self._probe is not None:
             probe, self._probe = self._probe, None
             probe.__exit__(None, None, None)
 
     def layers(self, split: str = "train") -> list[str]:
+        """The layers recorded in ``split``, by module name."""
         return list(self.stats.get(split, {}))
+
+    def label(self, name: str) -> str:
+        """A layer's name and class, as plots show it: ``"0 (Linear)"``."""
+        cls = self.classes.get(name, "")
+        return f"{name} ({cls})" if cls and cls != name else name
 
     def plot(self, directory: str | os.PathLike = ".", split: str = "train") -> list[str]:
         """Write means/stds, dead fractions and colorful-dimension PNGs; return their paths."""
@@ -84,29 +151,35 @@ class ActivationStats(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        os.makedirs(directory, exist_ok=True)
         stats = self.stats.get(split, {})
         if not stats:
             raise ValueError(f"no {split} statistics recorded: call fit with this callback first")
+        os.makedirs(directory, exist_ok=True)
         paths = []
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for name, s in stats.items():
-            axes[0].plot(s["mean"], label=name)
-            axes[1].plot(s["std"], label=name)
-            axes[2].plot(s["dead"], label=name)
-        for ax, title in zip(axes, ("mean", "std", "dead fraction (<= 0)")):
+            for ax, key in zip(axes, _SCALARS):
+                if key in s:
+                    ax.plot(s[key], label=self.label(name))
+        titles = ("mean", "std", "dead fraction (<= 0), activations only")
+        for ax, title in zip(axes, titles):
             ax.set_title(title)
             ax.set_xlabel("batch")
         axes[0].legend(fontsize="small")
+        if axes[2].lines:
+            axes[2].legend(fontsize="small")
         paths.append(os.path.join(directory, f"activations_{split}.png"))
         fig.savefig(paths[-1])
         plt.close(fig)
-        fig, axes = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3), squeeze=False)
+        fig, axes = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3.5), squeeze=False)
         for ax, (name, s) in zip(axes[0], stats.items()):
-            hist = torch.stack(s["hist"]).t().float().log1p().numpy()
-            ax.imshow(hist, origin="lower", aspect="auto")
-            ax.set_title(name)
-            ax.set_axis_off()
+            hist = torch.stack(s["hist"]).t().float().log1p().cpu().numpy()
+            extent = (0, hist.shape[1], 0, self.hist_max)
+            ax.imshow(hist, origin="lower", aspect="auto", extent=extent)
+            ax.set_title(self.label(name))
+            ax.set_xlabel("batch")
+            ax.set_ylabel("|activation|")
+        fig.tight_layout()
         paths.append(os.path.join(directory, f"colorful_dimension_{split}.png"))
         fig.savefig(paths[-1])
         plt.close(fig)
@@ -114,4 +187,8 @@ class ActivationStats(Callback):
 
 
 def _series() -> dict[str, list[Any]]:
-    return {"mean": [], "std": [], "dead": [], "hist": []}
+    return {"mean": [], "std": [], "hist": []}
+
+
+def _scalars() -> dict[str, list[torch.Tensor]]:
+    return {"mean": [], "std": [], "dead": []}

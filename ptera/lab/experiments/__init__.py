@@ -6,6 +6,7 @@ plans and checks every trial; ``run(n_epochs)`` trains what its SQLite store lac
 ``python -m ptera.lab.experiments run config.toml`` does the same from a file.
 """
 
+from .batched import BatchedExecutor
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor
 from .experiment import Experiment
 from .interventions import (
@@ -23,6 +24,7 @@ from .store import Store
 from .trial import TrialError
 
 __all__ = [
+    "BatchedExecutor",
     "ChangeOptimizer",
     "ChangeTrainLoader",
     "Experiment",

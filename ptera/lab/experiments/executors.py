@@ -14,16 +14,28 @@ Decisions:
   spawned elsewhere. A forked worker sets one thread before any torch operation,
   so it never enters a thread pool inherited from the parent. With spawn, a
   script that runs an experiment needs the usual ``if __name__ == "__main__":``.
+* Workers die with the parent, even after its ``kill -9`` (the kernel's
+  parent-death signal on Linux, a thread watching the parent's pid elsewhere):
+  no orphan keeps training into the store.
 * An executor is any object with ``run(setup, jobs, n_epochs, done)``: ``done(trial,
   epochs_trained)`` is called in this process as each trial ends.
 * The first failing trial stops the run: pending trials are cancelled, and its
   error (naming the trial) is raised. Finished epochs stay in the store.
+* An interrupt (Ctrl-C, SIGINT) stops a pool at once: pending trials are
+  cancelled and the workers terminated (they ignore SIGINT themselves, so a
+  terminal's Ctrl-C reaches only the parent's handling); epochs committed so far
+  stay, and the next run resumes from them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,6 +44,8 @@ from typing import Any
 from .trial import Setup, run_trial
 
 __all__ = ["Job", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -49,15 +63,15 @@ class SerialExecutor:
     """Run trials one after the other in this process (the default)."""
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
-        finished: list[tuple[str, int]] = []
+        queue: list[str] = []  # submitted trials, run one at a time as they are waited for
 
-        def submit(job: Job) -> str:  # runs the trial now; the job's id is its handle
-            finished.append((job.id, run_trial(setup, job.id, n_epochs)))
+        def submit(job: Job) -> str:
+            queue.append(job.id)
             return job.id
 
         def wait_any(handles: list) -> list:
-            out, finished[:] = finished[:], []
-            return out
+            trial = queue.pop(0)
+            return [(trial, run_trial(setup, trial, n_epochs))]
 
         return _dispatch(jobs, submit, wait_any, lambda handles: None, done)
 
@@ -103,11 +117,39 @@ def _setup_in_worker(key: str, payload: bytes) -> Setup:
     return setup
 
 
-def _install(key: str, payload: bytes) -> None:
+def _install(key: str, payload: bytes, parent: int) -> None:
     import torch
 
+    _die_with(parent)
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _setup_in_worker(key, payload)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies, even by ``kill -9``.
+
+    A forked worker inherits both ends of the pool's task pipe, so it never reads
+    EOF when the parent is gone: the kernel's parent-death signal (Linux) or a
+    thread watching the parent's pid (elsewhere) ends it instead.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ptera-parent-watch", daemon=True).start()
 
 
 def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -> int:
@@ -115,8 +157,6 @@ def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -
 
 
 def _start_method() -> str:
-    import sys
-
     import torch
 
     if sys.platform == "linux" and not torch.cuda.is_initialized():
@@ -150,22 +190,44 @@ class ProcessExecutor:
         setup.store.close()
         context = multiprocessing.get_context(_start_method())
         workers = min(self.processes, len(jobs))
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_install, initargs=(key, payload)
-        ) as pool:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_install, initargs=(key, payload, os.getpid())
+        )
 
-            def submit(job: Job) -> Any:
-                return pool.submit(_run_in_worker, key, None, job.id, n_epochs)
+        def submit(job: Job) -> Any:
+            return pool.submit(_run_in_worker, key, None, job.id, n_epochs)
 
-            def wait_any(futures: list) -> list:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                return [(f, f.result()) for f in done]
+        def wait_any(futures: list) -> list:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            return [(f, f.result()) for f in done]
 
-            def cancel(futures: list) -> None:
-                for f in futures:
-                    f.cancel()
+        def cancel(futures: list) -> None:
+            for f in futures:
+                f.cancel()
 
-            return _dispatch(jobs, submit, wait_any, cancel, done)
+        try:
+            results = _dispatch(jobs, submit, wait_any, cancel, done)
+        except KeyboardInterrupt:
+            _terminate(pool)
+            raise
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running trials finish
+            raise
+        pool.shutdown(wait=True)
+        return results
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: workers killed mid-epoch (committed epochs stay), pending cancelled."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(2)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor:
@@ -173,11 +235,22 @@ class RayExecutor:
 
     Connects to ``address`` (``ray.init`` arguments in ``init``), or starts a local
     Ray if none is running. On a cluster the store's folder must be shared by the
-    nodes (trials write their checkpoints and metrics there).
+    nodes (trials write their checkpoints and metrics there), unless
+    ``shared_filesystem=False``: then workers send each epoch to this process, the
+    store's only writer, and a trial whose worker died is resubmitted (``retries``
+    times) from its last committed epoch (``relay``).
     """
 
-    def __init__(self, address: str | None = None, num_cpus_per_trial: float = 1, **init: Any):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus_per_trial: float = 1,
+        shared_filesystem: bool = True,
+        retries: int = 2,
+        **init: Any,
+    ):
         self.address, self.cpus, self.init = address, num_cpus_per_trial, init
+        self.shared_filesystem, self.retries = shared_filesystem, retries
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
         try:
@@ -186,6 +259,10 @@ class RayExecutor:
             raise ModuleNotFoundError("RayExecutor needs Ray: pip install 'ptera[ray]'") from None
         if not ray.is_initialized():
             ray.init(address=self.address, **{"log_to_driver": False, **self.init})
+        if not self.shared_filesystem:
+            from .relay import run_relayed  # imports this module
+
+            return run_relayed(setup, jobs, n_epochs, done, self.cpus, self.retries)
         key, payload = _pickle(setup)
         ref = ray.put(payload)
         remote = ray.remote(num_cpus=self.cpus, max_retries=0)(_run_in_worker)
@@ -217,6 +294,10 @@ def make_executor(executor: Any, processes: int | None) -> Any:
         return ProcessExecutor(processes)
     if executor == "ray":
         return RayExecutor()
+    if executor == "batched":
+        from .batched import BatchedExecutor  # imports this module
+
+        return BatchedExecutor()
     if hasattr(executor, "run"):
         return executor
     raise ValueError(

@@ -16,6 +16,9 @@ Decisions:
   positions that run the same thing share one trial, and a trial finished by an
   earlier experiment in the same store is reused.
 * An intervention trial waits for its control, which its metrics may read.
+* ``run`` records the grid's layout and its target epochs in the store, so that
+  ``status`` (here or from the command line, without importing anything) counts a
+  trial done at the target it was last run to.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .interventions import (
     windows_text,
 )
 from .interventions import _short as short
+from .layout import results_frame, status_rows
 from .metrics import Metrics
 from .plotter import Plotter
 from .store import Store
@@ -49,7 +53,11 @@ __all__ = ["Experiment"]
 
 
 class Experiment:
-    """Trials of ``model`` on ``datasets`` for every variation x (control + interventions)."""
+    """Trials of ``model`` on ``datasets`` for every variation x (control + interventions).
+
+    ``name``: the key under which ``run`` records the grid and its target epochs in
+    the store (default: a hash of the trial ids), read back by ``status``.
+    """
 
     def __init__(
         self,
@@ -70,6 +78,7 @@ class Experiment:
         seed_weights: Any = 0,
         seed_shuffle: Any = 0,
         device: str | torch.device | None = None,
+        name: str | None = None,
     ):
         if datasets is not None and dataset is not None:
             raise TypeError("give datasets= or dataset=, not both")
@@ -77,8 +86,8 @@ class Experiment:
         if datasets is None or len(datasets) != 2:
             raise TypeError("Experiment needs datasets=(train_set, test_set)")
         self.train_set, self.test_set = datasets
-        for name, ds in (("train", self.train_set), ("test", self.test_set)):
-            _check_dataset(name, ds)
+        for split, ds in (("train", self.train_set), ("test", self.test_set)):
+            _check_dataset(split, ds)
         if isinstance(model, torch.nn.Module):
             check_resettable(model)
         elif not callable(model):
@@ -113,6 +122,8 @@ class Experiment:
             self.plans.setdefault(plan.id, plan)
         self._check()
         self.trained: list[str] = []
+        # The store records the layout and target of each experiment under its key.
+        self.key = name or "grid:" + trial_hash([p.id for p in self.grid])
 
     # -- planning -------------------------------------------------------------------
     def _plan(self, variations: list, interventions: list) -> list[TrialPlan]:
@@ -228,6 +239,7 @@ class Experiment:
             raise ValueError(f"n_epochs must be a non-negative int, got {n_epochs!r}")
         executor = make_executor(executor, processes)
         store = self.store
+        store.record_experiment(self.key, self.layout(), n_epochs)
         for plan in self.plans.values():
             store.register(plan.id, plan.config)
         epochs = store.epochs(self.plans)
@@ -249,29 +261,30 @@ class Experiment:
         return self.results()
 
     def status(self, n_epochs: int | None = None) -> list[dict]:
-        """One row per trial: id, labels, epochs done, and done / partial / pending / failed.
+        """One row per trial: id, labels, epochs done, and its state.
 
-        ``done`` means trained to ``n_epochs`` (default: at least one epoch).
+        The state is ``done`` (trained to ``n_epochs``; default: the epochs this
+        experiment was last run to, else 1), ``partial``, ``pending``, ``failed``
+        (an error, see the store), or ``diverged`` (a NaN or infinite metric: the
+        trial trains on, its numbers recorded as they are).
         """
-        epochs = self.store.epochs(self.plans)
-        errors = self.store.errors()
-        rows = []
-        for plan in self.plans.values():
-            done = epochs[plan.id]
-            target = 1 if n_epochs is None else n_epochs
-            state = "pending" if done < 0 else "done" if done >= target else "partial"
-            if state != "done" and plan.id in errors:
-                state = "failed"
-            rows.append(
-                {
-                    "trial": plan.id,
-                    "variation": _label(plan.variation),
-                    "condition": plan.label,
-                    "epochs": max(done, 0),
-                    "state": state,
-                }
-            )
-        return rows
+        if n_epochs is None:
+            recorded = self.store.experiment(self.key)
+            n_epochs = recorded[1] if recorded is not None else 1
+        return status_rows(self.store, self.layout(), n_epochs)
+
+    def layout(self) -> list[dict]:
+        """The grid as plain data (ids, labels, result cells), as ``run`` records it."""
+        return [
+            {
+                "trial": plan.id,
+                "variation": _label(plan.variation),
+                "condition": plan.label,
+                "variation_keys": list(plan.variation),
+                "cells": {k: _cell(v) for k, v in {**plan.variation, **plan.condition}.items()},
+            }
+            for plan in self.grid
+        ]
 
     # -- reading ---------------------------------------------------------------------
     def results(self) -> Any:
@@ -281,28 +294,7 @@ class Experiment:
         ``intervention`` and ``intervention.<parameter>``, ``epoch``, ``split``,
         ``metric``, ``value``.
         """
-        import pandas as pd
-
-        rows = self.store.metrics(self.plans)
-        by_trial: dict[str, list] = {}
-        for trial, epoch, split, name, value in rows:
-            by_trial.setdefault(trial, []).append((epoch, split, name, value))
-        params = _columns(self.grid)
-        records = []
-        for plan in self.grid:
-            info = {
-                "trial": plan.id,
-                "variation": _label(plan.variation),
-                "condition": plan.label,
-                **{c: None for c in params},
-                **{k: _cell(v) for k, v in {**plan.variation, **plan.condition}.items()},
-            }
-            for epoch, split, name, value in by_trial.get(plan.id, ()):
-                records.append(
-                    {**info, "epoch": epoch, "split": split, "metric": name, "value": value}
-                )
-        columns = ["trial", "variation", "condition", *params, "epoch", "split", "metric", "value"]
-        return pd.DataFrame.from_records(records, columns=columns)
+        return results_frame(self.store, self.layout())
 
     def plot(self, out_dir: str | os.PathLike | None = None) -> list[Path]:
         """One PNG per metric (``Plotter``); returns the paths written."""
@@ -330,7 +322,7 @@ class _Reporter:
             for _, epoch, split, name, value in self.exp.store.metrics([trial])
             if epoch == self.n_epochs and split == "test"
         }
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items()))
+        shown = ", ".join(f"{k} {_number(v)}" for k, v in sorted(last.items()))
         width = len(str(self.total))
         where = f" [{_label(plan.variation)}]" if plan.variation else ""
         print(
@@ -338,6 +330,10 @@ class _Reporter:
             f"  {plan.label}{where}: epoch {self.n_epochs}" + (f", test {shown}" if shown else ""),
             flush=True,
         )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)  # nan, inf as such
 
 
 def _items(axis: Any, settings: dict, where: str) -> list[Intervention]:
@@ -372,16 +368,6 @@ def _cell(value: Any) -> Any:
 
 def _label(params: dict) -> str:
     return ", ".join(f"{k}={_cell(v)}" for k, v in params.items()) or "base"
-
-
-def _columns(grid: list[TrialPlan]) -> list[str]:
-    cols: dict[str, None] = {}
-    for plan in grid:
-        cols.update(dict.fromkeys(plan.variation))
-    cols["intervention"] = None
-    for plan in grid:
-        cols.update(dict.fromkeys(k for k in plan.condition if k != "intervention"))
-    return list(cols)
 
 
 def _check_dataset(name: str, ds: Any) -> None:

@@ -497,9 +497,43 @@ def _name(obj: Any) -> str:
     return getattr(obj, "__name__", repr(obj))
 
 
+def registered_names() -> dict[str, Any]:
+    """Names a config may use without an import path: torch's optimizers and losses."""
+    import torch.nn.functional as F
+
+    names: dict[str, Any] = {
+        name: obj
+        for name, obj in vars(torch.optim).items()
+        if isinstance(obj, type)
+        and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+    }
+    for name in vars(F):
+        if name.endswith("_loss") or name in (
+            "cross_entropy",
+            "binary_cross_entropy",
+            "binary_cross_entropy_with_logits",
+        ):
+            names[name] = getattr(F, name)
+    return names
+
+
 def import_object(path: str) -> Any:
-    """``"torch.optim.Adam"`` or ``"pkg.mod:Name"`` -> the object."""
-    module, _, attr = path.rpartition(":") if ":" in path else path.rpartition(".")
+    """A registered name (``"Adam"``, ``"cross_entropy"``) or ``"package.module:attr"``.
+
+    Nothing else is resolved: a config names code only by an explicit import path.
+    """
+    if not isinstance(path, str):
+        raise ValueError(f"expected an import path such as 'package.module:Name', got {path!r}")
+    registered = registered_names()
+    if path in registered:
+        return registered[path]
+    module, colon, attr = path.partition(":")
+    if not colon or not module or not attr:
+        raise ValueError(
+            f"cannot resolve {path!r}: write an import path 'package.module:attr'"
+            f" or a registered name ({', '.join(sorted(registered)[:6])}, ...)"
+        )
     try:
         obj = importlib.import_module(module)
         for part in attr.split("."):

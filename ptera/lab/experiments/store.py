@@ -8,24 +8,40 @@ Decisions:
   written in ONE transaction, after the checkpoint file is in place (written to a
   temporary name and renamed), so a crash at any point loses at most the epoch
   in progress and never leaves a metric without its checkpoint.
+* Each checkpoint holds its trial's id and epoch, and its row the SHA-256 of its
+  bytes: a damaged, truncated or swapped file is a ``CheckpointError`` naming it,
+  never weights loaded silently (the trial then resumes from its last good
+  epoch, see ``trial.py``). Temporary files of writes cut short are removed
+  when the trial next runs.
 * Checkpoint paths are stored relative to the store's folder: the folder can move.
+* A diverged metric is stored as what it is: infinities as SQLite's infinite
+  REALs, NaN (which SQLite would turn into NULL, a missing value) as the text
+  ``'nan'``, read back as ``float('nan')``.
+* One process trains a trial at a time: it takes the trial's lease (a row with
+  its host, pid and heartbeat, written in a transaction) and keeps it fresh
+  while it trains; another process waits for it, and takes over a lease whose
+  holder died (its pid is gone, or its heartbeat stopped for a minute).
 * Every process opens its own connection; WAL and a busy timeout let workers of
   one experiment commit side by side.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Store"]
+__all__ = ["Checkpoint", "CheckpointError", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -47,9 +63,32 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     trial TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     path TEXT NOT NULL,
+    sha256 TEXT,
     PRIMARY KEY (trial, epoch)
+);CREATE TABLE IF NOT EXISTS leases (
+    trial TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    key TEXT PRIMARY KEY,
+    layout TEXT NOT NULL,
+    n_epochs INTEGER NOT NULL,
+    updated REAL
 );
 """
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, or not the trial's and epoch's."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file written for an epoch, and the SHA-256 of its bytes."""
+
+    path: Path
+    sha256: str
 
 
 class Store:
@@ -57,7 +96,6 @@ class Store:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.path.with_name(self.path.stem + ".checkpoints")
         self._db: sqlite3.Connection | None = None
         self._pid = -1
@@ -65,11 +103,15 @@ class Store:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():  # never share a connection across fork
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
+                if "sha256" not in columns:  # a store written before checksums
+                    db.execute("ALTER TABLE checkpoints ADD COLUMN sha256 TEXT")
             except sqlite3.DatabaseError as exc:
                 raise ValueError(f"{self.path} is not a usable experiment store: {exc}") from None
             self._db, self._pid = db, os.getpid()
@@ -82,6 +124,29 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> Store:
+        """The store at ``path``; ``FileNotFoundError`` (creating nothing) if there is none."""
+        store = cls(path)
+        if not store.path.is_file():
+            raise FileNotFoundError(f"{store.path}: no such store (nothing has run yet)")
+        return store
+
+    # -- experiments -------------------------------------------------------------
+    def record_experiment(self, key: str, layout: list[dict], n_epochs: int) -> None:
+        """Remember an experiment's grid and the epochs it is being run to."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
+            (key, json.dumps(layout), n_epochs, time.time()),
+        )
+
+    def experiment(self, key: str) -> tuple[list[dict], int] | None:
+        """The layout and target epochs recorded under ``key`` (``None``: never run)."""
+        row = self.db.execute(
+            "SELECT layout, n_epochs FROM experiments WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1])
 
     # -- trials ------------------------------------------------------------------
     def register(self, trial: str, config: dict) -> None:
@@ -106,29 +171,121 @@ class Store:
             "UPDATE trials SET error = ?, updated = ? WHERE id = ?", (error, time.time(), trial)
         )
 
+    # -- leases: one process trains a trial at a time -------------------------------
+    def claim(self, trial: str) -> bool:
+        """Take ``trial``'s lease unless a live process holds it (in one transaction).
+
+        A holder is dead when its heartbeat is older than ``LEASE_STALE`` seconds,
+        or, on this machine, when its process is gone.
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT owner, heartbeat FROM leases WHERE trial = ?", (trial,))
+            held = row.fetchone()
+            if held is not None and held[0] != _owner() and _holder_alive(*held):
+                db.execute("ROLLBACK")
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (trial, _owner(), time.time())
+            )
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def heartbeat(self, trial: str) -> None:
+        """Tell other processes that this one still trains ``trial``."""
+        self.db.execute(
+            "UPDATE leases SET heartbeat = ? WHERE trial = ? AND owner = ?",
+            (time.time(), trial, _owner()),
+        )
+
+    def release(self, trial: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE trial = ? AND owner = ?", (trial, _owner()))
+
     # -- epochs -----------------------------------------------------------------
     def checkpoint_path(self, trial: str, epoch: int) -> Path:
         return self.checkpoints / trial / f"epoch-{epoch}.pt"
 
-    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Path:
-        """Write ``state`` atomically (temporary file, then rename)."""
+    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Checkpoint:
+        """Write ``state`` atomically (temporary file, then rename); returns its checksum."""
         path = self.checkpoint_path(trial, epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
-        return path
+        return Checkpoint(path, hashlib.sha256(data).hexdigest())
 
     def load_checkpoint(self, trial: str, epoch: int) -> dict:
+        """The state of ``trial`` at ``epoch``, verified (``CheckpointError`` if damaged).
+
+        The file must have the checksum recorded when it was committed, and hold
+        this trial's id and this epoch.
+        """
         row = self.db.execute(
-            "SELECT path FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
+            "SELECT path, sha256 FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
         ).fetchone()
         if row is None:
             raise FileNotFoundError(f"trial {trial} has no checkpoint for epoch {epoch}")
-        return torch.load(self.path.parent / row[0], weights_only=True, map_location="cpu")
+        path = self.path.parent / row[0]
+
+        def bad(why: str) -> CheckpointError:
+            return CheckpointError(f"checkpoint {path} (trial {trial}, epoch {epoch}) {why}")
+
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise bad(f"cannot be read: {exc.strerror or exc}") from None
+        if row[1] is not None and hashlib.sha256(data).hexdigest() != row[1]:
+            raise bad("does not match its checksum (damaged, truncated or replaced)")
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise bad(f"cannot be loaded: {exc}") from None
+        if not isinstance(state, dict) or state.get("epoch") != epoch:
+            raise bad("holds another epoch")
+        if state.get("trial", trial) != trial:
+            raise bad(f"belongs to trial {state['trial']}")
+        return state
+
+    def rollback(self, trial: str, epoch: int) -> None:
+        """Forget what ``trial`` committed after ``epoch`` (-1: everything)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM metrics WHERE trial = ? AND epoch > ?", (trial, epoch))
+            db.execute("DELETE FROM checkpoints WHERE trial = ? AND epoch > ?", (trial, epoch))
+            db.execute(
+                "UPDATE trials SET epochs = ?, updated = ? WHERE id = ?",
+                (epoch, time.time(), trial),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def remove_leftovers(self, trial: str) -> list[Path]:
+        """Delete temporary files of checkpoint writes whose process has died."""
+        removed = []
+        for tmp in (self.checkpoints / trial).glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _running(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
 
     def commit_epoch(
-        self, trial: str, epoch: int, metrics: dict[tuple[str, str], float], checkpoint: Path | None
+        self,
+        trial: str,
+        epoch: int,
+        metrics: dict[tuple[str, str], float],
+        checkpoint: Checkpoint | None,
     ) -> None:
         """Metrics of ``epoch``, its checkpoint and the trial's progress, in one transaction."""
         db = self.db
@@ -136,12 +293,16 @@ class Store:
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                [(trial, epoch, split, name, value) for (split, name), value in metrics.items()],
+                [
+                    (trial, epoch, split, name, _stored(value))
+                    for (split, name), value in metrics.items()
+                ],
             )
             if checkpoint is not None:
-                rel = os.path.relpath(checkpoint, self.path.parent)
+                rel = os.path.relpath(checkpoint.path, self.path.parent)
                 db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (trial, epoch, rel)
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
+                    (trial, epoch, rel, checkpoint.sha256),
                 )
                 db.execute(
                     "UPDATE trials SET epochs = MAX(epochs, ?), updated = ?, error = NULL"
@@ -152,6 +313,14 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def diverged(self) -> set[str]:
+        """Trials with a NaN or infinite metric value at some epoch."""
+        rows = self.db.execute(
+            "SELECT DISTINCT trial FROM metrics"
+            " WHERE typeof(value) = 'text' OR abs(value) > 1.7976931348623157e308"
+        )
+        return {t for (t,) in rows}
 
     def metric_names(self, trial: str) -> dict[int, set[tuple[str, str]]]:
         out: dict[int, set] = {}
@@ -168,9 +337,49 @@ class Store:
         for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            out += self.db.execute(
-                f"SELECT trial, epoch, split, name, value FROM metrics WHERE trial IN ({marks})"
-                " ORDER BY trial, epoch, split, name",
-                chunk,
-            ).fetchall()
+            out += [
+                (t, e, s, n, _loaded(v))
+                for t, e, s, n, v in self.db.execute(
+                    f"SELECT trial, epoch, split, name, value FROM metrics WHERE trial IN ({marks})"
+                    " ORDER BY trial, epoch, split, name",
+                    chunk,
+                )
+            ]
         return out
+
+
+def _owner() -> str:
+    """This process as a lease holder (computed each time: a forked worker is another)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+LEASE_STALE = 60.0  # seconds without a heartbeat after which a lease is free
+HEARTBEAT = 5.0  # seconds between heartbeats
+
+
+def _holder_alive(owner: str, heartbeat: float) -> bool:
+    if time.time() - heartbeat > LEASE_STALE:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return _running(int(pid))
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _stored(value: float) -> float | str:
+    # SQLite turns a NaN into NULL (a missing value): keep it as the text 'nan'.
+    return "nan" if value != value else value
+
+
+def _loaded(value: Any) -> float:
+    return float(value) if isinstance(value, str) else value

@@ -15,6 +15,9 @@ Decisions:
 * With ``device=``, weights are drawn on the CPU and moved, batches are moved by
   the Learner's ``DeviceCB``, checkpoints load onto the CPU first. Bit-for-bit
   reproducibility is a CPU promise; a trial on another device is another trial.
+* A trial resumes from its last committed epoch whose checkpoint verifies
+  (checksum, trial id, epoch); a damaged one is a warning naming the file, and
+  the epochs after the last good one are trained again.
 * The training loop is the ``Learner``; the trial adds one callback (seeds, step
   windows, running metrics, the commit of each epoch) and, around the whole run,
   the overlays of its ``Tweak`` interventions.
@@ -23,7 +26,10 @@ Decisions:
 from __future__ import annotations
 
 import copy
+import threading
+import time
 import traceback
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +48,7 @@ from ..learner import DataLoaders, Learner
 from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
-from .store import Store
+from .store import HEARTBEAT, CheckpointError, Store
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -205,13 +211,14 @@ def commit(setup: Setup, run: TrialRun, epoch: int, results: dict) -> None:
     run.model.eval()
     results.update(measure(setup, plan, epoch, run.model))
     state = {
+        "trial": plan.id,
         "model": run.model.state_dict(),
         "opt": run.learn.opt.state_dict() if run.learn and run.learn.opt else None,
         "epoch": epoch,
         "step": run.step,
     }
-    path = setup.store.save_checkpoint(plan.id, epoch, state)
-    setup.store.commit_epoch(plan.id, epoch, results, path)
+    saved = setup.store.save_checkpoint(plan.id, epoch, state)
+    setup.store.commit_epoch(plan.id, epoch, results, saved)
 
 
 def measure(
@@ -280,35 +287,66 @@ def isolated(device: str):
 
 
 def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
-    """Bring ``trial`` to ``n_epochs`` trained epochs; returns how many it trained now."""
+    """Bring ``trial`` to ``n_epochs`` trained epochs; returns how many it trained now.
+
+    Holds the trial's lease in the store meanwhile: a trial another live process
+    is training is waited for, then found done.
+    """
     plan = setup.plans[trial]
     store = setup.store
-    done = store.epochs([trial])[trial]
+    with _lease(store, trial):
+        done = store.epochs([trial])[trial]
+        try:
+            if done >= n_epochs:
+                backfill(setup, plan, done)
+                return 0
+            with isolated(setup.device), ExitStack() as stack:
+                for e in plan.effects:
+                    overlay = e.overlay() if e.when is None else None
+                    if overlay is not None:
+                        stack.enter_context(overlay)
+                return _train(setup, plan, done, n_epochs)
+        except Exception as exc:
+            store.fail(trial, traceback.format_exc())
+            at = store.epochs([trial])[trial] + 1
+            raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
+
+
+@contextmanager
+def _lease(store: Store, trial: str):
+    """Wait for ``trial``'s lease, keep it fresh from a thread, release it at the end."""
+    while not store.claim(trial):
+        time.sleep(0.5)
+    stop = threading.Event()
+
+    def beat() -> None:
+        own = Store(store.path)  # a connection of this thread's own
+        try:
+            while not stop.wait(HEARTBEAT):
+                own.heartbeat(trial)
+        finally:
+            own.close()
+
+    thread = threading.Thread(target=beat, name=f"ptera-lease-{trial}", daemon=True)
+    thread.start()
     try:
-        if done >= n_epochs:
-            backfill(setup, plan, done)
-            return 0
-        with isolated(setup.device), ExitStack() as stack:
-            for e in plan.effects:
-                overlay = e.overlay() if e.when is None else None
-                if overlay is not None:
-                    stack.enter_context(overlay)
-            _train(setup, plan, done, n_epochs)
-        return n_epochs - max(done, 0)
-    except Exception as exc:
-        store.fail(trial, traceback.format_exc())
-        at = store.epochs([trial])[trial] + 1
-        raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        store.release(trial)
 
 
-def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
+def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
     s = plan.settings
     # Drawn on the CPU, then moved: the same initial weights on every device.
     model = build_model(setup.model, derive_seed("weights", s["seed_weights"])).to(setup.device)
     run = TrialRun(plan, model)
     opt_state = None
-    if done >= 0:
-        state = setup.store.load_checkpoint(plan.id, done)
+    setup.store.remove_leftovers(plan.id)
+    done, state = _resume_point(setup.store, plan, done)
+    trained = n_epochs - max(done, 0)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt_state, run.step = state["opt"], state["step"]
     else:
@@ -339,6 +377,29 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> None:
         cbs=[cb, DeviceCB(setup.device)],
     )
     run.learn.fit(n_epochs - done)
+    return trained
+
+
+def _resume_point(store: Store, plan: TrialPlan, done: int) -> tuple[int, dict | None]:
+    """The last epoch whose checkpoint verifies, and its state (-1, None: start over).
+
+    A damaged checkpoint is reported (a warning naming the file) and the trial
+    falls back to the epoch before it, forgetting what came after: retrained
+    epochs come out the same, bit for bit, as per-epoch seeding makes them.
+    """
+    for epoch in range(done, -1, -1):
+        try:
+            state = store.load_checkpoint(plan.id, epoch)
+        except (CheckpointError, FileNotFoundError) as exc:
+            then = f"resuming from epoch {epoch - 1}" if epoch else "retraining from scratch"
+            warnings.warn(f"{exc}; {then}", RuntimeWarning, stacklevel=2)
+            continue
+        if epoch < done:
+            store.rollback(plan.id, epoch)
+        return epoch, state
+    if done >= 0:
+        store.rollback(plan.id, -1)
+    return -1, None
 
 
 def backfill(setup: Setup, plan: TrialPlan, done: int) -> None:

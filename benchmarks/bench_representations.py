@@ -1,0 +1,112 @@
+"""The cost of representation measurements on scikit-learn's digits.
+
+1. A small CNN (LeNet-5) trained by the Learner with ``Saturation`` on (every
+   Conv2d and Linear output, train and eval passes) vs the same Learner without it;
+   at the digits' 8x8 and upscaled to 16x16 (4x the channelwise rows). Target:
+   <= 1.10x.
+2. Extraction of every layer's latents (train and eval) and one probe per layer,
+   from a cold cache, for that 5-layer net: target < 30 s on 2 cores.
+"""
+
+import os
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from timing import interleave, report
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ptera.lab import DataLoaders, Learner, Saturation
+from ptera.lab.data import digits
+from ptera.lab.models import Lenet5
+from ptera.lab.representations import extract_latents, train_probes
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+EPOCHS = 2
+CPU = os.environ.get("BENCH_CLOCK", "cpu") == "cpu"  # BENCH_CLOCK=wall for wall time
+
+
+def upscale(ds, size):
+    x, y = ds.tensors
+    return TensorDataset(F.interpolate(x, size=(size, size), mode="bilinear"), y)
+
+
+class ProbesOnly(Saturation):
+    """The same probes, delivering each output to nothing: the price of the probes alone."""
+
+    def _record(self, name, out):
+        pass
+
+
+def fit(train, test, size, saturation):
+    torch.manual_seed(0)
+    cbs = [saturation()] if saturation else []
+    dls = DataLoaders.from_datasets(train, test, batch_size=64)
+    learn = Learner(Lenet5(size), dls, nn.functional.cross_entropy, lr=1e-2,
+                    opt_func=torch.optim.Adam, cbs=cbs)  # fmt: skip
+    learn.fit(EPOCHS)
+
+
+def interleave_cpu(cases, rounds):
+    """As ``timing.interleave``, in CPU seconds of this process: on a 2-core machine
+    shared with other jobs, wall time mostly measures the neighbours."""
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    return times
+
+
+def main():
+    torch.set_num_threads(1)
+    train, test = digits()
+    for size in (8, 16):
+        tr, te = (train, test) if size == 8 else (upscale(train, size), upscale(test, size))
+        times = (interleave_cpu if CPU else interleave)(
+            {
+                "Learner": lambda tr=tr, te=te, size=size: fit(tr, te, size, None),
+                "Learner + probes only": lambda tr=tr, te=te, size=size: fit(
+                    tr, te, size, ProbesOnly
+                ),
+                "Learner + Saturation": lambda tr=tr, te=te, size=size: fit(
+                    tr, te, size, Saturation
+                ),
+            },
+            ROUNDS,
+        )
+        report(
+            f"LeNet-5 on {size}x{size} digits, {EPOCHS} epochs, {ROUNDS} rounds"
+            f" ({'CPU' if CPU else 'wall'} time, one thread)",
+            times,
+            "Learner",
+            {"Learner + Saturation": "<= 1.10"},
+        )
+        print()
+
+    torch.manual_seed(0)
+    model = Lenet5(8)
+    dls = DataLoaders.from_datasets(train, test, batch_size=64)
+    Learner(model, dls, nn.functional.cross_entropy, lr=1e-2, opt_func=torch.optim.Adam).fit(2)
+    for n_jobs in (None, 2):
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            extract_latents(model, train, folder, split="train")
+            extract_latents(model, test, folder, split="eval")
+            extracted = time.perf_counter() - start
+            probes = train_probes(folder, n_jobs=n_jobs)
+            total = time.perf_counter() - start
+        print(
+            f"extraction + probes, 5 layers, n_jobs={n_jobs}: {total:.1f} s"
+            f" (extraction {extracted:.1f} s; target < 30 s);"
+            f" probe eval accuracy {probes.eval_accuracy.min():.3f}..{probes.eval_accuracy.max():.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

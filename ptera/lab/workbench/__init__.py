@@ -1,0 +1,18 @@
+"""The workbench: neuron statistics, surgery, per-neuron rates and sample tables on any model."""
+
+from .layers import Layer, operable_layers
+from .neurons import NeuronStats
+from .rates import NeuronRates
+from .routes import SurgeryError
+from .samples import SampleTable
+from .workbench import Workbench
+
+__all__ = [
+    "Layer",
+    "NeuronRates",
+    "NeuronStats",
+    "SampleTable",
+    "SurgeryError",
+    "Workbench",
+    "operable_layers",
+]

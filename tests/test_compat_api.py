@@ -1,0 +1,378 @@
+"""The 1.4.1 top-level API, as a program written against 1.4.1 uses it."""
+
+import importlib
+
+import giving
+import pytest
+
+import ptera
+from ptera import (
+    Overlay,
+    autotool,
+    interpret,
+    no_overlay,
+    opparse,
+    probing,
+    refstring,
+    tag,
+    tooled,
+    tools,
+    utils,
+)
+from ptera.utils import CodeNotFoundError
+
+NAMES_OF_141 = """
+    ABSENT BaseOverlay Immediate Overlay OverridableProbe Probe PteraNameError
+    SelectorError Tag TagSet Total autotool global_probe interpret is_tooled
+    match_tag no_overlay op opparse overlay probe probing refstring select selector
+    tag tags tooled tools utils version
+""".split()
+
+
+@pytest.mark.parametrize("name", NAMES_OF_141)
+def test_every_141_name_exists(name):
+    assert hasattr(ptera, name)
+
+
+@pytest.mark.parametrize(
+    "module, names",
+    [
+        ("ptera.overlay", ["BaseOverlay", "Overlay", "no_overlay", "autotool"]),
+        ("ptera.interpret", ["Immediate", "Total"]),
+        ("ptera.selector", ["parse", "select", "SelectorError"]),
+        ("ptera.tags", ["match_tag", "Tag", "TagSet", "tag"]),
+        ("ptera.utils", ["ABSENT", "is_tooled", "refstring"]),
+        ("ptera.tools", ["every", "between", "gt", "gte", "lt", "lte", "throttle"]),
+        ("ptera.opparse", ["Lexer", "Parser", "OperatorPrecedenceTower", "lassoc"]),
+    ],
+)
+def test_submodules_hold_their_141_names(module, names):
+    mod = importlib.import_module(module)
+    for name in names:
+        assert hasattr(mod, name), f"{module}.{name}"
+
+
+def test_version_and_op():
+    assert ptera.version == ptera.__version__ == "1.4.2"
+    assert ptera.op is giving.operators
+
+
+@tooled
+def f(x):
+    y = x * 2
+    y = y + 1
+    return y
+
+
+# ---------------------------------------------------------------------------
+# tools
+
+
+@pytest.mark.parametrize(
+    "pred, passing",
+    [
+        (tools.every(3), [0, 3, 6, 9]),
+        (tools.every(3, start=1), [1, 4, 7]),
+        (tools.every(2, start=2, end=7), [2, 4, 6]),
+        (tools.every(), list(range(10))),
+        (tools.between(2, 5), [2, 3, 4]),
+        (tools.between(2, 9, 3), [2, 5, 8]),
+        (tools.lt(3), [0, 1, 2]),
+        (tools.lte(3), [0, 1, 2, 3]),
+        (tools.gt(7), [8, 9]),
+        (tools.gte(7), [7, 8, 9]),
+    ],
+)
+def test_step_predicates(pred, passing):
+    assert [i for i in range(10) if pred(i)] == passing
+
+
+@pytest.mark.parametrize(
+    "period, values, kept",
+    [
+        (5, [0, 3, 6, 9, 12, 15], [0, 6, 12, 15]),
+        (5, [0, 0, 1, 5, 5, 7], [0, 0, 5, 5]),  # repeats of a kept value pass
+        (5, [0, 100, 101, 104, 105], [0, 100, 105]),  # slots catch up after a jump
+        (0.5, [0.0, 0.2, 0.6, 0.9, 1.1], [0.0, 0.6, 1.1]),
+    ],
+)
+def test_throttle(period, values, kept):
+    t = tools.throttle(period)
+    assert [v for v in values if t(v)] == kept
+
+
+def test_tools_filter_a_probe():
+    with probing("f(x) > y").kfilter(lambda x: tools.every(2)(x)).values() as got:
+        for i in range(4):
+            f(i)
+    assert [d["x"] for d in got] == [0, 0, 2, 2]
+
+
+@pytest.mark.parametrize("bad", [lambda: tools.every(0), lambda: tools.throttle(-1)])
+def test_tools_reject_nonpositive_periods(bad):
+    with pytest.raises(ValueError, match="positive"):
+        bad()
+
+
+# ---------------------------------------------------------------------------
+# Overlay, no_overlay, autotool
+
+
+def test_overlay_tweak_mutates_and_returns_itself():
+    ol = Overlay()
+    assert ol.tweak({"f > x": 10}) is ol
+    with ol:
+        assert f(1) == 21
+    assert f(1) == 3
+
+
+def test_overlay_tap_and_on():
+    ol = Overlay()
+    ys = ol.tap("f > y")
+    seen = []
+
+    @ol.on("f(x) > y", full=True)
+    def listen(captures):
+        seen.append((captures["x"].value, captures["y"].name))
+
+    with ol:
+        f(1)
+    assert ys == [{"y": 2}, {"y": 3}]
+    assert seen == [(1, "y"), (1, "y")]
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, [{"x": 3, "y": 6}, {"x": 3, "y": 7}]),
+        ({"all": True}, [{"x": [3], "y": [6]}, {"x": [3], "y": [7]}]),
+        ({"immediate": False, "all": True}, [{"x": [3], "y": [6]}, {"x": [3], "y": [7]}]),
+    ],
+)
+def test_overlay_tapping_options(options, expected):
+    with Overlay.tapping("f(x) > y", **options) as got:
+        f(3)
+    assert got == expected
+
+
+def test_tweaking_and_rewriting_on_the_class_or_an_instance():
+    with Overlay.tweaking({"f > y": 0}):
+        assert f(1) == 0
+    with Overlay.rewriting({"f(x) > y": lambda c: c["x"] * 100}):
+        assert f(1) == 100
+    base = Overlay().tweak({"f > x": 2})
+    with base.rewriting({"f(x) > y": lambda c: c["x"] + 1}):
+        assert f(0) == 3  # the fork keeps base's tweak of x
+    assert len(base.handlers) == 1
+
+
+def test_rewrite_full_gives_capture_objects():
+    ol = Overlay().rewrite({"f(x) > y": lambda c: c["x"].value * 10}, full=True)
+    with ol:
+        assert f(2) == 20
+
+
+def test_no_overlay_switches_off_this_contexts_overlays():
+    with Overlay.tweaking({"f > y": 0}):
+        with no_overlay():
+            assert f(1) == 3
+        assert f(1) == 0
+
+
+def _plain(a):
+    b = a + 1
+    return b
+
+
+def test_autotool_makes_functions_findable_by_wildcard():
+    with probing("*{!b}").values() as before:
+        pass
+    autotool("_plain > b")
+    try:
+        with probing("*{!b}").values() as got:
+            _plain(4)
+        assert got == [{"b": 5}]
+    finally:
+        autotool("_plain > b", undo=True)
+    assert before == []
+    with pytest.raises(ptera.SelectorError, match="cannot find function 'nowhere'"):
+        autotool("nowhere > b")
+
+
+def test_immediate_and_total_receive_captures():
+    seen = []
+    with ptera.BaseOverlay(
+        interpret.Immediate("f(x) > y", intercept=lambda caps: caps["x"].value + caps["y"].value),
+        interpret.Total("f(x) > y", close=lambda caps: seen.append(caps["y"].values)),
+    ):
+        # y = 2 becomes x + y = 3; then y = 3 + 1 becomes 1 + 4 = 5
+        assert f(1) == 5
+    assert seen == [[3], [5]]
+
+
+def test_base_overlay_fork_and_add():
+    ol = ptera.BaseOverlay()
+    ol.add(interpret.Immediate("f > x", intercept=lambda caps: 5))
+    with ol.fork():
+        assert f(0) == 11
+
+
+# ---------------------------------------------------------------------------
+# refstring, selector.parse, tags
+
+
+class Cow:
+    def moo(self):
+        return 1
+
+
+@pytest.mark.parametrize(
+    "obj, ref, call",
+    [
+        (_plain, "/tests.test_compat_api/_plain", lambda: _plain(1)),
+        (Cow.moo, "/tests.test_compat_api/Cow.moo", lambda: Cow().moo()),
+        (Cow().moo, "/tests.test_compat_api/Cow.moo", lambda: Cow().moo()),
+        (tools.every, "/ptera.tools/every", lambda: tools.every(2)),
+    ],
+)
+def test_refstring_names_a_function_by_import_path(obj, ref, call):
+    assert refstring(obj) == ref
+    with probing(f"{ref} > #value").values() as got:
+        value = call()
+    assert got == [{"#value": value}]
+
+
+def test_refstring_refuses_what_it_cannot_reach():
+    def local():
+        pass
+
+    with pytest.raises(CodeNotFoundError, match="does not lead back"):
+        refstring(local)
+    with pytest.raises(TypeError, match="cannot make a refstring"):
+        refstring(3)
+
+
+def test_selector_parse_does_not_resolve_names():
+    tree = ptera.selector.parse("nowhere(a) > b")
+    assert str(tree) == "nowhere{a, !b}" and tree == ptera.select("nowhere(a) > b")
+
+
+@pytest.mark.parametrize(
+    "annotation, text",
+    [
+        (tag.Fruit, "ptera.tag.Fruit"),
+        (tag.Foo & tag.Bar, "ptera.tag.Bar & ptera.tag.Foo"),
+        (tag.Bar & tag.Foo, "ptera.tag.Bar & ptera.tag.Foo"),
+    ],
+)
+def test_tag_reprs(annotation, text):
+    assert repr(annotation) == str(annotation) == text
+
+
+def test_match_tag_from_tags_module():
+    assert ptera.tags.match_tag(tag.A, tag.A & int)
+    assert not ptera.tags.match_tag(tag.B, tag.A & int)
+
+
+def test_is_tooled_in_utils():
+    assert utils.is_tooled(f) and not utils.is_tooled(_plain)
+    assert repr(utils.ABSENT) == "ABSENT"
+
+
+# ---------------------------------------------------------------------------
+# opparse
+
+_lexer = opparse.Lexer({r"\s*[-+*^(),]\s*": "OPERATOR", r"\s*\w+\s*": "WORD"})
+_tower = opparse.OperatorPrecedenceTower(
+    {
+        ",": opparse.rassoc(5),
+        ("+", "-"): opparse.lassoc(10),
+        "*": opparse.lassoc(20),
+        "^": opparse.rassoc(30),
+        "(": opparse.obrack(200),
+        ")": opparse.cbrack(500),
+        ": WORD": opparse.lassoc(1000),
+    }
+)
+_parser = opparse.Parser(_lexer, _tower)
+
+
+def _show(node):
+    if node is None:
+        return "_"
+    if isinstance(node, opparse.Token):
+        return node.value
+    return "(" + " ".join(_show(a) for a in node.args) + " : " + node.key + ")"
+
+
+@pytest.mark.parametrize(
+    "code, tree",
+    [
+        ("a", "a"),
+        ("a + b * c", "(a (b c : X * X) : X + X)"),
+        ("a - b - c", "((a b : X - X) c : X - X)"),
+        ("a ^ b ^ c", "(a (b c : X ^ X) : X ^ X)"),
+        ("-a", "(_ a : _ - X)"),
+        ("(a + b) * c", "((_ (a b : X + X) _ : _ ( X ) _) c : X * X)"),
+        ("g(a, b)", "(g (a b : X , X) _ : X ( X ) _)"),
+    ],
+)
+def test_opparse_groups_by_precedence(code, tree):
+    assert _show(_parser(code)) == tree
+
+
+def test_opparse_unknown_operator_is_a_syntax_error():
+    with pytest.raises(SyntaxError, match="Invalid token: %") as info:
+        _parser("a % b")
+    assert info.value.offset == 3
+
+
+def test_handlers_resolve_names_where_they_are_made():
+    def local_fn(q):
+        r = q * 3
+        return r
+
+    seen = []
+    parsed = ptera.select("local_fn > r")  # no env: resolved when the handler is made
+    with ptera.BaseOverlay(
+        interpret.Immediate(parsed, trigger=lambda caps: seen.append(caps["r"].value)),
+        interpret.Total("local_fn(q) > r", close=lambda caps: seen.append(caps["q"].value)),
+    ):
+        local_fn(2)
+    assert seen == [6, 2]
+
+
+def test_select_accepts_141_keywords():
+    assert ptera.select("f > x", skip_modules=["x"], skip_frames=1) == ptera.select("f > x")
+    assert ptera.select("f > y", strict=True).env is not None
+    with pytest.raises(ptera.SelectorError, match="cannot find function 'nowhere'"):
+        ptera.select("nowhere > y", strict=True)
+
+
+@tooled()
+def _string_tags(a):
+    x: "@Important" = 1  # noqa: F722 (1.4's string spelling of tags)
+    y: "@Important & @Other" = 2  # noqa: F722
+    return a + x + y
+
+
+def test_string_tag_annotations_and_tooled_with_parentheses():
+    info = _string_tags.__ptera_info__
+    assert info["x"]["annotation"] is tag.Important
+    assert info["y"]["annotation"] == tag.Important & tag.Other
+    with probing("_string_tags > $v:Important").values() as got:
+        _string_tags(0)
+    assert got == [{"v": 1}, {"v": 2}]
+    assert ptera.tags.match_tag(None, tag.Anything)
+    assert ptera.tags.get_tags("A", "B") == tag.A & tag.B
+
+
+def test_name_error_names_the_function():
+    @tooled
+    def needs(q):
+        w: int
+        return q + w
+
+    with pytest.raises(ptera.PteraNameError) as info:
+        needs(1)
+    assert info.value.varname == "w" and info.value.function.endswith("needs")

@@ -1,0 +1,264 @@
+"""Probe semantics that programs written for 1.4.1 rely on."""
+
+import pytest
+
+from ptera import SelectorError, probing, tooled
+from tests import wrapped_program
+
+
+@tooled
+def f(x):
+    y = x + 1
+    return y
+
+
+@tooled
+def recurso(n):
+    if n == 0:
+        return 0
+    v = recurso(n - 1) + n
+    return v
+
+
+def test_override_without_argument_uses_the_streams_values():
+    with probing("f > y", overridable=True) as p:
+        p["y"].map(lambda y: y * 10).override()
+        assert f(1) == 20
+    with probing("f(x) > y", overridable=True) as p:
+        p.koverride(lambda x, y: x + y + 100)
+        assert f(1) == 103
+    assert f(1) == 2
+
+
+@tooled
+def coincoin(x):
+    return x
+
+
+@tooled
+def nager(a):
+    return a
+
+
+@tooled
+def canard(n):
+    coincoin(n)
+    nager(n * 2)
+    coincoin(n + 1)
+    nager(n * 3)
+    return 0
+
+
+def test_total_probe_pools_captures_beside_the_focus():
+    with probing("canard(coincoin(!x), nager(a))", probe_type="total", raw=True) as p:
+        got = p.map(lambda d: {k: c.values for k, c in d.items()}).accum()
+        canard(1)
+        canard(10)
+    assert got == [
+        {"x": [1], "a": [2, 3]},
+        {"x": [2], "a": [2, 3]},
+        {"x": [10], "a": [20, 30]},
+        {"x": [11], "a": [20, 30]},
+    ]
+
+
+class Cow:
+    def __init__(self, name):
+        self.name = name
+
+    def cry(self, n):
+        intensity = n * 2
+        return intensity
+
+
+def test_selector_rooted_at_an_instance_method_sees_only_that_instance():
+    cow, other = Cow("a"), Cow("b")
+    with probing("cow.cry > intensity").values() as got:
+        cow.cry(1)
+        other.cry(2)
+        Cow.cry(cow, 3)
+    assert got == [{"self": cow, "intensity": 2}, {"self": cow, "intensity": 6}]
+    with probing("Cow.cry > intensity").values() as every:
+        cow.cry(1)
+        other.cry(2)
+    assert every == [{"intensity": 2}, {"intensity": 4}]
+
+
+@tooled
+def looper(k):
+    t = 0
+    for i in range(2):
+        for j in range(2):
+            t += i * j
+    return t
+
+
+def test_loop_meta_variables_are_true_and_captured():
+    with probing("looper(#loop_i, k) > #endloop_j").values() as got:
+        looper(7)
+    assert got == [{"k": 7, "#loop_i": True, "#endloop_j": True}] * 4
+
+
+@pytest.mark.parametrize(
+    "selector, names",
+    [
+        ("looper > $x:@enter", ["#enter"]),
+        ("looper > $x:@exit", ["#exit"]),
+    ],
+)
+def test_meta_tag_filters_in_loops(selector, names):
+    with probing(selector, raw=True) as p:
+        got = p.map(lambda d: d["x"].name).accum()
+        looper(1)
+    assert got == names
+
+
+def test_capture_name_is_the_real_variable_name():
+    with probing("f > $v", raw=True) as p:
+        got = p.map(lambda d: (d["v"].name, d["v"].capture)).accum()
+        f(1)
+    assert got == [("x", "v"), ("y", "v")]
+
+
+def test_as_name_can_be_the_secondary_focus_and_wrap_brackets_the_region():
+    events = []
+
+    with probing("recurso(!n) as !!v") as p:
+
+        @p.kwrap("n")
+        def region(n):
+            events.append(("in", n))
+            yield
+            events.append(("out", n))
+
+        recurso(2)
+    # `as v` is the return value: every call's region closes, innermost first.
+    assert events == [("in", 2), ("in", 1), ("in", 0), ("out", 0), ("out", 1), ("out", 2)]
+
+
+def test_wrap_between_enter_and_exit():
+    depth = []
+
+    with probing("recurso(!#enter, !!#exit)") as p:
+        p.wrap("#enter", lambda: (depth.append("<"), (yield), depth.append(">")))
+        recurso(1)
+    assert "".join(depth) == "<<>>"
+
+
+@pytest.mark.parametrize("selector", ["recurso(n, !!#value)", "recurso(!!n)"])
+def test_secondary_focus_alone_is_unsupported(selector):
+    with pytest.raises(ValueError, match="unsupported focus pattern"):
+        with probing(selector):
+            pass
+
+
+@pytest.mark.parametrize(
+    "selector, call, expected",
+    [
+        ("/tests.wrapped_program/wrapped > a", lambda: wrapped_program.wrapped(1), {"a": 2}),
+        ("tests.wrapped_program:wrapped > a", lambda: wrapped_program.wrapped(1), {"a": 2}),
+        ("/tests.wrapped_program/hidden > b", lambda: wrapped_program.hidden(3), {"b": 6}),
+        ("/tests.wrapped_program/both > c", lambda: wrapped_program.both(3), {"c": 2}),
+    ],
+)
+def test_decorated_functions_are_found_through_their_wrappers(selector, call, expected):
+    with probing(selector).values() as got:
+        call()
+    assert got == [expected]
+
+
+class Prop:
+    @property
+    def size(self):
+        inner = 3
+        return inner
+
+
+@pytest.mark.parametrize(
+    "target, kind",
+    [
+        ((1).__add__, "method-wrapper"),
+        ("".join, "builtin_function_or_method"),
+        (len, "builtin_function_or_method"),
+    ],
+)
+def test_non_python_callables_raise_a_clear_type_error(target, kind):
+    with pytest.raises(TypeError, match=f"is a {kind}, not a Python function"):
+        with probing("target > x", env={"target": target}):
+            pass
+
+
+def test_a_property_through_its_get_method():
+    with probing("Prop.size.__get__ > inner").values() as got:
+        Prop().size
+    assert got == [{"inner": 3}]
+
+
+def test_a_missing_function_is_still_a_selector_error():
+    with pytest.raises(SelectorError, match="cannot find function"):
+        with probing("nowhere_at_all > x"):
+            pass
+
+
+@tooled
+def gen(n):
+    for i in range(n):
+        yield i * 10
+    return n
+
+
+@pytest.mark.parametrize(
+    "selector, names",
+    [
+        ("gen > $x:@exit", ["#yield", "#yield", "#exit"]),
+        ("gen > $x:@enter", ["#enter", "#receive", "#receive"]),
+    ],
+)
+def test_meta_tag_filters_in_generators(selector, names):
+    with probing(selector, raw=True) as p:
+        got = p.map(lambda d: d["x"].name).accum()
+        list(gen(2))
+    assert got == names
+
+
+@tooled
+def running_sum(n):
+    acc = 0
+    for k in range(n):
+        acc = acc + k
+    return acc
+
+
+@pytest.mark.parametrize(
+    "selector, keys",
+    [
+        # Innermost scope first, each in the order its captures were first set.
+        ("running_sum(k, !acc)", [["acc"], ["acc", "k"], ["acc", "k"]]),
+        ("running_sum(!k, acc)", [["acc", "k"], ["acc", "k"]]),
+        ("running_sum(n) > acc", [["n", "acc"]] * 3),
+    ],
+)
+def test_results_list_captures_in_the_order_141_printed_them(selector, keys):
+    with probing(selector).values() as got:
+        running_sum(2)
+    assert [list(d) for d in got] == keys
+
+
+def test_global_probes_complete_when_the_interpreter_exits(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "from ptera import global_probe, tooled\n"
+        "@tooled\n"
+        "def f(x):\n"
+        "    y = x * 2\n"
+        "    return y\n"
+        "global_probe('f > y')['y'].max().print('max={}')\n"
+        "f(1); f(4); f(2)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == "max=8"

@@ -1,0 +1,120 @@
+"""Overlays on models under ``torch.compile``: the block's changes apply, and only there."""
+
+import pytest
+import torch
+from torch import nn
+
+from ptera import probing, tooled
+from ptera.torch import Grad
+
+
+@tooled
+def objective(model, x):
+    out = model(x)
+    loss = out.pow(2).sum()
+    return loss
+
+
+class Counting:
+    """A Dynamo backend that runs the graph as traced and counts compiles and runs."""
+
+    def __init__(self):
+        self.compiles = self.runs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.compiles += 1
+
+        def run(*args):
+            self.runs += 1
+            return gm.forward(*args)
+
+        return run
+
+
+def probe(cnet, net, x):
+    with probing("Linear > #value as out").values() as got:
+        cnet(x)
+    return len(got) == 2 and torch.allclose(got[1]["out"], net(x))
+
+
+def tweak(cnet, net, x):
+    out = objective.tweak({"ReLU > #value": torch.zeros(3, 8)}).clone(return_object=True)
+    expected = net[2].bias.pow(2).sum() * 3
+    return torch.allclose(out(cnet, x).value, expected)
+
+
+def rewrite(cnet, net, x):
+    out = objective.rewrite({"ReLU(input) > #value": lambda input: input})(cnet, x)
+    return torch.allclose(out, net[2](net[0](x)).pow(2).sum())
+
+
+def grad(cnet, net, x):
+    with probing(Grad("objective{!!loss} >> $p:Parameter")).values() as got:
+        objective(cnet, x)
+    net.zero_grad()
+    objective(net, x).backward()
+    grads = [g["p"][1] for g in got]
+    return len(grads) == 4 and all(
+        torch.allclose(g, p.grad) for g, p in zip(grads, net.parameters())
+    )
+
+
+@pytest.mark.parametrize("first_call", ["before", "inside"])
+@pytest.mark.parametrize("overlay", [probe, tweak, rewrite, grad])
+def test_overlays_on_a_compiled_model(overlay, first_call):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    backend = Counting()
+    cnet = torch.compile(net, backend=backend)
+    x = torch.randn(3, 4)
+    if first_call == "before":
+        assert torch.allclose(cnet(x), net(x)) and backend.compiles == 1
+    assert overlay(cnet, net, x)
+    runs = backend.runs
+    # After the block: the compiled graph runs again, with the original code.
+    assert torch.allclose(cnet(x), net(x))
+    assert backend.runs == runs + 1 and backend.compiles == 1
+
+
+class FakeDynamo:
+    """Stands for torch._dynamo and its eval_frame: records stance changes and resets."""
+
+    def __init__(self):
+        self.stance, self.resets = "default", 0
+
+    class DynamoStance:
+        def __init__(self, stance):
+            self.stance = stance
+
+    def _set_stance(self, new):
+        prior, self.stance = self.stance, new.stance if hasattr(new, "stance") else new
+        return prior
+
+    def reset(self):
+        self.resets += 1
+
+
+@pytest.mark.parametrize("loaded_at_start", [True, False])
+def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
+    import sys
+
+    from ptera import compiled
+
+    fake = FakeDynamo()
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    if loaded_at_start:
+        monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    else:
+        monkeypatch.delitem(sys.modules, "torch._dynamo.eval_frame", raising=False)
+    compiled.overlay_started()
+    # Dynamo imported inside the block (torch.compile first called there): what it
+    # compiles from then on is eager, and its caches go when the block ends.
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    compiled.overlay_started()
+    assert fake.stance == "force_eager"
+    compiled.overlay_ended()
+    assert fake.stance == "force_eager"  # one overlay is still active
+    compiled.overlay_ended()
+    assert fake.stance == "default"
+    assert fake.resets == (0 if loaded_at_start else 1)

@@ -1,0 +1,264 @@
+"""Config runs: grids, checks before training, the folder tree, resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ptera.lab.experiments import Store
+from ptera.lab.representations import saturation
+from ptera.lab.runs import DEFAULT_CONFIG, MODEL_REGISTRY, Runs, expand, load_config
+from ptera.lab.runs.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tests.runs_program:tiny_digits"
+
+
+def config(tmp_path, **changes):
+    base = {
+        "model": ["mlp"],
+        "epoch": [2],
+        "batch_size": [60],
+        "dataset": [TINY],
+        "optimizer": ["sgd"],
+        "metrics": ["accuracy"],
+        "logs_dir": str(tmp_path / "logs"),
+        "latents_dir": str(tmp_path / "latents"),
+    }
+    return {**base, **changes}
+
+
+def test_a_seed_style_grid_of_3_models_2_datasets_2_optimizers_is_12_runs():
+    cfg = {
+        "model": ["mlp", "lenet5", "vgg"],
+        "epoch": [30],
+        "batch_size": [128],
+        "dataset": ["digits", "noisy_digits"],
+        "resolution": [32],
+        "optimizer": ["adam", "radam"],
+        "metrics": ["accuracy", "top5_accuracy", "mcc"],
+        "logs_dir": "./logs/",
+        "device": "cpu",
+        "conv_method": ["channelwise"],
+        "delta": [0.99],
+        "data_parallel": False,
+        "downsampling": None,
+    }
+    runs = expand(cfg)
+    assert len(runs) == 12
+    assert len({r.name for r in runs}) == 12
+    assert {r.metrics for r in runs} == {("accuracy", "top5_accuracy", "mcc")}
+    assert runs[0].folder("RES") == Path("logs/mlp/digits_32/RES")
+    assert runs[0].name == "mlp-digits-r32-bs128-e30-adam"
+
+
+@pytest.mark.parametrize(
+    "changes, n",
+    [
+        ({}, 1),
+        ({"delta": 0.9}, 1),  # a single value is a one-value axis
+        ({"epoch": [1, 2], "batch_size": [30, 60]}, 4),
+        ({"resolution": [8, 16], "conv_method": ["channelwise", "mean"], "rule": ["delve"]}, 4),
+    ],
+)
+def test_every_list_is_an_axis_and_missing_keys_take_defaults(changes, n):
+    cfg = load_config({"model": "mlp", **changes})
+    assert len(expand(cfg)) == n
+    assert cfg["logs_dir"] == DEFAULT_CONFIG["logs_dir"]
+    assert cfg["metrics"] == DEFAULT_CONFIG["metrics"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model": ["mlp", "nope"]}, "config key 'model': unknown model 'nope'"),
+        ({"epochs": [3]}, "unknown config key 'epochs'"),
+        ({"delta": [0.99, 0]}, r"config key 'delta': delta must be a number in \(0, 1\]"),
+        ({"delta": 1.5}, "config key 'delta'"),
+        ({"optimizer": ["sgdd"]}, "config key 'optimizer': unknown optimizer 'sgdd'"),
+        ({"metrics": ["f1"]}, "config key 'metrics': unknown metric 'f1'"),
+        ({"dataset": ["no.such.module:x"]}, "config key 'dataset': cannot import"),
+        ({"batch_size": [0]}, "config key 'batch_size'"),
+        ({"conv_method": "median"}, "config key 'conv_method'"),
+        ({"downsampling": "pixel"}, "config key 'downsampling'"),
+        ({"logs_dir": ["a", "b"]}, "config key 'logs_dir' is a setting"),
+        ({"model": []}, "config key 'model' is an empty list"),
+    ],
+)
+def test_bad_configs_fail_before_training_with_the_key_named(tmp_path, capsys, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(config(tmp_path, **changes))
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config(tmp_path, **changes)))
+    assert main(["train", "--config", str(path), "--run-id", "R"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()  # nothing trained, nothing written
+
+
+def test_a_registry_is_extendable(tmp_path, monkeypatch):
+    monkeypatch.setitem(MODEL_REGISTRY, "tiny", MODEL_REGISTRY["mlp"])
+    assert len(expand(config(tmp_path, model=["tiny", "tests.runs_program:SlowMLP"]))) == 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    cfg = config(tmp, optimizer=["sgd", "adam"], metrics=["accuracy", "mcc"])
+    path = tmp / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(path), "--run-id", "RES", "--quiet"]) == 0
+    return tmp, path
+
+
+def test_train_writes_the_seed_tree(trained):
+    tmp, _ = trained
+    folder = next((tmp / "logs" / "mlp").iterdir()) / "RES"
+    assert folder.name == "RES" and folder.parent.name == "tiny_digits_8"
+    for name in ("mlp-tiny_digits-r8-bs60-e2-sgd", "mlp-tiny_digits-r8-bs60-e2-adam"):
+        files = {p.name for p in folder.iterdir()}
+        assert {f"{name}.csv", f"{name}.pt", f"{name}_config.json"} <= files
+        assert {f"{name}lsat_epoch{e}.png" for e in range(3)} <= files
+        table = pd.read_csv(folder / f"{name}.csv")
+        assert list(table.epoch) == [0, 1, 2]
+        assert {"train_loss", "test_accuracy", "mcc", "layers.1-train-saturation"} <= set(table)
+        state = torch.load(folder / f"{name}.pt", weights_only=True)
+        assert state["epoch"] == 2
+    info = json.loads((folder / "computational_info.json").read_text())
+    assert info["flops_per_inference"] > 0
+
+
+def test_the_saturation_columns_are_one_pass_over_each_split(trained):
+    tmp, path = trained
+    runs = Runs(path, "RES")
+    group = runs.groups[0]
+    run = group.runs[0]
+    model = runs.trained_model(group, run)
+    table = pd.read_csv(run.folder("RES") / f"{run.name}.csv")
+    expected = saturation(model, group.test)
+    last = table[table.epoch == 2].iloc[0]
+    for row in expected.itertuples():
+        assert last[f"{row.layer}-eval-k"] == row.k
+        assert last[f"{row.layer}-eval-trace"] == pytest.approx(row.trace)
+
+
+def test_a_finished_run_is_skipped_and_extract_probe_do_only_their_step(trained, capsys):
+    tmp, path = trained
+    store = Store(tmp / "logs" / "runs.db")
+    before = store.epochs()
+    checkpoints = {p: p.stat().st_mtime_ns for p in (tmp / "logs").rglob("*.pt")}
+    assert main(["probe", "--config", str(path), "--run-id", "RES"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/" not in out  # no trial trained
+    assert store.epochs() == before
+    assert {
+        p: p.stat().st_mtime_ns for p in (tmp / "logs").rglob("*.pt")
+    }.keys() == checkpoints.keys()
+    probes = sorted((tmp / "logs").rglob("*_probe_performance.csv"))
+    assert len(probes) == 2
+    frame = pd.read_csv(probes[0])
+    assert list(frame.layer) == ["layers.1", "layers.3", "layers.5"]
+    assert (frame.eval_accuracy > 0.3).all()
+    latents = sorted((tmp / "latents").iterdir())
+    assert len(latents) == 2
+    x = np.load(latents[0] / "train-layers-1.npy", allow_pickle=False)
+    assert x.shape == (240, 128)
+    assert main(["extract", "--config", str(path), "--run-id", "RES"]) == 0
+    assert "latents written" not in capsys.readouterr().out  # already there
+
+
+def test_another_run_id_is_another_trial(trained):
+    tmp, path = trained
+    a, b = Runs(path, "RES"), Runs(path, "OTHER")
+    assert a.groups[0].trials[a.runs[0]].id != b.groups[0].trials[b.runs[0]].id
+
+
+def test_receptive_field_command(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config(tmp_path, model=["lenet5", "resnet"], resolution=[16])))
+    assert main(["receptive-field", "--config", str(path), "--run-id", "R", "--quiet"]) == 0
+    frame = pd.read_csv(
+        tmp_path / "logs" / "lenet5" / "tiny_digits_16" / "R" / "receptive_field.csv"
+    )
+    assert list(frame.receptive_field) == [5, 6, 14, 16]
+    resnet = pd.read_csv(
+        tmp_path / "logs" / "resnet" / "tiny_digits_16" / "R" / "receptive_field.csv"
+    )
+    assert list(resnet.receptive_field) == [3, 5, 7, 9, 13]  # the no-skip path
+
+
+def test_a_run_killed_mid_training_resumes_after_its_last_epoch(tmp_path):
+    cfg = config(tmp_path, model=["tests.runs_program:SlowMLP"], epoch=[4])
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    command = [
+        sys.executable,
+        "-m",
+        "ptera.lab.runs",
+        "train",
+        "--config",
+        str(path),
+        "--run-id",
+        "K",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    db = tmp_path / "logs" / "runs.db"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if db.exists() and max(Store(db).epochs().values(), default=-1) >= 1:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run committed no epoch in time")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = max(Store(db).epochs().values())
+    assert 1 <= done < 4
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"after epoch {done}" in again.stdout
+    assert max(Store(db).epochs().values()) == 4
+    folder = next((tmp_path / "logs").glob("SlowMLP/*/K"))
+    resumed = pd.read_csv(next(folder.glob("*.csv")))
+    assert list(resumed.epoch) == [0, 1, 2, 3, 4]
+    # The same numbers as a run that never stopped (every epoch is seeded).
+    other = tmp_path / "straight"
+    cfg2 = {**cfg, "logs_dir": str(other)}
+    Runs(cfg2, "K").train(verbose=False)
+    straight = pd.read_csv(next(next(other.glob("SlowMLP/*/K")).glob("*.csv")))
+    pd.testing.assert_frame_equal(resumed, straight)
+
+
+def test_the_example_config_runs(tmp_path):
+    cfg = json.loads((ROOT / "examples" / "runs.json").read_text())
+    assert len(expand(cfg)) == 4
+    moved = {**cfg, "logs_dir": str(tmp_path / "logs"), "latents_dir": str(tmp_path / "lat")}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(moved))
+    assert main(["train", "--config", str(path), "--run-id", "RES", "--quiet"]) == 0
+    tables = sorted((tmp_path / "logs").rglob("*.csv"))
+    assert len(tables) == 4
+    final = [pd.read_csv(t).iloc[-1] for t in tables]
+    assert all(row.epoch == 3 for row in final)
+    assert max(row.test_accuracy for row in final) > 0.8
+
+
+def test_runs_that_differ_only_in_epochs_share_a_trial_and_keep_their_own_view(tmp_path):
+    runs = Runs(config(tmp_path, epoch=[2, 1]), "E")
+    runs.train(verbose=False)
+    (long, short) = [g.trials[g.runs[0]].id for g in runs.groups]
+    assert long == short  # the 1-epoch run is the first epoch of the 2-epoch trial
+    folder = runs.runs[1].folder("E")
+    table = pd.read_csv(folder / f"{runs.runs[1].name}.csv")
+    assert list(table.epoch) == [0, 1]
+    assert torch.load(folder / f"{runs.runs[1].name}.pt", weights_only=True)["epoch"] == 1
