@@ -28,9 +28,12 @@ Decisions:
   evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
   ``!!python/...`` tag anywhere is a config error, never an object. Top-level
   keys are options; a key holding a table is a selector prefix for per-context
-  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``); a key
+  values (``["layer[1]"] T = 10.0`` is the tweak ``layer[1] > T``, and so are
+  ``["net > layer"]`` and nested ``[net.layer]`` tables); any other key
   containing ``>`` is a whole selector. A per-context value is converted like
-  the option its selector's focus names, and a bad selector is a config error.
+  an option only where its selector's focus lands on that option's declaration
+  (elsewhere, a local of the same name is no option), and a bad selector is a
+  config error.
 * Bad input (unknown option, wrong type, unreadable file, conflicting value)
   prints ``error: ...`` and exits with status 2, like argparse; with
   ``exit_on_error=False`` the exception is raised instead.
@@ -330,7 +333,7 @@ def read_config(path: str) -> dict:
         raise CliError(f"config {path}: cannot read it ({exc})") from None
     except Exception as exc:  # the parser's own error: say where
         problem = str(getattr(exc, "problem", None) or "")
-        if problem.startswith("could not determine a constructor"):  # e.g. !!python/name
+        if ext in ("yaml", "yml") and _is_yaml_tag_error(exc):  # e.g. !!python/name
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             raise CliError(
@@ -347,6 +350,12 @@ def _toml_format():
     import tomllib
 
     return {"load": lambda f: tomllib.loads(f.read())}
+
+
+def _is_yaml_tag_error(exc: Exception) -> bool:
+    import yaml
+
+    return isinstance(exc, yaml.constructor.ConstructorError)
 
 
 def _yaml_format():
@@ -368,19 +377,31 @@ def split_config(
 ) -> tuple[dict, dict]:
     """Option values and per-context tweaks (selector -> value) of a config.
 
-    A per-context value is converted like the option its selector's focus names;
+    A per-context value is converted like the option declared where its selector's
+    focus lands (and left as written elsewhere);
     with ``env``, each selector's functions must be found there (or by import path).
     """
     values, tweaks = {}, {}
+
+    def table(prefix: str, items: dict) -> None:
+        # A table is a selector prefix, whether its key holds `>` or it is nested
+        # (`[chain.scale]` is `chain > scale`).
+        for name, v in items.items():
+            if not isinstance(name, str):
+                raise CliError(f"config {path}: keys are variable names, got {name!r}")
+            selector = f"{prefix} > {name}"
+            if isinstance(v, dict):
+                table(selector, v)
+            else:
+                tweaks[selector] = _context_value(selector, v, options, path, env)
+
     for key, value in data.items():
         if not isinstance(key, str):
             raise CliError(f"config {path}: keys are option names or selectors, got {key!r}")
-        if ">" in key:
+        if isinstance(value, dict):
+            table(key, value)
+        elif ">" in key:
             tweaks[key] = _context_value(key, value, options, path, env)
-        elif isinstance(value, dict):
-            for name, v in value.items():
-                selector = f"{key} > {name}"
-                tweaks[selector] = _context_value(selector, v, options, path, env)
         elif key in options:
             values[key] = convert(options[key], value, f"config {path}")
         else:
@@ -394,12 +415,26 @@ def _context_value(selector: str, value: Any, options: dict, path: str, env: dic
         tree = select(selector)
         if tree.focus is None:
             raise SelectorError(selector, 0, "a per-context value needs a focus: mark it with '!'")
-        if env is not None:
-            compile_selector(tree, env)
+        compiled = compile_selector(tree, env)
     except SelectorError as exc:
+        if env is None:  # not validated without the caller's names: left as written
+            return value
         raise CliError(f"config {path}: {exc}") from None
-    option = options.get(tree.focus.name)
-    return value if option is None else convert(option, value, f"config {path}: {selector!r}")
+    # Converted only where the focus lands on a site of the option: `label > n` is left
+    # alone when `n` is an option of another function but a plain local of `label`.
+    states = {st.fid: st for st in compiled.interest}
+    for fid, templates in compiled.templates.items():
+        st = states.get(fid)
+        for name, specs in (kv for t in templates for kv in t.vars.items()):
+            option = options.get(name)
+            if st is None or option is None or not any(s.focus == 1 for s in specs):
+                continue
+            if any(
+                (site.function, site.filename) == (st.qualname, st.original.co_filename)
+                for site in option.sites
+            ):
+                return convert(option, value, f"config {path}: {selector!r}")
+    return value
 
 
 def from_environment(options: dict[str, Option], prefix: str, environ=None) -> dict:
@@ -595,6 +630,12 @@ def auto_cli(
         )
     if isinstance(argv, (str, bytes)) or not (argv is None or isinstance(argv, Iterable)):
         raise TypeError(f"auto_cli: argv is a list of strings (like sys.argv[1:]), not {argv!r}")
+    argv = None if argv is None else list(argv)
+    for arg in argv or ():
+        if not isinstance(arg, str):
+            raise TypeError(f"auto_cli: argv holds strings (like sys.argv[1:]), not {arg!r}")
+    if not isinstance(env_prefix, str):
+        raise TypeError(f"auto_cli: env_prefix is a string (like 'PTERA_'), not {env_prefix!r}")
     if environ is not None and not isinstance(environ, Mapping):
         raise TypeError(f"auto_cli: environ is a mapping (like os.environ), not {environ!r}")
     options = find_options(entry, tags)

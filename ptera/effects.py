@@ -36,10 +36,6 @@ from .transform import ABSENT
 __all__ = ["Overlay", "rewriting", "tweaking", "using"]
 
 
-def _parse(selector: str | Scope) -> Scope:
-    return select(selector)
-
-
 def _mapping(values: Any, what: str, kind: str) -> Mapping:
     if not isinstance(values, Mapping):
         raise TypeError(f"{what} needs a mapping {{selector: {kind}}}, not {type(values).__name__}")
@@ -80,7 +76,7 @@ class Overlay:
         check_env(env)
         env = env if env is not None else caller_env(1)
         return self._with(
-            _Effect("tweak", None, _needs_focus(_parse(s), "a tweak"), v, env)
+            _Effect("tweak", None, _needs_focus(select(s), "a tweak"), v, env)
             for s, v in _mapping(values, "tweak", "value").items()
         )
 
@@ -92,7 +88,7 @@ class Overlay:
         for s, fn in _mapping(functions, "rewrite", "function").items():
             if not callable(fn):
                 raise TypeError(f"rewrite needs functions; got {fn!r} for {s!r} (use tweak)")
-            effects.append(_Effect("rewrite", None, _needs_focus(_parse(s), "a rewrite"), fn, env))
+            effects.append(_Effect("rewrite", None, _needs_focus(select(s), "a rewrite"), fn, env))
         return self._with(effects)
 
     def using(self, *selectors: Any, env: Mapping | None = None, **named: Any) -> Overlay:
@@ -101,14 +97,14 @@ class Overlay:
         env = env if env is not None else caller_env(1)
         effects = []
         for s in selectors:
-            sel = _parse(s)
+            sel = select(s)
             if sel.focus is None:
                 raise TypeError(
                     f"using({str(sel)!r}): a selector without a focus needs a name: using(name=...)"
                 )
             effects.append(_Effect("using", sel.focus.out_name, sel, None, env))
         for name, s in named.items():
-            target = s if hasattr(s, "__ptera_rules__") else _parse(s)
+            target = s if hasattr(s, "__ptera_rules__") else select(s)
             effects.append(_Effect("using", name, target, None, env))
         return self._with(effects)
 
@@ -118,7 +114,7 @@ class Overlay:
             raise TypeError(f"on needs a function to call, not {type(fn).__name__} ({fn!r:.60})")
         check_env(env)
         env = env if env is not None else caller_env(1)
-        target = target if hasattr(target, "__ptera_rules__") else _parse(target)
+        target = target if hasattr(target, "__ptera_rules__") else select(target)
         return self._with([_Effect("on", fn.__name__, target, fn, env)])
 
     # -- running ------------------------------------------------------------
@@ -183,12 +179,19 @@ class Overlay:
 
     def __exit__(self, *exc) -> bool:
         # The context's current result knows how it was activated (thread-safe).
-        active, token = self._current.get().activation
+        current = self._current.get()
+        if current is None:
+            raise ValueError(
+                "this overlay was not entered here: its rules were activated in another"
+                " context (another asyncio task, thread or copied context); end them there"
+            )
+        active, token = current.activation
         try:
             if active is not None:
                 deactivate(active)
         finally:
-            self._current.reset(token)
+            if active is None or not active.active:  # else another context's: left as is
+                self._current.reset(token)
         return False
 
 

@@ -21,7 +21,9 @@ Decisions:
 * ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
   (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
-  rules, in any order relative to other activations, and only once.
+  rules, in any order relative to other activations, and only once. Only the
+  context that activated rules can end them (elsewhere: ``ValueError``, and they
+  stay active), since a task or a copied context would end them in its copy only.
 """
 
 from __future__ import annotations
@@ -420,7 +422,8 @@ class Activation:
     """Rules made active by ``activate``; ``remove()`` (or leaving ``with``) ends them.
 
     Removing takes away exactly these rules, whatever was activated or removed
-    since (activations may end in any order); removing twice does nothing.
+    since (activations may end in any order); removing twice does nothing; removing
+    in another context (task, thread) is a ``ValueError`` that leaves them active.
     """
 
     __slots__ = ("rules", "glob", "token", "active")
@@ -483,32 +486,48 @@ def activate(
         return Activation(rules, False, token)
 
 
+def _reset_owned(token: Token) -> None:
+    # Only the context that activated rules can end them: a task or a copied context
+    # sees them too, but ending them there would leave them active where they started.
+    # The token knows its context.
+    try:
+        _plan.reset(token)
+    except ValueError:
+        raise ValueError(
+            "these rules were activated in another context (another asyncio task,"
+            " thread or copied context): end them where they were activated"
+        ) from None
+
+
+def check_owner(activation: Activation) -> None:
+    """Raise ``ValueError`` unless ``deactivate(activation)`` may run here (its context)."""
+    with _globals.lock:
+        if activation.active and not activation.glob:
+            now = _plan.get()
+            _reset_owned(activation.token)
+            activation.token = _plan.set(now)  # the same old value: an equivalent token
+
+
 def deactivate(activation: Activation) -> None:
     """Undo ``activate``: remove its rules and restore code that nothing needs."""
     with _globals.lock:
         if not activation.active:
             return
-        activation.active = False
-        rules, token, activation.token = activation.rules, activation.token, None
+        rules, token = activation.rules, activation.token
         if activation.glob:
             _globals.rules = _without(_globals.rules, rules)
             _globals.epoch += 1
         else:
             rules_now = _plan.get().rules
+            _reset_owned(token)
             before = token.old_value if token.old_value is not Token.MISSING else _EMPTY
-            restored = False
-            if rules_now == before.rules + rules:
-                # The newest activation: going back to the plan before it keeps its cache.
-                try:
-                    _plan.reset(token)
-                    restored = True
-                except ValueError:  # another context
-                    pass
-            if not restored:
+            if rules_now != before.rules + rules:
+                # Not the newest activation: keep the ones made since.
                 _plan.set(Plan(_without(rules_now, rules), _globals.epoch))
             plan = _plan.get()
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
+        activation.active, activation.token = False, None
         _install(_count(rules, -1))
         overlay_ended()
 
@@ -533,6 +552,9 @@ class Immediate:
         self, selector, intercept: Callable | None = None, trigger: Callable | None = None
     ):
         self.selector = _in_caller(selector)
+        for name, fn in (("intercept", intercept), ("trigger", trigger)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"Immediate: {name} is a function, not {fn!r:.60}")
         self.intercept, self.trigger = intercept, trigger
 
     def rule(self) -> Rule:
@@ -559,6 +581,8 @@ class Total:
 
     def __init__(self, selector, close: Callable):
         self.selector = _in_caller(selector)
+        if not callable(close):
+            raise TypeError(f"Total: close is a function, not {close!r:.60}")
         self.close = close
 
     def rule(self) -> Rule:
@@ -576,7 +600,11 @@ class BaseOverlay:
                     f" not {type(h).__name__} ({h!r:.60})"
                 )
         self.handlers = list(handlers)
-        self._tokens: list = []
+        # Per context (a tuple, so that a copied context cannot change ours): one
+        # overlay shared by threads or tasks ends, on exit, the activation it made there.
+        self._activations: ContextVar[tuple[Activation, ...]] = ContextVar(
+            "ptera_base_overlay", default=()
+        )
 
     def fork(self) -> BaseOverlay:
         """A new overlay of the same type with the same handlers."""
@@ -588,11 +616,18 @@ class BaseOverlay:
 
     def __enter__(self):
         rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
-        self._tokens.append(activate(rules))
+        self._activations.set((*self._activations.get(), activate(rules)))
         return self
 
     def __exit__(self, *exc):
-        deactivate(self._tokens.pop())
+        stack = self._activations.get()
+        if not stack:
+            raise ValueError(
+                "this BaseOverlay was not entered here: its rules were activated in another"
+                " context (another asyncio task, thread or copied context); end them there"
+            )
+        deactivate(stack[-1])  # from a copied context: raises, nothing changed
+        self._activations.set(stack[:-1])
         return False
 
 

@@ -36,7 +36,7 @@ from giving import operators as giving_ops
 from .capture import Rule
 from .lookup import state_by_fid
 from .match import compile_selector
-from .overlay import activate, caller_env, deactivate, missed_calls
+from .overlay import activate, caller_env, check_owner, deactivate, missed_calls
 from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
@@ -180,7 +180,7 @@ class Probe(SourceProxy):
                 else (self._rule(sel, probe_type),)
             )
         )
-        self._token = None
+        self._activation = None
         self._used = False
 
     def _rule(self, sel: Scope, probe_type: str | None) -> Rule:
@@ -217,7 +217,7 @@ class Probe(SourceProxy):
         self._used = True
         rules = self._rules
         plans = rules[0].plans if len(rules) == 1 else None
-        self._token = activate(rules, glob=glob, plans=plans)
+        self._activation = activate(rules, glob=glob, plans=plans)
         self._emitted = False
         self._fids = {fid for r in rules for fid in r.compiled.templates}
         self._missed = None if glob else missed_calls(self._fids)
@@ -226,9 +226,9 @@ class Probe(SourceProxy):
         return self
 
     def _exit(self):
-        if self._token is not None:
-            token, self._token = self._token, None
-            deactivate(token)
+        if self._activation is not None:
+            deactivate(self._activation)  # from another context: raises, the probe stays on
+            self._activation = None
             if self._missed is not None and not self._emitted:
                 _warn_other_threads(self, self._missed)
             pooled, refs, self._pooled = self._pooled, self._refs, []
@@ -238,6 +238,12 @@ class Probe(SourceProxy):
                     # More references now than when activated: a live call holds it.
                     if before == after and _Pool.private(rule):
                         _pool.give(rule)
+
+    def __exit__(self, *exc):
+        if self._root is self and self._activation is not None:
+            # From another context: fail before giving completes the subscribers.
+            check_owner(self._activation)
+        return super().__exit__(*exc)
 
     def _push(self, data):
         self._emitted = True
@@ -376,7 +382,7 @@ _open_globals: dict[int, Probe] = {}
 def _complete_globals() -> None:
     for key in list(_open_globals):  # in the order they were made
         probe = _open_globals.pop(key, None)
-        if probe is not None and probe._token is not None:
+        if probe is not None and probe._activation is not None:
             probe.deactivate()
 
 

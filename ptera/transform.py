@@ -77,9 +77,17 @@ ABSENT = Sentinel("ABSENT", truthy=False)
 
 
 def hide_helpers(names: Any) -> Any:
-    """``locals()``, ``vars()`` or ``dir()`` of an instrumented call, less the engine's names."""
+    """``locals()``, ``vars()`` or ``dir()`` of an instrumented call, less the engine's names.
+
+    The helper names are removed from the frame's own dict, which is returned, so that
+    ``locals() is locals()`` and ``exec(code, globals(), locals())`` behave as in plain
+    Python. Under ``sys.settrace`` the interpreter re-syncs that dict at each trace event,
+    so the helpers can reappear in it until the next ``locals()``.
+    """
     if isinstance(names, dict):
-        return {k: v for k, v in names.items() if not _is_helper(k)}
+        for k in [k for k in names if _is_helper(k)]:
+            del names[k]
+        return names
     if isinstance(names, list):
         return [k for k in names if not _is_helper(k)]
     return names

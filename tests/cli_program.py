@@ -41,3 +41,9 @@ def main():
 def lazy():
     rate: tag.HyperParameter & float
     return 1
+
+
+@ptera
+def label():
+    n = "sample"  # a plain local that shares its name with main's option `n`
+    return n

@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from ptera import ABSENT, ConflictError, auto_cli
-from ptera.cli import CliError, find_options
+from ptera.cli import CliError, find_options, split_config
+from tests import cli_program
 from tests.cli_program import main
 
 
@@ -233,6 +234,9 @@ def test_yaml_python_tags_are_refused_never_evaluated(tmp_path, ext, tag_text, l
     [
         ('"scale[2]" = { T = "10" }', 20.0),  # a table: "10" -> 10.0 like a top-level T
         ('"chain > scale[2] > T" = "10"', 20.0),  # a selector key
+        ('["chain > scale[2]"]\nT = "10"', 20.0),  # a table named by a selector
+        ('[chain."scale[2]"]\nT = "10"', 20.0),  # nested tables: chain > scale[2]
+        ('[chain]\n"scale[2]" = { T = 10.0 }', 20.0),
     ],
 )
 def test_per_context_values_are_converted_like_top_level_ones(tmp_path, text, expected):
@@ -256,6 +260,21 @@ def test_per_context_values_of_the_wrong_type_name_the_key(tmp_path, text, messa
     with pytest.raises(CliError) as info:
         run(["--config", str(path)])
     assert f"config {path}: {message}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("main > n", "5", 5),  # main declares the option n: converted
+        ("label > n", "5", "5"),  # in label, n is a plain local: left as written
+        ("label > n", "other", "other"),  # ...and not checked against main's int
+        ("label > n", 7, 7),
+    ],
+)
+def test_per_context_values_are_converted_only_at_the_options_sites(key, value, expected):
+    options = find_options(main)
+    _, tweaks = split_config({key: value}, options, "c.toml", vars(cli_program))
+    assert tweaks == {key: expected} and type(tweaks[key]) is type(expected)
 
 
 def test_per_context_bool_strings_become_bools(tmp_path):
@@ -291,11 +310,13 @@ def test_bad_selector_in_a_config_is_a_config_error(tmp_path, capsys, text, care
         (main, {"argv": "--rate 1"}, "argv is a list of strings .*, not '--rate 1'"),
         (main, {"tag": 123}, r"tag is a Tag \(tag.HyperParameter\) or a tuple of Tags, not 123"),
         (main, {"environ": 3}, r"environ is a mapping \(like os.environ\), not 3"),
+        (main, {"argv": ["--rate", 1]}, r"argv holds strings \(like sys.argv\[1:\]\), not 1"),
+        (main, {"env_prefix": 3}, r"env_prefix is a string \(like 'PTERA_'\), not 3"),
     ],
 )
 def test_wrong_argument_types_are_type_errors(entry, kwargs, message):
     with pytest.raises(TypeError, match=message):
-        auto_cli(entry, **{"argv": [], **kwargs})
+        auto_cli(entry, **{"argv": [], "environ": {"PTERA_N": "1"}, **kwargs})
 
 
 # -- one option declared with different defaults ----------------------------------

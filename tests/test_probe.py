@@ -10,6 +10,7 @@ import pytest
 
 from ptera import SelectorError, global_probe, probing, tooled
 from ptera.overlay import active_rule_count
+from tests.test_selfless import ELSEWHERE
 
 
 @tooled
@@ -425,6 +426,27 @@ def test_reused_probe_does_not_see_a_task_that_copied_the_context():
     seen_first, seen_second = asyncio.run(main())
     assert seen_second == [1, 2]  # its own call only
     assert seen_first in ([], [1, 2])  # the task's call: the first probe's, or no one's
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_a_probe_ended_in_another_context_fails_and_keeps_its_subscribers(where):
+    probe = probing("f > a")
+    seen = probe["a"].accum()
+    probe.activate()
+    errors = []
+
+    def stop():
+        try:
+            probe.deactivate()
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    ELSEWHERE[where](stop)
+    assert errors and "activated in another context" in errors[0]
+    f(1)
+    probe.deactivate()  # in its own context
+    f(2)
+    assert seen == [2] and active_rule_count() == 0
 
 
 def test_probe_entered_in_a_loop_sees_each_call_once():

@@ -1,6 +1,8 @@
 """Functions as objects: the classic "trace queries" walk-through, state and priorities."""
 
 import asyncio
+import contextvars
+import threading
 
 import pytest
 
@@ -12,6 +14,7 @@ from ptera import (
     PteraFunction,
     PteraNameError,
     Recurrence,
+    Total,
     default,
     probing,
     ptera,
@@ -20,6 +23,7 @@ from ptera import (
     using,
 )
 from ptera.effects import Overlay  # the composable one (ptera.Overlay is 1.4's)
+from ptera.overlay import active_rule_count
 
 
 @ptera
@@ -175,6 +179,90 @@ def test_overlays_end_in_any_order(first, expected):
     assert sumsquares(3, 4) == 25
 
 
+async def _call(fn):
+    return fn()
+
+
+def _in_thread(fn):
+    thread = threading.Thread(target=fn)
+    thread.start()
+    thread.join()
+
+
+ELSEWHERE = {
+    "task": lambda fn: asyncio.run(_call(fn)),  # a task runs in a copy of the context
+    "thread": _in_thread,
+    "copied context": lambda fn: contextvars.copy_context().run(fn),
+}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_an_overlay_ended_in_another_context_fails_and_stays_active(where):
+    # Ending it there would leave it active where it started, for good.
+    ov = tweaking({"sumsquares > yy": 4})
+    ov.__enter__()
+    errors = []
+
+    def stop():
+        try:
+            ov.__exit__(None, None, None)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    ELSEWHERE[where](stop)
+    assert errors and "activated in another context" in errors[0]
+    assert sumsquares(3, 4) == 13  # still active here
+    ov.__exit__(None, None, None)  # where it started: ends it
+    assert sumsquares(3, 4) == 25 and active_rule_count() == 0
+
+
+def test_a_base_overlay_shared_by_threads_ends_each_threads_own_activation():
+    # A enters, B enters, A exits: B's activation must survive A's exit.
+    overlay = BaseOverlay(Immediate("square > !rval", intercept=lambda rval: 1000))
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with overlay:
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+        seen["a"] = sumsquares(3, 4)
+
+    def b():
+        a_in.wait(10)
+        with overlay:
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = sumsquares(3, 4)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"a": 25, "b": 2000}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_a_base_overlay_ended_in_another_context_fails_and_stays_active(where):
+    overlay = BaseOverlay(Immediate("sumsquares > !yy", intercept=lambda yy: 4))
+    overlay.__enter__()
+    errors = []
+
+    def stop():
+        try:
+            overlay.__exit__(None, None, None)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    ELSEWHERE[where](stop)
+    assert errors and "activated in another context" in errors[0]
+    assert sumsquares(3, 4) == 13
+    overlay.__exit__(None, None, None)
+    assert sumsquares(3, 4) == 25 and active_rule_count() == 0
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -191,6 +279,9 @@ def test_overlays_end_in_any_order(first, expected):
         (lambda: Overlay().on("square > x", 5), "on needs a function to call, not int"),
         (lambda: BaseOverlay(123), "BaseOverlay needs handlers .*, not int"),
         (lambda: Immediate(123), "a selector is a string or a Scope .*, not int"),
+        (lambda: Immediate("square > !x", intercept=3), "Immediate: intercept is a function"),
+        (lambda: Immediate("square > !x", trigger="x"), "Immediate: trigger is a function"),
+        (lambda: Total("square > x", 3), "Total: close is a function, not 3"),
     ],
 )
 def test_wrong_types_are_type_errors_that_say_what_was_expected(call, message):

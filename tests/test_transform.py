@@ -208,6 +208,23 @@ def test_locals_shows_only_the_users_names(selectors):
     assert shown == (["h", "x", "y"], ["h", "inner", "x", "y"], ["h", "inner", "x", "y"])
 
 
+def _locals_in_place(a):
+    b = a + 1
+    exec("c = b * 2", globals(), locals())
+    d = locals()
+    d["extra"] = 5
+    return locals().get("c"), locals() is d, "extra" in locals()
+
+
+@pytest.mark.parametrize("selectors", [(), ("_locals_in_place > b",), ("$v",)])
+def test_locals_is_the_frames_own_dict(selectors):
+    # As in plain Python 3.11: one dict per frame, so exec's writes and the user's are seen.
+    expected = _locals_in_place(1)
+    assert expected == (4, True, True)
+    with probing(*selectors) if selectors else contextlib.nullcontext():
+        assert tooled(_locals_in_place)(1) == expected
+
+
 @tooled
 def _matches(value):
     match value:
