@@ -28,10 +28,33 @@ def test_readme_examples_run(tmp_path, capsys):
     assert "f(2): y = 6" in capsys.readouterr().out
 
 
+# Arguments an example runs with here: those of the README's quoted figures.
+ARGS = {"perturb.py": ["--n-epochs", "4"]}
+OUTPUTS: dict[str, str] = {}  # example -> its output, for the tests of quoted figures
+
+
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_scripts_run(example):
     proc = subprocess.run(
-        [sys.executable, str(example)], capture_output=True, text=True, timeout=300, cwd=ROOT
+        [sys.executable, str(example), *ARGS.get(example.name, [])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+    OUTPUTS[example.name] = proc.stdout
+
+
+def test_readme_quotes_the_perturbation_example_as_it_runs():
+    out = OUTPUTS.get("perturb.py")
+    if out is None:  # run alone (-k): the parametrized run above did not happen
+        test_example_scripts_run(ROOT / "examples" / "perturb.py")
+        out = OUTPUTS["perturb.py"]
+    table = out[out.index("intervention.epsilon") :]
+    distance = {float(e): float(d) for e, d in re.findall(r"^(0\.\d+)\s+([\d.]+)$", table, re.M)}
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"has grown\s+to ([\d.]+) from the control's weights, close to the ([\d.]+)", readme)
+    assert quoted, "the README no longer quotes the perturbation figures"
+    assert (float(quoted[1]), float(quoted[2])) == (round(distance[0.001], 1), round(distance[0.01], 1))
