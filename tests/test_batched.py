@@ -379,6 +379,15 @@ def test_cli_executor_batched(tmp_path, capsys, monkeypatch):
         config.write_text(CONFIG)
         main(["run", str(config), *extra])
         assert "3 done" in capsys.readouterr().out
+    # The batched run's resolved config, dumped and run again, names the same trials.
+    main(["run", str(tmp_path / "batched" / "exp.toml"), "--executor", "batched", "--dump-config"])
+    dumped = capsys.readouterr().out
+    assert 'executor = "batched"' in dumped
+    (tmp_path / "batched" / "dumped.toml").write_text(dumped)
+    main(["run", str(tmp_path / "batched" / "dumped.toml"), "--executor", "serial"])
+    main(["status", str(tmp_path / "batched" / "dumped.toml")])
+    out = capsys.readouterr().out
+    assert "[1/3]" not in out and "3 done" in out  # nothing retrained
     serial, batched = (sqlite3.connect(tmp_path / f / "cli.db") for f in ("serial", "batched"))
     query = (
         "SELECT trial, epoch, split, name, value FROM metrics ORDER BY trial, epoch, split, name"
@@ -561,6 +570,15 @@ def test_group_checkpoints_are_checksummed_and_a_damaged_one_is_resumed_before(
     clean = three_trials(tmp_path / "c.db", data)
     clean.run(3, executor=BatchedExecutor(), verbose=False)
     close(clean, exp)
+
+
+def test_a_serial_run_reuses_a_batched_run(data, tmp_path):
+    batched = three_trials(tmp_path / "x.db", data)
+    batched.run(1, executor="batched", verbose=False)
+    serial = three_trials(tmp_path / "x.db", data)
+    assert [p.id for p in serial.grid] == [p.id for p in batched.grid]
+    serial.run(1, verbose=False)
+    assert serial.trained == []
 
 
 def test_a_diverging_trial_is_nan_and_its_group_goes_on(data, tmp_path):

@@ -44,7 +44,7 @@ from typing import Any
 
 from .executors import Job, _dispatch, _pickle, _setup_in_worker
 from .store import Checkpoint, CheckpointError, Leases, checkpoint_bytes, verify_checkpoint
-from .trial import Setup, _resume_point, run_trial
+from .trial import Setup, _resume_point, backfill, run_trial
 
 __all__ = ["RelayStore", "run_relayed"]
 
@@ -167,6 +167,7 @@ class _Task:
 
     def __init__(self, job: Job):
         self.job, self.ref, self.attempts = job, None, 0
+        self.finished = False  # found done after another process let go of it
 
 
 def run_relayed(
@@ -191,6 +192,11 @@ def run_relayed(
     def start(task: _Task) -> None:
         if not leases.claim(task.job.id):
             return  # another live process trains it: submitted once it lets go
+        if store.epochs([task.job.id])[task.job.id] >= n_epochs:  # it did, meanwhile
+            plan = setup.plans[task.job.id]
+            backfill(setup, plan, store.epochs([plan.id])[plan.id])  # here: all checkpoints
+            task.finished = True
+            return
         epochs, checkpoints = snapshot(setup, task.job.id, n_epochs)
         task.attempts += 1
         task.ref = remote.remote(key, ref, task.job.id, n_epochs, epochs, checkpoints, queue)
@@ -225,8 +231,11 @@ def run_relayed(
     def wait_any(tasks: list[_Task]) -> list:
         while True:
             for task in tasks:
-                if task.ref is None:
+                if task.ref is None and not task.finished:
                     start(task)
+                if task.finished:
+                    leases.release(task.job.id)
+                    return [(task, 0)]
             refs = [t.ref for t in tasks if t.ref is not None]
             ready = []
             if refs:
