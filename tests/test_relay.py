@@ -32,7 +32,7 @@ class CrashOnce(DistanceMetrics):
         (owner,) = db.execute("SELECT owner FROM leases WHERE trial = ?", (trial.id,)).fetchone()
         db.close()
         with open(self.log, "a") as f:
-            f.write(f"{trial.id} {trial.epoch} {owner}\n")
+            f.write(f"{trial.id} {trial.epoch} {owner} {time.time()}\n")
         crashed = self.log + ".crashed"
         if trial.id == self.victim and trial.epoch == 2 and not os.path.exists(crashed):
             open(crashed, "w").close()
@@ -52,25 +52,29 @@ def test_ray_with_the_driver_as_only_writer_and_a_worker_death(tmp_path):
     serial.run(2, verbose=False)
     relayed = build(tmp_path / "relayed.db", tmp_path / "relayed.log")
     victim = relayed.metrics.victim = relayed.grid[2].id  # an intervention
-    held = relayed.grid[3].id  # leased by another live process for its first seconds
-    other = subprocess.Popen(["sleep", "2"])
-    threading.Thread(target=other.wait, daemon=True).start()  # reaped: its pid is then gone
-    db = relayed.store.db  # creates the store
-    owner = f"{socket.gethostname()}:{other.pid}"
-    db.execute("INSERT INTO leases VALUES (?, ?, ?)", (held, owner, time.time()))
+    held = relayed.grid[3].id  # leased by another live process for its first second
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        other = subprocess.Popen(["sleep", "1"])
+        freed = []
+        threading.Thread(  # reaped (its pid then is gone), and when
+            target=lambda: freed.append(other.wait() or time.time()), daemon=True
+        ).start()
+        owner = f"{socket.gethostname()}:{other.pid}"
+        db = relayed.store.db  # creates the store
+        db.execute("INSERT INTO leases VALUES (?, ?, ?)", (held, owner, time.time()))
         relayed.run(2, executor=RayExecutor(shared_filesystem=False), verbose=False)
     finally:
         ray.shutdown()
     assert (tmp_path / "relayed.log.crashed").exists()
     assert relayed.results()["value"].tolist() == serial.results()["value"].tolist()
     lines = [line.split() for line in (tmp_path / "relayed.log").read_text().splitlines()]
-    measured = Counter(f"{t} {e}" for t, e, _ in lines)
+    measured = Counter(f"{t} {e}" for t, e, _, _ in lines)
     # Resubmitted from its last committed epoch (1): epochs 0 and 1 were not redone.
     assert [measured[f"{victim} {e}"] for e in range(3)] == [1, 1, 2]
     # The driver held every trial's lease while its worker trained it, and released them.
-    assert {o for _, _, o in lines} == {f"{socket.gethostname()}:{os.getpid()}"}
+    assert {o for _, _, o, _ in lines} == {f"{socket.gethostname()}:{os.getpid()}"}
+    assert min(float(at) for t, _, _, at in lines if t == held) > freed[0]  # it waited
     assert db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
     # Relayed checkpoints are recorded with the checksum of their bytes, as local ones.
     rows = db.execute("SELECT path, sha256 FROM checkpoints").fetchall()
