@@ -528,19 +528,27 @@ def spy_groups(monkeypatch):
     return seen
 
 
+@pytest.mark.parametrize(
+    "held, grouped",
+    [
+        (2, [0, 1]),  # an intervention held elsewhere runs alone, once free
+        (0, []),  # the control held elsewhere: its interventions cannot go before it
+    ],
+)
 def test_a_group_holds_its_leases_and_leaves_out_a_trial_held_elsewhere(
-    data, tmp_path, monkeypatch
+    held, grouped, data, tmp_path, monkeypatch
 ):
     seen = spy_groups(monkeypatch)
     exp = three_trials(tmp_path / "b.db", data)
-    control, free, held = (p.id for p in exp.grid)
+    ids = [p.id for p in exp.grid]
     other = subprocess.Popen(["sleep", "1"])
     threading.Thread(target=other.wait, daemon=True).start()  # reaped: its pid then is gone
     owner = f"{socket.gethostname()}:{other.pid}"
-    exp.store.db.execute("INSERT INTO leases VALUES (?, ?, ?)", (held, owner, time.time()))
+    exp.store.db.execute("INSERT INTO leases VALUES (?, ?, ?)", (ids[held], owner, time.time()))
     exp.run(1, executor=BatchedExecutor(), verbose=False)
-    assert seen == [([control, free], {f"{socket.gethostname()}:{os.getpid()}"})]
-    assert sorted(exp.trained) == sorted([control, free, held])  # held: alone, once free
+    me = {f"{socket.gethostname()}:{os.getpid()}"}
+    assert seen == ([([ids[i] for i in grouped], me)] if grouped else [])
+    assert sorted(exp.trained) == sorted(ids)
     assert exp.store.db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
     serial = three_trials(tmp_path / "s.db", data)
     serial.run(1, verbose=False)
