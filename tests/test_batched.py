@@ -1,10 +1,13 @@
 """ptera.lab.experiments.batched: groups of trials trained as one vmapped model."""
 
+import hashlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -376,6 +379,15 @@ def test_cli_executor_batched(tmp_path, capsys, monkeypatch):
         config.write_text(CONFIG)
         main(["run", str(config), *extra])
         assert "3 done" in capsys.readouterr().out
+    # The batched run's resolved config, dumped and run again, names the same trials.
+    main(["run", str(tmp_path / "batched" / "exp.toml"), "--executor", "batched", "--dump-config"])
+    dumped = capsys.readouterr().out
+    assert 'executor = "batched"' in dumped
+    (tmp_path / "batched" / "dumped.toml").write_text(dumped)
+    main(["run", str(tmp_path / "batched" / "dumped.toml"), "--executor", "serial"])
+    main(["status", str(tmp_path / "batched" / "dumped.toml")])
+    out = capsys.readouterr().out
+    assert "[1/3]" not in out and "3 done" in out  # nothing retrained
     serial, batched = (sqlite3.connect(tmp_path / f / "cli.db") for f in ("serial", "batched"))
     query = (
         "SELECT trial, epoch, split, name, value FROM metrics ORDER BY trial, epoch, split, name"
@@ -481,3 +493,120 @@ def test_a_failing_group_is_named_and_recorded(data, tmp_path):
         == [("Tweak(Linear > input: broken, when=3-4)", "failed")] * 2 + [("control", "done")] * 2
     )
     assert all("ArithmeticError" in e for e in exp.store.errors().values())
+
+
+# -- leases, checksums, divergence: as in serial runs -------------------------------------
+def mlp():
+    """No dropout: a group's numbers are then its trials' serial numbers."""
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def three_trials(store, data, **kwargs):
+    """A control and two perturbations: one group."""
+    return Experiment(
+        mlp,
+        data,
+        interventions=[PerturbWeights.make_variations(epsilon=(0.01, 0.1))],
+        store=store,
+        batch_size=16,
+        **kwargs,
+    )
+
+
+def spy_groups(monkeypatch):
+    """Each group trained, with the lease holders of its trials as it starts."""
+    from ptera.lab.experiments import batched
+
+    seen, real = [], batched.train_group
+
+    def spy(setup, trials, n_epochs, randomness="different"):
+        owners = dict(setup.store.db.execute("SELECT trial, owner FROM leases"))
+        seen.append((list(trials), {owners.get(t) for t in trials}))
+        return real(setup, trials, n_epochs, randomness)
+
+    monkeypatch.setattr(batched, "train_group", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "held, grouped",
+    [
+        (2, [0, 1]),  # an intervention held elsewhere runs alone, once free
+        (0, []),  # the control held elsewhere: its interventions cannot go before it
+    ],
+)
+def test_a_group_holds_its_leases_and_leaves_out_a_trial_held_elsewhere(
+    held, grouped, data, tmp_path, monkeypatch
+):
+    seen = spy_groups(monkeypatch)
+    exp = three_trials(tmp_path / "b.db", data)
+    ids = [p.id for p in exp.grid]
+    other = subprocess.Popen(["sleep", "1"])
+    threading.Thread(target=other.wait, daemon=True).start()  # reaped: its pid then is gone
+    owner = f"{socket.gethostname()}:{other.pid}"
+    exp.store.db.execute("INSERT INTO leases VALUES (?, ?, ?)", (ids[held], owner, time.time()))
+    exp.run(1, executor=BatchedExecutor(), verbose=False)
+    me = {f"{socket.gethostname()}:{os.getpid()}"}
+    assert seen == ([([ids[i] for i in grouped], me)] if grouped else [])
+    assert sorted(exp.trained) == sorted(ids)
+    assert exp.store.db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+    serial = three_trials(tmp_path / "s.db", data)
+    serial.run(1, verbose=False)
+    close(serial, exp)
+
+
+def test_group_checkpoints_are_checksummed_and_a_damaged_one_is_resumed_before(
+    data, tmp_path, monkeypatch
+):
+    exp = three_trials(tmp_path / "b.db", data)
+    exp.run(2, executor=BatchedExecutor(), verbose=False)
+    rows = exp.store.db.execute("SELECT trial, epoch, path, sha256 FROM checkpoints").fetchall()
+    assert len(rows) == 3 * 3
+    for trial, epoch, path, sha in rows:
+        data_ = (exp.store.path.parent / path).read_bytes()
+        assert sha == hashlib.sha256(data_).hexdigest()
+        assert exp.store.load_checkpoint(trial, epoch)["trial"] == trial
+    damaged = exp.store.checkpoint_path(exp.grid[1].id, 2)
+    raw = bytearray(damaged.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    seen = spy_groups(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="does not match its checksum"):
+        exp.run(3, executor=BatchedExecutor(), verbose=False)
+    # The damaged trial left the group and resumed from epoch 1; the others went on.
+    assert [trials for trials, _ in seen] == [[exp.grid[0].id, exp.grid[2].id]]
+    clean = three_trials(tmp_path / "c.db", data)
+    clean.run(3, executor=BatchedExecutor(), verbose=False)
+    close(clean, exp)
+
+
+def test_a_serial_run_reuses_a_batched_run(data, tmp_path):
+    batched = three_trials(tmp_path / "x.db", data)
+    batched.run(1, executor="batched", verbose=False)
+    serial = three_trials(tmp_path / "x.db", data)
+    assert [p.id for p in serial.grid] == [p.id for p in batched.grid]
+    serial.run(1, verbose=False)
+    assert serial.trained == []
+
+
+def test_a_diverging_trial_is_nan_and_its_group_goes_on(data, tmp_path):
+    def build(store):
+        return Experiment(
+            mlp,
+            data,
+            interventions=[ChangeOptimizer(lr=1e30), PerturbWeights(epsilon=0.01)],
+            store=store,
+            batch_size=16,
+        )
+
+    serial, batched = build(tmp_path / "s.db"), build(tmp_path / "b.db")
+    assert len(groups(batched)) == 1
+    serial.run(2, verbose=False)
+    batched.run(2, executor=BatchedExecutor(), verbose=False)
+    diverging = batched.grid[1].id
+    assert batched.store.diverged() == serial.store.diverged() == {diverging}
+    df = batched.results()
+    late = df[(df.trial == diverging) & (df.epoch == 2) & (df.metric == "loss")].value
+    assert late.isna().all()
+    close(serial, batched)  # the other trials' numbers are their serial numbers
+    assert batched.status(2) == serial.status(2)

@@ -1117,8 +1117,10 @@ def test_a_lease_is_taken_over_when_its_holder_died(tmp_path):
 
 # -- Ctrl-C stops a run cleanly (issue 20.8) ------------------------------------------------
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-@pytest.mark.parametrize("processes", [1, 2])
-def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(processes, tmp_path):
+@pytest.mark.parametrize("processes, executor", [(1, "serial"), (2, "processes"), (1, "batched")])
+def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(
+    processes, executor, tmp_path
+):
     config = tmp_path / "exp.toml"
     config.write_text(CONFIG)
     store = tmp_path / "cli.db"
@@ -1132,6 +1134,8 @@ def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(processes,
         "100000",
         "--processes",
         str(processes),
+        "--executor",
+        executor,
     ]
     proc, workers = _start_program(store, None, processes, until_committed=2, command=command)
     committed = _committed(store)
@@ -1150,6 +1154,8 @@ def test_sigint_stops_a_run_within_seconds_and_keeps_committed_epochs(processes,
     assert _committed(store) >= committed
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if processes == 1:  # this process released its leases (terminated workers' are stale)
+        assert db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
 
 
 _scalars = (

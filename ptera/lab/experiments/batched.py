@@ -25,6 +25,15 @@ Decisions:
   the model (dropout) are ``randomness="different"`` per trial, seeded by the
   group's trials and the epoch: reproducible for the same group, but not the
   serial path's masks (which a control shares with its interventions).
+* A group claims the leases of all its trials before it trains (``store.Leases``,
+  one heartbeat thread) and releases them when it ends, fails or is interrupted.
+  A trial another live process holds leaves the group and runs alone later
+  (``run_trial`` waits for the lease, then finds it done); so does a trial
+  whose resume point changed meanwhile or whose last checkpoint does not verify
+  (it resumes from its last good epoch, with a warning, as a serial trial does),
+  and an intervention whose control left the group.
+* A trial that diverges (NaN/inf loss) does not touch the others: each trial's
+  gradient is its own, its metrics are stored as NaN/inf as a serial trial's.
 * Groups run one after another, each single-threaded like a serial trial; a
   group whose trials' controls are in another group waits for it (a cycle
   is broken by running the waiting trials alone afterwards). Per epoch, the
@@ -55,12 +64,14 @@ from .interventions import (
     optimizer_defaults,
 )
 from .metrics import Metrics
+from .store import Leases
 from .trial import (
     EVAL_BATCH,
     Setup,
     TrialError,
     TrialPlan,
     TrialRun,
+    _resume_point,
     build_model,
     commit,
     isolated,
@@ -444,20 +455,68 @@ class BatchedExecutor:
         units = plan_groups(setup, list(after), epochs, self.max_trials)
         finished: set[str] = set()
         results: dict[str, int] = {}
-        while units:
-            unit = _ready(units, after, finished)
-            units.remove(unit)
-            if len(unit) == 1:
-                trained = {unit[0]: run_trial(setup, unit[0], n_epochs)}
-            else:
-                n = train_group(setup, unit, n_epochs, self.randomness)
-                trained = dict.fromkeys(unit, n)
-            for tid, n in trained.items():
-                finished.add(tid)
-                results[tid] = n
-                if done is not None:
-                    done(tid, n)
+        with Leases(setup.store) as leases:  # leaving it releases them, even on Ctrl-C
+            while units:
+                unit = _ready(units, after, finished)
+                units.remove(unit)
+                if len(unit) > 1:
+                    unit = _claim(setup, unit, epochs, after, finished, leases, units)
+                if len(unit) == 1:
+                    trained = {unit[0]: run_trial(setup, unit[0], n_epochs)}
+                elif unit:
+                    try:
+                        n = train_group(setup, unit, n_epochs, self.randomness)
+                    finally:
+                        for tid in unit:
+                            leases.release(tid)
+                    trained = dict.fromkeys(unit, n)
+                else:
+                    trained = {}
+                for tid, n in trained.items():
+                    finished.add(tid)
+                    results[tid] = n
+                    if done is not None:
+                        done(tid, n)
         return results
+
+
+def _claim(
+    setup: Setup,
+    unit: list[str],
+    planned: dict[str, int],
+    after: dict,
+    finished: set,
+    leases: Leases,
+    units: list[list[str]],
+) -> list[str]:
+    """The trials of ``unit`` that can train as a group now, their leases claimed.
+
+    The others (held by another live process, resumed elsewhere meanwhile, a
+    damaged last checkpoint, a control that left) are appended to ``units`` to
+    run alone, their leases released (``run_trial`` takes them); so are the
+    trials of a group reduced to one.
+    """
+    store = setup.store
+    claimed = [t for t in unit if leases.claim(t)]
+    now = store.epochs(claimed)
+    keep = []
+    for tid in claimed:
+        store.remove_leftovers(tid)
+        resume, _ = _resume_point(store, setup.plans[tid], now[tid])
+        if now[tid] == planned[tid] and resume == now[tid]:
+            keep.append(tid)
+    while True:  # an intervention needs its control finished or in the group
+        left = [t for t in keep if after[t] and after[t] not in finished and after[t] not in keep]
+        if not left:
+            break
+        keep = [t for t in keep if t not in left]
+    if len(keep) < 2:
+        keep = []
+    for tid in claimed:
+        if tid not in keep:
+            leases.release(tid)
+    units.extend([t] for t in unit if t not in keep)
+    return keep
 
 
 def _ready(units: list[list[str]], after: dict, finished: set) -> list[str]:

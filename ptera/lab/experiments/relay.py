@@ -15,6 +15,17 @@ Decisions:
   first, then one transaction), so a worker commits exactly what the serial path
   commits. A trial counts as finished only after the queue is drained: its epochs
   are in the store before its interventions are submitted.
+* The driver holds the lease of each trial it dispatches (claimed before the
+  task is submitted, kept fresh while it runs, kept across a resubmission,
+  released when the trial ends, fails or is cancelled): to other processes a
+  relayed trial is leased like a local one. A trial another live process holds
+  is submitted once the driver can claim it (and is then found done).
+* Checkpoints travel as the bytes the store writes, with their SHA-256: the
+  driver writes the relayed bytes themselves (the same checksum is recorded as
+  for a local commit, and a mismatch is an error), and a worker verifies every
+  checkpoint it was sent (checksum, trial id, epoch) before loading it. The
+  driver picks the resume point it sends as the serial path does: a damaged
+  last checkpoint is a warning, and the trial resumes from its last good epoch.
 * The setup sent to workers holds a store that refuses to open: a worker that
   tried to touch the driver's disk would fail loudly, not write elsewhere.
 * A worker that dies mid-trial (killed, out of memory, node lost) is resubmitted
@@ -26,26 +37,23 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
-import io
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .executors import Job, _dispatch, _pickle, _setup_in_worker
-from .trial import Setup, run_trial
+from .store import Checkpoint, CheckpointError, Leases, checkpoint_bytes, verify_checkpoint
+from .trial import Setup, _resume_point, backfill, run_trial
 
 __all__ = ["RelayStore", "run_relayed"]
 
 
-def _to_bytes(state: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
 class RelayStore:
-    """A trial's store on a worker: reads from the task's snapshot, commits to the queue."""
+    """A trial's store on a worker: reads from the task's snapshot, commits to the queue.
+
+    ``checkpoints`` maps ``(trial, epoch)`` to the checkpoint's bytes and SHA-256.
+    """
 
     def __init__(self, epochs: dict[str, int], checkpoints: dict, queue: Any):
         self._epochs, self._checkpoints, self.queue = dict(epochs), dict(checkpoints), queue
@@ -56,22 +64,38 @@ class RelayStore:
         trials = self._epochs if trials is None else trials
         return {t: self._epochs.get(t, -1) for t in trials}
 
+    def hold(self, trial: str) -> Any:
+        return nullcontext()  # the driver holds the lease for this worker
+
+    def remove_leftovers(self, trial: str) -> list:
+        return []  # the checkpoint folder is the driver's
+
     def load_checkpoint(self, trial: str, epoch: int) -> dict:
-        data = self._checkpoints.get((trial, epoch))
-        if data is None:
+        sent = self._checkpoints.get((trial, epoch))
+        if sent is None:
             raise FileNotFoundError(f"trial {trial}: epoch {epoch} was not sent to this worker")
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        where = f"{trial}/epoch-{epoch}.pt (relayed to this worker)"
+        return verify_checkpoint(*sent, trial, epoch, where)
 
-    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Path:
-        self._pending[(trial, epoch)] = _to_bytes(state)
-        return self.path / trial / f"epoch-{epoch}.pt"
+    def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Checkpoint:
+        data = self._pending[(trial, epoch)] = checkpoint_bytes(state)
+        return Checkpoint(self.path / trial / f"epoch-{epoch}.pt", _sha256(data))
 
-    def commit_epoch(self, trial: str, epoch: int, metrics: dict, checkpoint: Path | None) -> None:
+    def commit_epoch(
+        self, trial: str, epoch: int, metrics: dict, checkpoint: Checkpoint | None
+    ) -> None:
         data = self._pending.pop((trial, epoch)) if checkpoint is not None else None
-        self.queue.put(("commit", trial, epoch, metrics, data))  # returns once queued
+        sha = None if checkpoint is None else checkpoint.sha256
+        self.queue.put(("commit", trial, epoch, metrics, data, sha))  # returns once queued
         if data is not None:
-            self._checkpoints[(trial, epoch)] = data
+            self._checkpoints[(trial, epoch)] = (data, sha)
             self._epochs[trial] = max(self._epochs.get(trial, -1), epoch)
+
+    def rollback(self, trial: str, epoch: int) -> None:
+        self.queue.put(("rollback", trial, epoch))
+        self._epochs[trial] = epoch
+        for key in [k for k in self._checkpoints if k[0] == trial and k[1] > epoch]:
+            del self._checkpoints[key]
 
     def fail(self, trial: str, error: str) -> None:
         self.queue.put(("fail", trial, error))
@@ -81,6 +105,12 @@ class RelayStore:
 
     def close(self) -> None:
         pass
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 class _Unreachable:
@@ -103,18 +133,21 @@ class _Unreachable:
 
 
 def snapshot(setup: Setup, trial: str, n_epochs: int) -> tuple[dict, dict]:
-    """What ``trial`` will read: epochs, its last checkpoint, its control's checkpoints."""
+    """What ``trial`` will read: epochs, its resume checkpoint, its control's checkpoints.
+
+    Checkpoints go as ``(bytes, sha256)``; the resume point is the last epoch
+    whose checkpoint verifies here (a damaged one is rolled back, with a warning).
+    """
     plan, store = setup.plans[trial], setup.store
+    store.remove_leftovers(trial)
+    done, _ = _resume_point(store, plan, store.epochs([trial])[trial])
     epochs = store.epochs({trial, plan.control})
     checkpoints = {}
-    done = epochs[trial]
     if done >= 0:
-        checkpoints[(trial, done)] = _to_bytes(store.load_checkpoint(trial, done))
+        checkpoints[(trial, done)] = store.read_checkpoint(trial, done)
     if setup.metrics.registered and not plan.is_control:
         for epoch in range(max(done, 0), min(n_epochs, epochs[plan.control]) + 1):
-            checkpoints[(plan.control, epoch)] = _to_bytes(
-                store.load_checkpoint(plan.control, epoch)
-            )
+            checkpoints[(plan.control, epoch)] = store.read_checkpoint(plan.control, epoch)
     return epochs, checkpoints
 
 
@@ -127,10 +160,14 @@ def _run_relayed(
 
 
 class _Task:
-    """A submitted trial; its Ray reference changes when it is resubmitted."""
+    """A submitted trial; its Ray reference changes when it is resubmitted.
 
-    def __init__(self, job: Job, ref: Any):
-        self.job, self.ref, self.attempts = job, ref, 1
+    ``ref`` is ``None`` while another process holds the trial's lease.
+    """
+
+    def __init__(self, job: Job):
+        self.job, self.ref, self.attempts = job, None, 0
+        self.finished = False  # found done after another process let go of it
 
 
 def run_relayed(
@@ -150,10 +187,19 @@ def run_relayed(
     ref = ray.put(payload)
     queue = Queue()
     remote = ray.remote(num_cpus=cpus, max_retries=0)(_run_relayed)
+    leases = Leases(store)
 
-    def start(job: Job) -> Any:
-        epochs, checkpoints = snapshot(setup, job.id, n_epochs)
-        return remote.remote(key, ref, job.id, n_epochs, epochs, checkpoints, queue)
+    def start(task: _Task) -> None:
+        if not leases.claim(task.job.id):
+            return  # another live process trains it: submitted once it lets go
+        if store.epochs([task.job.id])[task.job.id] >= n_epochs:  # it did, meanwhile
+            plan = setup.plans[task.job.id]
+            backfill(setup, plan, store.epochs([plan.id])[plan.id])  # here: all checkpoints
+            task.finished = True
+            return
+        epochs, checkpoints = snapshot(setup, task.job.id, n_epochs)
+        task.attempts += 1
+        task.ref = remote.remote(key, ref, task.job.id, n_epochs, epochs, checkpoints, queue)
 
     def drain() -> None:
         while True:
@@ -163,40 +209,64 @@ def run_relayed(
                 return
             if item[0] == "fail":
                 store.fail(item[1], item[2])
-                continue
-            _, trial, epoch, metrics, data = item
-            path = None
-            if data is not None:
-                state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-                path = store.save_checkpoint(trial, epoch, state)
-            store.commit_epoch(trial, epoch, metrics, path)
+            elif item[0] == "rollback":
+                store.rollback(item[1], item[2])
+            else:
+                _, trial, epoch, metrics, data, sha = item
+                saved = None
+                if data is not None:
+                    saved = store.save_checkpoint_bytes(trial, epoch, data)
+                    if saved.sha256 != sha:
+                        raise CheckpointError(
+                            f"checkpoint {saved.path} (trial {trial}, epoch {epoch}) relayed"
+                            " from a worker does not match the checksum the worker computed"
+                        )
+                store.commit_epoch(trial, epoch, metrics, saved)
 
     def submit(job: Job) -> _Task:
-        return _Task(job, start(job))
+        task = _Task(job)
+        start(task)
+        return task
 
     def wait_any(tasks: list[_Task]) -> list:
         while True:
-            ready, _ = ray.wait([t.ref for t in tasks], num_returns=1, timeout=0.2)
+            for task in tasks:
+                if task.ref is None and not task.finished:
+                    start(task)
+                if task.finished:
+                    leases.release(task.job.id)
+                    return [(task, 0)]
+            refs = [t.ref for t in tasks if t.ref is not None]
+            ready = []
+            if refs:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
+            else:
+                time.sleep(0.2)
             drain()
             if not ready:
                 continue
             task = next(t for t in tasks if t.ref == ready[0])
             try:
-                return [(task, ray.get(task.ref))]
+                result = ray.get(task.ref)
             except crashed:
                 if task.attempts > retries:
                     raise
-                task.attempts += 1
-                task.ref = start(task.job)  # from its last committed epoch
+                task.ref = None
+                start(task)  # from its last committed epoch, the lease still held
+                continue
             except ray.exceptions.RayTaskError as exc:
                 raise exc.as_instanceof_cause() from None  # the trial's own error
+            leases.release(task.job.id)
+            return [(task, result)]
 
     def cancel(tasks: list[_Task]) -> None:
         for t in tasks:
-            ray.cancel(t.ref)
+            if t.ref is not None:
+                ray.cancel(t.ref)
 
-    try:
-        return _dispatch(jobs, submit, wait_any, cancel, done)
-    finally:
-        drain()
-        queue.shutdown()
+    with leases:  # leaving it releases the leases of failed and cancelled trials
+        try:
+            return _dispatch(jobs, submit, wait_any, cancel, done)
+        finally:
+            drain()
+            queue.shutdown()

@@ -20,7 +20,12 @@ Decisions:
 * One process trains a trial at a time: it takes the trial's lease (a row with
   its host, pid and heartbeat, written in a transaction) and keeps it fresh
   while it trains; another process waits for it, and takes over a lease whose
-  holder died (its pid is gone, or its heartbeat stopped for a minute).
+  holder died (its pid is gone, or its heartbeat stopped for a minute). A
+  process holding several leases (a batched group, a Ray driver relaying its
+  workers' epochs) keeps them fresh from one thread (``Leases``).
+* A checkpoint is verified from its bytes and recorded checksum wherever it is
+  read (``verify_checkpoint``): from the store's folder, or from bytes relayed
+  to a worker without the folder.
 * Every process opens its own connection; WAL and a busy timeout let workers of
   one experiment commit side by side.
 """
@@ -33,15 +38,17 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Checkpoint", "CheckpointError", "Store"]
+__all__ = ["Checkpoint", "CheckpointError", "Leases", "Store", "verify_checkpoint"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -205,17 +212,26 @@ class Store:
     def release(self, trial: str) -> None:
         self.db.execute("DELETE FROM leases WHERE trial = ? AND owner = ?", (trial, _owner()))
 
+    @contextmanager
+    def hold(self, trial: str, poll: float = 0.5):
+        """Wait for ``trial``'s lease, keep it fresh while inside, release it at the end."""
+        with Leases(self) as leases:
+            while not leases.claim(trial):
+                time.sleep(poll)
+            yield
+
     # -- epochs -----------------------------------------------------------------
     def checkpoint_path(self, trial: str, epoch: int) -> Path:
         return self.checkpoints / trial / f"epoch-{epoch}.pt"
 
     def save_checkpoint(self, trial: str, epoch: int, state: dict) -> Checkpoint:
         """Write ``state`` atomically (temporary file, then rename); returns its checksum."""
+        return self.save_checkpoint_bytes(trial, epoch, checkpoint_bytes(state))
+
+    def save_checkpoint_bytes(self, trial: str, epoch: int, data: bytes) -> Checkpoint:
+        """Write a serialized checkpoint as ``save_checkpoint`` writes one (relayed bytes)."""
         path = self.checkpoint_path(trial, epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getvalue()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -228,31 +244,27 @@ class Store:
         The file must have the checksum recorded when it was committed, and hold
         this trial's id and this epoch.
         """
+        data, sha256, path = self._read(trial, epoch)
+        return verify_checkpoint(data, sha256, trial, epoch, str(path))
+
+    def read_checkpoint(self, trial: str, epoch: int) -> tuple[bytes, str | None]:
+        """The bytes of ``trial``'s checkpoint at ``epoch`` and their recorded SHA-256."""
+        return self._read(trial, epoch)[:2]
+
+    def _read(self, trial: str, epoch: int) -> tuple[bytes, str | None, Path]:
         row = self.db.execute(
             "SELECT path, sha256 FROM checkpoints WHERE trial = ? AND epoch = ?", (trial, epoch)
         ).fetchone()
         if row is None:
             raise FileNotFoundError(f"trial {trial} has no checkpoint for epoch {epoch}")
         path = self.path.parent / row[0]
-
-        def bad(why: str) -> CheckpointError:
-            return CheckpointError(f"checkpoint {path} (trial {trial}, epoch {epoch}) {why}")
-
         try:
-            data = path.read_bytes()
+            return path.read_bytes(), row[1], path
         except OSError as exc:
-            raise bad(f"cannot be read: {exc.strerror or exc}") from None
-        if row[1] is not None and hashlib.sha256(data).hexdigest() != row[1]:
-            raise bad("does not match its checksum (damaged, truncated or replaced)")
-        try:
-            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:
-            raise bad(f"cannot be loaded: {exc}") from None
-        if not isinstance(state, dict) or state.get("epoch") != epoch:
-            raise bad("holds another epoch")
-        if state.get("trial", trial) != trial:
-            raise bad(f"belongs to trial {state['trial']}")
-        return state
+            raise CheckpointError(
+                f"checkpoint {path} (trial {trial}, epoch {epoch}) cannot be read:"
+                f" {exc.strerror or exc}"
+            ) from None
 
     def rollback(self, trial: str, epoch: int) -> None:
         """Forget what ``trial`` committed after ``epoch`` (-1: everything)."""
@@ -346,6 +358,85 @@ class Store:
                 )
             ]
         return out
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """A checkpoint's state serialized as the store writes it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def verify_checkpoint(data: bytes, sha256: str | None, trial: str, epoch: int, where: str) -> dict:
+    """The state in a checkpoint's ``data``, checked against its checksum, trial and epoch."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {where} (trial {trial}, epoch {epoch}) {why}")
+
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise bad("does not match its checksum (damaged, truncated or replaced)")
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise bad(f"cannot be loaded: {exc}") from None
+    if not isinstance(state, dict) or state.get("epoch") != epoch:
+        raise bad("holds another epoch")
+    if state.get("trial", trial) != trial:
+        raise bad(f"belongs to trial {state['trial']}")
+    return state
+
+
+class Leases:
+    """The leases this process holds in a store, kept fresh by one heartbeat thread.
+
+    ``claim`` never waits (``False``: another live process holds the lease);
+    ``release`` gives one back, leaving the context releases the rest.
+    """
+
+    def __init__(self, store: Store):
+        self.store, self.held = store, set()
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def claim(self, trial: str) -> bool:
+        if trial in self.held:
+            return True
+        if not self.store.claim(trial):
+            return False
+        with self._lock:
+            self.held.add(trial)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="ptera-leases", daemon=True)
+            self._thread.start()
+        return True
+
+    def release(self, trial: str) -> None:
+        with self._lock:
+            if trial not in self.held:
+                return
+            self.held.discard(trial)
+        self.store.release(trial)
+
+    def _beat(self) -> None:
+        own = Store(self.store.path)  # a connection of this thread's own
+        try:
+            while not self._stop.wait(HEARTBEAT):
+                with self._lock:
+                    held = list(self.held)
+                for trial in held:
+                    own.heartbeat(trial)
+        finally:
+            own.close()
+
+    def __enter__(self) -> Leases:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for trial in list(self.held):
+            self.release(trial)
 
 
 def _owner() -> str:

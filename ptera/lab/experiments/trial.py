@@ -26,8 +26,6 @@ Decisions:
 from __future__ import annotations
 
 import copy
-import threading
-import time
 import traceback
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -48,7 +46,7 @@ from ..learner import DataLoaders, Learner
 from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
-from .store import HEARTBEAT, CheckpointError, Store
+from .store import CheckpointError, Store
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -294,7 +292,7 @@ def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
     """
     plan = setup.plans[trial]
     store = setup.store
-    with _lease(store, trial):
+    with store.hold(trial):
         done = store.epochs([trial])[trial]
         try:
             if done >= n_epochs:
@@ -310,31 +308,6 @@ def run_trial(setup: Setup, trial: str, n_epochs: int) -> int:
             store.fail(trial, traceback.format_exc())
             at = store.epochs([trial])[trial] + 1
             raise TrialError(f"trial {trial} ({plan.label}) failed in epoch {at}: {exc!r}") from exc
-
-
-@contextmanager
-def _lease(store: Store, trial: str):
-    """Wait for ``trial``'s lease, keep it fresh from a thread, release it at the end."""
-    while not store.claim(trial):
-        time.sleep(0.5)
-    stop = threading.Event()
-
-    def beat() -> None:
-        own = Store(store.path)  # a connection of this thread's own
-        try:
-            while not stop.wait(HEARTBEAT):
-                own.heartbeat(trial)
-        finally:
-            own.close()
-
-    thread = threading.Thread(target=beat, name=f"ptera-lease-{trial}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        store.release(trial)
 
 
 def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
