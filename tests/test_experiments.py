@@ -1004,6 +1004,8 @@ def test_cli_help_needs_no_config_and_shows_values(capsys):
         (["--processes", "0"], "expected an integer >= 1, got '0'"),
         (["--executor", "gpu"], "invalid choice: 'gpu'"),
         (["--config", "x.toml"], "unrecognized arguments: --config"),
+        (["--executor", "batched", "--processes", "2"], "runs in this process"),
+        (["--executor", "serial", "--processes", "2"], "runs in this process"),
     ],
 )
 def test_cli_bad_options_exit_2_without_traceback(args, message, tmp_path, capsys):

@@ -136,6 +136,11 @@ def resolved(spec: dict, path: str) -> dict:
         raise CliError(
             f"{path}: executor must be one of {', '.join(EXECUTORS)}, got {out['executor']!r}"
         )
+    if out["processes"] > 1 and out["executor"] not in ("processes", "ray"):
+        raise CliError(
+            f"{path}: processes = {out['processes']} with executor {out['executor']!r}, which"
+            " runs in this process: use executor 'processes' (or leave it out), or processes = 1"
+        )
     return dict(sorted(out.items()))
 
 
