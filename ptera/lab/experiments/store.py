@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +178,19 @@ class Store:
             "UPDATE trials SET error = ?, updated = ? WHERE id = ?", (error, time.time(), trial)
         )
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``): committed when
+        the block ends, even by ``return``; rolled back when it raises."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     # -- leases: one process trains a trial at a time -------------------------------
     def claim(self, trial: str) -> bool:
         """Take ``trial``'s lease unless a live process holds it (in one transaction).
@@ -185,22 +198,15 @@ class Store:
         A holder is dead when its heartbeat is older than ``LEASE_STALE`` seconds,
         or, on this machine, when its process is gone.
         """
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             row = db.execute("SELECT owner, heartbeat FROM leases WHERE trial = ?", (trial,))
             held = row.fetchone()
             if held is not None and held[0] != _owner() and _holder_alive(*held):
-                db.execute("ROLLBACK")
                 return False
             db.execute(
                 "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (trial, _owner(), time.time())
             )
-            db.execute("COMMIT")
             return True
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def heartbeat(self, trial: str) -> None:
         """Tell other processes that this one still trains ``trial``."""
@@ -268,19 +274,13 @@ class Store:
 
     def rollback(self, trial: str, epoch: int) -> None:
         """Forget what ``trial`` committed after ``epoch`` (-1: everything)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.execute("DELETE FROM metrics WHERE trial = ? AND epoch > ?", (trial, epoch))
             db.execute("DELETE FROM checkpoints WHERE trial = ? AND epoch > ?", (trial, epoch))
             db.execute(
                 "UPDATE trials SET epochs = ?, updated = ? WHERE id = ?",
                 (epoch, time.time(), trial),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def remove_leftovers(self, trial: str) -> list[Path]:
         """Delete temporary files of checkpoint writes whose process has died."""
@@ -300,9 +300,7 @@ class Store:
         checkpoint: Checkpoint | None,
     ) -> None:
         """Metrics of ``epoch``, its checkpoint and the trial's progress, in one transaction."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
                 [
@@ -321,10 +319,6 @@ class Store:
                     " WHERE id = ?",
                     (epoch, time.time(), trial),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def diverged(self) -> set[str]:
         """Trials with a NaN or infinite metric value at some epoch."""
