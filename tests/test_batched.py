@@ -2,11 +2,9 @@
 
 import hashlib
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from ptera.lab.experiments.batched import _ready, plan_groups, why_alone
 
 from .batched_program import eight_trials, small_images
 from .experiment_program import TempNet, small_digits
+from .kill_program import kill_when_committed
 
 HERE = Path(__file__).parent
 
@@ -317,32 +316,12 @@ def test_dropout_differs_per_trial_and_is_reproducible(data, tmp_path):
 
 def test_resume_a_group_after_kill(tmp_path):
     store = tmp_path / "x.db"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "batched_program.py"), str(store), "2"],
-        cwd=HERE.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    committed = kill_when_committed(
+        "batched_program.py",
+        store,
+        ["2"],
+        lambda committed: any(e >= 1 for e in committed.values()),
     )
-    committed = {}
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if store.exists():
-                try:
-                    db = sqlite3.connect(store, timeout=5)
-                    committed = dict(db.execute("SELECT id, epochs FROM trials").fetchall())
-                    db.close()
-                except sqlite3.OperationalError:
-                    committed = {}
-                if any(e >= 1 for e in committed.values()):
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = dict(db.execute("SELECT id, epochs FROM trials").fetchall())

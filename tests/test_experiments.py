@@ -29,6 +29,7 @@ from ptera.lab.experiments.cli import main as cli_main
 from ptera.lab.models import Lenet5
 
 from .experiment_program import TempNet, perturb_experiment, small_digits
+from .kill_program import kill_when_committed
 
 HERE = Path(__file__).parent
 
@@ -480,32 +481,12 @@ def test_a_failing_trial_is_named_and_recorded(data, tmp_path):
 
 def test_resume_after_kill_loses_at_most_one_epoch(tmp_path):
     store = tmp_path / "x.db"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "experiment_program.py"), str(store), "3"],
-        cwd=HERE.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    committed = kill_when_committed(
+        "experiment_program.py",
+        store,
+        ["3"],
+        lambda committed: sum(max(e, 0) for e in committed.values()) >= 2,
     )
-    committed = {}
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if store.exists():
-                try:
-                    db = sqlite3.connect(store, timeout=5)
-                    committed = dict(db.execute("SELECT id, epochs FROM trials").fetchall())
-                    db.close()
-                except sqlite3.OperationalError:
-                    committed = {}
-                if sum(max(e, 0) for e in committed.values()) >= 2:
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     db = sqlite3.connect(store)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     after = dict(db.execute("SELECT id, epochs FROM trials").fetchall())
