@@ -32,7 +32,10 @@ from typing import Any
 
 import torch
 
-from .executors import Job, _dispatch, _pickle, _setup_in_worker
+from .executors import Job
+from .executors import dispatch as _dispatch
+from .executors import pickle_setup as _pickle
+from .executors import setup_in_worker as _setup_in_worker
 from .trial import Setup, run_trial
 
 __all__ = ["RelayStore", "run_relayed"]
