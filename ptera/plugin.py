@@ -2,7 +2,7 @@
 
 A *plugin* is any object with a method ``__ptera_rules__(emit, env)``. It goes
 wherever a selector does in a listener: ``probing(plugin)``, ``using(name=plugin)``,
-``f.on(plugin, fn)``, ``Learner.on(plugin)``. ``ptera.torch.Grad`` is one, written
+``@f.on(plugin)``, ``@learner.on(plugin)``. ``ptera.torch.Grad`` is one, written
 on this module alone.
 
 The contract:
@@ -11,7 +11,7 @@ The contract:
   with ``collecting_rule``. ``env`` is the mapping of names where the user made
   the probe or overlay (resolve the plugin's selectors in it).
 * It is called when the probe is made, and when an overlay is first entered
-  (again whenever a decorated function is defined or swapped since). Keep it
+  (and again once the set of decorated functions has changed). Keep it
   cheap and free of side effects: build rules, nothing else.
 * ``emit(captures)`` takes a dict ``{name: Capture}``, one call per result the
   plugin produces. The probe or overlay that owns ``emit`` delivers it: a probe
@@ -32,8 +32,9 @@ Decisions:
 * Work that must wait for every rule of an exit (one backward pass for several
   requests) goes through ``after_exit``.
 * ``ptera.torch``, ``ptera.lab`` and the experiments CLI reach the core only
-  through ``ptera``, this module, ``ptera.torch`` and ``ptera.cli``
-  (``tests/test_plugin.py`` checks their imports).
+  through the public names of ``ptera``, this module, ``ptera.torch`` and
+  ``ptera.cli`` (``tests/test_plugin.py`` checks their imports); the lab
+  composes its listeners and interventions with ``ptera.Effects``.
 """
 
 from __future__ import annotations
