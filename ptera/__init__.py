@@ -9,6 +9,7 @@ from . import interpret, opparse, tools, utils
 from .capture import Capture
 from .cli import CliError, auto_cli
 from .compat import Overlay, autotool, no_overlay
+from .effects import Overlay as Effects
 from .effects import rewriting, tweaking, using
 from .overlay import BaseOverlay, Immediate, PteraNameError, Total
 from .probe import OverridableProbe, Probe, global_probe, probing
@@ -53,6 +54,7 @@ __all__ = [
     "CliError",
     "Collection",
     "ConflictError",
+    "Effects",
     "Immediate",
     "Overlay",
     "OverridableProbe",

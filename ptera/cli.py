@@ -62,7 +62,7 @@ from .state import ConflictError
 from .tags import Tag, annotation_parts, match_tag, tag
 from .transform import ABSENT, priority_wrapper
 
-__all__ = ["CliError", "auto_cli", "find_options"]
+__all__ = ["CliError", "auto_cli", "find_options", "read_config"]
 
 
 class CliError(ValueError):

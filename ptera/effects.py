@@ -13,8 +13,8 @@ Decisions:
   ``on`` see each match once it is complete (total, core.md section 3).
 * A listener's return value is collected under the listener's name; a capture
   with several values passed to a listener is an error (as in ``map``).
-* A *plugin* (``Grad``) is any object with ``__ptera_rules__(emit, env)``: it
-  builds its own rules and calls ``emit`` with dicts of ``Capture``.
+* A *plugin* (``Grad``, any ``ptera.plugin.Plugin``) builds its own rules and
+  calls ``emit`` with dicts of ``Capture`` (the contract: ``ptera/plugin.py``).
 * Entering an overlay that is already active in this context does not stack it
   twice: the inner call reuses the outer activation.
 """
@@ -29,6 +29,7 @@ from .capture import Capture, Rule
 from .lookup import registry_version
 from .match import compile_selector
 from .overlay import activate, caller_env, deactivate
+from .plugin import is_plugin
 from .results import Collection, Result, call_with, listener_call
 from .selector import Scope, SelectorError, check_env, select
 from .transform import ABSENT
@@ -104,7 +105,7 @@ class Overlay:
                 )
             effects.append(_Effect("using", sel.focus.out_name, sel, None, env))
         for name, s in named.items():
-            target = s if hasattr(s, "__ptera_rules__") else select(s)
+            target = s if is_plugin(s) else select(s)
             effects.append(_Effect("using", name, target, None, env))
         return self._with(effects)
 
@@ -114,7 +115,7 @@ class Overlay:
             raise TypeError(f"on needs a function to call, not {type(fn).__name__} ({fn!r:.60})")
         check_env(env)
         env = env if env is not None else caller_env(1)
-        target = target if hasattr(target, "__ptera_rules__") else select(target)
+        target = target if is_plugin(target) else select(target)
         return self._with([_Effect("on", fn.__name__, target, fn, env)])
 
     # -- running ------------------------------------------------------------
@@ -154,7 +155,7 @@ class Overlay:
                     result.fields[name].append(call(caps))
                 return ABSENT
 
-        if hasattr(e.target, "__ptera_rules__"):
+        if is_plugin(e.target):
             return tuple(e.target.__ptera_rules__(emit, e.env))
         comp = compile_selector(e.target, e.env)
         return (Rule(comp, emit, immediate=False, raw=True),)

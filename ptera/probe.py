@@ -37,6 +37,7 @@ from .capture import Rule
 from .lookup import state_by_fid
 from .match import compile_selector
 from .overlay import activate, caller_env, check_owner, deactivate, missed_calls
+from .plugin import is_plugin
 from .selector import Scope, SelectorError, check_env, select, split_selectors
 from .transform import ABSENT
 
@@ -46,7 +47,7 @@ __all__ = ["OverridableProbe", "Probe", "global_probe", "probing"]
 def _selectors(selectors: tuple) -> list:
     out = []
     for s in selectors:
-        if hasattr(s, "__ptera_rules__"):
+        if is_plugin(s):
             out.append(s)  # a plugin such as Grad
         elif isinstance(s, str):
             parsed = _parsed.get(s)
@@ -174,11 +175,7 @@ class Probe(SourceProxy):
         self._rules = tuple(
             rule
             for sel in self._selectors
-            for rule in (
-                self._plugin(sel)
-                if hasattr(sel, "__ptera_rules__")
-                else (self._rule(sel, probe_type),)
-            )
+            for rule in (self._plugin(sel) if is_plugin(sel) else (self._rule(sel, probe_type),))
         )
         self._activation = None
         self._used = False

@@ -25,10 +25,8 @@ from typing import Any
 
 import torch
 
-from .capture import Capture, Rule
-from .match import compile_selector
-from .overlay import after_exit
-from .selector import Scope, SelectorError, select
+from . import Scope, SelectorError, select
+from .plugin import Capture, Rule, after_exit, collecting_rule
 
 __all__ = ["Grad"]
 
@@ -55,7 +53,6 @@ class Grad:
         return f"Grad({str(self.selector)!r})"
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
-        comp = compile_selector(self.selector, env, collect=True)
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
 
         def close(caps: dict[str, Capture]) -> None:
@@ -84,7 +81,7 @@ class Grad:
 
             _request(target.values[0], focus.values, deliver, self)
 
-        return (Rule(comp, close, immediate=False, raw=True),)
+        return (collecting_rule(self.selector, env, close),)
 
 
 class _Batch:

@@ -29,12 +29,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..effects import Overlay
-from ..match import compile_selector
-from ..overlay import caller_env
-from ..results import Result
-from ..selector import select
-from ..tooling import tooled
+from .. import Effects, Result, select, tooled
+from ..plugin import caller_env, check_selector, is_plugin
 from .callbacks import check_callback, to_device
 from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
 from .stages import Stages
@@ -105,7 +101,7 @@ class Learner(Stages):
         self.cbs = [check_callback(cb) for cb in cbs]
         self._events_key: tuple = ()
         self._events_cache: dict[str, tuple] = {}
-        self.listeners = Overlay()
+        self.listeners = Effects()
         self.results = Result()
         self.opt = None
         self.grad_scaler: Any = None  # a torch.amp.GradScaler, set by MixedPrecision(float16)
@@ -129,8 +125,8 @@ class Learner(Stages):
         """Decorator: call the listener on each match of ``selector`` during ``fit``."""
         env = caller_env(1)
         sel = select(selector) if isinstance(selector, str) else selector
-        if not hasattr(sel, "__ptera_rules__"):
-            compile_selector(sel, env)  # a selector naming nothing fails here, not mid-fit
+        if not is_plugin(sel):
+            check_selector(sel, env)  # a selector naming nothing fails here, not mid-fit
 
         def register(fn: Callable) -> Callable:
             self.listeners = self.listeners.on(sel, fn, env=env)

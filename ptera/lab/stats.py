@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..probe import probing
+from .. import probing
 from .callbacks import Callback
 
 __all__ = ["ActivationStats"]

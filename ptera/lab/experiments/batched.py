@@ -71,11 +71,11 @@ from .trial import (
     TrialError,
     TrialPlan,
     TrialRun,
-    _resume_point,
     build_model,
     commit,
     isolated,
     make_loader,
+    resume_point,
     run_trial,
 )
 from .vectorized_optim import StackedOptimizer, code_path, supports
@@ -502,7 +502,7 @@ def _claim(
     keep = []
     for tid in claimed:
         store.remove_leftovers(tid)
-        resume, _ = _resume_point(store, setup.plans[tid], now[tid])
+        resume, _ = resume_point(store, setup.plans[tid], now[tid])
         if now[tid] == planned[tid] and resume == now[tid]:
             keep.append(tid)
     while True:  # an intervention needs its control finished or in the group

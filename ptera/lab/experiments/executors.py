@@ -73,10 +73,10 @@ class SerialExecutor:
             trial = queue.pop(0)
             return [(trial, run_trial(setup, trial, n_epochs))]
 
-        return _dispatch(jobs, submit, wait_any, lambda handles: None, done)
+        return dispatch(jobs, submit, wait_any, lambda handles: None, done)
 
 
-def _dispatch(
+def dispatch(
     jobs: list[Job], submit: Callable, wait_any: Callable, cancel: Callable, done: Done
 ) -> dict:
     """Submit jobs as their controls finish; ``wait_any(handles) -> [(handle, result)]``."""
@@ -106,7 +106,8 @@ def _dispatch(
 _worker_setup: dict[str, Setup] = {}  # per worker process: the unpickled setup, by key
 
 
-def _setup_in_worker(key: str, payload: bytes) -> Setup:
+def setup_in_worker(key: str, payload: bytes) -> Setup:
+    """The setup that ``pickle_setup`` made ``payload`` of, unpickled once per worker process."""
     setup = _worker_setup.get(key)
     if setup is None:
         import pickle
@@ -124,7 +125,7 @@ def _install(key: str, payload: bytes, parent: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    _setup_in_worker(key, payload)
+    setup_in_worker(key, payload)
 
 
 def _die_with(parent: int) -> None:
@@ -153,7 +154,7 @@ def _die_with(parent: int) -> None:
 
 
 def _run_in_worker(key: str, payload: bytes | None, trial: str, n_epochs: int) -> int:
-    return run_trial(_setup_in_worker(key, payload), trial, n_epochs)
+    return run_trial(setup_in_worker(key, payload), trial, n_epochs)
 
 
 def _start_method() -> str:
@@ -164,7 +165,8 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _pickle(setup: Setup) -> tuple[str, bytes]:
+def pickle_setup(setup: Setup) -> tuple[str, bytes]:
+    """``(key, payload)``: the setup pickled (by cloudpickle) for ``setup_in_worker``."""
     try:
         import cloudpickle
     except ModuleNotFoundError:
@@ -186,7 +188,7 @@ class ProcessExecutor:
             raise ValueError(f"processes must be at least 1, got {processes}")
 
     def run(self, setup: Setup, jobs: list[Job], n_epochs: int, done: Done = None) -> dict:
-        key, payload = _pickle(setup)
+        key, payload = pickle_setup(setup)
         setup.store.close()
         context = multiprocessing.get_context(_start_method())
         workers = min(self.processes, len(jobs))
@@ -206,7 +208,7 @@ class ProcessExecutor:
                 f.cancel()
 
         try:
-            results = _dispatch(jobs, submit, wait_any, cancel, done)
+            results = dispatch(jobs, submit, wait_any, cancel, done)
         except KeyboardInterrupt:
             _terminate(pool)
             raise
@@ -263,7 +265,7 @@ class RayExecutor:
             from .relay import run_relayed  # imports this module
 
             return run_relayed(setup, jobs, n_epochs, done, self.cpus, self.retries)
-        key, payload = _pickle(setup)
+        key, payload = pickle_setup(setup)
         ref = ray.put(payload)
         remote = ray.remote(num_cpus=self.cpus, max_retries=0)(_run_in_worker)
 
@@ -281,7 +283,7 @@ class RayExecutor:
             for r in refs:
                 ray.cancel(r)
 
-        return _dispatch(jobs, submit, wait_any, cancel, done)
+        return dispatch(jobs, submit, wait_any, cancel, done)
 
 
 def make_executor(executor: Any, processes: int | None) -> Any:

@@ -40,9 +40,9 @@ from .interventions import (
     Intervention,
     hyperparameters_of,
     optimizer_defaults,
+    short,
     windows_text,
 )
-from .interventions import _short as short
 from .layout import results_frame, status_rows
 from .metrics import Metrics
 from .plotter import Plotter

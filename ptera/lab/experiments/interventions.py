@@ -33,10 +33,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...effects import Overlay
-from ...match import compile_selector
-from ...overlay import caller_env
-from ...selector import select
+from ... import Effects, select
+from ...plugin import caller_env, check_selector
 from .config import derive_seed, normalize
 
 __all__ = [
@@ -124,7 +122,7 @@ class Intervention:
     def close(self, run: Any) -> None:
         """A window closes: the control setting returns."""
 
-    def overlay(self) -> Overlay | None:
+    def overlay(self) -> Effects | None:
         """Tweaks and rewrites active for the whole trial (or, windowed, per batch)."""
         return None
 
@@ -148,7 +146,7 @@ class Intervention:
         return out
 
     def label(self) -> str:
-        parts = [f"{k}={_short(v)}" for k, v in self.params.items()]
+        parts = [f"{k}={short(v)}" for k, v in self.params.items()]
         if self.when is not None:
             parts.append("when=" + windows_text(self.when))
         return f"{type(self).__name__}({', '.join(parts)})"
@@ -235,7 +233,8 @@ def _unknown(cls: type, name: str) -> str:
     return f"{cls.__name__} has no parameter {name!r} (parameters: {', '.join(known)}){hint}"
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A value as a label or column shows it: a class by name, a float in ``%g``."""
     if isinstance(value, type):
         return value.__name__
     if isinstance(value, float):
@@ -393,7 +392,7 @@ class Tweak(Intervention):
         self.when = _windows(when, "Tweak") if when is not None else None
         self._env_module = _caller_module()
         self._env: dict | None = None
-        self._overlay: Overlay | None = None
+        self._overlay: Effects | None = None
         for text in values:
             sel = select(text)
             if sel.focus is None:
@@ -428,14 +427,14 @@ class Tweak(Intervention):
     def validate(self, settings: Mapping[str, Any]) -> None:
         """A selector that names nothing fails here, before any training."""
         for text in self.params["values"]:
-            compile_selector(select(text), self.env())
+            check_selector(text, self.env())
 
-    def overlay(self) -> Overlay:
+    def overlay(self) -> Effects:
         if self._overlay is not None:
             return self._overlay
         tweaks = {s: v for s, v in self.params["values"].items() if not callable(v)}
         rewrites = {s: v for s, v in self.params["values"].items() if callable(v)}
-        overlay = Overlay()
+        overlay = Effects()
         if tweaks:
             overlay = overlay.tweak(tweaks, env=self.env())
         if rewrites:
@@ -460,7 +459,7 @@ class Tweak(Intervention):
 def _short_fn(value: Any) -> str:
     if callable(value):
         return getattr(value, "__name__", "fn")
-    return _short(value)
+    return short(value)
 
 
 def _caller_module() -> str | None:

@@ -42,9 +42,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from .executors import Job, _dispatch, _pickle, _setup_in_worker
+from .executors import Job
+from .executors import dispatch as _dispatch
+from .executors import pickle_setup as _pickle
+from .executors import setup_in_worker as _setup_in_worker
 from .store import Checkpoint, CheckpointError, Leases, checkpoint_bytes, verify_checkpoint
-from .trial import Setup, _resume_point, backfill, run_trial
+from .trial import Setup, backfill, resume_point, run_trial
 
 __all__ = ["RelayStore", "run_relayed"]
 
@@ -140,7 +143,7 @@ def snapshot(setup: Setup, trial: str, n_epochs: int) -> tuple[dict, dict]:
     """
     plan, store = setup.plans[trial], setup.store
     store.remove_leftovers(trial)
-    done, _ = _resume_point(store, plan, store.epochs([trial])[trial])
+    done, _ = resume_point(store, plan, store.epochs([trial])[trial])
     epochs = store.epochs({trial, plan.control})
     checkpoints = {}
     if done >= 0:

@@ -317,7 +317,7 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
     run = TrialRun(plan, model)
     opt_state = None
     setup.store.remove_leftovers(plan.id)
-    done, state = _resume_point(setup.store, plan, done)
+    done, state = resume_point(setup.store, plan, done)
     trained = n_epochs - max(done, 0)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -353,7 +353,7 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
     return trained
 
 
-def _resume_point(store: Store, plan: TrialPlan, done: int) -> tuple[int, dict | None]:
+def resume_point(store: Store, plan: TrialPlan, done: int) -> tuple[int, dict | None]:
     """The last epoch whose checkpoint verifies, and its state (-1, None: start over).
 
     A damaged checkpoint is reported (a warning naming the file) and the trial

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...probe import probing
+from ... import probing
 
 __all__ = ["LayerProbe", "default_layers", "resolve_layers"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...probe import probing
+from ... import probing
 from ..callbacks import Callback
 from .layers import operable_layers
 
