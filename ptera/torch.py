@@ -54,6 +54,7 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
+        wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
 
         def close(caps: dict[str, Capture]) -> None:
             if x not in caps or y not in caps:
@@ -65,13 +66,26 @@ class Grad:
                     " call; Grad differentiates one value"
                 )
             focus = caps[x]
+            if wild:
+                # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
+                # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
+                kept = [
+                    (n, v)
+                    for n, v in zip(focus.names, focus.values)
+                    if not isinstance(v, torch.Tensor) or v.requires_grad
+                ]
+                if not kept:
+                    return
+                if len(kept) < len(focus.values):
+                    focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
             for name, value in zip(focus.names, focus.values):
                 if not (isinstance(value, torch.Tensor) and value.requires_grad):
                     what = type(value).__name__
                     raise ValueError(
                         f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
-                        " not require grad; only tensors with requires_grad=True can be"
-                        " differentiated by"
+                        " not require grad; Grad differentiates only by tensors with"
+                        " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
+                        " frozen tensors)"
                     )
             others = {k: c for k, c in caps.items() if k not in (x, y)}
 

@@ -296,6 +296,29 @@ def test_grad_on_a_stock_cnn_matches_backward():
         assert value is p and torch.allclose(grad, p.grad)
 
 
+def test_grad_skips_a_frozen_layer_as_backward_does():
+    torch.manual_seed(0)
+    net = small_cnn()
+    net[0].requires_grad_(False)  # fine-tuning: the first layer is frozen
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    with probing(Grad("cnn_loss{!!loss} >> $p:Parameter"), raw=True).values() as got:
+        cnn_loss(net, x, y)
+    cnn_loss(net, x, y).backward()
+    trained = [p for p in net.parameters() if p.requires_grad]
+    assert [d["p"].value[0] for d in got] == trained
+    for d, p in zip(got, trained):
+        assert torch.allclose(d["p"].value[1], p.grad)
+
+
+def test_grad_by_a_named_tensor_without_grad_is_an_error():
+    net = small_cnn()
+    net[4].requires_grad_(False)
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 4, (5,))
+    with pytest.raises(ValueError, match="'weight' .* does not require grad; Grad differentiates"):
+        with probing(Grad("cnn_loss{!!loss} >> Linear > !weight")):
+            cnn_loss(net, x, y)
+
+
 @pytest.mark.parametrize(
     "selector, expected",
     [
