@@ -816,6 +816,10 @@ def _committed(store):
     return sum(max(e, 0) for (e,) in rows)
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_program(store, n_epochs, processes, until_committed, command=None):
     """Run tests/experiment_program.py (or ``command``) until ``until_committed`` epochs
     are in the store and its workers are up; returns the process and the workers' pids."""
@@ -826,6 +830,9 @@ def _start_program(store, n_epochs, processes, until_committed, command=None):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that runs the suite in the background starts it with SIGINT ignored,
+        # which the program would inherit (and then rightly ignore Ctrl-C): as a terminal.
+        preexec_fn=_default_sigint,
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

@@ -182,8 +182,10 @@ def test_another_run_id_is_another_trial(trained):
 
 def test_receptive_field_command(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps(config(tmp_path, model=["lenet5", "resnet"], resolution=[16])))
+    models = ["mlp", "lenet5", "resnet"]  # an MLP has no receptive field: skipped, not fatal
+    path.write_text(json.dumps(config(tmp_path, model=models, resolution=[16])))
     assert main(["receptive-field", "--config", str(path), "--run-id", "R", "--quiet"]) == 0
+    assert not (tmp_path / "logs" / "mlp" / "tiny_digits_16" / "R" / "receptive_field.csv").exists()
     frame = pd.read_csv(
         tmp_path / "logs" / "lenet5" / "tiny_digits_16" / "R" / "receptive_field.csv"
     )

@@ -31,7 +31,7 @@ from torch import nn
 
 from .layers import LayerProbe, evaluating
 
-__all__ = ["receptive_field"]
+__all__ = ["receptive_field", "spatial_layers"]
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
@@ -87,7 +87,7 @@ def receptive_field(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
             " the no-skip path"
         )
     modules = dict(model.named_modules())
-    names = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, *POOLS))]
+    names = spatial_layers(model)
     if not names:
         raise ValueError(f"{type(model).__name__} has no Conv2d or pooling layer")
     outputs: dict[str, torch.Tensor] = {}
@@ -133,3 +133,8 @@ def _check_gradient(
                 f" {int(hit.min())}..{int(hit.max())}, outside its analytic receptive field"
                 f" {low:g}..{high:g}: the model is not a chain of conv / pool layers"
             )
+
+
+def spatial_layers(model: nn.Module) -> list[str]:
+    """The names of the layers that have a receptive field (``Conv2d`` and pooling)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, *POOLS))]

@@ -47,7 +47,7 @@ from ..representations.flops import computational_info
 from ..representations.latents import extract_latents, load_manifest
 from ..representations.layers import default_layers
 from ..representations.probes import PROBE_FILE, train_probes
-from ..representations.receptive import receptive_field
+from ..representations.receptive import receptive_field, spatial_layers
 from ..representations.saturation import plot_saturation, saturation
 from .config import Run, expand, load_config
 from .registry import DATASET_REGISTRY, METRICS_REGISTRY, MODEL_REGISTRY, OPTIMIZER_REGISTRY
@@ -272,13 +272,18 @@ class Runs:
         return frames
 
     def receptive_field(self, verbose: bool = True) -> list[Any]:
-        """Each run's receptive fields (``noskip=True`` where the model takes it)."""
+        """Each run's receptive fields (``noskip=True`` where the model takes it); a
+        model without a Conv2d or pooling layer (an MLP) is skipped, saying so."""
         frames = []
         for run in self.runs:
             train, _ = self._datasets(run.dataset, run.resolution)
             factory = MODEL_REGISTRY.lookup(run.model, "model")
             extra = {"noskip": True} if _accepts(factory, "noskip") else {}
             model = self.build_model(run, train, **extra)
+            if not spatial_layers(model):
+                if verbose:
+                    print(f"{run.name}: no Conv2d or pooling layer, no receptive field", flush=True)
+                continue
             frame = receptive_field(model, tuple(train[0][0].shape))
             folder = run.folder(self.run_id)
             folder.mkdir(parents=True, exist_ok=True)
