@@ -64,6 +64,7 @@ def test_fit_one_cycle_follows_torchs_schedule():
         reference.step()
         sched.step()
     assert lrs == pytest.approx(expected)
+    assert lr_of(learn) == pytest.approx(expected[-1])  # the schedule's end, not a step past it
     assert max(lrs) == pytest.approx(0.5, rel=1e-3) and lrs[0] == pytest.approx(0.5 / 25)
     assert learn.opt.param_groups[0]["momentum"] == 0  # plain SGD: momentum not cycled on
     assert not any(cb.__class__.__name__ == "OneCycle" for cb in learn.cbs)

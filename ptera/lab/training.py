@@ -44,7 +44,9 @@ class OneCycle(Callback):
         )
 
     def after_step(self, learn) -> None:
-        self.scheduler.step()
+        # Not past the last step: the optimizer keeps the schedule's final rate.
+        if self.scheduler.last_epoch + 1 < self.total_steps:
+            self.scheduler.step()
 
 
 class GradClip(Callback):
