@@ -32,7 +32,9 @@ Decisions:
 
 from __future__ import annotations
 
+import sys
 import types
+import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -50,7 +52,14 @@ from .lookup import (
     tooled_states,
 )
 from .reach import reachable
-from .selector import NOVALUE, Scope, SelectorError, UnresolvedSelectorError, Var
+from .selector import (
+    NOVALUE,
+    Scope,
+    SelectorError,
+    UnmatchedSelectorWarning,
+    UnresolvedSelectorError,
+    Var,
+)
 from .tags import Tag, annotation_matches
 from .transform import CALLKEY, TransformError, self_name
 
@@ -115,6 +124,14 @@ class Compiled:
     parents: dict[int, int | None]  # node -> parent node
     pushers: set[int]  # nodes with child nodes
     total_handlers: dict = field(default_factory=dict)  # shared by total rules (capture.Rule)
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first frame outside ptera (where the user made the probe)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("ptera."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _error(selector: Scope, node: Var | Scope | None, needle: str, message: str) -> SelectorError:
@@ -359,8 +376,28 @@ class _Compiler:
             # `f >> x`: x also in any instrumented call below f.
             below = replace(var, deep=False)
             self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
+            if var.name is not None and not var.name.startswith("#"):
+                self.check_found(var, node)
         for child in sub_scopes:
             self.node(child, nid)
+
+    def check_found(self, var: Var, node: Scope) -> None:
+        """Warn when no function a ``>>`` reaches has ``var`` (a typo, most often).
+
+        A warning, not an error: a function decorated later (a lazy import) may
+        still have it, and the selector is compiled again when one is.
+        """
+        if any(var.name in t.vars for temps in self.templates.values() for t in temps):
+            return
+        where = f"below '{node.fn}'" if node.fn else "anywhere"
+        err = _error(
+            self.selector,
+            var,
+            var.name,
+            f"no function ptera can reach {where} has a variable '{var.name}' (yet): this"
+            " selector matches nothing (a misspelled name?)",
+        )
+        warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
 
     def check_keyed(self, node: Scope, fns: list[FnState] | None) -> None:
         """``Linear[1] > x`` can match only if something calls ``Linear`` with a key."""

@@ -47,6 +47,7 @@ __all__ = [
     "Scope",
     "SelectorError",
     "SelectorSyntaxError",
+    "UnmatchedSelectorWarning",
     "UnresolvedSelectorError",
     "Var",
     "parse",
@@ -103,6 +104,10 @@ def _point_at(text: str, column: int) -> str:
     shown = ["  " + line for line in lines]
     shown.insert(row + 1, caret)
     return "\n".join(shown)
+
+
+class UnmatchedSelectorWarning(UserWarning):
+    """A selector resolved, but nothing it can reach has the variable it names."""
 
 
 NOVALUE = Sentinel("NOVALUE")

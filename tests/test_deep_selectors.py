@@ -1,8 +1,10 @@
 """``f >> x`` into code that is not decorated: the callees ``f`` names, statically."""
 
+import warnings
+
 import pytest
 
-from ptera import probing, tooled
+from ptera import UnmatchedSelectorWarning, probing, tooled
 from ptera.reach import DEPTH, reachable
 from tests import wrapped_program
 
@@ -106,8 +108,9 @@ def test_deep_selector_reaches_undecorated_callees(selector, call, expected):
     ],
 )
 def test_what_the_static_search_does_not_reach(selector, call):
-    with probing(selector).values() as got:
-        call()
+    with pytest.warns(UnmatchedSelectorWarning, match="matches nothing"):
+        with probing(selector).values() as got:
+            call()
     assert got == []
 
 
@@ -135,3 +138,25 @@ def test_code_is_restored_after_a_deep_probe():
     with probing("outer >> doubled"):
         assert helper.__code__ is not original
     assert helper.__code__ is original
+
+
+@pytest.mark.parametrize("selector", ["outer >> doubeld", "Linear >> wieght"])
+def test_a_deep_name_nothing_reaches_warns_with_a_caret(selector):
+    import torch
+
+    net = torch.nn.Linear(2, 2)  # noqa: F841 (in scope for `Linear`)
+    with pytest.warns(UnmatchedSelectorWarning, match="has a variable") as record:
+        with probing(selector).values() as got:
+            outer(3)
+    assert got == []
+    text = str(record[0].message)
+    assert selector in text and "^" in text
+    assert record[0].filename == __file__  # points at the probe, not at ptera
+
+
+def test_a_deep_name_that_exists_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnmatchedSelectorWarning)
+        with probing("outer >> doubled").values() as got:
+            outer(3)
+    assert got

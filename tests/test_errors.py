@@ -153,6 +153,7 @@ def typed_selectors(draw):
 
 @given(typed_selectors())
 @settings(max_examples=300, deadline=None)
+@pytest.mark.filterwarnings("ignore::ptera.UnmatchedSelectorWarning")  # `f >> nosuch`
 def test_every_selector_error_renders_the_typed_text(text):
     try:
         probing(text, env=ENV)
