@@ -403,3 +403,14 @@ def test_pixelwise_latents_make_a_probe_per_position(tmp_path):
     manifest = load_manifest(tmp_path)
     assert manifest["splits"]["eval"]["layers"]["0"]["positions"] == 16
     assert frame.eval_accuracy.between(0, 1).all()
+
+
+@pytest.mark.parametrize("width", [1, 6, 120])
+def test_columns_give_the_same_sums_as_rows(width):
+    rows = torch.randn(50, width, dtype=torch.float64) * 3 + 1
+    by_rows, by_columns = Covariance(), Covariance()
+    by_rows.update(rows)
+    by_columns.update_columns(rows.T)
+    by_columns.update_columns(rows.T[:, :0])  # an empty batch adds nothing
+    assert by_columns.n == by_rows.n == 50
+    torch.testing.assert_close(by_columns.matrix(), by_rows.matrix(), rtol=1e-12, atol=1e-12)

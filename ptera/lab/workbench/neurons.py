@@ -14,7 +14,10 @@ Decisions:
   once, so ``active_rate`` is a fraction for every layer type.
 * Counters live on the layer's device and are summed without ``.item()``; a batch
   costs three cheap tensor operations per layer (its per-sample counts wait, and
-  are summed every 32 batches or when read), and no synchronisation.
+  are summed every 32 batches or when read), and no synchronisation. A conv
+  layer's ``sign(relu(x))`` is written into a scratch tensor kept per layer
+  (reallocated only when the output's shape changes): allocating a fresh map
+  each batch cost about as much as the operations.
 * Statistics follow surgery (``prune`` / ``grow`` / ``reset`` rows); a layer whose
   size changed behind the callback's back starts its counts over.
 """
@@ -84,6 +87,7 @@ class NeuronStats(Callback):
         self.counts: dict[str, dict[str, _Counts]] = {split: {} for split in SPLITS}
         self._probe = None
         self._learn = None
+        self._scratch: dict[str, torch.Tensor] = {}
 
     # -- collection ------------------------------------------------------------------
     def before_fit(self, learn) -> None:
@@ -117,19 +121,32 @@ class NeuronStats(Callback):
         split = "train" if self._learn.training else "eval"
         # sign(relu(x)) is 1 exactly where x > 0, and twice as fast as a comparison
         # (which makes booleans); per-sample counts stay exact in float32.
-        positive = torch.relu(out.detach()).sign_()
         if isinstance(data["self"], nn.Conv2d):
+            positive = self._positive(name, out.detach())  # summed now: scratch is safe
             if positive.dim() == 3:  # unbatched
                 positive = positive[None]
             per_sample = positive.sum((2, 3), dtype=torch.float32)  # (batch, channels)
-        elif positive.dim() <= 2:  # one position per sample
+        elif out.dim() <= 2:  # one position per sample, kept pending: a fresh tensor
+            positive = torch.relu(out.detach()).sign_()
             per_sample = positive.view(-1, positive.shape[-1])
         else:  # (batch, ..., features)
+            positive = torch.relu(out.detach()).sign_()
             per_sample = positive.flatten(1, -2).sum(1, dtype=torch.float32)
         counts = self.counts[split].get(name)
         if counts is None or counts.triggers.shape[0] != per_sample.shape[1]:
             counts = self.counts[split][name] = _Counts(per_sample.shape[1], out.device)
         counts.add(per_sample)
+
+    def _positive(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """``sign(relu(out))`` written into a scratch tensor kept per layer: a fresh
+        tensor per batch costs more (the allocator's first touch) than the two ops."""
+        scratch = self._scratch.get(name)
+        if scratch is None or scratch.shape != out.shape or scratch.dtype != out.dtype:
+            scratch = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+            self._scratch[name] = scratch
+        elif scratch.device != out.device:
+            scratch = self._scratch[name] = scratch.to(out.device)
+        return torch.clamp_min(out, 0, out=scratch).sign_()
 
     def flush(self) -> None:
         """Sum the batches still pending (reading and surgery do it first)."""
