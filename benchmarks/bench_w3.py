@@ -6,9 +6,16 @@ parameters from `@model.on(Grad("step{!!loss} >> $param:Parameter"))`, the other
 calls `loss.backward()` and subtracts `lr * p.grad` itself; a third asks
 `torch.autograd.grad` by hand (what Grad does underneath), to separate the engine's
 cost from the difference between the two torch calls.
+
+Times are CPU time of this process (``time.process_time``; every case is single-threaded),
+steadier than wall time on a shared machine. A second table runs narrow MLPs of 2, 4, 8
+and 16 layers (width 32, batch 8) where the engine's cost is exposed, and fits the extra
+time per step of the Grad listener over ``backward()`` as fixed + per-layer cost.
 """
 
 import os
+import statistics
+import time
 
 import torch
 from timing import interleave, report
@@ -65,12 +72,10 @@ def make_network(*sizes):
     return step.new(lossfn=torch.nn.NLLLoss(), model=sequential.new(layers=layers))
 
 
-def main():
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    network = make_network(64, 256, 256, 10)
+def cases(network, xs, ys):
+    """The three ways to run ``len(xs)`` SGD steps of ``network``, by name."""
     params = [lay.state[n] for lay in network.state.model.state.layers for n in ("W", "b")]
-    xs, ys = torch.randn(STEPS, 64, 64), torch.randint(0, 10, (STEPS, 64))
+    steps = len(xs)
 
     model = network.clone(return_object=True)
 
@@ -80,7 +85,7 @@ def main():
         value.data.sub_(LR * grad)
 
     def by_hand():
-        for i in range(STEPS):
+        for i in range(steps):
             loss = network(xs[i], ys[i])
             loss.backward()
             for p in params:
@@ -88,29 +93,55 @@ def main():
                 p.grad = None
 
     def by_hand_autograd():
-        for i in range(STEPS):
+        for i in range(steps):
             loss = network(xs[i], ys[i])
             for p, g in zip(params, torch.autograd.grad(loss, params)):
                 p.data.sub_(LR * g)
 
     def with_grad():
-        for i in range(STEPS):
+        for i in range(steps):
             model(xs[i], ys[i])
 
-    times = interleave(
-        {
-            "backward + SGD by hand": by_hand,
-            "autograd.grad + SGD by hand": by_hand_autograd,
-            "Grad listener": with_grad,
-        },
-        ROUNDS,
-    )
+    return {
+        "backward + SGD by hand": by_hand,
+        "autograd.grad + SGD by hand": by_hand_autograd,
+        "Grad listener": with_grad,
+    }
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    network = make_network(64, 256, 256, 10)
+    xs, ys = torch.randn(STEPS, 64, 64), torch.randint(0, 10, (STEPS, 64))
+    times = interleave(cases(network, xs, ys), ROUNDS, clock=time.process_time)
     report(
-        f"W3: seed MLP 64-256-256-10, {STEPS} SGD steps, 1 thread, {ROUNDS} interleaved rounds",
+        f"W3: seed MLP 64-256-256-10, {STEPS} SGD steps, 1 thread, {ROUNDS} interleaved rounds,"
+        " CPU time",
         times,
         "backward + SGD by hand",
         {"Grad listener": "<=1.05"},
     )
+    depths()
+
+
+def depths():
+    """Extra us per step of the Grad listener over backward(), by depth, fitted as a line."""
+    print(f"\nW3 by depth: width 32, batch 8, {STEPS} steps, {ROUNDS} rounds, CPU time")
+    print(f"{'layers':>6} {'backward us':>12} {'Grad us':>9} {'extra us':>9} {'ratio':>7}")
+    extras = {}
+    for n in (2, 4, 8, 16):
+        network = make_network(32, *[32] * (n - 1), 10)
+        xs, ys = torch.randn(STEPS, 8, 32), torch.randint(0, 10, (STEPS, 8))
+        run = cases(network, xs, ys)
+        del run["autograd.grad + SGD by hand"]
+        times = interleave(run, ROUNDS, clock=time.process_time)
+        base = statistics.median(times["backward + SGD by hand"]) / STEPS * 1e6
+        grad = statistics.median(times["Grad listener"]) / STEPS * 1e6
+        extras[n] = grad - base
+        print(f"{n:6} {base:12.1f} {grad:9.1f} {grad - base:9.1f} {grad / base:7.3f}")
+    per_layer, fixed = statistics.linear_regression(list(extras), list(extras.values()))
+    print(f"extra cost: {fixed:.1f} us fixed + {per_layer:.1f} us per layer")
 
 
 if __name__ == "__main__":

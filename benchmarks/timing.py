@@ -5,16 +5,24 @@ import time
 from collections.abc import Callable
 
 
-def interleave(cases: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per run of each case, ``rounds`` runs each, cases interleaved."""
+def interleave(
+    cases: dict[str, Callable[[], None]],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Seconds per run of each case, ``rounds`` runs each, cases interleaved.
+
+    ``clock=time.process_time`` counts only this process's CPU time: steadier on a
+    shared machine, for single-threaded cases.
+    """
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm up: code variants, allocator, caches
     for _ in range(rounds):
         for name, fn in cases.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

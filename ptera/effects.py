@@ -67,6 +67,7 @@ class Overlay:
         self._rules: tuple[Rule, ...] | None = None
         self._version = -1
         self._plans: dict = {}  # plans built for these rules, by base (see activate)
+        self._fields: tuple | None = None  # (name, kind) of each collection a call makes
 
     def _with(self, effects: list) -> Overlay:
         return Overlay(self.effects + tuple(effects))
@@ -162,9 +163,15 @@ class Overlay:
 
     def __enter__(self) -> Result:
         result = Result()
-        for e in self.effects:
-            if e.kind in ("using", "on"):
-                result.field(e.name, Collection if e.kind == "using" else list)
+        fields = self._fields
+        if fields is None:
+            # Built once per overlay (its effects never change): the first kind of a name wins.
+            fields = {}
+            for e in self.effects:
+                if e.kind in ("using", "on"):
+                    fields.setdefault(e.name, Collection if e.kind == "using" else list)
+            fields = self._fields = tuple(fields.items())
+        result.fields = {name: kind() for name, kind in fields}
         if self._current.get() is not None:
             result.activation = (None, self._current.set(result))
             return result

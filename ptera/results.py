@@ -115,6 +115,17 @@ def listener_call(fn: Callable) -> Callable[[dict], Any]:
     names, required, varkw = _params(fn)
     if varkw:
         return lambda caps: fn(**{k: c.value for k, c in caps.items()})
+    if len(names) == 1 and required == {names[0]}:
+        # The common listener (``def update(param)``): one lookup, no dict to build.
+        (only,) = names
+
+        def call_one(caps: dict) -> Any:
+            cap = caps.get(only)
+            if cap is None:
+                return call_with(fn, {k: c.value for k, c in caps.items()})  # raises clearly
+            return fn(**{only: cap.value})
+
+        return call_one
 
     def call(caps: dict) -> Any:
         if not required <= caps.keys():

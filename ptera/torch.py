@@ -90,8 +90,12 @@ class Grad:
             others = {k: c for k, c in caps.items() if k not in (x, y)}
 
             def deliver(grads: list) -> None:
+                if others:
+                    for name, value, grad in zip(focus.names, focus.values, grads):
+                        emit({**others, x: Capture(x, [name], [(value, grad)])})
+                    return
                 for name, value, grad in zip(focus.names, focus.values, grads):
-                    emit({**others, x: Capture(x, [name], [(value, grad)])})
+                    emit({x: Capture(x, [name], [(value, grad)])})
 
             _request(target.values[0], focus.values, deliver, self)
 
@@ -106,6 +110,8 @@ class _Batch:
 
     def run(self) -> None:
         _local.batch = None
+        if len(self.requests) == 1 and self._run_one(*self.requests[0]):
+            return
         groups: dict[int, list] = {}
         for req in self.requests:
             groups.setdefault(id(req[0]), []).append(req)
@@ -131,6 +137,22 @@ class _Batch:
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
             for _, xs, deliver, _ in group:
                 deliver([grads[seen[id(t)]] for t in xs])
+
+    @staticmethod
+    def _run_one(target, xs: list, deliver: Callable, grad: Grad) -> bool:
+        """The common case (one request, distinct tensors) without grouping; False if not it."""
+        if len({id(t) for t in xs}) != len(xs):
+            return False
+        create = grad.create_graph
+        grads = torch.autograd.grad(
+            target,
+            xs,
+            retain_graph=create or grad.retain_graph,
+            create_graph=create,
+            allow_unused=True,
+        )
+        deliver([torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)])
+        return True
 
 
 class _Local(threading.local):

@@ -465,3 +465,26 @@ def test_a_failed_call_does_not_leak_its_state_into_the_next_one():
         b(1, 2, 3)  # too many arguments: the body never ran
     with pytest.raises(PteraNameError):
         bagel(1, 2)  # a direct call has no z
+
+
+def test_each_call_gets_fresh_collections_of_the_first_kind_named():
+    @ptera
+    def sq(x):
+        y = x * x
+        return y
+
+    def y(y):
+        return y + 1
+
+    def z(y):
+        return -y
+
+    obj = sq.new().clone(return_object=True).using(y="sq > y")
+    obj.on("sq > y")(y)
+    obj.on("sq > y")(z)
+    first, second = obj(2), obj(3)
+    # "y" is a using collection first (an `on` of the same name adds to it), "z" a list.
+    assert type(first.y).__name__ == "Collection" and type(first.z) is list
+    assert first.y[0]["y"].value == 4 and first.y[1:] == [5] and first.z == [-4]
+    assert second.y[0]["y"].value == 9 and second.y[1:] == [10] and second.z == [-9]
+    assert first.y is not second.y

@@ -115,6 +115,48 @@ def test_grad_matches_backward():
         assert torch.allclose(p.grad, g)
 
 
+@pytest.mark.parametrize(
+    "selectors",
+    [
+        ["step{!!loss} >> $p:Parameter"],
+        ["step{!!loss} >> layer > W"],
+        ["step{!!loss} >> h[1] as h"],
+        ["step{!!loss} >> $p:Parameter", "step{!!loss} >> h[2] as h"],
+        ["step{!!loss, !output}"],
+    ],
+)
+def test_one_request_fast_path_gives_what_the_grouped_path_gives(selectors, monkeypatch):
+    from ptera import torch as ptorch
+
+    def run():
+        torch.manual_seed(2)
+        model = make_network(5, 4, 3, 2)
+        x, y = torch.randn(6, 5), torch.tensor([0, 1, 1, 0, 1, 0])
+        named = {f"g{i}": Grad(s) for i, s in enumerate(selectors)}
+        res = model.using(**named)(x, y)
+        return [
+            [(k, v, g) for caps in res[name] for k, c in caps.items() for v, g in c.values]
+            for name in named
+        ]
+
+    real, taken = ptorch._Batch._run_one, []
+
+    def spy(*args):
+        taken.append(real(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(ptorch._Batch, "_run_one", staticmethod(spy))
+    fast = run()
+    assert taken == ([True] if len(selectors) == 1 else [])
+    monkeypatch.setattr(ptorch._Batch, "_run_one", staticmethod(lambda *a: False))
+    general = run()
+    assert len(fast) == len(general) == len(selectors)
+    for got, want in zip(fast, general):
+        assert len(got) == len(want) > 0
+        for (k1, v1, g1), (k2, v2, g2) in zip(got, want):
+            assert k1 == k2 and torch.equal(v1, v2) and torch.equal(g1, g2)
+
+
 def test_grad_in_the_same_scope_and_higher_order():
     @ptera
     def f(x):
