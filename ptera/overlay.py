@@ -6,9 +6,9 @@ context picks up. A ``Plan`` (one per set of active rules) maps each function id
 the templates that can match it; instrumented code calls the helpers below, which
 answer "not interested" with one dict lookup.
 
-A live call that some template matched is a ``Frame``; each template it matched
-is an activation (``_Imm`` for immediate rules, ``_Tot`` for total ones) that
-holds the captures of that call. Frames of calls that are outer scopes in some
+A live call that some template matched is a ``Frame``; for each template it
+matched, an ``Act`` (``capture.py``) holds the captures of that call, and the
+rule decides (immediate or total) when they are emitted. Frames of calls that are outer scopes in some
 selector are pushed on a linked stack in a context variable.
 
 Decisions:
