@@ -497,6 +497,7 @@ def test_an_activation_is_removed_once_whatever_the_order():
     from ptera.overlay import activate
 
     seen = []
+
     def trigger(caps):  # Immediate passes Capture objects, as in 1.4
         seen.append({k: c.value for k, c in caps.items()})
 

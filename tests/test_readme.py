@@ -55,6 +55,11 @@ def test_readme_quotes_the_perturbation_example_as_it_runs():
     table = out[out.index("intervention.epsilon") :]
     distance = {float(e): float(d) for e, d in re.findall(r"^(0\.\d+)\s+([\d.]+)$", table, re.M)}
     readme = (ROOT / "README.md").read_text()
-    quoted = re.search(r"has grown\s+to ([\d.]+) from the control's weights, close to the ([\d.]+)", readme)
+    quoted = re.search(
+        r"has grown\s+to ([\d.]+) from the control's weights, close to the ([\d.]+)", readme
+    )
     assert quoted, "the README no longer quotes the perturbation figures"
-    assert (float(quoted[1]), float(quoted[2])) == (round(distance[0.001], 1), round(distance[0.01], 1))
+    assert (float(quoted[1]), float(quoted[2])) == (
+        round(distance[0.001], 1),
+        round(distance[0.01], 1),
+    )
