@@ -25,6 +25,7 @@ from ptera.lab import (
     CheckpointCB,
     DataLoaders,
     Learner,
+    LRFinder,
     MetricsCB,
     ProgressCB,
     load_checkpoint,
@@ -597,3 +598,20 @@ def test_whatever_is_cancelled_every_opened_stage_is_closed_once(plan):
         assert events.count(f"after_{stage}") == events.count(f"cleanup_{stage}") == opened
         assert events.count(f"after_cancel_{stage}") <= opened
     assert events[-1] == "cleanup_fit"
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: LRFinder(num_it=1), ValueError, "num_it >= 2"),
+        (lambda: LRFinder(start_lr=1.0, end_lr=0.1), ValueError, "start_lr < end_lr"),
+        (
+            lambda: DataLoaders.from_datasets(TensorDataset(torch.zeros(4, 2)), None, bs=64),
+            TypeError,
+            "batch_size=64, not bs=",
+        ),
+    ],
+)
+def test_bad_settings_are_clear_errors(make, error, message):
+    with pytest.raises(error, match=message):
+        make()

@@ -49,6 +49,8 @@ class DataLoaders:
         cls, train: Dataset, valid: Dataset, batch_size: int = 64, seed: int | None = 0, **kwargs
     ) -> DataLoaders:
         """Shuffled train batches (seeded), ordered valid batches."""
+        if "bs" in kwargs:  # fastai's spelling: a clear error, not DataLoader's TypeError
+            raise TypeError(f"from_datasets takes batch_size={kwargs['bs']!r}, not bs=")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return cls(
             DataLoader(train, batch_size, shuffle=True, generator=generator, **kwargs),

@@ -26,6 +26,9 @@ class LRFinder(Callback):
     ):
         if not 0 < start_lr < end_lr:
             raise ValueError(f"LRFinder needs 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+        if not (isinstance(num_it, int) and num_it >= 2):
+            # One step gives one loss: there is no slope to suggest a rate from.
+            raise ValueError(f"LRFinder needs num_it >= 2 steps, got {num_it!r}")
         self.start_lr, self.end_lr, self.num_it, self.div = start_lr, end_lr, num_it, div
         self.lrs: list[float] = []
         self.losses: list[float] = []
