@@ -21,6 +21,7 @@ import time
 
 import torch
 from sklearn.datasets import load_digits
+from timing import interleave
 from torch import nn
 from torch.utils.data import TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
@@ -38,19 +39,6 @@ def setup():
     train, valid = random_split(ds, [0.8, 0.2], generator=torch.Generator().manual_seed(0))
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     return model, DataLoaders.from_datasets(train, valid, batch_size=64)
-
-
-def interleave(cases, rounds):
-    """CPU seconds of each case per round, cases interleaved (after one warm-up run each)."""
-    times = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            start = time.thread_time()
-            fn()
-            times[name].append(time.thread_time() - start)
-    return times
 
 
 class HookStats:
@@ -177,6 +165,7 @@ def main():
             "tiny: Learner + MetricsCB (loss only)": tiny_learner,
         },
         ROUNDS,
+        clock=time.thread_time,
     )
 
     def ratios(a, b):

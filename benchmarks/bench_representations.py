@@ -49,26 +49,12 @@ def fit(train, test, size, saturation):
     learn.fit(EPOCHS)
 
 
-def interleave_cpu(cases, rounds):
-    """As ``timing.interleave``, in CPU seconds of this process: on a 2-core machine
-    shared with other jobs, wall time mostly measures the neighbours."""
-    times = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            start = time.process_time()
-            fn()
-            times[name].append(time.process_time() - start)
-    return times
-
-
 def main():
     torch.set_num_threads(1)
     train, test = digits()
     for size in (8, 16):
         tr, te = (train, test) if size == 8 else (upscale(train, size), upscale(test, size))
-        times = (interleave_cpu if CPU else interleave)(
+        times = interleave(
             {
                 "Learner": lambda tr=tr, te=te, size=size: fit(tr, te, size, None),
                 "Learner + probes only": lambda tr=tr, te=te, size=size: fit(
@@ -79,6 +65,7 @@ def main():
                 ),
             },
             ROUNDS,
+            clock=time.process_time if CPU else time.perf_counter,
         )
         report(
             f"LeNet-5 on {size}x{size} digits, {EPOCHS} epochs, {ROUNDS} rounds"

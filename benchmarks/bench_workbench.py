@@ -14,7 +14,9 @@
 
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,23 +27,11 @@ from torch.utils.data import TensorDataset
 
 from ptera.lab import Workbench
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from workbench import DigitsModel  # noqa: E402 -- the example's CNN (the seed's model)
+
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
 BATCHES = (256, 64)
-
-
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer0 = nn.Conv2d(1, 8, 3, padding=1)
-        self.layer1 = nn.Conv2d(8, 16, 3, padding=1)
-        self.layer2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.out = nn.Linear(32 * 2 * 2, 10)
-
-    def forward(self, x):
-        x = F.relu(self.layer0(x))
-        x = F.max_pool2d(F.relu(self.layer1(x)), 2)
-        x = F.max_pool2d(F.relu(self.layer2(x)), 2)
-        return F.log_softmax(self.out(x.view(x.size(0), -1)), dim=1)
 
 
 def data():
@@ -55,7 +45,7 @@ def tracking(batch):
     train, valid = data()
     x, y = train.tensors
     torch.manual_seed(0)
-    model = SmallCNN()
+    model = DigitsModel()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     order = torch.Generator().manual_seed(0)
 
@@ -68,9 +58,9 @@ def tracking(batch):
             opt.zero_grad()
 
     torch.manual_seed(0)
-    full = Workbench(SmallCNN(), torch.optim.Adam, train, valid, batch_size=batch)
+    full = Workbench(DigitsModel(), torch.optim.Adam, train, valid, batch_size=batch)
     torch.manual_seed(0)
-    tables_only = Workbench(SmallCNN(), torch.optim.Adam, train, valid, batch_size=batch)
+    tables_only = Workbench(DigitsModel(), torch.optim.Adam, train, valid, batch_size=batch)
     tables_only.learner.remove_cb(tables_only.stats)
     steps = len(full.train_loader)
     cases = {
@@ -81,18 +71,8 @@ def tracking(batch):
     title = f"One epoch, CNN on digits ({steps} steps of {batch}), 1 thread, {ROUNDS} rounds"
     target = {"Workbench, NeuronStats + tables": "<=1.15"}
     report(title + ", wall clock", interleave(cases, ROUNDS), "plain loop", target)
-    report(title + ", process CPU time", cpu_interleave(cases, ROUNDS), "plain loop", target)
-
-
-def cpu_interleave(cases, rounds):
-    """``timing.interleave`` with this process's CPU time instead of the wall clock."""
-    times = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            start = time.process_time()
-            fn()
-            times[name].append(time.process_time() - start)
-    return times
+    cpu = interleave(cases, ROUNDS, clock=time.process_time)
+    report(title + ", process CPU time", cpu, "plain loop", target)
 
 
 class TenLayers(nn.Module):
