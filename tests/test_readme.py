@@ -1,5 +1,6 @@
 """Every Python example of the README runs as written, and so does every example script."""
 
+import os
 import re
 import runpy
 import subprocess
@@ -34,23 +35,26 @@ OUTPUTS: dict[str, str] = {}  # example -> its output, for the tests of quoted f
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
-def test_example_scripts_run(example):
+def test_example_scripts_run(example, tmp_path):
+    # Examples write their outputs to a new temporary folder when given none: keep
+    # those inside pytest's own (pruned) folders rather than /tmp.
     proc = subprocess.run(
         [sys.executable, str(example), *ARGS.get(example.name, [])],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     OUTPUTS[example.name] = proc.stdout
 
 
-def test_readme_quotes_the_perturbation_example_as_it_runs():
+def test_readme_quotes_the_perturbation_example_as_it_runs(tmp_path):
     out = OUTPUTS.get("perturb.py")
     if out is None:  # run alone (-k): the parametrized run above did not happen
-        test_example_scripts_run(ROOT / "examples" / "perturb.py")
+        test_example_scripts_run(ROOT / "examples" / "perturb.py", tmp_path)
         out = OUTPUTS["perturb.py"]
     table = out[out.index("intervention.epsilon") :]
     distance = {float(e): float(d) for e, d in re.findall(r"^(0\.\d+)\s+([\d.]+)$", table, re.M)}

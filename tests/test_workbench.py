@@ -11,6 +11,9 @@ from ptera.lab import DataLoaders, Learner, NeuronStats, Workbench
 
 from .workbench_models import MODELS, SeedNet, digits
 
+# Checkpoints of a Workbench without root go to a new temporary folder: keep it in tmp_path.
+pytestmark = pytest.mark.usefixtures("tmp_tempdir")
+
 
 def bench(name="seed", optimizer=torch.optim.Adam, batch_size=20, **kwargs):
     torch.manual_seed(0)

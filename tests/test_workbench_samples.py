@@ -12,6 +12,9 @@ from ptera.lab import Workbench
 
 from .workbench_models import MODELS, digits
 
+# Checkpoints of a Workbench without root go to a new temporary folder: keep it in tmp_path.
+pytestmark = pytest.mark.usefixtures("tmp_tempdir")
+
 
 def bench(name="mlp", batch_size=16, n_train=60, id_feature=False, **kwargs):
     torch.manual_seed(0)

@@ -13,6 +13,9 @@ from ptera.lab import SurgeryError, Workbench
 
 from .workbench_models import MODELS, digits, inputs_for
 
+# Checkpoints of a Workbench without root go to a new temporary folder: keep it in tmp_path.
+pytestmark = pytest.mark.usefixtures("tmp_tempdir")
+
 # (model, layer index, consumer module, features per neuron in the consumer)
 CASES = [
     ("seed", 0, "layer1", 1),
