@@ -318,7 +318,8 @@ class Probe(SourceProxy):
         plans = rules[0].plans if len(rules) == 1 else None
         self._activation = activate(rules, glob=glob, plans=plans)
         self._emitted = False
-        self._refeed()  # a lone subscriber's feed notes the first value again
+        with self._lock:
+            self._refeed()  # a lone subscriber's feed notes the first value again
         self._fids = {fid for r in rules for fid in r.compiled.templates}
         self._missed = None if glob else missed_calls(self._fids)
         # Global probes never pool: other threads may be inside their functions.
