@@ -21,7 +21,7 @@ Decisions:
 * A probe that ends with no value while its functions ran (instrumented) in
   other threads or tasks warns once a process: the thread pool mistake.
 * ``subscribe(fn)`` (or ``on_next=``, or an observer) on the probe itself, with no
-  operator in between, keeps ``fn`` in the probe's own list of observers instead of
+  operator in between, keeps ``fn`` in the probe's own tuple of observers instead of
   a reactivex ``AutoDetachObserver``. While every observer is such a plain one, the
   engine calls the probe's *feed*: nothing, the one function itself (no wrapper at
   all after the first value), or a loop over the observers. Any operator chain
