@@ -20,18 +20,38 @@ Decisions:
   (or ``fn(item)``) of the last override subscriber that saw the emission.
 * A probe that ends with no value while its functions ran (instrumented) in
   other threads or tasks warns once a process: the thread pool mistake.
+* ``subscribe(fn)`` (or ``on_next=``, or an observer) on the probe itself, with no
+  operator in between, keeps ``fn`` in the probe's own tuple of observers instead of
+  a reactivex ``AutoDetachObserver``. While every observer is such a plain one, the
+  engine calls the probe's *feed*: nothing, the one function itself (no wrapper at
+  all after the first value), or a loop over the observers. Any operator chain
+  (``.map``, ``["x"]``, ``.where``...) subscribes through reactivex as before and
+  switches the feed to the loop over every observer, in subscription order. Values,
+  order, exceptions (raised into the probed code, the subscriber stays subscribed)
+  and completion (``on_completed`` of every observer when the probe ends) are the
+  same on both paths; tests run each shape both ways.
+* The observers are a tuple replaced on each change, so a value being delivered
+  goes to the observers of when its delivery began: an observer added meanwhile
+  starts with the next value, one disposed meanwhile gets no more (giving appended to
+  a list in place, so an observer added by a subscriber also got the current value).
+* A probe ends (deactivates) even when an observer's ``on_completed`` raises; the
+  exception still propagates, and the observers after it are not completed.
 """
 
 from __future__ import annotations
 
 import atexit
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from giving import SourceProxy
 from giving import operators as giving_ops
+from giving.gvn import DisposableWrapper
+from reactivex import abc as rx_abc
+from reactivex import create as rx_create
 
 from .capture import Rule
 from .lookup import state_by_fid
@@ -148,6 +168,81 @@ def _check_focus_pattern(sel: Scope) -> None:
         )
 
 
+def _noop(*args: Any) -> None:
+    return None
+
+
+class _Direct:
+    """An observer that ``subscribe`` on a probe itself makes: plain calls, no reactivex.
+
+    Behaves as reactivex's ``AutoDetachObserver`` does for a probe's observers:
+    ``on_next`` is ignored once stopped; ``on_error``/``on_completed`` stop it, then
+    detach it; an exception in ``on_next`` propagates and leaves it subscribed.
+    It is also the subscription's disposable.
+    """
+
+    __slots__ = ("fn", "error", "completed", "is_stopped", "probe")
+
+    def __init__(self, probe: Probe, fn: Callable, error: Callable | None, completed: Callable):
+        self.probe = probe
+        self.fn = fn
+        self.error = error
+        self.completed = completed
+        self.is_stopped = False
+
+    def on_next(self, value: Any) -> None:
+        if not self.is_stopped:
+            self.fn(value)
+
+    def on_error(self, error: BaseException) -> None:
+        if self.is_stopped:
+            return
+        self.is_stopped = True
+        try:
+            if self.error is None:
+                raise error
+            self.error(error)
+        finally:
+            self.probe._detach(self)
+
+    def on_completed(self) -> None:
+        if self.is_stopped:
+            return
+        self.is_stopped = True
+        try:
+            self.completed()
+        finally:
+            self.probe._detach(self)
+
+    def dispose(self) -> None:
+        self.is_stopped = True
+        self.probe._detach(self)
+
+    def __enter__(self) -> _Direct:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.dispose()
+
+
+class _Detach:
+    """The disposable of a reactivex observer of a probe: takes it out of the feed."""
+
+    __slots__ = ("probe", "observer")
+
+    def __init__(self, probe: Probe, observer: Any):
+        self.probe = probe
+        self.observer = observer
+
+    def dispose(self) -> None:
+        self.probe._detach(self.observer)
+
+
+def _callable_or_none(what: str, fn: Any) -> None:
+    if fn is not None and not callable(fn):
+        raise TypeError(f"subscribe: {what} must be a function, not {fn!r:.60}")
+
+
 class Probe(SourceProxy):
     """A stream of the values that selectors capture (a giving ``SourceProxy``)."""
 
@@ -163,13 +258,20 @@ class Probe(SourceProxy):
         super().__init__(_obs=_obs, _root=_root)
         if _obs is not None:
             return
+        # Our own source instead of giving's: observers in a tuple we can feed from.
+        self._obs = rx_create(self._attach)
+        self._observers: tuple = ()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._emitted = False
+        self._feed: Callable[[Any], Any] = self._push_none
+        self._pooled: list[Rule] = []
         if not selectors:
             raise TypeError("probing() needs at least one selector")
         if probe_type not in (None, "immediate", "total"):
             raise TypeError(f"probe_type must be 'immediate', 'total' or None, not {probe_type!r}")
         check_env(env)
         self._env = env if env is not None else caller_env(2)
-        self._pooled: list[Rule] = []
         self._selectors = _selectors(selectors)
         self._raw = raw
         self._rules = tuple(
@@ -190,8 +292,8 @@ class Probe(SourceProxy):
             )
         rule = _pool.take(
             comp,
-            # Nothing reads what a non-intercepting rule's emit returns: push directly.
-            self._push,
+            # Nothing reads what a non-intercepting rule's emit returns: feed directly.
+            self._feed,
             immediate=immediate,
             raw=self._raw,
             wrap=_wrap_name(sel) if immediate else None,
@@ -203,7 +305,7 @@ class Probe(SourceProxy):
         raw = self._raw
 
         def emit(caps: dict) -> Any:
-            self._push(caps if raw else {k: c.value for k, c in caps.items()})
+            self._feed(caps if raw else {k: c.value for k, c in caps.items()})
             return ABSENT
 
         return tuple(plugin.__ptera_rules__(emit, self._env))
@@ -216,6 +318,8 @@ class Probe(SourceProxy):
         plans = rules[0].plans if len(rules) == 1 else None
         self._activation = activate(rules, glob=glob, plans=plans)
         self._emitted = False
+        with self._lock:
+            self._refeed()  # a lone subscriber's feed notes the first value again
         self._fids = {fid for r in rules for fid in r.compiled.templates}
         self._missed = None if glob else missed_calls(self._fids)
         # Global probes never pool: other threads may be inside their functions.
@@ -236,15 +340,103 @@ class Probe(SourceProxy):
                     if before == after and _Pool.private(rule):
                         _pool.give(rule)
 
-    def __exit__(self, *exc):
-        if self._root is self and self._activation is not None:
-            # From another context: fail before giving completes the subscribers.
+    def __exit__(self, *exc) -> None:
+        root = self._root
+        if root is not self:
+            root.__exit__(*exc)
+            return
+        if self._activation is not None:
+            # From another context: fail before the subscribers are completed.
             check_owner(self._activation)
-        return super().__exit__(*exc)
+        with self._lock:
+            self._closed = True  # values still reported (a suspended call) take the loop
+            self._refeed()
+            observers, self._observers = self._observers, ()
+        try:
+            for obs in observers:
+                obs.on_completed()
+        finally:
+            self._exit()
 
-    def _push(self, data):
+    # Feeding: the engine calls `self._feed(data)` (the selector rules' emit is the
+    # feed itself, rebound whenever the observers change).
+
+    def subscribe(self, on_next=None, on_error=None, on_completed=None, **kwargs):
+        """Call ``on_next`` with each value (giving's ``subscribe``); on the probe
+        itself, a plain call with no reactivex in between."""
+        if self._root is not self or kwargs:  # an operator chain, or a scheduler
+            return super().subscribe(on_next, on_error, on_completed, **kwargs)
+        if isinstance(on_next, rx_abc.ObserverBase) or callable(getattr(on_next, "on_next", None)):
+            on_next, on_error, on_completed = (
+                on_next.on_next,
+                on_next.on_error,
+                on_next.on_completed,
+            )
+        for what, fn in (
+            ("on_next", on_next),
+            ("on_error", on_error),
+            ("on_completed", on_completed),
+        ):
+            _callable_or_none(what, fn)
+        direct = _Direct(self, on_next or _noop, on_error, on_completed or _noop)
+        self._add(direct)
+        return DisposableWrapper(self, direct)
+
+    def _attach(self, observer: Any, scheduler: Any = None) -> _Detach:
+        # The source's subscribe function: a reactivex observer (an operator chain).
+        self._add(observer)
+        return _Detach(self, observer)
+
+    def _add(self, observer: Any) -> None:
+        with self._lock:
+            self._observers = (*self._observers, observer)
+            self._refeed()
+
+    def _detach(self, observer: Any) -> None:
+        with self._lock:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+            self._refeed()
+
+    def _refeed(self) -> None:
+        """Choose the cheapest feed for the current observers and rebind the rules."""
+        observers = self._observers
+        if self._closed or any(type(o) is not _Direct for o in observers):
+            feed = self._push_all
+        elif not observers:
+            feed = self._push_none
+        elif len(observers) == 1:
+            feed = self._first(observers[0].fn)
+        else:
+            feed = self._push_all
+        self._set_feed(feed)
+
+    def _set_feed(self, feed: Callable[[Any], Any]) -> None:
+        self._feed = feed
+        for rule in self._pooled:  # emptied when the probe ends: then another's
+            rule.rebind(feed)
+
+    def _first(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        # Notes that a value came (see _warn_other_threads), then hands over to fn.
+        def first(data: Any) -> Any:
+            self._emitted = True
+            if self._feed is first:
+                with self._lock:
+                    if self._feed is first:
+                        self._set_feed(fn)
+            fn(data)
+
+        return first
+
+    def _push_none(self, data: Any) -> None:
         self._emitted = True
-        super()._push(data)
+
+    def _push_all(self, data: Any) -> None:
+        self._emitted = True
+        for obs in self._observers:
+            obs.on_next(data)
+
+    def _push(self, data: Any) -> None:
+        self._feed(data)
 
     def activate(self) -> Probe:
         """Activate this probe in the current context (until ``deactivate``)."""
