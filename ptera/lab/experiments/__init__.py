@@ -9,6 +9,7 @@ plans and checks every trial; ``run(n_epochs)`` trains what its SQLite store lac
 from .batched import BatchedExecutor
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor
 from .experiment import Experiment
+from .imports import import_object
 from .interventions import (
     ChangeOptimizer,
     ChangeTrainLoader,
@@ -41,4 +42,5 @@ __all__ = [
     "Trial",
     "TrialError",
     "Tweak",
+    "import_object",
 ]
