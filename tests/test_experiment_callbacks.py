@@ -2,6 +2,7 @@
 
 import sqlite3
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,34 @@ def test_the_small_digits_are_flat():
     train, _ = small_digits()
     assert train.tensors[0].shape[1:] == (64,)
     assert isinstance(Experiment, type) and callable(Net)
+
+
+CALLBACKS_CONFIG = """
+model = "tests.callbacks_program:Net"
+datasets = "tests.callbacks_program:small_digits"
+store = "cb.db"
+n_epochs = 1
+batch_size = 50
+callbacks = "tests.callbacks_program:BatchStats"
+callbacks_args = {scale = 2.0}
+"""
+
+
+def test_a_config_file_names_the_callbacks_factory(tmp_path, capsys, monkeypatch):
+    from ptera.lab.experiments.cli import main as cli_main
+
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    config = tmp_path / "exp.toml"
+    config.write_text(CALLBACKS_CONFIG)
+    cli_main(["run", str(config)])
+    assert "1 done" in capsys.readouterr().out
+    rows = Store(tmp_path / "cb.db").metrics(Store(tmp_path / "cb.db").epochs())
+    got = {(s, n): v for _, e, s, n, v in rows if e == 1}
+    assert got[("train", "mean_batch_loss")] == pytest.approx(2 * got[("train", "loss")])
+    config.write_text(
+        CALLBACKS_CONFIG.replace('callbacks = "tests.callbacks_program:BatchStats"\n', "")
+    )
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["run", str(config)])
+    assert exit.value.code == 2
+    assert "'callbacks_args' without 'callbacks'" in capsys.readouterr().err
