@@ -276,8 +276,10 @@ class Experiment:
                 backfill(setup, plan, epochs[plan.id])
         done = _Reporter(self, len(jobs), n_epochs) if verbose else None
         if progress is not None and jobs:
-            with EpochWatcher(store, [j.id for j in jobs], progress):
-                trained = executor.run(setup, jobs, n_epochs, done=done)
+            with EpochWatcher(store, [j.id for j in jobs], progress) as watcher:
+                # A trial's epochs are reported before the line saying it ended.
+                ended = _after_poll(watcher, store, done)
+                trained = executor.run(setup, jobs, n_epochs, done=ended)
         else:
             trained = executor.run(setup, jobs, n_epochs, done=done) if jobs else {}
         self.trained = [t for t, n in trained.items() if n > 0]
@@ -355,6 +357,15 @@ class _Reporter:
             f"  {plan.label}{where}: epoch {self.n_epochs}" + (f", test {shown}" if shown else ""),
             flush=True,
         )
+
+
+def _after_poll(watcher: EpochWatcher, store: Store, done: Any) -> Any:
+    def ended(trial: str, trained: int) -> None:
+        watcher.poll(store)
+        if done is not None:
+            done(trial, trained)
+
+    return ended
 
 
 def _number(value: Any) -> str:

@@ -245,8 +245,8 @@ class Runs:
                             f"resuming {row['variation']} after epoch {row['epochs']}", flush=True
                         )
             progress = partial(_print_epoch, group, epochs) if verbose else None
-            group.experiment.run(
-                epochs, executor=executor, processes=processes, verbose=verbose, progress=progress
+            group.experiment.run(  # a line per epoch (progress), not per trial
+                epochs, executor=executor, processes=processes, verbose=False, progress=progress
             )
             self._write_views(group)
 
