@@ -126,6 +126,10 @@ class Clash(Callback):
         return {("test", "loss"): 0.0}
 
 
+class Late(BatchStats):
+    order = 1_000_000
+
+
 class Bad(Callback):
     def after_epoch(self, learn):
         pass
@@ -140,6 +144,7 @@ class Bad(Callback):
         (lambda: 3, TypeError, "returned a bad callback"),
         (lambda: [BatchStats(), object()], TypeError, "returned a bad callback"),
         (BatchStats(), TypeError, "callbacks must be a function"),
+        (Late, ValueError, "Late with order 1000000: .* must come before its commit"),
     ],
 )
 def test_a_bad_factory_fails_when_the_experiment_is_built(tmp_path, factory, error, message):

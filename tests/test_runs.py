@@ -203,6 +203,17 @@ def test_another_run_id_is_another_trial(trained):
     assert a.groups[0].trials[a.runs[0]].id != b.groups[0].trials[b.runs[0]].id
 
 
+@pytest.mark.parametrize(
+    "changes", [{"delta": [0.9]}, {"rule": ["delve"]}, {"conv_method": ["mean"]}]
+)
+def test_saturation_options_are_part_of_the_trial(tmp_path, changes):
+    def trial(cfg):
+        runs = Runs(cfg, "R")
+        return runs.groups[0].trials[runs.runs[0]].id
+
+    assert trial(config(tmp_path, **changes)) != trial(config(tmp_path))
+
+
 def test_receptive_field_command(tmp_path):
     path = tmp_path / "c.json"
     models = ["mlp", "lenet5", "resnet"]  # an MLP has no receptive field: skipped, not fatal

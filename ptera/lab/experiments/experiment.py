@@ -62,6 +62,9 @@ class Experiment:
 
     ``name``: the key under which ``run`` records the grid and its target epochs in
     the store (default: a hash of the trial ids), read back by ``status``.
+    ``callbacks``: a function (or class) returning fresh Learner callbacks for one
+    trial; their ``epoch_metrics()`` are committed with each epoch
+    (``trial_callbacks``).
     """
 
     def __init__(

@@ -49,7 +49,7 @@ from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
 from .store import CheckpointError, Store
-from .trial_callbacks import epoch_numbers, make_callbacks
+from .trial_callbacks import COMMIT_ORDER, epoch_numbers, make_callbacks
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -197,7 +197,7 @@ class TrialCallback(Callback):
 class EpochCommit(Callback):
     """Commits each epoch after every other callback has closed it (their numbers with it)."""
 
-    order = 1_000_000  # last: the trial's callbacks close the evaluation pass first
+    order = COMMIT_ORDER  # last: the trial's callbacks close the evaluation pass first
 
     def __init__(self, trial: TrialCallback, callbacks: list):
         self.trial, self.callbacks = trial, callbacks

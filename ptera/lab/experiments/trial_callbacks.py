@@ -21,6 +21,10 @@ Decisions:
   or a ``functools.partial`` of one is safest.
 * The factory is part of the trial's identity (``config.normalize``: a partial's
   arguments included), so a tracker with other options is another trial.
+* A callback's ``order`` must be below ``COMMIT_ORDER``: the epoch is committed
+  after every callback's ``after_epoch``, so numbers it closes there are in it.
+* The factory is called once when the experiment is built, to check what it
+  returns (a bad factory fails before any training).
 * Epoch 0 (the model before training) is evaluated by a plain loop, not the
   Learner: callbacks record nothing for it.
 """
@@ -33,7 +37,9 @@ from typing import Any
 from ..callbacks import check_callback
 from .metrics import _number
 
-__all__ = ["epoch_numbers", "make_callbacks"]
+__all__ = ["COMMIT_ORDER", "epoch_numbers", "make_callbacks"]
+
+COMMIT_ORDER = 1_000_000  # the trial commits an epoch after every callback closed it
 
 
 def make_callbacks(factory: Callable | None) -> list:
@@ -47,6 +53,11 @@ def make_callbacks(factory: Callable | None) -> list:
             check_callback(cb)
         except TypeError as exc:
             raise TypeError(f"callbacks={_name(factory)} returned a bad callback: {exc}") from None
+        if getattr(cb, "order", 0) >= COMMIT_ORDER:
+            raise ValueError(
+                f"callbacks={_name(factory)} returned {type(cb).__name__} with order"
+                f" {cb.order}: a trial's callbacks must come before its commit (order < {COMMIT_ORDER})"
+            )
     return items
 
 
