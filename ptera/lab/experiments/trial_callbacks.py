@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..callbacks import check_callback
-from .metrics import _number
+from .metrics import metric_value
 
 __all__ = ["COMMIT_ORDER", "epoch_numbers", "make_callbacks"]
 
@@ -89,7 +89,7 @@ def epoch_numbers(callbacks: list, taken: Mapping | None = None) -> dict[tuple[s
                     " also records"
                 )
             owner[(split, name)] = who
-            out[(split, name)] = _number(name, value)
+            out[(split, name)] = metric_value(name, value)
     return out
 
 
