@@ -172,6 +172,19 @@ def test_the_saturation_columns_are_tracked_during_training(trained):
     assert any(last[f"{r.layer}-train-trace"] != pytest.approx(r.trace) for r in after.itertuples())
 
 
+def test_worker_processes_track_the_same_saturation(trained, tmp_path):
+    tmp, path = trained
+    cfg = {**json.loads(path.read_text()), "logs_dir": str(tmp_path / "logs")}
+    Runs(cfg, "RES").train(processes=2, verbose=False)
+    serial, parallel = (
+        sorted(p for p in (root / "logs").rglob("*.csv") if "_probe_" not in p.name)
+        for root in (tmp, tmp_path)
+    )
+    assert [p.name for p in parallel] == [p.name for p in serial] and len(serial) == 2
+    for a, b in zip(serial, parallel):
+        pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
+
+
 def test_a_finished_run_is_skipped_and_extract_probe_do_only_their_step(trained, capsys):
     tmp, path = trained
     store = Store(tmp / "logs" / "runs.db")

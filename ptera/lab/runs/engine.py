@@ -76,11 +76,8 @@ class TrainingSaturation(Saturation):
         rule: str = "textbook",
     ):
         super().__init__(delta=delta, layers=layers, conv_method=conv_method, rule=rule)
+        self.prefix = saturation_prefix(conv_method, delta, rule)
         self._read = 0
-
-    @property
-    def prefix(self) -> str:
-        return saturation_prefix(self.conv_method, self.delta, self.rule)
 
     def before_fit(self, learn: Any) -> None:
         super().before_fit(learn)
