@@ -255,3 +255,21 @@ def test_a_config_file_names_the_callbacks_factory(tmp_path, capsys, monkeypatch
         cli_main(["run", str(config)])
     assert exit.value.code == 2
     assert "'callbacks_args' without 'callbacks'" in capsys.readouterr().err
+
+
+def test_a_relayed_worker_sends_the_callbacks_numbers_to_the_driver(tmp_path):
+    """The path of ``RayExecutor(shared_filesystem=False)``, without Ray: a worker's
+    store relays each epoch, callbacks' numbers included."""
+    import dataclasses
+
+    from ptera.lab.experiments.relay import RelayStore
+    from ptera.lab.experiments.trial import run_trial
+
+    exp = experiment(tmp_path / "x.db", factory=BatchStats)
+    sent = []
+    queue = type("Q", (), {"put": staticmethod(sent.append)})()
+    setup = dataclasses.replace(exp.setup, store=RelayStore({}, {}, queue))
+    assert run_trial(setup, exp.trials[0].id, 2) == 2  # epoch 0 is evaluated, not trained
+    commits = {item[2]: item[3] for item in sent if item[0] == "commit"}
+    assert sorted(commits) == [0, 1, 2]
+    assert ("train", "batches") not in commits[0] and commits[2][("train", "batches")] == 4

@@ -3,6 +3,8 @@
 ``Experiment(model, datasets=(train, test), variations=[...], interventions=[...])``
 plans and checks every trial; ``run(n_epochs)`` trains what its SQLite store lacks
 (skipping finished trials, resuming partial ones); ``results()`` is a DataFrame.
+``callbacks=factory`` gives each trial's Learner fresh callbacks whose
+``epoch_metrics()`` are committed with every epoch.
 ``python -m ptera.lab.experiments run config.toml`` does the same from a file.
 """
 
