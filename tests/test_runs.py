@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
+from ptera.lab import Saturation
 from ptera.lab.experiments import Store
 from ptera.lab.representations import saturation
 from ptera.lab.runs import DEFAULT_CONFIG, MODEL_REGISTRY, Runs, expand, load_config
 from ptera.lab.runs.cli import main
+
+from .callbacks_program import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tests.runs_program:tiny_digits"
@@ -125,28 +128,61 @@ def test_train_writes_the_seed_tree(trained):
     for name in ("mlp-tiny_digits-r8-bs60-e2-sgd", "mlp-tiny_digits-r8-bs60-e2-adam"):
         files = {p.name for p in folder.iterdir()}
         assert {f"{name}.csv", f"{name}.pt", f"{name}_config.json"} <= files
-        assert {f"{name}lsat_epoch{e}.png" for e in range(3)} <= files
+        assert {f"{name}lsat_epoch{e}.png" for e in (1, 2)} <= files
+        assert f"{name}lsat_epoch0.png" not in files  # no training pass before epoch 1
         table = pd.read_csv(folder / f"{name}.csv")
         assert list(table.epoch) == [0, 1, 2]
         assert {"train_loss", "test_accuracy", "mcc", "layers.1-train-saturation"} <= set(table)
+        sat = [c for c in table if c.endswith(("-k", "-saturation", "-trace"))]
+        assert table.loc[0, sat].isna().all() and table.loc[1:, sat].notna().all().all()
+        text = (folder / f"{name}.csv").read_text().splitlines()
+        k = text[0].split(",").index("layers.1-train-k")
+        assert text[1].split(",")[k] == "" and text[2].split(",")[k].isdigit()  # k: whole
         state = torch.load(folder / f"{name}.pt", weights_only=True)
         assert state["epoch"] == 2
     info = json.loads((folder / "computational_info.json").read_text())
     assert info["flops_per_inference"] > 0
 
 
-def test_the_saturation_columns_are_one_pass_over_each_split(trained):
+def test_the_saturation_columns_are_tracked_during_training(trained):
+    """Each epoch's saturation is ``Saturation``'s, in a Learner training the run
+    again (train: the whole training pass, weights moving; eval: the evaluation
+    pass), not a pass over the data after the epoch."""
     tmp, path = trained
     runs = Runs(path, "RES")
     group = runs.groups[0]
-    run = group.runs[0]
-    model = runs.trained_model(group, run)
-    table = pd.read_csv(run.folder("RES") / f"{run.name}.csv")
-    expected = saturation(model, group.test)
-    last = table[table.epoch == 2].iloc[0]
-    for row in expected.itertuples():
-        assert last[f"{row.layer}-eval-k"] == row.k
-        assert last[f"{row.layer}-eval-trace"] == pytest.approx(row.trace)
+    for run in group.runs:
+        plan = group.trials[run]
+        tracker = Saturation()
+        model = runs.build_model(run, group.train)
+        replay(group.experiment, plan, [tracker], run.epoch, model=model)
+        table = pd.read_csv(run.folder("RES") / f"{run.name}.csv").set_index("epoch")
+        history = tracker.history
+        assert len(history) == 2 * 3 * run.epoch  # epochs x splits x layers
+        for row in history.itertuples():
+            cells = table.loc[row.epoch + 1]  # the Learner counts epochs from 0
+            prefix = f"{row.layer}-{row.split}"
+            assert cells[f"{prefix}-k"] == row.k
+            assert cells[f"{prefix}-saturation"] == pytest.approx(row.saturation, rel=1e-12)
+            assert cells[f"{prefix}-trace"] == pytest.approx(row.trace, rel=1e-9)
+    # Not a pass after the epoch: the training pass saw the weights move.
+    final = runs.trained_model(group, group.runs[0])
+    after = saturation(final, group.train, split="train")
+    last = pd.read_csv(group.runs[0].folder("RES") / f"{group.runs[0].name}.csv").iloc[-1]
+    assert any(last[f"{r.layer}-train-trace"] != pytest.approx(r.trace) for r in after.itertuples())
+
+
+def test_worker_processes_track_the_same_saturation(trained, tmp_path):
+    tmp, path = trained
+    cfg = {**json.loads(path.read_text()), "logs_dir": str(tmp_path / "logs")}
+    Runs(cfg, "RES").train(processes=2, verbose=False)
+    serial, parallel = (
+        sorted(p for p in (root / "logs").rglob("*.csv") if "_probe_" not in p.name)
+        for root in (tmp, tmp_path)
+    )
+    assert [p.name for p in parallel] == [p.name for p in serial] and len(serial) == 2
+    for a, b in zip(serial, parallel):
+        pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
 
 
 def test_a_finished_run_is_skipped_and_extract_probe_do_only_their_step(trained, capsys):
@@ -178,6 +214,17 @@ def test_another_run_id_is_another_trial(trained):
     tmp, path = trained
     a, b = Runs(path, "RES"), Runs(path, "OTHER")
     assert a.groups[0].trials[a.runs[0]].id != b.groups[0].trials[b.runs[0]].id
+
+
+@pytest.mark.parametrize(
+    "changes", [{"delta": [0.9]}, {"rule": ["delve"]}, {"conv_method": ["mean"]}]
+)
+def test_saturation_options_are_part_of_the_trial(tmp_path, changes):
+    def trial(cfg):
+        runs = Runs(cfg, "R")
+        return runs.groups[0].trials[runs.runs[0]].id
+
+    assert trial(config(tmp_path, **changes)) != trial(config(tmp_path))
 
 
 def test_receptive_field_command(tmp_path):

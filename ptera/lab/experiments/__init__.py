@@ -3,12 +3,15 @@
 ``Experiment(model, datasets=(train, test), variations=[...], interventions=[...])``
 plans and checks every trial; ``run(n_epochs)`` trains what its SQLite store lacks
 (skipping finished trials, resuming partial ones); ``results()`` is a DataFrame.
+``callbacks=factory`` gives each trial's Learner fresh callbacks whose
+``epoch_metrics()`` are committed with every epoch.
 ``python -m ptera.lab.experiments run config.toml`` does the same from a file.
 """
 
 from .batched import BatchedExecutor
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor
 from .experiment import Experiment
+from .imports import import_object
 from .interventions import (
     ChangeOptimizer,
     ChangeTrainLoader,
@@ -41,4 +44,5 @@ __all__ = [
     "Trial",
     "TrialError",
     "Tweak",
+    "import_object",
 ]

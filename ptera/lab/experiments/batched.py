@@ -20,6 +20,11 @@ Decisions:
   form (there is no per-trial loop to tweak): such a trial runs alone, and so
   does any trial of a windowed intervention of another kind, a training set
   other than a ``TensorDataset``, or an optimizer other than SGD/Adam/AdamW.
+* An experiment with ``callbacks`` runs every trial alone, through the serial
+  path, and says so in one line on stderr: a callback acts on one trial's
+  ``Learner`` (its model, batches, loss), and a vmapped group has none; running
+  it on unstacked copies after each step would not see the group's forward
+  passes. Its numbers are then exactly the serial path's.
 * A group's trial's numbers equal its serial numbers within float tolerance,
   not bit for bit (batched kernels sum in another order). Random draws inside
   the model (dropout) are ``randomness="different"`` per trial, seeded by the
@@ -43,6 +48,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -82,6 +88,10 @@ from .vectorized_optim import StackedOptimizer, code_path, supports
 
 __all__ = ["BatchedExecutor", "plan_groups", "train_group", "why_alone"]
 
+CALLBACKS_ALONE = (
+    "the experiment's callbacks need a Learner per trial, which a vmapped group has not"
+)
+
 # The Learner's stages: a Tweak of them has no batched form.
 LOOP = {"fit", "one_epoch", "one_batch", "split_batch", "backward", "step", "zero_grad"}
 
@@ -89,6 +99,8 @@ LOOP = {"fit", "one_epoch", "one_batch", "split_batch", "backward", "step", "zer
 # -- grouping -------------------------------------------------------------------------
 def why_alone(setup: Setup, plan: TrialPlan) -> str | None:
     """Why ``plan`` cannot join a group (``None``: it can)."""
+    if setup.callbacks is not None:
+        return CALLBACKS_ALONE
     if type(setup.train) is not TensorDataset:
         return "the training set is not a TensorDataset (batches are gathered per trial)"
     s = plan.settings
@@ -453,6 +465,9 @@ class BatchedExecutor:
         after = {j.id: j.after for j in jobs}
         epochs = setup.store.epochs(list(after))
         units = plan_groups(setup, list(after), epochs, self.max_trials)
+        if setup.callbacks is not None and jobs:
+            print(f"BatchedExecutor: {len(jobs)} trials run one by one: {CALLBACKS_ALONE}",
+                  file=sys.stderr, flush=True)  # fmt: skip
         finished: set[str] = set()
         results: dict[str, int] = {}
         with Leases(setup.store) as leases:  # leaving it releases them, even on Ctrl-C

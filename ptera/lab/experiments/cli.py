@@ -37,6 +37,7 @@ Decisions:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -63,6 +64,8 @@ KEYS = {
     "variations": "list of intervention tables (type = ...), multiplied",
     "interventions": "list of intervention tables, each run against the control",
     "metrics": "import path of a Metrics class",
+    "callbacks": "import path of a function (or class) returning each trial's Learner callbacks",
+    "callbacks_args": "keyword arguments of that function",
     "plotter": "table of Plotter arguments",
     "store": "SQLite file of the experiment",
     "n_epochs": "epochs each trial trains",
@@ -168,6 +171,14 @@ def experiment_from(spec: dict, path: str) -> Experiment:
     }
     for key in ("optimizer", "loss_fn"):
         settings[key] = _import(full[key], key, path)
+    if "callbacks_args" in full and "callbacks" not in full:
+        raise CliError(f"{path}: 'callbacks_args' without 'callbacks' ({KEYS['callbacks']})")
+    if "callbacks" in full:
+        factory = _import(full["callbacks"], "callbacks", path)
+        args = full.get("callbacks_args", {})
+        if not isinstance(args, dict):
+            raise CliError(f"{path}: 'callbacks_args' must be a table of keyword arguments")
+        settings["callbacks"] = functools.partial(factory, **args) if args else factory
     try:
         plotter = Plotter(**full["plotter"])
     except (TypeError, ValueError) as exc:

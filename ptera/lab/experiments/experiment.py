@@ -16,6 +16,9 @@ Decisions:
   positions that run the same thing share one trial, and a trial finished by an
   earlier experiment in the same store is reused.
 * An intervention trial waits for its control, which its metrics may read.
+* ``callbacks``: a factory of Learner callbacks, called afresh for each trial
+  in the worker that trains it; their ``epoch_metrics()`` are committed with
+  each epoch (``trial_callbacks``). The factory is part of every trial's identity.
 * ``run`` records the grid's layout and its target epochs in the store, so that
   ``status`` (here or from the command line, without importing anything) counts a
   trial done at the target it was last run to.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,10 @@ from .interventions import (
 from .layout import results_frame, status_rows
 from .metrics import Metrics
 from .plotter import Plotter
+from .progress import EpochWatcher
 from .store import Store
 from .trial import Setup, TrialPlan, backfill, check_resettable
+from .trial_callbacks import make_callbacks
 
 __all__ = ["Experiment"]
 
@@ -57,6 +62,9 @@ class Experiment:
 
     ``name``: the key under which ``run`` records the grid and its target epochs in
     the store (default: a hash of the trial ids), read back by ``status``.
+    ``callbacks``: a function (or class) returning fresh Learner callbacks for one
+    trial; their ``epoch_metrics()`` are committed with each epoch
+    (``trial_callbacks``).
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class Experiment:
         seed_shuffle: Any = 0,
         device: str | torch.device | None = None,
         name: str | None = None,
+        callbacks: Callable[[], Any] | None = None,
     ):
         if datasets is not None and dataset is not None:
             raise TypeError("give datasets= or dataset=, not both")
@@ -94,6 +103,14 @@ class Experiment:
             raise TypeError(f"model must be an nn.Module, its class or a factory, got {model!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if callbacks is not None:
+            if not callable(callbacks):
+                raise TypeError(
+                    "callbacks must be a function (or class) that returns fresh Learner"
+                    f" callbacks for each trial, got {callbacks!r}"
+                )
+            make_callbacks(callbacks)  # a factory returning no callback fails here
+        self.callbacks = callbacks
         self.model, self.loss_fn = model, loss_fn
         self.metrics = metrics if metrics is not None else Metrics()
         if not isinstance(self.metrics, Metrics):
@@ -115,6 +132,8 @@ class Experiment:
             "model": model_identity(model),
             "data": [data_fingerprint(self.train_set), data_fingerprint(self.test_set)],
             "loss": normalize(loss_fn),
+            # Only when given: trials without callbacks keep the ids they had.
+            **({"callbacks": normalize(callbacks)} if callbacks is not None else {}),
         }
         self.grid = self._plan(list(variations), list(interventions))
         self.plans: dict[str, TrialPlan] = {}
@@ -218,6 +237,7 @@ class Experiment:
             self.store,
             self.plans,
             self.device,
+            self.callbacks,
         )
 
     # -- running ----------------------------------------------------------------------
@@ -228,12 +248,16 @@ class Experiment:
         processes: int | None = None,
         plot: bool = False,
         verbose: bool = True,
+        progress: Callable[[str, int, dict], Any] | None = None,
     ) -> Any:
         """Train every trial to ``n_epochs`` (skipping and resuming what the store has).
 
         ``executor``: ``"serial"`` (default), ``"processes"`` (with ``processes=N``),
         or an executor object such as ``RayExecutor()``. ``verbose`` prints a line
-        as each trial ends. Returns ``results()``.
+        as each trial ends. ``progress(trial, epoch, numbers)`` is called in this
+        process for every epoch a trial commits during the run (``numbers``: its
+        ``{(split, name): value}``), whichever executor trained it. Returns
+        ``results()``.
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             raise ValueError(f"n_epochs must be a non-negative int, got {n_epochs!r}")
@@ -254,7 +278,13 @@ class Experiment:
             if plan.id not in pending:
                 backfill(setup, plan, epochs[plan.id])
         done = _Reporter(self, len(jobs), n_epochs) if verbose else None
-        trained = executor.run(setup, jobs, n_epochs, done=done) if jobs else {}
+        if progress is not None and jobs:
+            with EpochWatcher(store, [j.id for j in jobs], progress) as watcher:
+                # A trial's epochs are reported before the line saying it ended.
+                ended = _after_poll(watcher, store, done)
+                trained = executor.run(setup, jobs, n_epochs, done=ended)
+        else:
+            trained = executor.run(setup, jobs, n_epochs, done=done) if jobs else {}
         self.trained = [t for t, n in trained.items() if n > 0]
         if plot:
             self.plot()
@@ -330,6 +360,15 @@ class _Reporter:
             f"  {plan.label}{where}: epoch {self.n_epochs}" + (f", test {shown}" if shown else ""),
             flush=True,
         )
+
+
+def _after_poll(watcher: EpochWatcher, store: Store, done: Any) -> Any:
+    def ended(trial: str, trained: int) -> None:
+        watcher.poll(store)
+        if done is not None:
+            done(trial, trained)
+
+    return ended
 
 
 def _number(value: Any) -> str:

@@ -24,7 +24,6 @@ Decisions:
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import itertools
 import sys
@@ -35,6 +34,7 @@ import torch
 
 from ... import Effects, select
 from ...plugin import caller_env, check_selector
+from . import imports
 from .config import derive_seed, normalize
 
 __all__ = [
@@ -522,21 +522,4 @@ def import_object(path: str) -> Any:
 
     Nothing else is resolved: a config names code only by an explicit import path.
     """
-    if not isinstance(path, str):
-        raise ValueError(f"expected an import path such as 'package.module:Name', got {path!r}")
-    registered = registered_names()
-    if path in registered:
-        return registered[path]
-    module, colon, attr = path.partition(":")
-    if not colon or not module or not attr:
-        raise ValueError(
-            f"cannot resolve {path!r}: write an import path 'package.module:attr'"
-            f" or a registered name ({', '.join(sorted(registered)[:6])}, ...)"
-        )
-    try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import {path!r}") from None
-    return obj
+    return imports.import_object(path, registered_names())

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Metrics", "Trial"]
+__all__ = ["Metrics", "Trial", "metric_value"]
 
 
 class Metrics:
@@ -47,11 +47,13 @@ class Metrics:
         out = {}
         for name, fn in self.registered.items():
             if only is None or name in only:
-                out[("", name)] = _number(name, fn(trial))
+                out[("", name)] = metric_value(name, fn(trial))
         return out
 
 
-def _number(name: str, value: Any) -> float:
+def metric_value(name: str, value: Any) -> float:
+    """``value`` (a number or a one-element tensor) as a float; a ``TypeError`` naming
+    the metric otherwise."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(

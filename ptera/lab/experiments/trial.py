@@ -18,9 +18,11 @@ Decisions:
 * A trial resumes from its last committed epoch whose checkpoint verifies
   (checksum, trial id, epoch); a damaged one is a warning naming the file, and
   the epochs after the last good one are trained again.
-* The training loop is the ``Learner``; the trial adds one callback (seeds, step
-  windows, running metrics, the commit of each epoch) and, around the whole run,
-  the overlays of its ``Tweak`` interventions.
+* The training loop is the ``Learner``; the trial adds its callbacks (seeds, step
+  windows and running metrics first; the experiment's own callbacks, fresh from
+  its factory; the commit of each epoch last, with what the callbacks'
+  ``epoch_metrics()`` return, see ``trial_callbacks``) and, around the whole
+  run, the overlays of its ``Tweak`` interventions.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .config import derive_seed
 from .interventions import Intervention, hyperparameters_of, optimizer_defaults
 from .metrics import Metrics, Running, Trial
 from .store import CheckpointError, Store
+from .trial_callbacks import COMMIT_ORDER, epoch_numbers, make_callbacks
 
 __all__ = ["Setup", "TrialError", "TrialPlan", "run_trial"]
 
@@ -87,6 +90,7 @@ class Setup:
     store: Store
     plans: dict[str, TrialPlan]
     device: str = "cpu"
+    callbacks: Any = None  # a factory of the trial's own Learner callbacks
 
 
 def build_model(template: Any, seed: int | None) -> torch.nn.Module:
@@ -139,7 +143,7 @@ class TrialRun:
 
 
 class TrialCallback(Callback):
-    """Seeds each epoch, keeps the step windows, measures, and commits each epoch."""
+    """Seeds each epoch, keeps the step windows, and measures loss and accuracy."""
 
     order = -100  # windows and seeds before any user callback
 
@@ -189,14 +193,25 @@ class TrialCallback(Callback):
         if learn.training:
             self.run.step += 1
 
+
+class EpochCommit(Callback):
+    """Commits each epoch after every other callback has closed it (their numbers with it)."""
+
+    order = COMMIT_ORDER  # last: the trial's callbacks close the evaluation pass first
+
+    def __init__(self, trial: TrialCallback, callbacks: list):
+        self.trial, self.callbacks = trial, callbacks
+
     def after_epoch(self, learn: Learner) -> None:
         if learn.training:
             return
-        epoch = self.first + learn.epoch + 1
+        t = self.trial
+        epoch = t.first + learn.epoch + 1
         results = {}
-        for split, running in self.running.items():
-            results.update(running.result(split, self.setup.metrics))
-        commit(self.setup, self.run, epoch, results)
+        for split, running in t.running.items():
+            results.update(running.result(split, t.setup.metrics))
+        results.update(epoch_numbers(self.callbacks, results))
+        commit(t.setup, t.run, epoch, results)
 
 
 def _inside(e: Intervention, step: int) -> bool:
@@ -334,6 +349,7 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
         commit(setup, run, 0, results)
         done = 0
     cb = TrialCallback(run, setup, done, opt_state)
+    extra = make_callbacks(setup.callbacks)  # fresh for this session: a resumed trial's too
     hyper = hyperparameters_of(s)
     lr = hyper.pop("lr", run.control_hyperparameters.get("lr"))
     optimizer = s["optimizer"]
@@ -347,7 +363,7 @@ def _train(setup: Setup, plan: TrialPlan, done: int, n_epochs: int) -> int:
         setup.loss_fn,
         lr=lr,
         opt_func=lambda params, lr: optimizer(params, lr=lr, **hyper),
-        cbs=[cb, DeviceCB(setup.device)],
+        cbs=[cb, DeviceCB(setup.device), *extra, EpochCommit(cb, extra)],
     )
     run.learn.fit(n_epochs - done)
     return trained

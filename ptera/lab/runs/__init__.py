@@ -8,7 +8,7 @@ is written from the store.
 """
 
 from .config import AXES, DEFAULT_CONFIG, Run, expand, load_config
-from .engine import Runs
+from .engine import Runs, TrainingSaturation
 from .registry import (
     DATASET_REGISTRY,
     METRICS_REGISTRY,
@@ -27,6 +27,7 @@ __all__ = [
     "Registry",
     "Run",
     "Runs",
+    "TrainingSaturation",
     "expand",
     "load_config",
 ]

@@ -12,16 +12,17 @@ Decisions:
 * The run id seeds the weights and the batch order, so it is part of every
   trial's identity: runs under different ids never share a trial, the same id
   resumes and reuses.
-* Saturation of every ``Linear``/``Conv2d`` layer is a registered metric of the
-  experiment: at the end of each epoch (epoch 0: before training), one pass over
-  the train set and one over the test set in eval mode (``saturation(...)``).
-  The experiments engine offers no Learner callbacks for its trials, so the
-  training-time ``Saturation`` callback cannot run inside a trial; its numbers
-  describe the moving weights of the training pass, these the epoch's weights.
-* The store's metric names carry the saturation options
-  (``sat[channelwise,0.99,textbook]:train:layer:k``), so configurations with
-  other options share the trained trials and add their own numbers (backfilled
-  from the per-epoch checkpoints).
+* Saturation of every ``Linear``/``Conv2d`` layer is tracked during training,
+  as the seed's delve tracker: each trial's Learner runs a ``TrainingSaturation``
+  callback (the experiment's ``callbacks=`` factory), and its numbers of each
+  epoch (``train``: the whole training pass, weights moving; ``eval``: the
+  evaluation pass) are committed with the epoch, so a resumed run keeps them and
+  never recomputes them. Epoch 0 (before training) has no training pass, so no
+  saturation: its row in the CSV has empty saturation cells and no
+  ``lsat_epoch0.png``.
+* The saturation options are part of the trial's identity (a run with another
+  ``delta`` trains its own trial) and of the store's metric names
+  (``sat[channelwise,0.99,textbook]:train:layer:k``).
 * The view is rewritten after every call; the ``lsat_epochN.png`` already there
   are kept. ``extract`` and ``probe`` train what is not trained yet, then do
   their step; extraction is skipped when the latent folder already holds both
@@ -48,44 +49,53 @@ from ..representations.latents import extract_latents, load_manifest
 from ..representations.layers import default_layers
 from ..representations.probes import PROBE_FILE, train_probes
 from ..representations.receptive import receptive_field, spatial_layers
-from ..representations.saturation import plot_saturation, saturation
+from ..representations.saturation import Saturation, plot_saturation
 from .config import Run, expand, load_config
 from .registry import DATASET_REGISTRY, METRICS_REGISTRY, MODEL_REGISTRY, OPTIMIZER_REGISTRY
 
-__all__ = ["Runs"]
+__all__ = ["Runs", "TrainingSaturation"]
 
 FIELDS = ("k", "saturation", "trace", "dim")
 STORE = "runs.db"
 
 
-class SaturationMetric:
-    """Saturation numbers of a trial's model, one pass per split per epoch (cached)."""
+class TrainingSaturation(Saturation):
+    """``Saturation`` that commits its numbers with each epoch of a trial.
 
-    def __init__(self, train: Any, test: Any, conv_method: str, delta: float, rule: str):
-        self.data = {"train": train, "eval": test}
-        self.options = {"conv_method": conv_method, "delta": delta, "rule": rule}
-        self._key: tuple | None = None
-        self._values: dict = {}
+    ``epoch_metrics()`` (read by the trial after the epoch's evaluation pass)
+    returns the rows of the passes since the last call, each field of each
+    layer as ``{prefix}:{split}:{layer}:{field}``: ``train`` over the epoch's
+    training pass (the weights moving), ``eval`` over its evaluation pass.
+    """
 
-    @property
-    def prefix(self) -> str:
-        o = self.options
-        return f"sat[{o['conv_method']},{o['delta']:g},{o['rule']}]"
+    def __init__(
+        self,
+        delta: float = 0.99,
+        layers: Any = None,
+        conv_method: str = "channelwise",
+        rule: str = "textbook",
+    ):
+        super().__init__(delta=delta, layers=layers, conv_method=conv_method, rule=rule)
+        self.prefix = saturation_prefix(conv_method, delta, rule)
+        self._read = 0
 
-    def value(self, trial: Any, split: str, layer: str, what: str) -> float:
-        key = (trial.id, trial.epoch)
-        if key != self._key:  # one pass per split for every number of this epoch
-            self._values = {}
-            for name, data in self.data.items():
-                frame = saturation(trial.model, data, split=name, **self.options)
-                for row in frame.itertuples():
-                    for f in FIELDS:
-                        self._values[(name, row.layer, f)] = float(getattr(row, f))
-            self._key = key
-        return self._values[(split, layer, what)]
+    def before_fit(self, learn: Any) -> None:
+        super().before_fit(learn)
+        self._read = 0  # the history restarts at each fit
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_key": None, "_values": {}}
+    def epoch_metrics(self) -> dict[str, float]:
+        history = self.history
+        rows, self._read = history.iloc[self._read :], len(history)
+        return {
+            f"{self.prefix}:{row.split}:{row.layer}:{f}": float(getattr(row, f))
+            for row in rows.itertuples()
+            for f in FIELDS
+        }
+
+
+def saturation_prefix(conv_method: str, delta: float, rule: str) -> str:
+    """The start of the store's saturation metric names: the options that made them."""
+    return f"sat[{conv_method},{delta:g},{rule}]"
 
 
 class HeldOutMetric:
@@ -184,14 +194,6 @@ class Runs:
         model = self.build_model(first, train)
         layers = default_layers(model)
         metrics = Metrics()
-        sat = SaturationMetric(train, test, first.conv_method, first.delta, first.rule)
-        for split in ("train", "eval"):
-            for layer in layers:
-                for f in FIELDS:
-                    metrics.register_metric(
-                        f"{sat.prefix}:{split}:{layer}:{f}",
-                        partial(sat.value, split=split, layer=layer, what=f),
-                    )
         for name in first.metrics:
             fn = METRICS_REGISTRY.lookup(name, "metrics")
             if fn is not None:
@@ -211,6 +213,12 @@ class Runs:
             seed_weights=self.run_id,
             seed_shuffle=self.run_id,
             device=self.config["device"],
+            callbacks=partial(
+                TrainingSaturation,
+                delta=first.delta,
+                conv_method=first.conv_method,
+                rule=first.rule,
+            ),
         )
         group = Group(runs, experiment, model, tuple(train[0][0].shape), train, test, layers)
         # Experiment.trials lists the variations' product in order: optimizer, then size.
@@ -233,7 +241,10 @@ class Runs:
                         print(
                             f"resuming {row['variation']} after epoch {row['epochs']}", flush=True
                         )
-            group.experiment.run(epochs, executor=executor, processes=processes, verbose=verbose)
+            progress = partial(_print_epoch, group, epochs) if verbose else None
+            group.experiment.run(  # a line per epoch (progress), not per trial
+                epochs, executor=executor, processes=processes, verbose=False, progress=progress
+            )
             self._write_views(group)
 
     def extract(
@@ -377,6 +388,8 @@ def _tables(frame: Any, layers: list[str]) -> tuple[Any, Any]:
         .reset_index()
     )
     sat = frame[is_sat]
+    if not len(sat):  # trained to epoch 0 only: nothing tracked yet
+        return table, pd.DataFrame(columns=["epoch", "split", "layer", *FIELDS])
     parts = sat["metric"].str.split(":", expand=True)
     history = (
         pd.DataFrame(
@@ -404,10 +417,24 @@ def _tables(frame: Any, layers: list[str]) -> tuple[Any, Any]:
     wide.columns = [f"{layer}-{split}-{what}" for what, layer, split in wide.columns]
     wide = wide[sorted(wide.columns, key=lambda c: (order.get(c.split("-")[0], 0), c))]
     ints = [c for c in wide.columns if c.endswith("-k")]
-    wide[ints] = wide[ints].round().astype(int)
     first = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
     table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
-    return table.merge(wide.reset_index(), on="epoch", how="left"), history
+    table = table.merge(wide.reset_index(), on="epoch", how="left")
+    # Epoch 0 has no saturation (no training pass yet): its k cells stay empty.
+    table[ints] = table[ints].round().astype("Int64")
+    return table, history
+
+
+def _print_epoch(group: Group, n_epochs: int, trial: str, epoch: int, numbers: dict) -> None:
+    """One line per committed epoch (``Experiment.run``'s progress hook)."""
+    names = [run.name for run, plan in group.trials.items() if plan.id == trial]
+    shown = ", ".join(
+        f"{split}_{name} {numbers[(split, name)]:.4f}"
+        for split in ("train", "test")
+        for name in ("loss", "accuracy")
+        if (split, name) in numbers
+    )
+    print(f"{' '.join(names) or trial}: epoch {epoch}/{n_epochs}  {shown}", flush=True)
 
 
 def _png(folder: Path, run: Run, epoch: int) -> Path:

@@ -14,7 +14,6 @@ Each registry is a dict from name to factory; add an entry (``MODEL_REGISTRY["mi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from .. import models
+from ..experiments.imports import import_object
 
 __all__ = [
     "DATASET_REGISTRY",
@@ -49,14 +49,10 @@ class Registry(dict):
         if name in self:
             return self[name]
         if ":" in name:
-            module, _, attr = name.partition(":")
             try:
-                obj = importlib.import_module(module)
-                for part in attr.split("."):
-                    obj = getattr(obj, part)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise ValueError(f"config key {key!r}: cannot import {name!r} ({exc})") from None
-            return obj
+                return import_object(name)
+            except ValueError as exc:
+                raise ValueError(f"config key {key!r}: {exc}") from None
         raise ValueError(
             f"config key {key!r}: unknown {self.what} {name!r}"
             f" (known: {', '.join(sorted(self))}; or 'package.module:factory')"
