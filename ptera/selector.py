@@ -339,91 +339,97 @@ class _Parser:
         return Scope(item.name, span=item.span)
 
     def item(self) -> Node:
+        """One item of a chain: a variable (``!x:T=1 as y``) or a call (``f[k](...) as v``)."""
         self.skip_ws()
         start = self.pos
-        focus = 0
-        if self.take("!!"):
-            focus = 2
-            self.bangbang_at.append(start)
-        elif self.take("!"):
-            focus = 1
-            self.bang_at.append(start)
+        focus = self.focus_mark()
         self.skip_ws()
         name_at = self.pos
-        c = self.text[self.pos : self.pos + 1]
-        var: Var | None = None
-        fn: str | None = None
-        is_fn_path = False
-        if c == "$":
+        var, fn, is_fn_path = self.head()
+        key = self.key()
+        if self.peek() in _OPENERS or key is not None:
+            return self.call(var, fn, key, focus, start, name_at)
+        if var is None:
+            if is_fn_path or self.peek() == ">":
+                return Scope(fn, span=self.span_from(start))
+            self.error("a dotted name or module path names a function: expected '>' or brackets")
+        return self.var_suffix(var, focus, start, name_at)
+
+    def focus_mark(self) -> int:
+        """Read ``!`` or ``!!`` if present, remembering where (one of each is allowed)."""
+        self.skip_ws()
+        at = self.pos
+        if self.take("!!"):
+            self.bangbang_at.append(at)
+            return 2
+        if self.take("!"):
+            self.bang_at.append(at)
+            return 1
+        return 0
+
+    def head(self) -> tuple[Var | None, str | None, bool]:
+        """What an item starts with: a variable, or a function name; and whether that
+        name is a module path (``/mod/f``, ``mod:f``), which needs no brackets."""
+        char = self.text[self.pos : self.pos + 1]
+        if char == "$":
             self.pos += 1
             if not _IDENT.match(self.text, self.pos):
                 self.error("expected a variable name after '$'")
-            var = Var(None, self.ident("a variable name after '$'"))
-        elif c == "*":
+            return Var(None, self.ident("a variable name after '$'")), None, False
+        if char == "*":
             self.pos += 1
-            var = Var(None, None)
-        elif c == "#":
+            return Var(None, None), None, False
+        if char == "#":
             self.pos += 1
             prefix = "#"
             if self.text.startswith("#", self.pos):
                 self.pos += 1
                 prefix = "##"
             name = prefix + self.ident(f"a name after '{prefix}'")
-            var = Var(name, _default_capture(name))
-        elif c == "/":
-            fn, is_fn_path = self.module_path(), True
-        elif c and _IDENT.match(self.text, self.pos):
+            return Var(name, _default_capture(name)), None, False
+        if char == "/":
+            return None, self.module_path(), True
+        if char and _IDENT.match(self.text, self.pos):
             name = self.dotted("a variable or function name")
             if self.text.startswith(":", self.pos) and self.followed_by_scope():
                 self.pos += 1
-                fn, is_fn_path = f"/{name}/" + self.dotted("a function name after ':'"), True
-            elif "." in name:
-                fn = name
-            else:
-                var = Var(name, name)
-        else:
-            self.error(
-                "expected a variable or function name, '$name', '*', '#meta' or '/module/path'"
-            )
+                return None, f"/{name}/" + self.dotted("a function name after ':'"), True
+            if "." in name:
+                return None, name, False
+            return Var(name, name), None, False
+        self.error("expected a variable or function name, '$name', '*', '#meta' or '/module/path'")
 
-        key = self.key()
-        if self.peek() in _OPENERS or key is not None:
-            if var is not None:
-                if var.name is None and var.capture is not None:
-                    self.error("'$name' cannot be followed by brackets or a key", name_at)
-                if var.is_meta and not var.name.startswith("##"):
-                    self.error("a meta-variable cannot be called", name_at)
-                fn = var.name
-            if focus:
-                self.error("a function call cannot be the focus: put '!' on a variable", start)
-            children = self.bracket() if self.peek() in _OPENERS else ()
-            if key is None:
-                key = self.key()
-            if key is not None:
-                children = (key, *children)
-            scope = Scope(fn, children, span=self.span_from(start))
-            self.as_var = None
-            self.skip_ws()
-            as_at = self.pos
-            if self.take_word("as"):
-                # `f(!n) as !!v`: the return value, with a focus mark of its own.
-                self.skip_ws()
-                mark_at, mark = self.pos, 0
-                if self.take("!!"):
-                    mark = 2
-                    self.bangbang_at.append(mark_at)
-                elif self.take("!"):
-                    mark = 1
-                    self.bang_at.append(mark_at)
-                name = self.ident("a name after 'as'")
-                self.as_var = Var("#value", name, focus=mark, span=self.span_from(as_at))
-                scope = replace(scope, children=scope.children + (self.as_var,))
-            return scope
-        if var is None:
-            if is_fn_path or self.peek() == ">":
-                return Scope(fn, span=self.span_from(start))
-            self.error("a dotted name or module path names a function: expected '>' or brackets")
+    def call(
+        self, var: Var | None, fn: str | None, key: Var | None, focus: int, start: int, name_at: int
+    ) -> Scope:
+        """A call: the brackets and key after a function name, then ``as v``."""
+        if var is not None:
+            if var.name is None and var.capture is not None:
+                self.error("'$name' cannot be followed by brackets or a key", name_at)
+            if var.is_meta and not var.name.startswith("##"):
+                self.error("a meta-variable cannot be called", name_at)
+            fn = var.name
+        if focus:
+            self.error("a function call cannot be the focus: put '!' on a variable", start)
+        children = self.bracket() if self.peek() in _OPENERS else ()
+        if key is None:
+            key = self.key()
+        if key is not None:
+            children = (key, *children)
+        scope = Scope(fn, children, span=self.span_from(start))
+        self.as_var = None
+        self.skip_ws()
+        as_at = self.pos
+        if self.take_word("as"):
+            # `f(!n) as !!v`: the return value, with a focus mark of its own.
+            mark = self.focus_mark()
+            name = self.ident("a name after 'as'")
+            self.as_var = Var("#value", name, focus=mark, span=self.span_from(as_at))
+            scope = replace(scope, children=scope.children + (self.as_var,))
+        return scope
 
+    def var_suffix(self, var: Var, focus: int, start: int, name_at: int) -> Var:
+        """A variable's ``:tag``, ``=value`` and ``as name``, in that order."""
         if self.take(":"):
             var = replace(var, tag=self.tag())
         if self.take("="):
