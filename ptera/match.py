@@ -54,6 +54,7 @@ from .lookup import (
 from .reach import reachable
 from .selector import (
     NOVALUE,
+    Focus,
     Scope,
     SelectorError,
     UnmatchedSelectorWarning,
@@ -66,6 +67,10 @@ from .transform import CALLKEY, TransformError, self_name
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
 META_POINTS = {"#enter", "#exit", "#error", "#value", "#yield", "#receive"}
+# The caches below are emptied whole when they pass these sizes: a program uses a few
+# dozen selectors, and one that builds new ones in a loop must not grow without bound.
+CACHE_SIZE = 512  # compiled selectors (and their fast, identity-keyed entries)
+NAMES_CACHE_SIZE = 1024  # a selector tree's function and tag names: cheap entries
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class VarSpec:
     """A selector variable as it applies to one real variable."""
 
     out: str | None  # key in results (None: not captured)
-    focus: int
+    focus: Focus
     value: Any = NOVALUE  # equality filter
     key: Any = NOVALUE  # for keyed variables: the key filter
     key_out: str | None = None  # for keyed variables: capture the key as
@@ -108,7 +113,11 @@ class Template:
         self.simple = (
             self.parent is None
             and not self.filters
-            and all(s.focus == 1 and s.key is NOVALUE for sp in self.vars.values() for s in sp)
+            and all(
+                s.focus == Focus.PRIMARY and s.key is NOVALUE
+                for sp in self.vars.values()
+                for s in sp
+            )
         )
 
 
@@ -161,7 +170,7 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
     var = Var(
         node.fn,
         val.capture if val else None,
-        focus=val.focus if val else 0,
+        focus=val.focus if val else Focus.NONE,
         value=val.value if val else NOVALUE,
         deep=node.deep,
         span=node.span,
@@ -367,7 +376,7 @@ class _Compiler:
         """Whether this node's templates hold the focus (or pool a focusless selector)."""
         if self.collect:
             return parent is None
-        return any(v.focus == 1 for v, _ in pairs) or (
+        return any(v.focus == Focus.PRIMARY for v, _ in pairs) or (
             parent is None and self.selector.focus is None
         )
 
@@ -420,7 +429,7 @@ class _Compiler:
                 missing[i] = None
             spec = VarSpec(
                 out=var.out_name,
-                focus=0 if self.collect else var.focus,
+                focus=Focus.NONE if self.collect else var.focus,
                 value=var.value,
                 key=keyvar.value if keyvar is not None else NOVALUE,
                 key_out=keyvar.capture if keyvar is not None else None,
@@ -576,11 +585,11 @@ def compile_selector(
     compiled = _cache.get(key)
     if compiled is None:
         compiled = _Compiler(selector, env, collect, resolved, instances, forwards).compile()
-        if len(_cache) > 512:
+        if len(_cache) > CACHE_SIZE:
             _cache.clear()
         _cache[key] = compiled
     if fast is not None:
-        if len(_fast_cache) > 512:
+        if len(_fast_cache) > CACHE_SIZE:
             _fast_cache.clear()
         _fast_cache[fast] = (bound, compiled)
     return compiled
@@ -621,7 +630,7 @@ def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names of a selector's functions and its tags (what the env binds)."""
     got = _names_cache.get(id(selector))
     if got is None or got[0] is not selector:
-        if len(_names_cache) > 1024:
+        if len(_names_cache) > NAMES_CACHE_SIZE:
             _names_cache.clear()
         got = _names_cache[id(selector)] = (selector, _names(selector))
     return got[1]

@@ -22,6 +22,9 @@ Decisions where the spec is silent:
 * ``a > b`` makes ``b`` the focus when ``b`` is a single variable (or a keyed
   variable ``h[1] as h``) and the selector has no ``!`` elsewhere. Two implicit
   candidates without a ``!`` are ambiguous and rejected.
+* A variable's ``focus`` is a ``Focus`` (an ``IntEnum``: ``NONE``, ``PRIMARY`` for
+  ``!``, ``SECONDARY`` for ``!!``), equal to the codes 0, 1 and 2 that older code
+  compares against; ``CANDIDATE`` (-1) exists only while parsing.
 * ``as`` on a function (``f{} as out``) adds ``#value as out`` without making it
   the focus, so that ``a{} as b`` equals ``a{#value as b}``.
 * Inside ``f<...>`` a ``>`` closes the bracket; use ``{}`` or ``()`` to nest.
@@ -38,12 +41,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from functools import cached_property, lru_cache
 from typing import Any
 
 from .sentinel import Sentinel
 
 __all__ = [
+    "Focus",
     "Scope",
     "SelectorError",
     "SelectorSyntaxError",
@@ -115,13 +120,23 @@ NOVALUE = Sentinel("NOVALUE")
 META_DEFAULT_CAPTURE = None
 
 
+class Focus(IntEnum):
+    """What a variable is to its selector: the value it gives (``!``), the one paired
+    with that (``!!``), or a capture that comes along with them."""
+
+    NONE = 0  # captured with the focus, not the focus itself
+    PRIMARY = 1  # `!x`: what a probe gives, what a tweak replaces
+    SECONDARY = 2  # `!!x`: the second focus (Grad's denominator, a rewrite's input)
+    CANDIDATE = -1  # while parsing only: `a > b` makes `b` the focus if no `!` is written
+
+
 @dataclass(frozen=True)
 class Var:
     """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
 
     name: str | None  # None for ``*`` and ``$v``
     capture: str | None  # the key in results; None: not captured
-    focus: int = 0  # 0, 1 for ``!``, 2 for ``!!``
+    focus: Focus = Focus.NONE
     tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
     value: Any = NOVALUE  # equality filter
     deep: bool = False
@@ -189,12 +204,16 @@ class Scope:
     @cached_property
     def focus(self) -> Var | None:
         """The primary focus variable, if any."""
-        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 1), None)
+        return next(
+            (n for n in self.walk() if isinstance(n, Var) and n.focus == Focus.PRIMARY), None
+        )
 
     @cached_property
     def secondary(self) -> Var | None:
         """The secondary focus (``!!``), if any."""
-        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 2), None)
+        return next(
+            (n for n in self.walk() if isinstance(n, Var) and n.focus == Focus.SECONDARY), None
+        )
 
 
 Node = Var | Scope
@@ -208,6 +227,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 _NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 _KEYWORDS = {"None": None, "True": True, "False": False}
 _OPENERS = {"(": ")", "{": "}", "<": ">"}
+# Past this nesting the parser's recursion could hit Python's own limit: a clear error first.
 _MAX_DEPTH = 64
 
 
@@ -355,17 +375,17 @@ class _Parser:
             self.error("a dotted name or module path names a function: expected '>' or brackets")
         return self.var_suffix(var, focus, start, name_at)
 
-    def focus_mark(self) -> int:
+    def focus_mark(self) -> Focus:
         """Read ``!`` or ``!!`` if present, remembering where (one of each is allowed)."""
         self.skip_ws()
         at = self.pos
         if self.take("!!"):
             self.bangbang_at.append(at)
-            return 2
+            return Focus.SECONDARY
         if self.take("!"):
             self.bang_at.append(at)
-            return 1
-        return 0
+            return Focus.PRIMARY
+        return Focus.NONE
 
     def head(self) -> tuple[Var | None, str | None, bool]:
         """What an item starts with: a variable, or a function name; and whether that
@@ -400,7 +420,13 @@ class _Parser:
         self.error("expected a variable or function name, '$name', '*', '#meta' or '/module/path'")
 
     def call(
-        self, var: Var | None, fn: str | None, key: Var | None, focus: int, start: int, name_at: int
+        self,
+        var: Var | None,
+        fn: str | None,
+        key: Var | None,
+        focus: Focus,
+        start: int,
+        name_at: int,
     ) -> Scope:
         """A call: the brackets and key after a function name, then ``as v``."""
         if var is not None:
@@ -428,7 +454,7 @@ class _Parser:
             scope = replace(scope, children=scope.children + (self.as_var,))
         return scope
 
-    def var_suffix(self, var: Var, focus: int, start: int, name_at: int) -> Var:
+    def var_suffix(self, var: Var, focus: Focus, start: int, name_at: int) -> Var:
         """A variable's ``:tag``, ``=value`` and ``as name``, in that order."""
         if self.take(":"):
             var = replace(var, tag=self.tag())
@@ -530,16 +556,18 @@ class _Parser:
             self.error(
                 "a selector has one secondary focus: '!!' appears twice", self.bangbang_at[1]
             )
-        candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == -1]
+        candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == Focus.CANDIDATE]
         if len(candidates) > 1 and not self.bang_at:
             self.error("ambiguous focus: mark the variable you want with '!'", 0)
-        resolved = 0 if self.bang_at else 1
-        return _map_vars(root, lambda v: replace(v, focus=resolved) if v.focus == -1 else v)
+        resolved = Focus.NONE if self.bang_at else Focus.PRIMARY
+        return _map_vars(
+            root, lambda v: replace(v, focus=resolved) if v.focus == Focus.CANDIDATE else v
+        )
 
 
 def _as_candidate(var: Node) -> Node:
-    if isinstance(var, Var) and var.focus == 0:
-        return replace(var, focus=-1)
+    if isinstance(var, Var) and var.focus == Focus.NONE:
+        return replace(var, focus=Focus.CANDIDATE)
     return var
 
 
@@ -557,7 +585,7 @@ def _unescape(quoted: str) -> str:
     return value
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # a program's selectors, many times over; a tree is small
 def _parse(text: str) -> Scope:
     return _Parser(text).parse()
 
