@@ -73,7 +73,7 @@ CACHE_SIZE = 512  # compiled selectors (and their fast, identity-keyed entries)
 NAMES_CACHE_SIZE = 1024  # a selector tree's function and tag names: cheap entries
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VarSpec:
     """A selector variable as it applies to one real variable."""
 
@@ -85,7 +85,7 @@ class VarSpec:
     isa: Any = NOVALUE  # attribute points (``self.weight``): the tag the value's class must match
 
 
-@dataclass
+@dataclass(slots=True)
 class Template:
     """One selector node as matched in one function."""
 
@@ -121,7 +121,7 @@ class Template:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Compiled:
     """A selector compiled against the functions it names."""
 

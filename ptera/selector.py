@@ -130,7 +130,7 @@ class Focus(IntEnum):
     CANDIDATE = -1  # while parsing only: `a > b` makes `b` the focus if no `!` is written
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Var:
     """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
 

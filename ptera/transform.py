@@ -101,7 +101,7 @@ class TransformError(Exception):
     """A function cannot be instrumented (no source, a lambda, ...)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Variable:
     """What is known of one variable of a function (the coleo-facing record)."""
 
@@ -119,7 +119,7 @@ class Variable:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class Source:
     """The parsed source of a function, ready to be instrumented."""
 
