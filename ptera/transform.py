@@ -30,10 +30,12 @@ Decisions:
 * ``case`` patterns bind variables like assignments: each name a pattern binds is
   reported at the start of its case body (after the guard, which sees the
   unreported value).
-* The helpers used at points (``report``, ``report_key``, ``settle``, ``ABSENT``) are
-  bound at entry to hidden locals (``__ptera_report__ = __ptera__.report``): each use
-  is then as cheap as the global it replaces, where ``__ptera__.report`` at every
-  point measured 2-4% slower on W1. Helpers used once a call are read as attributes.
+* One global rather than one per helper costs an attribute read per use. The helpers
+  used at points (``report``, ``report_key``, ``settle``, ``ABSENT``) are bound at
+  entry to hidden locals (``__ptera_report__ = __ptera__.report``) when the code may
+  use them more than once a call (twice, or in a loop), so that those uses cost what
+  the old globals did; other helpers are read in place (``__ptera__.enter(7)``). What
+  remains is a few nanoseconds a call (about 2% of W1's probe on one value).
 * The engine's locals (``__ptera_F__``, bound helpers, temporaries) are hidden from
   ``locals()``, ``vars()`` and ``dir()`` called in the body (they return filtered
   copies); ``frame.f_locals``, debuggers and tracebacks still show them.
@@ -71,8 +73,9 @@ ENTER, EXIT, FREE, TAKE = "enter", "exit", "free", "take"  # once a call
 REPORT, REPORT_KEY, SETTLE = "report", "report_key", "settle"  # at points
 MISSING, SETKEY, HIDE = "missing", "setkey", "hide"  # rarely: errors, keyed calls, locals()
 ABSENT_NAME = "ABSENT"  # the sentinel `ABSENT` itself
-# Used at points, maybe many times a call: bound once at entry to a hidden local, so a
-# use costs what reading a global cost before; the others are read where they are used.
+# Used at points, maybe many times a call: bound once at entry to a hidden local where
+# the code may use one more than once (see `_bind_helpers`), so that each use costs what
+# reading a global did; the others are read where they are used.
 BOUND_AT_ENTRY = (REPORT, REPORT_KEY, SETTLE, ABSENT_NAME)
 PRIORITY_WRAPPERS = ("default", "Override")  # callees that make `x = default(v)` settle
 
@@ -545,20 +548,60 @@ def _report(name: str, value: ast.expr) -> ast.Call:
 
 
 def _bind_helpers(body: list[ast.stmt], at: ast.stmt) -> list[ast.stmt]:
-    """``__ptera_report__ = __ptera__.report`` (located at ``at``) for each helper of
-    ``BOUND_AT_ENTRY`` that ``body`` reads."""
-    used = {n.id for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+    """Bind at entry the helpers of ``BOUND_AT_ENTRY`` that ``body`` may use more than
+    once a call: ``__ptera_report__ = __ptera__.report``, located at ``at``. A helper
+    used once is read in place instead (``__ptera__.report(...)``): binding it would
+    cost more than the one read it saves."""
+    locals_ = {_bound_local(h): h for h in BOUND_AT_ENTRY}
+    uses = dict.fromkeys(locals_, 0)
+    todo = [(stmt, 1) for stmt in body]
+    while todo:
+        node, weight = todo.pop()
+        if isinstance(node, ast.Name) and node.id in uses:
+            uses[node.id] += weight
+        if isinstance(node, _LOOPS):
+            weight = 2  # a use in a loop may run many times
+        todo.extend((child, weight) for child in ast.iter_child_nodes(node))
+    once = {name for name, n in uses.items() if n == 1}
+    if once:
+        unbind = _ReadInPlace({name: locals_[name] for name in once})
+        body[:] = [unbind.visit(stmt) for stmt in body]
     return [
         ast.copy_location(
             ast.Assign(
-                targets=[_name(_bound_local(h), ast.Store())],
-                value=ast.Attribute(value=_name(HELPER), attr=h, ctx=ast.Load()),
+                targets=[_name(name, ast.Store())],
+                value=ast.Attribute(value=_name(HELPER), attr=helper, ctx=ast.Load()),
             ),
             at,
         )
-        for h in BOUND_AT_ENTRY
-        if _bound_local(h) in used
+        for name, helper in locals_.items()
+        if uses[name] > 1
     ]
+
+
+_LOOPS = (
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+class _ReadInPlace(ast.NodeTransformer):
+    """Turn reads of the given helper locals into ``__ptera__.<helper>``."""
+
+    def __init__(self, helpers: dict[str, str]):
+        self.helpers = helpers
+
+    def visit_Name(self, node):
+        helper = self.helpers.get(node.id)
+        if helper is None:
+            return node
+        read = ast.Attribute(value=_name(HELPER), attr=helper, ctx=ast.Load())
+        return ast.copy_location(read, node)
 
 
 def _rebind(name: str, node: ast.AST) -> ast.Assign:
@@ -845,7 +888,8 @@ class _Instrumenter(ast.NodeTransformer):
             ]
             setup = take + [ast.copy_location(s, first) for s in setup]
             body = setup + (body or [ast.Pass()])
-            tree.body = doc + _bind_helpers(body, first) + body
+            bindings = _bind_helpers(body, first)
+            tree.body = doc + bindings + body
             return tree
         enter = ast.Assign(
             targets=[_name(FRAME, ast.Store())], value=_call(ENTER, _const(self.source.fid))
@@ -889,7 +933,8 @@ class _Instrumenter(ast.NodeTransformer):
             finalbody=[ast.Expr(_call(EXIT, _name(FRAME), _helper(ABSENT_NAME)))],
         )
         body = take + [ast.copy_location(setup[0], first), ast.copy_location(guarded, first)]
-        tree.body = doc + _bind_helpers(body, first) + body
+        bindings = _bind_helpers(body, first)
+        tree.body = doc + bindings + body
         for n in ast.walk(guarded):
             if not hasattr(n, "lineno") and isinstance(n, (ast.stmt, ast.expr, ast.excepthandler)):
                 ast.copy_location(n, first)

@@ -369,6 +369,32 @@ def test_instrumented_source_rejects_bad_input(fn, variables, error, message):
         instrumented_source(fn, variables)
 
 
+def bound_helpers(source: str) -> set:
+    """The helpers the rewritten code binds to locals at entry (``x = __ptera__.x``)."""
+    tree = ast.parse(source).body[0]
+    return {
+        s.value.attr
+        for s in tree.body
+        if isinstance(s, ast.Assign)
+        and isinstance(s.value, ast.Attribute)
+        and getattr(s.value.value, "id", None) == "__ptera__"
+    }
+
+
+@pytest.mark.parametrize(
+    "variables, bound",
+    [
+        ({"h"}, set()),  # one report, one keyed report: read in place
+        ({"x", "h"}, {"report"}),  # two reports
+        ({"i"}, {"report"}),  # one report, in a loop
+        (None, {"report"}),
+        (set(), set()),
+    ],
+)
+def test_helpers_used_more_than_once_are_bound_at_entry(variables, bound):
+    assert bound_helpers(instrumented_source(_keyed_sum, variables)) == bound
+
+
 # -- what instrumenting leaves in the user's module --------------------------------
 
 FRESH_MODULE = """
