@@ -35,7 +35,7 @@ Decisions:
   entry to hidden locals (``__ptera_report__ = __ptera__.report``) when the code may
   use them more than once a call (twice, or in a loop), so that those uses cost what
   the old globals did; other helpers are read in place (``__ptera__.enter(7)``). What
-  remains is a few nanoseconds a call (about 2% of W1's probe on one value).
+  remains is a few nanoseconds a call (1-2% of W1's probe on one value).
 * The engine's locals (``__ptera_F__``, bound helpers, temporaries) are hidden from
   ``locals()``, ``vars()`` and ``dir()`` called in the body (they return filtered
   copies); ``frame.f_locals``, debuggers and tracebacks still show them.
