@@ -231,6 +231,15 @@ class Same:
 
 
 class _Compiler:
+    """Walk a selector tree once, emitting the templates of every node.
+
+    Working state: ``templates`` (fid -> templates) and ``interest`` (function ->
+    names it must report), the results; ``parents`` and ``pushers`` (the tree's
+    shape, by node number); ``counter`` (the next node number); ``roots`` (node ->
+    the nearest named functions above it, where ``>>`` starts reaching);
+    ``keyed_calls`` (some node filters or captures a call key).
+    """
+
     def __init__(
         self, selector: Scope, env, collect: bool, resolved: dict, instances=None, forwards=()
     ):
@@ -239,7 +248,6 @@ class _Compiler:
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
-        self.instances = instances or {}
         self.env = env
         self.templates: dict[int, list[Template]] = {}
         self.interest: dict[FnState, set[str]] = {}
@@ -248,7 +256,6 @@ class _Compiler:
         self.counter = 0
         self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
-        self.named: list[FnState] = []
 
     def compile(self) -> Compiled:
         root = self.selector
