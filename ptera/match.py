@@ -54,6 +54,7 @@ from .lookup import (
 from .reach import reachable
 from .selector import (
     NOVALUE,
+    Focus,
     Scope,
     SelectorError,
     UnmatchedSelectorWarning,
@@ -66,21 +67,25 @@ from .transform import CALLKEY, TransformError, self_name
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
 META_POINTS = {"#enter", "#exit", "#error", "#value", "#yield", "#receive"}
+# The caches below are emptied whole when they pass these sizes: a program uses a few
+# dozen selectors, and one that builds new ones in a loop must not grow without bound.
+CACHE_SIZE = 512  # compiled selectors (and their fast, identity-keyed entries)
+NAMES_CACHE_SIZE = 1024  # a selector tree's function and tag names: cheap entries
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VarSpec:
     """A selector variable as it applies to one real variable."""
 
     out: str | None  # key in results (None: not captured)
-    focus: int
+    focus: Focus
     value: Any = NOVALUE  # equality filter
     key: Any = NOVALUE  # for keyed variables: the key filter
     key_out: str | None = None  # for keyed variables: capture the key as
     isa: Any = NOVALUE  # attribute points (``self.weight``): the tag the value's class must match
 
 
-@dataclass
+@dataclass(slots=True)
 class Template:
     """One selector node as matched in one function."""
 
@@ -108,11 +113,15 @@ class Template:
         self.simple = (
             self.parent is None
             and not self.filters
-            and all(s.focus == 1 and s.key is NOVALUE for sp in self.vars.values() for s in sp)
+            and all(
+                s.focus == Focus.PRIMARY and s.key is NOVALUE
+                for sp in self.vars.values()
+                for s in sp
+            )
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Compiled:
     """A selector compiled against the functions it names."""
 
@@ -161,7 +170,7 @@ def _slot_var(node: Scope) -> tuple[Var, Var | None]:
     var = Var(
         node.fn,
         val.capture if val else None,
-        focus=val.focus if val else 0,
+        focus=val.focus if val else Focus.NONE,
         value=val.value if val else NOVALUE,
         deep=node.deep,
         span=node.span,
@@ -222,6 +231,15 @@ class Same:
 
 
 class _Compiler:
+    """Walk a selector tree once, emitting the templates of every node.
+
+    Working state: ``templates`` (fid -> templates) and ``interest`` (function ->
+    names it must report), the results; ``parents`` and ``pushers`` (the tree's
+    shape, by node number); ``counter`` (the next node number); ``roots`` (node ->
+    the nearest named functions above it, where ``>>`` starts reaching);
+    ``keyed_calls`` (some node filters or captures a call key).
+    """
+
     def __init__(
         self, selector: Scope, env, collect: bool, resolved: dict, instances=None, forwards=()
     ):
@@ -230,7 +248,6 @@ class _Compiler:
         self.selector = selector
         self.collect = collect
         self.resolved = resolved
-        self.instances = instances or {}
         self.env = env
         self.templates: dict[int, list[Template]] = {}
         self.interest: dict[FnState, set[str]] = {}
@@ -239,7 +256,6 @@ class _Compiler:
         self.counter = 0
         self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
-        self.named: list[FnState] = []
 
     def compile(self) -> Compiled:
         root = self.selector
@@ -275,98 +291,41 @@ class _Compiler:
         return found
 
     def node(self, node: Scope, parent: int | None, extra: tuple = ()) -> None:
+        """Emit the templates of ``node`` (a child of node ``parent``), then of its children.
+
+        ``extra`` adds (variable, key) pairs: a ``>>`` variable of the parent, looked for
+        in this (anonymous, deep) node.
+        """
         nid = self.counter
         self.counter += 1
         self.parents[nid] = parent
         fns = self.functions(node)
-        key, key_out = NOVALUE, None
-        vars_: list[Var] = []
-        for child in node.children:
-            if isinstance(child, Var) and child.name == "#key":
-                key, key_out = child.value, child.capture
-                self.keyed_calls = True
-            elif isinstance(child, Var):
-                vars_.append(child)
-        pairs: list[tuple[Var, Var | None]] = [(v, None) for v in vars_] + list(extra)
-        same = self.instances.get(node.fn)
-        if same is not None and fns:
-            # A module named by instance (`net.2 > input`) or a method of one object
-            # (`cow.cry > x`, which also captures `self`): only that object's calls match.
-            me = self_name(fns[0].source.fn, fns[0].source.tree)
-            if me is not None:
-                pairs.append((Var(me, "self" if same.capture else None, value=same), None))
+        key, key_out = self.call_key(node)
+        pairs, sub_scopes = self.captures(node, fns, extra)
         if key is not NOVALUE or key_out is not None:
             self.check_keyed(node, fns)
-        sub_scopes = []
-        for child in node.children:
-            if isinstance(child, Scope):
-                if _is_slot(child) and not self._names_function(child):
-                    pairs.append(_slot_var(child))
-                else:
-                    sub_scopes.append(child)
-        if self.collect:
-            holds = parent is None
-        else:
-            holds = any(v.focus == 1 for v, _ in pairs) or (
-                parent is None and self.selector.focus is None
-            )
+        holds = self.holds_focus(pairs, parent)
         deep_vars = [(v, k) for v, k in pairs if v.deep]
         if sub_scopes or deep_vars:
             self.pushers.add(nid)
         self.roots[nid] = fns if fns is not None else self.roots.get(parent)
-        candidates = fns if fns is not None else tooled_states()
-        if fns is None and node.deep:
-            # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
-            candidates = candidates + [st for st in self.forwards if not st.tooled]
-        named = bool(pairs) and all(v.name is not None for v, _ in pairs)
-        if fns is None and node.deep and named and self.roots.get(parent):
-            # Only for named variables: `f >> $v` would instrument every callee.
-            candidates = candidates + self.reachable(self.roots[parent], candidates)
         # With several functions under one name, a variable must exist in one of them.
-        missing: dict[int, SelectorError] = {}
-        for st in candidates:
+        missing: dict[int, Exception | None] = {}
+        for st in self.candidates(node, fns, pairs, parent):
             try:
                 variables = st.variables()
             except TransformError as exc:
                 if fns is None:
                     continue
                 raise _error(self.selector, node, node.fn or "*", str(exc)) from None
-            t = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
-            found: dict[str, list[VarSpec]] = {}  # lists, not tuples: n captures stay linear
-            for i, (var, keyvar) in enumerate(pairs):
-                try:
-                    names = self.names_for(
-                        var, st, variables, strict=fns is not None and not var.deep
-                    )
-                    if fns is None and not st.tooled and st in self.forwards:
-                        # A stock module's forward: only the attributes it reads.
-                        names = [n for n in names if n in st.source.attributes]
-                except (SelectorError, _NoVariable) as err:
-                    missing.setdefault(i, err)
-                    names = []
-                else:
-                    missing[i] = None
-                spec = VarSpec(
-                    out=var.out_name,
-                    focus=0 if self.collect else var.focus,
-                    value=var.value,
-                    key=keyvar.value if keyvar is not None else NOVALUE,
-                    key_out=keyvar.capture if keyvar is not None else None,
-                )
-                if var.value is not NOVALUE:
-                    t.filters += 1
-                for name in names:
-                    one = spec
-                    if name in st.source.attributes and var.tag is not None:
-                        # An attribute has no annotation: its value's class is checked.
-                        one = replace(spec, isa=self.tag(var.tag, var))
-                    found.setdefault(name, []).append(one)
-            t.vars = {name: tuple(specs) for name, specs in found.items()}
-            t.collects = holds and (self.collect or self.selector.focus is None)
-            if fns is None and not t.vars and not sub_scopes and not deep_vars:
+            template = Template(nid, parent, node.deep, key=key, key_out=key_out, holder=holds)
+            template.vars = self.match_vars(st, variables, pairs, fns is not None, missing)
+            template.filters = sum(var.value is not NOVALUE for var, _ in pairs)
+            template.collects = holds and (self.collect or self.selector.focus is None)
+            if fns is None and not template.vars and not sub_scopes and not deep_vars:
                 continue
-            self.templates.setdefault(st.fid, []).append(t)
-            self.interest.setdefault(st, set()).update(t.vars, (FRAME_POINT,))
+            self.templates.setdefault(st.fid, []).append(template)
+            self.interest.setdefault(st, set()).update(template.vars, (FRAME_POINT,))
         for err in missing.values():
             if isinstance(err, _NoVariable):
                 raise err.error(self.selector) from None
@@ -380,6 +339,115 @@ class _Compiler:
                 self.check_found(var, node)
         for child in sub_scopes:
             self.node(child, nid)
+
+    def call_key(self, node: Scope) -> tuple[Any, str | None]:
+        """The key filter and key capture of a call (``f[0]``, ``f[$i]``)."""
+        key, key_out = NOVALUE, None
+        for child in node.children:
+            if isinstance(child, Var) and child.name == "#key":
+                key, key_out = child.value, child.capture
+                self.keyed_calls = True
+        return key, key_out
+
+    def captures(
+        self, node: Scope, fns: list[FnState] | None, extra: tuple
+    ) -> tuple[list[tuple[Var, Var | None]], list[Scope]]:
+        """The (variable, key) pairs to look for in ``node``'s calls, and its sub-scopes.
+
+        Besides its own variables: ``extra``, the method's ``self`` when ``node``
+        names an instance, and keyed variables written as scopes (``h[1] as h``).
+        """
+        pairs: list[tuple[Var, Var | None]] = [
+            (child, None)
+            for child in node.children
+            if isinstance(child, Var) and child.name != "#key"
+        ]
+        pairs += extra
+        same = self.instances.get(node.fn)
+        if same is not None and fns:
+            # A module named by instance (`net.2 > input`) or a method of one object
+            # (`cow.cry > x`, which also captures `self`): only that object's calls match.
+            me = self_name(fns[0].source.fn, fns[0].source.tree)
+            if me is not None:
+                pairs.append((Var(me, "self" if same.capture else None, value=same), None))
+        sub_scopes = []
+        for child in node.children:
+            if isinstance(child, Scope):
+                if _is_slot(child) and not self._names_function(child):
+                    pairs.append(_slot_var(child))
+                else:
+                    sub_scopes.append(child)
+        return pairs, sub_scopes
+
+    def holds_focus(self, pairs: list[tuple[Var, Var | None]], parent: int | None) -> bool:
+        """Whether this node's templates hold the focus (or pool a focusless selector)."""
+        if self.collect:
+            return parent is None
+        return any(v.focus == Focus.PRIMARY for v, _ in pairs) or (
+            parent is None and self.selector.focus is None
+        )
+
+    def candidates(
+        self,
+        node: Scope,
+        fns: list[FnState] | None,
+        pairs: list[tuple[Var, Var | None]],
+        parent: int | None,
+    ) -> list[FnState]:
+        """The functions whose calls ``node`` may match: the named ones, else any
+        instrumented one (and, below a ``>>``, what the parent's functions reach)."""
+        if fns is not None:
+            return fns
+        candidates = tooled_states()
+        if node.deep:
+            # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
+            candidates = candidates + [st for st in self.forwards if not st.tooled]
+        named = bool(pairs) and all(v.name is not None for v, _ in pairs)
+        if node.deep and named and self.roots.get(parent):
+            # Only for named variables: `f >> $v` would instrument every callee.
+            candidates = candidates + self.reachable(self.roots[parent], candidates)
+        return candidates
+
+    def match_vars(
+        self,
+        st: FnState,
+        variables: dict,
+        pairs: list[tuple[Var, Var | None]],
+        named_fn: bool,
+        missing: dict[int, Exception | None],
+    ) -> dict[str, tuple[VarSpec, ...]]:
+        """Real variable name -> the specs of the pairs it matches, in function ``st``.
+
+        A pair that finds nothing records its error in ``missing`` (by position) unless
+        another function already matched it; ``named_fn``: the node names ``st``, so a
+        variable it lacks is an error rather than a miss.
+        """
+        found: dict[str, list[VarSpec]] = {}  # lists, not tuples: n captures stay linear
+        for i, (var, keyvar) in enumerate(pairs):
+            try:
+                names = self.names_for(var, st, variables, strict=named_fn and not var.deep)
+                if not named_fn and not st.tooled and st in self.forwards:
+                    # A stock module's forward: only the attributes it reads.
+                    names = [n for n in names if n in st.source.attributes]
+            except (SelectorError, _NoVariable) as err:
+                missing.setdefault(i, err)
+                names = []
+            else:
+                missing[i] = None
+            spec = VarSpec(
+                out=var.out_name,
+                focus=Focus.NONE if self.collect else var.focus,
+                value=var.value,
+                key=keyvar.value if keyvar is not None else NOVALUE,
+                key_out=keyvar.capture if keyvar is not None else None,
+            )
+            for name in names:
+                one = spec
+                if name in st.source.attributes and var.tag is not None:
+                    # An attribute has no annotation: its value's class is checked.
+                    one = replace(spec, isa=self.tag(var.tag, var))
+                found.setdefault(name, []).append(one)
+        return {name: tuple(specs) for name, specs in found.items()}
 
     def check_found(self, var: Var, node: Scope) -> None:
         """Warn when no function a ``>>`` reaches has ``var`` (a typo, most often).
@@ -524,11 +592,11 @@ def compile_selector(
     compiled = _cache.get(key)
     if compiled is None:
         compiled = _Compiler(selector, env, collect, resolved, instances, forwards).compile()
-        if len(_cache) > 512:
+        if len(_cache) > CACHE_SIZE:
             _cache.clear()
         _cache[key] = compiled
     if fast is not None:
-        if len(_fast_cache) > 512:
+        if len(_fast_cache) > CACHE_SIZE:
             _fast_cache.clear()
         _fast_cache[fast] = (bound, compiled)
     return compiled
@@ -569,7 +637,7 @@ def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names of a selector's functions and its tags (what the env binds)."""
     got = _names_cache.get(id(selector))
     if got is None or got[0] is not selector:
-        if len(_names_cache) > 1024:
+        if len(_names_cache) > NAMES_CACHE_SIZE:
             _names_cache.clear()
         got = _names_cache[id(selector)] = (selector, _names(selector))
     return got[1]

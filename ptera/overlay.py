@@ -47,6 +47,7 @@ from .transform import (
     ENTER,
     EXIT,
     FREE,
+    HELPER,
     HIDE,
     MISSING,
     REPORT,
@@ -54,6 +55,7 @@ from .transform import (
     SETKEY,
     SETTLE,
     TAKE,
+    helper_namespace,
     hide_helpers,
 )
 
@@ -366,7 +368,7 @@ def _setkey(key):
     _pending_key.set(key)
 
 
-HELPERS = {
+_HELPER_FUNCTIONS = {
     ENTER: _enter,
     EXIT: _exit,
     REPORT: _report,
@@ -379,6 +381,8 @@ HELPERS = {
     ABSENT_NAME: ABSENT,
     HIDE: hide_helpers,
 }
+# What goes into a user's module: one global, whose attributes are the helpers above.
+HELPERS = {HELPER: helper_namespace(_HELPER_FUNCTIONS)}
 
 
 # ---------------------------------------------------------------------------
@@ -395,7 +399,7 @@ def _install(states: Iterable[FnState]) -> None:
         code = st.code_for(names)
         if code is not st.current:
             fn = st.function
-            if fn is not None and fn.__globals__.get(ENTER) is not _enter:
+            if fn is not None and fn.__globals__.get(HELPER) is not HELPERS[HELPER]:
                 fn.__globals__.update(HELPERS)
             st.set_code(code)
 

@@ -9,8 +9,8 @@ functions that ``outer`` can reach through the names its code uses:
 * an attribute of a module or class bound that way (``mod.helper``,
   ``Cls.method``), and, inside a method, an attribute of its own class
   (``self.step()``);
-* the functions those reach in turn, up to ``DEPTH`` calls down and ``LIMIT``
-  functions in all.
+* the functions those reach in turn, up to ``MAX_CALL_DEPTH`` calls down and
+  ``MAX_FUNCTIONS`` functions in all.
 
 Decisions:
 
@@ -35,10 +35,14 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DEPTH", "LIMIT", "reachable"]
+__all__ = ["MAX_CALL_DEPTH", "MAX_FUNCTIONS", "reachable"]
 
-DEPTH = 4
-LIMIT = 256
+# Each step down multiplies what is read (a source per function), and the variables a
+# user names seldom sit deeper than a few helper calls below the function named.
+MAX_CALL_DEPTH = 4
+# Every function found may be parsed and instrumented: this bounds the work of
+# compiling one selector when a root reaches into a large library.
+MAX_FUNCTIONS = 256
 
 _SKIP_MODULES = frozenset(sys.stdlib_module_names) | {"ptera", "builtins"}
 
@@ -116,7 +120,7 @@ def _callees(fn: types.FunctionType) -> Iterable[types.FunctionType]:
 
 
 def reachable(
-    roots: Iterable[types.FunctionType], depth: int = DEPTH, limit: int = LIMIT
+    roots: Iterable[types.FunctionType], depth: int = MAX_CALL_DEPTH, limit: int = MAX_FUNCTIONS
 ) -> list[types.FunctionType]:
     """Undecorated Python functions that ``roots`` may call, nearest first (roots excluded)."""
     roots = list(roots)

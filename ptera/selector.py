@@ -22,6 +22,9 @@ Decisions where the spec is silent:
 * ``a > b`` makes ``b`` the focus when ``b`` is a single variable (or a keyed
   variable ``h[1] as h``) and the selector has no ``!`` elsewhere. Two implicit
   candidates without a ``!`` are ambiguous and rejected.
+* A variable's ``focus`` is a ``Focus`` (an ``IntEnum``: ``NONE``, ``PRIMARY`` for
+  ``!``, ``SECONDARY`` for ``!!``), equal to the codes 0, 1 and 2 that older code
+  compares against; ``CANDIDATE`` (-1) exists only while parsing.
 * ``as`` on a function (``f{} as out``) adds ``#value as out`` without making it
   the focus, so that ``a{} as b`` equals ``a{#value as b}``.
 * Inside ``f<...>`` a ``>`` closes the bracket; use ``{}`` or ``()`` to nest.
@@ -38,12 +41,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from functools import cached_property, lru_cache
 from typing import Any
 
 from .sentinel import Sentinel
 
 __all__ = [
+    "Focus",
     "Scope",
     "SelectorError",
     "SelectorSyntaxError",
@@ -115,13 +120,23 @@ NOVALUE = Sentinel("NOVALUE")
 META_DEFAULT_CAPTURE = None
 
 
-@dataclass(frozen=True)
+class Focus(IntEnum):
+    """What a variable is to its selector: the value it gives (``!``), the one paired
+    with that (``!!``), or a capture that comes along with them."""
+
+    NONE = 0  # captured with the focus, not the focus itself
+    PRIMARY = 1  # `!x`: what a probe gives, what a tweak replaces
+    SECONDARY = 2  # `!!x`: the second focus (Grad's denominator, a rewrite's input)
+    CANDIDATE = -1  # while parsing only: `a > b` makes `b` the focus if no `!` is written
+
+
+@dataclass(frozen=True, slots=True)
 class Var:
     """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
 
     name: str | None  # None for ``*`` and ``$v``
     capture: str | None  # the key in results; None: not captured
-    focus: int = 0  # 0, 1 for ``!``, 2 for ``!!``
+    focus: Focus = Focus.NONE
     tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
     value: Any = NOVALUE  # equality filter
     deep: bool = False
@@ -189,12 +204,16 @@ class Scope:
     @cached_property
     def focus(self) -> Var | None:
         """The primary focus variable, if any."""
-        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 1), None)
+        return next(
+            (n for n in self.walk() if isinstance(n, Var) and n.focus == Focus.PRIMARY), None
+        )
 
     @cached_property
     def secondary(self) -> Var | None:
         """The secondary focus (``!!``), if any."""
-        return next((n for n in self.walk() if isinstance(n, Var) and n.focus == 2), None)
+        return next(
+            (n for n in self.walk() if isinstance(n, Var) and n.focus == Focus.SECONDARY), None
+        )
 
 
 Node = Var | Scope
@@ -208,6 +227,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 _NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 _KEYWORDS = {"None": None, "True": True, "False": False}
 _OPENERS = {"(": ")", "{": "}", "<": ">"}
+# Past this nesting the parser's recursion could hit Python's own limit: a clear error first.
 _MAX_DEPTH = 64
 
 
@@ -339,91 +359,103 @@ class _Parser:
         return Scope(item.name, span=item.span)
 
     def item(self) -> Node:
+        """One item of a chain: a variable (``!x:T=1 as y``) or a call (``f[k](...) as v``)."""
         self.skip_ws()
         start = self.pos
-        focus = 0
-        if self.take("!!"):
-            focus = 2
-            self.bangbang_at.append(start)
-        elif self.take("!"):
-            focus = 1
-            self.bang_at.append(start)
+        focus = self.focus_mark()
         self.skip_ws()
         name_at = self.pos
-        c = self.text[self.pos : self.pos + 1]
-        var: Var | None = None
-        fn: str | None = None
-        is_fn_path = False
-        if c == "$":
+        var, fn, is_fn_path = self.head()
+        key = self.key()
+        if self.peek() in _OPENERS or key is not None:
+            return self.call(var, fn, key, focus, start, name_at)
+        if var is None:
+            if is_fn_path or self.peek() == ">":
+                return Scope(fn, span=self.span_from(start))
+            self.error("a dotted name or module path names a function: expected '>' or brackets")
+        return self.var_suffix(var, focus, start, name_at)
+
+    def focus_mark(self) -> Focus:
+        """Read ``!`` or ``!!`` if present, remembering where (one of each is allowed)."""
+        self.skip_ws()
+        at = self.pos
+        if self.take("!!"):
+            self.bangbang_at.append(at)
+            return Focus.SECONDARY
+        if self.take("!"):
+            self.bang_at.append(at)
+            return Focus.PRIMARY
+        return Focus.NONE
+
+    def head(self) -> tuple[Var | None, str | None, bool]:
+        """What an item starts with: a variable, or a function name; and whether that
+        name is a module path (``/mod/f``, ``mod:f``), which needs no brackets."""
+        char = self.text[self.pos : self.pos + 1]
+        if char == "$":
             self.pos += 1
             if not _IDENT.match(self.text, self.pos):
                 self.error("expected a variable name after '$'")
-            var = Var(None, self.ident("a variable name after '$'"))
-        elif c == "*":
+            return Var(None, self.ident("a variable name after '$'")), None, False
+        if char == "*":
             self.pos += 1
-            var = Var(None, None)
-        elif c == "#":
+            return Var(None, None), None, False
+        if char == "#":
             self.pos += 1
             prefix = "#"
             if self.text.startswith("#", self.pos):
                 self.pos += 1
                 prefix = "##"
             name = prefix + self.ident(f"a name after '{prefix}'")
-            var = Var(name, _default_capture(name))
-        elif c == "/":
-            fn, is_fn_path = self.module_path(), True
-        elif c and _IDENT.match(self.text, self.pos):
+            return Var(name, _default_capture(name)), None, False
+        if char == "/":
+            return None, self.module_path(), True
+        if char and _IDENT.match(self.text, self.pos):
             name = self.dotted("a variable or function name")
             if self.text.startswith(":", self.pos) and self.followed_by_scope():
                 self.pos += 1
-                fn, is_fn_path = f"/{name}/" + self.dotted("a function name after ':'"), True
-            elif "." in name:
-                fn = name
-            else:
-                var = Var(name, name)
-        else:
-            self.error(
-                "expected a variable or function name, '$name', '*', '#meta' or '/module/path'"
-            )
+                return None, f"/{name}/" + self.dotted("a function name after ':'"), True
+            if "." in name:
+                return None, name, False
+            return Var(name, name), None, False
+        self.error("expected a variable or function name, '$name', '*', '#meta' or '/module/path'")
 
-        key = self.key()
-        if self.peek() in _OPENERS or key is not None:
-            if var is not None:
-                if var.name is None and var.capture is not None:
-                    self.error("'$name' cannot be followed by brackets or a key", name_at)
-                if var.is_meta and not var.name.startswith("##"):
-                    self.error("a meta-variable cannot be called", name_at)
-                fn = var.name
-            if focus:
-                self.error("a function call cannot be the focus: put '!' on a variable", start)
-            children = self.bracket() if self.peek() in _OPENERS else ()
-            if key is None:
-                key = self.key()
-            if key is not None:
-                children = (key, *children)
-            scope = Scope(fn, children, span=self.span_from(start))
-            self.as_var = None
-            self.skip_ws()
-            as_at = self.pos
-            if self.take_word("as"):
-                # `f(!n) as !!v`: the return value, with a focus mark of its own.
-                self.skip_ws()
-                mark_at, mark = self.pos, 0
-                if self.take("!!"):
-                    mark = 2
-                    self.bangbang_at.append(mark_at)
-                elif self.take("!"):
-                    mark = 1
-                    self.bang_at.append(mark_at)
-                name = self.ident("a name after 'as'")
-                self.as_var = Var("#value", name, focus=mark, span=self.span_from(as_at))
-                scope = replace(scope, children=scope.children + (self.as_var,))
-            return scope
-        if var is None:
-            if is_fn_path or self.peek() == ">":
-                return Scope(fn, span=self.span_from(start))
-            self.error("a dotted name or module path names a function: expected '>' or brackets")
+    def call(
+        self,
+        var: Var | None,
+        fn: str | None,
+        key: Var | None,
+        focus: Focus,
+        start: int,
+        name_at: int,
+    ) -> Scope:
+        """A call: the brackets and key after a function name, then ``as v``."""
+        if var is not None:
+            if var.name is None and var.capture is not None:
+                self.error("'$name' cannot be followed by brackets or a key", name_at)
+            if var.is_meta and not var.name.startswith("##"):
+                self.error("a meta-variable cannot be called", name_at)
+            fn = var.name
+        if focus:
+            self.error("a function call cannot be the focus: put '!' on a variable", start)
+        children = self.bracket() if self.peek() in _OPENERS else ()
+        if key is None:
+            key = self.key()
+        if key is not None:
+            children = (key, *children)
+        scope = Scope(fn, children, span=self.span_from(start))
+        self.as_var = None
+        self.skip_ws()
+        as_at = self.pos
+        if self.take_word("as"):
+            # `f(!n) as !!v`: the return value, with a focus mark of its own.
+            mark = self.focus_mark()
+            name = self.ident("a name after 'as'")
+            self.as_var = Var("#value", name, focus=mark, span=self.span_from(as_at))
+            scope = replace(scope, children=scope.children + (self.as_var,))
+        return scope
 
+    def var_suffix(self, var: Var, focus: Focus, start: int, name_at: int) -> Var:
+        """A variable's ``:tag``, ``=value`` and ``as name``, in that order."""
         if self.take(":"):
             var = replace(var, tag=self.tag())
         if self.take("="):
@@ -524,16 +556,18 @@ class _Parser:
             self.error(
                 "a selector has one secondary focus: '!!' appears twice", self.bangbang_at[1]
             )
-        candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == -1]
+        candidates = [n for n in root.walk() if isinstance(n, Var) and n.focus == Focus.CANDIDATE]
         if len(candidates) > 1 and not self.bang_at:
             self.error("ambiguous focus: mark the variable you want with '!'", 0)
-        resolved = 0 if self.bang_at else 1
-        return _map_vars(root, lambda v: replace(v, focus=resolved) if v.focus == -1 else v)
+        resolved = Focus.NONE if self.bang_at else Focus.PRIMARY
+        return _map_vars(
+            root, lambda v: replace(v, focus=resolved) if v.focus == Focus.CANDIDATE else v
+        )
 
 
 def _as_candidate(var: Node) -> Node:
-    if isinstance(var, Var) and var.focus == 0:
-        return replace(var, focus=-1)
+    if isinstance(var, Var) and var.focus == Focus.NONE:
+        return replace(var, focus=Focus.CANDIDATE)
     return var
 
 
@@ -551,7 +585,7 @@ def _unescape(quoted: str) -> str:
     return value
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # a program's selectors, many times over; a tree is small
 def _parse(text: str) -> Scope:
     return _Parser(text).parse()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tag:
     """A named marker used in annotations (``x: tag.Important``)."""
 
@@ -34,7 +34,7 @@ class Tag:
     __str__ = __repr__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TagSet:
     """An annotation made of several parts: ``tag.A & tag.B & int``."""
 

@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from ptera import UnmatchedSelectorWarning, probing, tooled
-from ptera.reach import DEPTH, reachable
+from ptera.reach import MAX_CALL_DEPTH, reachable
 from tests import wrapped_program
 
 
@@ -124,7 +124,7 @@ def test_any_variable_below_stays_with_tooled_functions():
 def test_the_search_is_bounded_in_depth():
     found = reachable([chain_0], depth=2)
     assert [f.__name__ for f in found] == ["chain_1", "chain_2"]
-    assert DEPTH >= 4
+    assert MAX_CALL_DEPTH >= 4
 
 
 def test_reachable_lists_methods_classes_and_module_functions():

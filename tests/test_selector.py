@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ptera import Scope, SelectorError, Var, select, tooled
 from ptera.match import compile_selector
-from ptera.selector import NOVALUE, split_selectors
+from ptera.selector import NOVALUE, Focus, split_selectors
 
 # Every example of the seeds and of the spec, plus forms users write every day.
 CORPUS = [
@@ -149,6 +149,24 @@ def test_implicit_focus(text, focus, secondary):
     tree = select(text)
     assert (tree.focus.out_name if tree.focus else None) == focus
     assert (tree.secondary.out_name if tree.secondary else None) == secondary
+
+
+@pytest.mark.parametrize(
+    "text, marks",
+    [
+        ("f > x", {"x": Focus.PRIMARY}),
+        ("f(x) > y", {"x": Focus.NONE, "y": Focus.PRIMARY}),
+        ("f(!x) > y", {"x": Focus.PRIMARY, "y": Focus.NONE}),
+        ("f{!!x, y}", {"x": Focus.SECONDARY, "y": Focus.NONE}),
+        ("f(x, y)", {"x": Focus.NONE, "y": Focus.NONE}),
+    ],
+)
+def test_focus_marks_are_named_and_equal_to_their_codes(text, marks):
+    got = {n.name: n.focus for n in select(text).walk() if isinstance(n, Var)}
+    assert got == marks
+    # The codes other modules compared against before the enum stay valid.
+    assert all(isinstance(f, Focus) and f in (0, 1, 2) for f in got.values())
+    assert (Focus.NONE, Focus.PRIMARY, Focus.SECONDARY, Focus.CANDIDATE) == (0, 1, 2, -1)
 
 
 def test_parsed_trees_are_cached_and_immutable():

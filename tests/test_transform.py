@@ -2,7 +2,9 @@
 
 import ast
 import contextlib
+import importlib
 import inspect
+import sys
 import traceback
 import weakref
 
@@ -365,6 +367,56 @@ def test_instrumented_source_activates_nothing():
 def test_instrumented_source_rejects_bad_input(fn, variables, error, message):
     with pytest.raises(error, match=message):
         instrumented_source(fn, variables)
+
+
+def bound_helpers(source: str) -> set:
+    """The helpers the rewritten code binds to locals at entry (``x = __ptera__.x``)."""
+    tree = ast.parse(source).body[0]
+    return {
+        s.value.attr
+        for s in tree.body
+        if isinstance(s, ast.Assign)
+        and isinstance(s.value, ast.Attribute)
+        and getattr(s.value.value, "id", None) == "__ptera__"
+    }
+
+
+@pytest.mark.parametrize(
+    "variables, bound",
+    [
+        ({"h"}, set()),  # one report, one keyed report: read in place
+        ({"x", "h"}, {"report"}),  # two reports
+        ({"i"}, {"report"}),  # one report, in a loop
+        (None, {"report"}),
+        (set(), set()),
+    ],
+)
+def test_helpers_used_more_than_once_are_bound_at_entry(variables, bound):
+    assert bound_helpers(instrumented_source(_keyed_sum, variables)) == bound
+
+
+# -- what instrumenting leaves in the user's module --------------------------------
+
+FRESH_MODULE = """
+def scale(x):
+    y = x * 2
+    return y
+"""
+
+
+@pytest.mark.parametrize("decorated", [False, True])
+def test_instrumenting_adds_one_name_to_the_module(tmp_path, monkeypatch, decorated):
+    name = f"_ptera_fresh_module_{decorated}"
+    (tmp_path / f"{name}.py").write_text(FRESH_MODULE)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    module = importlib.import_module(name)
+    before = set(vars(module))
+    scale = tooled(module.scale) if decorated else module.scale
+    with probing("scale > y", env={"scale": scale}).values() as ys:
+        assert scale(3) == 6
+    assert ys == [{"y": 6}]
+    assert set(vars(module)) - before == {"__ptera__"}
 
 
 # -- where source comes from: notebook cells yes, strings no ----------------------
