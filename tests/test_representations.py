@@ -429,12 +429,16 @@ def test_columns_give_the_same_sums_as_rows(width):
         [40],  # larger than the workspace: in parts
     ],
 )
-@pytest.mark.parametrize("kind", ["rows", "maps"])
-def test_batches_of_any_shapes_give_the_one_batch_sums(sizes, kind):
+@pytest.mark.parametrize(
+    "features",
+    [(7,), (3, 2, 5), (150,), (130, 1, 2)],  # rows, maps; over 64 values: in blocks
+)
+def test_batches_of_any_shapes_give_the_one_batch_sums(sizes, features):
     g = torch.Generator().manual_seed(len(sizes))
-    shape = (sum(sizes), 7) if kind == "rows" else (sum(sizes), 3, 2, 5)
+    shape = (sum(sizes), *features)
     x = torch.randn(*shape, generator=g) * 4 - 1
-    whole, streamed = Covariance(), Covariance(max_elements=64)
+    per_sample = (features[0] + 1) * int(np.prod(features[1:]))  # with the ones
+    whole, streamed = Covariance(), Covariance(max_elements=8 * per_sample)  # 40: in parts
     whole.add(x)
     for part in x.split(sizes):
         streamed.add(part)

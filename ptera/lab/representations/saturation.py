@@ -126,7 +126,10 @@ class Covariance:
 
     @property
     def xtx(self) -> torch.Tensor | None:
-        return None if self._acc is None else self._acc[:, :-1]
+        if self._acc is None:
+            return None
+        upper = self._acc[:, :-1].triu()  # the blocks below the diagonal are not computed
+        return upper + upper.triu(1).T
 
     @property
     def sum(self) -> torch.Tensor | None:
@@ -134,7 +137,9 @@ class Covariance:
 
     def reset(self) -> None:
         """Forget the rows seen (the workspaces stay for the next pass)."""
-        self._acc, self.n = None, 0
+        if self._acc is not None:
+            self._acc.zero_()
+        self.n = 0
 
     def update(self, x: torch.Tensor) -> None:
         """Add the rows of ``x``, shape ``(n, d)``."""
@@ -183,17 +188,14 @@ class Covariance:
                     self._add(part, columns)
                 return
             layout = self._layout(x, columns)
-        if self._acc is None:
-            self._acc = torch.zeros(layout.d, layout.d + 1, dtype=torch.float64, device=x.device)
-        elif self._acc.shape[0] != layout.d:
-            raise ValueError(
-                f"rows of {layout.d} values after rows of {self._acc.shape[0]}: a layer's"
-                " output changed size within a pass"
-            )
         if x.requires_grad:
             x = x.detach()
         layout.dest.copy_(x.transpose(0, 1) if layout.maps else x)
-        self._acc.addmm_(layout.left, layout.right)
+        if layout.blocks is None:
+            self._acc.addmm_(layout.left, layout.right)
+        else:  # the upper block triangle only: X^T X is symmetric
+            for out, left, right in layout.blocks:
+                out.addmm_(left, right)
         self.n += layout.rows
 
     def _parts(self, x: torch.Tensor, columns: bool) -> Any:
@@ -209,17 +211,32 @@ class Covariance:
         if len(self._layouts) >= self.max_shapes:  # shapes that vary: keep the latest few
             del self._layouts[next(iter(self._layouts))]
         maps = columns and x.dim() > 2
+        d = (x.shape[1] if maps else x.shape[0]) if columns else x.shape[1]
+        acc = self._acc
+        if acc is None or (self.n == 0 and (acc.shape[0] != d or acc.device != x.device)):
+            acc = self._acc = torch.zeros(d, d + 1, dtype=torch.float64, device=x.device)
+            self._layouts = {}  # their blocks are views of the old sums
+        elif acc.shape[0] != d:
+            raise ValueError(
+                f"rows of {d} values after rows of {acc.shape[0]}: a layer's"
+                " output changed size within a pass"
+            )
         if columns:  # (d + 1, rows), the last row ones; maps (b, C, ...) land as (C, b, ...)
-            d = x.shape[1] if maps else x.shape[0]
             rows = x.numel() // d
             work = torch.empty(d + 1, rows, dtype=torch.float64, device=x.device)
             dest = work[:d].view(d, x.shape[0], *x.shape[2:]) if maps else work[:d]
             layout = _Layout(d, rows, dest, work[:d], work.T, maps)
+            cuts = _cuts(d)
+            if cuts:
+                layout.blocks = [(acc[a:b, a:], work[a:b], work[a:].T) for a, b in cuts]
             work[d] = 1
         else:  # (rows, d + 1), the last column ones
-            rows, d = x.shape
+            rows = x.shape[0]
             work = torch.empty(rows, d + 1, dtype=torch.float64, device=x.device)
             layout = _Layout(d, rows, work[:, :d], work[:, :d].T, work, False)
+            cuts = _cuts(d)
+            if cuts:
+                layout.blocks = [(acc[a:b, a:], work[:, a:b].T, work[:, a:]) for a, b in cuts]
             work[:, d] = 1
         self._layouts[(x.shape, columns, x.device)] = layout
         return layout
@@ -232,9 +249,10 @@ class Covariance:
         if self.n == 0:
             raise ValueError("no rows: the layer produced no output in this pass")
         sums = self._acc.cpu().numpy()  # numpy: a few small ops, each far cheaper than in torch
+        upper = np.triu(sums[:, :-1])  # the blocks below the diagonal are not computed
+        xtx = upper + np.triu(upper, 1).T  # exactly symmetric for eigvalsh
         mean = sums[:, -1] / self.n
-        cov = sums[:, :-1] / self.n - np.outer(mean, mean)
-        return (cov + cov.T) / 2  # exactly symmetric for eigvalsh
+        return xtx / self.n - np.outer(mean, mean)
 
     def eigenvalues(self) -> torch.Tensor:
         """Descending, negatives (rounding) clamped to 0, on the CPU."""
@@ -251,13 +269,25 @@ class Covariance:
 
 class _Layout:
     """A ``Covariance`` workspace for one batch shape: where the batch is copied
-    (``dest``) and the two operands of the product."""
+    (``dest``), the two operands of the product, or of each block of it."""
 
-    __slots__ = ("d", "dest", "left", "maps", "right", "rows")
+    __slots__ = ("blocks", "d", "dest", "left", "maps", "right", "rows")
 
     def __init__(self, d, rows, dest, left, right, maps):
         self.d, self.rows, self.dest, self.left, self.right = d, rows, dest, left, right
         self.maps = maps
+        self.blocks: list | None = None  # [(rows of the sums, left, right), ...]
+
+
+def _cuts(d: int, block: int = 64) -> list[tuple[int, int]]:
+    """Row blocks of ``X^T X`` for a product of the upper block triangle only, for
+    ``d`` over ``block`` (``[]``: one product). Measured on 64 rows, one thread:
+    120 values, 2 blocks 12% faster than one product; 512 values, 8 blocks 34%."""
+    k = -(-d // block)
+    if k < 2:
+        return []
+    cuts = [round(i * d / k) for i in range(k + 1)]
+    return list(zip(cuts, cuts[1:]))
 
 
 def intrinsic_dimensionality(
