@@ -472,3 +472,39 @@ def test_the_lr_finder_run_is_not_measured():
     assert len(sat.history) == 0
     learn.fit(1)
     assert len(sat.history) == 2 * 4  # splits x layers
+
+
+def test_batches_held_for_one_product_are_added_when_full_and_when_read():
+    x = torch.randn(56, 10, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    whole, held = Covariance(), Covariance(max_elements=3 * 8 * 11)  # 3 batches of 8 rows
+    whole.add(x)
+    parts = x.split(8)
+    for part in parts[:4]:  # 3 added when full, 1 held
+        held.add(part)
+    torch.testing.assert_close(held.matrix(), _cov(x[:32]), rtol=1e-10, atol=1e-12)
+    for part in parts[4:]:
+        held.add(part)
+    assert held.n == 56
+    torch.testing.assert_close(held.matrix(), whole.matrix(), rtol=1e-12, atol=1e-12)
+
+
+def _cov(x: torch.Tensor) -> torch.Tensor:
+    rows = x.double().numpy()
+    return torch.from_numpy(np.cov(rows, rowvar=False, bias=True))
+
+
+def test_a_wide_linear_layer_in_training_equals_the_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 100), nn.ReLU(), nn.Linear(100, 3))
+    train, valid = data(200), data(70, seed=2)
+    sat = Saturation(rule="delve")
+    dls = DataLoaders.from_datasets(train, valid, batch_size=16)
+    Learner(model, dls, nn.functional.cross_entropy, lr=0.0, cbs=[sat]).fit(1)
+    history = sat.history
+    for split, ds in (("train", train), ("eval", valid)):
+        with torch.no_grad():
+            rows = model[1](model[0](ds.tensors[0])).double().numpy()
+        k, trace = reference(rows, 0.99, "delve")
+        got = history[(history.split == split) & (history.layer == "1")].iloc[0]
+        assert (got.dim, got.k) == (100, k)
+        assert got.trace == pytest.approx(trace, rel=1e-9)

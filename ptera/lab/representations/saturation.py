@@ -128,17 +128,21 @@ class Covariance:
     def xtx(self) -> torch.Tensor | None:
         if self._acc is None:
             return None
+        self.flush()
         upper = self._acc[:, :-1].triu()  # the blocks below the diagonal are not computed
         return upper + upper.triu(1).T
 
     @property
     def sum(self) -> torch.Tensor | None:
+        self.flush()
         return None if self._acc is None else self._acc[:, -1]
 
     def reset(self) -> None:
         """Forget the rows seen (the workspaces stay for the next pass)."""
         if self._acc is not None:
             self._acc.zero_()
+        for layout in self._layouts.values():
+            layout.held = 0
         self.n = 0
 
     def update(self, x: torch.Tensor) -> None:
@@ -190,13 +194,16 @@ class Covariance:
             layout = self._layout(x, columns)
         if x.requires_grad:
             x = x.detach()
-        layout.dest.copy_(x.transpose(0, 1) if layout.maps else x)
-        if layout.blocks is None:
-            self._acc.addmm_(layout.left, layout.right)
-        else:  # the upper block triangle only: X^T X is symmetric
-            for out, left, right in layout.blocks:
-                out.addmm_(left, right)
+        layout.slots[layout.held].copy_(x.transpose(0, 1) if layout.maps else x)
+        layout.held += 1
         self.n += layout.rows
+        if layout.held == len(layout.slots):
+            layout.flush()
+
+    def flush(self) -> None:
+        """Add the batches held in the workspaces to the sums."""
+        for layout in self._layouts.values():
+            layout.flush()
 
     def _parts(self, x: torch.Tensor, columns: bool) -> Any:
         """``x`` split along its samples into parts whose workspace fits, or ``None``."""
@@ -209,35 +216,32 @@ class Covariance:
 
     def _layout(self, x: torch.Tensor, columns: bool) -> _Layout:
         if len(self._layouts) >= self.max_shapes:  # shapes that vary: keep the latest few
-            del self._layouts[next(iter(self._layouts))]
+            self._layouts.pop(next(iter(self._layouts))).flush()
         maps = columns and x.dim() > 2
         d = (x.shape[1] if maps else x.shape[0]) if columns else x.shape[1]
         acc = self._acc
         if acc is None or (self.n == 0 and (acc.shape[0] != d or acc.device != x.device)):
             acc = self._acc = torch.zeros(d, d + 1, dtype=torch.float64, device=x.device)
-            self._layouts = {}  # their blocks are views of the old sums
+            self._layouts = {}  # their products write views of the old sums
         elif acc.shape[0] != d:
             raise ValueError(
                 f"rows of {d} values after rows of {acc.shape[0]}: a layer's"
                 " output changed size within a pass"
             )
+        rows = x.numel() // d if columns else x.shape[0]
+        # Hold batches until they outweigh the sums (about 4x), so that reading and
+        # writing the sums does not cost more than the product; within max_elements.
+        held = max(1, min(-(-4 * d // max(rows, 1)), self.max_elements // (rows * (d + 1) or 1)))
+        ends = [(i + 1) * rows for i in range(held)]
         if columns:  # (d + 1, rows), the last row ones; maps (b, C, ...) land as (C, b, ...)
-            rows = x.numel() // d
-            work = torch.empty(d + 1, rows, dtype=torch.float64, device=x.device)
-            dest = work[:d].view(d, x.shape[0], *x.shape[2:]) if maps else work[:d]
-            layout = _Layout(d, rows, dest, work[:d], work.T, maps)
-            cuts = _cuts(d)
-            if cuts:
-                layout.blocks = [(acc[a:b, a:], work[a:b], work[a:].T) for a, b in cuts]
+            work = torch.empty(d + 1, held * rows, dtype=torch.float64, device=x.device)
+            shape = (d, x.shape[0], *x.shape[2:]) if maps else (d, rows)
+            slots = [work[:d, end - rows : end].view(shape) for end in ends]
             work[d] = 1
-        else:  # (rows, d + 1), the last column ones
-            rows = x.shape[0]
-            work = torch.empty(rows, d + 1, dtype=torch.float64, device=x.device)
-            layout = _Layout(d, rows, work[:, :d], work[:, :d].T, work, False)
-            cuts = _cuts(d)
-            if cuts:
-                layout.blocks = [(acc[a:b, a:], work[:, a:b].T, work[:, a:]) for a, b in cuts]
-            work[:, d] = 1
+        else:  # (rows, d); the sums by a product with ones (cheaper here than a column)
+            work = torch.empty(held * rows, d, dtype=torch.float64, device=x.device)
+            slots = [work[end - rows : end] for end in ends]
+        layout = _Layout(acc, work, columns, rows, slots, maps)
         self._layouts[(x.shape, columns, x.device)] = layout
         return layout
 
@@ -248,6 +252,7 @@ class Covariance:
     def _matrix(self) -> Any:
         if self.n == 0:
             raise ValueError("no rows: the layer produced no output in this pass")
+        self.flush()
         sums = self._acc.cpu().numpy()  # numpy: a few small ops, each far cheaper than in torch
         upper = np.triu(sums[:, :-1])  # the blocks below the diagonal are not computed
         xtx = upper + np.triu(upper, 1).T  # exactly symmetric for eigvalsh
@@ -268,22 +273,47 @@ class Covariance:
 
 
 class _Layout:
-    """A ``Covariance`` workspace for one batch shape: where the batch is copied
-    (``dest``), the two operands of the product, or of each block of it."""
+    """A ``Covariance`` workspace for one batch shape: where each batch held is
+    copied, and the products (one per block) that add the batches held."""
 
-    __slots__ = ("blocks", "d", "dest", "left", "maps", "right", "rows")
+    __slots__ = ("acc", "columns", "held", "maps", "products", "rows", "slots", "work")
 
-    def __init__(self, d, rows, dest, left, right, maps):
-        self.d, self.rows, self.dest, self.left, self.right = d, rows, dest, left, right
-        self.maps = maps
-        self.blocks: list | None = None  # [(rows of the sums, left, right), ...]
+    def __init__(self, acc, work, columns: bool, rows: int, slots: list, maps: bool):
+        self.acc, self.work, self.columns, self.rows = acc, work, columns, rows
+        self.slots, self.maps = slots, maps
+        self.products: dict[int, list] = {}  # batches held -> [(out, left, right), ...]
+        self.held = 0
+
+    def flush(self) -> None:
+        if self.held:
+            products = self.products.get(self.held) or self._products(self.held)
+            for out, left, right in products:
+                if right.dim() == 2:
+                    out.addmm_(left, right)
+                else:
+                    out.addmv_(left, right)
+            self.held = 0
+
+    def _products(self, held: int) -> list:
+        """Views for the products on ``held`` batches, made once (each view costs)."""
+        acc, work, end = self.acc, self.work, held * self.rows
+        d = acc.shape[0]
+        blocks = _cuts(d) or [(0, d)]  # one block: the whole product
+        if self.columns:  # X^T [X 1]: the sums beside
+            products = [(acc[a:b, a:], work[a:b, :end], work[a:, :end].T) for a, b in blocks]
+        else:
+            ones = torch.ones(end, dtype=work.dtype, device=work.device)
+            products = [(acc[a:b, a:d], work[:end, a:b].T, work[:end, a:]) for a, b in blocks]
+            products.append((acc[:, d], work[:end].T, ones))
+        self.products[held] = products
+        return products
 
 
-def _cuts(d: int, block: int = 64) -> list[tuple[int, int]]:
+def _cuts(d: int, block: int = 60) -> list[tuple[int, int]]:
     """Row blocks of ``X^T X`` for a product of the upper block triangle only, for
     ``d`` over ``block`` (``[]``: one product). Measured on 64 rows, one thread:
     120 values, 2 blocks 12% faster than one product; 512 values, 8 blocks 34%."""
-    k = -(-d // block)
+    k = d // block  # blocks narrower than about 60 were slower
     if k < 2:
         return []
     cuts = [round(i * d / k) for i in range(k + 1)]
