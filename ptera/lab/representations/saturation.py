@@ -23,19 +23,26 @@ Decisions:
   apart, from the activations the Learner computes anyway (no extra forward
   pass); its history restarts at each fit, and the LR finder's run is not
   measured. Nothing is read back per batch (no ``.item()``, no sync).
-* Each batch is folded in at once, while it is in cache: copied (the copy
-  converts to float64, and a later in-place op such as ``ReLU(inplace=True)``
-  cannot change it) into a workspace kept per layer and batch shape, beside a
-  column of ones, then one ``addmm_`` adds ``X^T [X 1]``, i.e. ``X^T X`` and
-  ``sum x`` together (a separate sum cost more than the extra column). Measured
-  on LeNet-5 and digits (2026-11-25) and not kept: holding several batches for
-  one larger product (slower: the workspace leaves the cache), holding the
-  pass's float32 outputs for one product per pass (no faster), and half the
-  product through scipy's BLAS ``syrk`` for Linear layers (a few % faster, but
-  its OpenBLAS thread pool is not torch's and spins on larger batches).
+* Each batch is copied at once (the copy converts to float64, and a later
+  in-place op such as ``ReLU(inplace=True)`` cannot change it) into a workspace
+  kept per layer and batch shape. Channelwise conv maps (many rows of few
+  values) are added at once, as columns beside a row of ones: one ``addmm_``
+  adds ``X^T [X 1]``, ``X^T X`` and ``sum x`` together (a separate sum cost more
+  than the extra column). Other rows (Linear outputs: few rows of many values)
+  are held until they outweigh the sums about 4x (8 batches of 64 for 120
+  values), then added by one product and one ``addmv_`` for the sums (here the
+  column of ones cost more): a product per batch spent more time reading and
+  writing the ``D x D`` sums than multiplying.
+* Layers of 120 values or more add only the upper block triangle of ``X^T X``
+  (blocks of about 60 rows; mirrored when read): 12-34% less product time.
+* Measured on LeNet-5 and digits (2026-11-25) and not kept: holding conv maps for
+  a larger product (slower: the workspace leaves the cache), holding the pass's
+  float32 outputs for one product per pass (no faster), and half the product
+  through scipy's BLAS ``syrk`` for Linear layers (a few % faster, but its
+  OpenBLAS thread pool is not torch's and spins on larger batches).
 * Channelwise conv rows are never built as rows: the copy lays each batch's
   maps out as columns of a ``(C + 1, N)`` workspace, so the product reads them
-  as they lie (the batched product on the maps, ``sum_b M M^T``, measured
+  as they are (the batched product on the maps, ``sum_b M M^T``, measured
   1.2-2.5x slower at LeNet-5's sizes).
 * Exact means float64 throughout: products in float32 added to float64 sums
   (measured 1.16-1.17x instead of 1.24-1.34x) no longer equal the float64
@@ -106,10 +113,12 @@ class Covariance:
     """Streaming float64 sums of ``X^T X``, ``sum x`` and ``n`` over batches of rows.
 
     Each batch is copied (converted to float64 by the copy) into a workspace kept
-    for its shape, beside a column of ones, and added by one product
-    ``X^T [X 1]``: ``X^T X`` and ``sum x`` at once. A workspace holds at most
-    ``max_elements`` values (a larger batch goes in parts), and at most
-    ``max_shapes`` of them are kept.
+    for its shape: columns (conv maps, ``update_columns``) beside a row of ones,
+    added at once by one product ``X^T [X 1]``; rows (``update``, Linear outputs)
+    held for a few batches, then added by one product and one ``addmv_`` (see
+    the module's decisions). A workspace holds at most ``max_elements`` values (a
+    larger batch goes in parts), and at most ``max_shapes`` of them are kept.
+    Reading ``xtx``, ``sum`` or ``matrix()`` adds what is held first.
     """
 
     max_shapes = 4  # a pass has two batch shapes (full, last); train and eval may differ
