@@ -256,17 +256,18 @@ class Covariance:
 
     def matrix(self) -> torch.Tensor:
         """The centered covariance, divided by ``n`` (float64, on the CPU)."""
-        return torch.from_numpy(self._matrix())
+        upper = np.triu(self._upper())  # mirrored: exactly symmetric
+        return torch.from_numpy(upper + np.triu(upper, 1).T)
 
-    def _matrix(self) -> Any:
+    def _upper(self) -> Any:
+        """The covariance, right in its upper triangle only (the blocks below the
+        diagonal are not computed): all that ``eigvalsh(..., UPLO="U")`` reads."""
         if self.n == 0:
             raise ValueError("no rows: the layer produced no output in this pass")
         self.flush()
         sums = self._acc.cpu().numpy()  # numpy: a few small ops, each far cheaper than in torch
-        upper = np.triu(sums[:, :-1])  # the blocks below the diagonal are not computed
-        xtx = upper + np.triu(upper, 1).T  # exactly symmetric for eigvalsh
         mean = sums[:, -1] / self.n
-        return xtx / self.n - np.outer(mean, mean)
+        return sums[:, :-1] / self.n - np.outer(mean, mean)
 
     def eigenvalues(self) -> torch.Tensor:
         """Descending, negatives (rounding) clamped to 0, on the CPU."""
@@ -274,11 +275,11 @@ class Covariance:
 
     def result(self, delta: float = 0.99, rule: str = "textbook") -> dict[str, Any]:
         """``dim, k, saturation, trace`` of the rows seen so far."""
-        matrix = self._matrix()
+        upper = self._upper()
         # torch's eigvalsh: LAPACK on torch's threads (numpy's may start its own pool)
-        values = torch.linalg.eigvalsh(torch.from_numpy(matrix)).numpy()[::-1].clip(min=0)
-        k = _k(values, delta, rule)
-        return {"dim": self.dim, "k": k, "saturation": k / self.dim, "trace": float(matrix.trace())}
+        values = torch.linalg.eigvalsh(torch.from_numpy(upper), UPLO="U").numpy()
+        k = _k(values[::-1].clip(min=0), delta, rule)
+        return {"dim": self.dim, "k": k, "saturation": k / self.dim, "trace": float(upper.trace())}
 
 
 class _Layout:
