@@ -240,7 +240,7 @@ class Covariance:
         rows = x.numel() // d if columns else x.shape[0]
         # Hold batches until they outweigh the sums (about 4x), so that reading and
         # writing the sums does not cost more than the product; within max_elements.
-        held = max(1, min(-(-4 * d // max(rows, 1)), self.max_elements // (rows * (d + 1) or 1)))
+        held = max(1, min(-(-4 * d // rows), self.max_elements // (rows * (d + 1)))) if rows else 1
         ends = [(i + 1) * rows for i in range(held)]
         if columns:  # (d + 1, rows), the last row ones; maps (b, C, ...) land as (C, b, ...)
             work = torch.empty(d + 1, held * rows, dtype=torch.float64, device=x.device)
@@ -341,12 +341,12 @@ def intrinsic_dimensionality(
 def _k(values: Any, delta: float, rule: str) -> int:
     """``k`` from a float64 numpy array of eigenvalues sorted descending."""
     cum = values.cumsum()
-    total = cum[-1]  # so that cum_D is exactly 1
+    total = cum[-1] if len(cum) else 0.0  # the last cum: cum_D is then exactly 1
     if total <= 0:
         return 0 if rule == "textbook" else 1
     below = int((cum / total < delta).sum())
     if rule == "textbook":
-        return min(below + 1, len(values))  # rounding can leave cum_D a hair under 1
+        return min(below + 1, len(values))
     return max(1, below)
 
 
