@@ -474,18 +474,18 @@ def test_the_lr_finder_run_is_not_measured():
     assert len(sat.history) == 2 * 4  # splits x layers
 
 
-def test_batches_held_for_one_product_are_added_when_full_and_when_read():
+def test_reading_within_a_pass_then_adding_more_gives_the_whole_pass():
     x = torch.randn(56, 10, generator=torch.Generator().manual_seed(3)) * 2 + 1
-    whole, held = Covariance(), Covariance(max_elements=3 * 8 * 11)  # 3 batches of 8 rows
+    whole, streamed = Covariance(), Covariance()
     whole.add(x)
     parts = x.split(8)
-    for part in parts[:4]:  # 3 added when full, 1 held
-        held.add(part)
-    torch.testing.assert_close(held.matrix(), _cov(x[:32]), rtol=1e-10, atol=1e-12)
+    for part in parts[:4]:
+        streamed.add(part)
+    torch.testing.assert_close(streamed.matrix(), _cov(x[:32]), rtol=1e-10, atol=1e-12)
     for part in parts[4:]:
-        held.add(part)
-    assert held.n == 56
-    torch.testing.assert_close(held.matrix(), whole.matrix(), rtol=1e-12, atol=1e-12)
+        streamed.add(part)
+    assert streamed.n == 56
+    torch.testing.assert_close(streamed.matrix(), whole.matrix(), rtol=1e-12, atol=1e-12)
 
 
 def _cov(x: torch.Tensor) -> torch.Tensor:

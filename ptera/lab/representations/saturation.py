@@ -29,14 +29,15 @@ Decisions:
   values) are added at once, as columns beside a row of ones: one ``addmm_``
   adds ``X^T [X 1]``, ``X^T X`` and ``sum x`` together (a separate sum cost more
   than the extra column). Other rows (Linear outputs: few rows of many values)
-  are held until they outweigh the sums about 4x (8 batches of 64 for 120
-  values), then added by one product and one ``addmv_`` for the sums (here the
-  column of ones cost more): a product per batch spent more time reading and
-  writing the ``D x D`` sums than multiplying.
+  stay contiguous and are added by one product and one ``addmv_`` for the sums
+  (here a column of ones, 121 columns for 120 values, made the product dearer
+  than the ``addmv_``).
 * Layers of 120 values or more add only the upper block triangle of ``X^T X``
   (blocks of about 60 rows; mirrored when read): 12-34% less product time.
-* Measured on LeNet-5 and digits (2026-11-25) and not kept: holding conv maps for
-  a larger product (slower: the workspace leaves the cache), holding the pass's
+* Measured on LeNet-5 and digits (2026-11-25) and not kept: holding batches for
+  one larger product (Linear rows: 4 or 16 batches a product moved the time to
+  the pass's end without saving any; conv maps: slower, the workspace leaves the
+  cache between batches), holding the pass's
   float32 outputs for one product per pass (no faster), and half the product
   through scipy's BLAS ``syrk`` for Linear layers (a few % faster, but its
   OpenBLAS thread pool is not torch's and spins on larger batches).
@@ -113,12 +114,11 @@ class Covariance:
     """Streaming float64 sums of ``X^T X``, ``sum x`` and ``n`` over batches of rows.
 
     Each batch is copied (converted to float64 by the copy) into a workspace kept
-    for its shape: columns (conv maps, ``update_columns``) beside a row of ones,
-    added at once by one product ``X^T [X 1]``; rows (``update``, Linear outputs)
-    held for a few batches, then added by one product and one ``addmv_`` (see
-    the module's decisions). A workspace holds at most ``max_elements`` values (a
-    larger batch goes in parts), and at most ``max_shapes`` of them are kept.
-    Reading ``xtx``, ``sum`` or ``matrix()`` adds what is held first.
+    for its shape and added at once: columns (conv maps, ``update_columns``)
+    beside a row of ones by one product ``X^T [X 1]``; rows (``update``, Linear
+    outputs) by one product and one ``addmv_`` for the sums (see the module's
+    decisions). A workspace holds at most ``max_elements`` values (a larger batch
+    goes in parts), and at most ``max_shapes`` of them are kept.
     """
 
     max_shapes = 4  # a pass has two batch shapes (full, last); train and eval may differ
@@ -137,21 +137,17 @@ class Covariance:
     def xtx(self) -> torch.Tensor | None:
         if self._acc is None:
             return None
-        self.flush()
         upper = self._acc[:, :-1].triu()  # the blocks below the diagonal are not computed
         return upper + upper.triu(1).T
 
     @property
     def sum(self) -> torch.Tensor | None:
-        self.flush()
         return None if self._acc is None else self._acc[:, -1]
 
     def reset(self) -> None:
         """Forget the rows seen (the workspaces stay for the next pass)."""
         if self._acc is not None:
             self._acc.zero_()
-        for layout in self._layouts.values():
-            layout.held = 0
         self.n = 0
 
     def update(self, x: torch.Tensor) -> None:
@@ -203,16 +199,13 @@ class Covariance:
             layout = self._layout(x, columns)
         if x.requires_grad:
             x = x.detach()
-        layout.slots[layout.held].copy_(x.transpose(0, 1) if layout.maps else x)
-        layout.held += 1
+        layout.dest.copy_(x.transpose(0, 1) if layout.maps else x)
+        for out, left, right in layout.products:
+            if right.dim() == 2:
+                out.addmm_(left, right)
+            else:
+                out.addmv_(left, right)
         self.n += layout.rows
-        if layout.held == len(layout.slots):
-            layout.flush()
-
-    def flush(self) -> None:
-        """Add the batches held in the workspaces to the sums."""
-        for layout in self._layouts.values():
-            layout.flush()
 
     def _parts(self, x: torch.Tensor, columns: bool) -> Any:
         """``x`` split along its samples into parts whose workspace fits, or ``None``."""
@@ -225,7 +218,7 @@ class Covariance:
 
     def _layout(self, x: torch.Tensor, columns: bool) -> _Layout:
         if len(self._layouts) >= self.max_shapes:  # shapes that vary: keep the latest few
-            self._layouts.pop(next(iter(self._layouts))).flush()
+            del self._layouts[next(iter(self._layouts))]
         maps = columns and x.dim() > 2
         d = (x.shape[1] if maps else x.shape[0]) if columns else x.shape[1]
         acc = self._acc
@@ -238,19 +231,18 @@ class Covariance:
                 " output changed size within a pass"
             )
         rows = x.numel() // d if columns else x.shape[0]
-        # Hold batches until they outweigh the sums (about 4x), so that reading and
-        # writing the sums does not cost more than the product; within max_elements.
-        held = max(1, min(-(-4 * d // rows), self.max_elements // (rows * (d + 1)))) if rows else 1
-        ends = [(i + 1) * rows for i in range(held)]
+        blocks = _cuts(d) or [(0, d)]  # one block: the whole product
         if columns:  # (d + 1, rows), the last row ones; maps (b, C, ...) land as (C, b, ...)
-            work = torch.empty(d + 1, held * rows, dtype=torch.float64, device=x.device)
-            shape = (d, x.shape[0], *x.shape[2:]) if maps else (d, rows)
-            slots = [work[:d, end - rows : end].view(shape) for end in ends]
+            work = torch.empty(d + 1, rows, dtype=torch.float64, device=x.device)
+            dest = work[:d].view(d, x.shape[0], *x.shape[2:]) if maps else work[:d]
+            products = [(acc[a:b, a:], work[a:b], work[a:].T) for a, b in blocks]
             work[d] = 1
         else:  # (rows, d); the sums by a product with ones (cheaper here than a column)
-            work = torch.empty(held * rows, d, dtype=torch.float64, device=x.device)
-            slots = [work[end - rows : end] for end in ends]
-        layout = _Layout(acc, work, columns, rows, slots, maps)
+            work = dest = torch.empty(rows, d, dtype=torch.float64, device=x.device)
+            ones = torch.ones(rows, dtype=torch.float64, device=x.device)
+            products = [(acc[a:b, a:d], work[:, a:b].T, work[:, a:]) for a, b in blocks]
+            products.append((acc[:, d], work.T, ones))
+        layout = _Layout(rows, dest, products, maps)
         self._layouts[(x.shape, columns, x.device)] = layout
         return layout
 
@@ -264,7 +256,6 @@ class Covariance:
         diagonal are not computed): all that ``eigvalsh(..., UPLO="U")`` reads."""
         if self.n == 0:
             raise ValueError("no rows: the layer produced no output in this pass")
-        self.flush()
         sums = self._acc.cpu().numpy()  # numpy: a few small ops, each far cheaper than in torch
         mean = sums[:, -1] / self.n
         return sums[:, :-1] / self.n - np.outer(mean, mean)
@@ -283,40 +274,13 @@ class Covariance:
 
 
 class _Layout:
-    """A ``Covariance`` workspace for one batch shape: where each batch held is
-    copied, and the products (one per block) that add the batches held."""
+    """A ``Covariance`` workspace for one batch shape: where the batch is copied,
+    and the products (one per block, ``addmv_`` for sums of rows) that add it."""
 
-    __slots__ = ("acc", "columns", "held", "maps", "products", "rows", "slots", "work")
+    __slots__ = ("dest", "maps", "products", "rows")
 
-    def __init__(self, acc, work, columns: bool, rows: int, slots: list, maps: bool):
-        self.acc, self.work, self.columns, self.rows = acc, work, columns, rows
-        self.slots, self.maps = slots, maps
-        self.products: dict[int, list] = {}  # batches held -> [(out, left, right), ...]
-        self.held = 0
-
-    def flush(self) -> None:
-        if self.held:
-            products = self.products.get(self.held) or self._products(self.held)
-            for out, left, right in products:
-                if right.dim() == 2:
-                    out.addmm_(left, right)
-                else:
-                    out.addmv_(left, right)
-            self.held = 0
-
-    def _products(self, held: int) -> list:
-        """Views for the products on ``held`` batches, made once (each view costs)."""
-        acc, work, end = self.acc, self.work, held * self.rows
-        d = acc.shape[0]
-        blocks = _cuts(d) or [(0, d)]  # one block: the whole product
-        if self.columns:  # X^T [X 1]: the sums beside
-            products = [(acc[a:b, a:], work[a:b, :end], work[a:, :end].T) for a, b in blocks]
-        else:
-            ones = torch.ones(end, dtype=work.dtype, device=work.device)
-            products = [(acc[a:b, a:d], work[:end, a:b].T, work[:end, a:]) for a, b in blocks]
-            products.append((acc[:, d], work[:end].T, ones))
-        self.products[held] = products
-        return products
+    def __init__(self, rows: int, dest: torch.Tensor, products: list, maps: bool):
+        self.rows, self.dest, self.products, self.maps = rows, dest, products, maps
 
 
 def _cuts(d: int, block: int = 60) -> list[tuple[int, int]]:
