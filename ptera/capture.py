@@ -1,7 +1,7 @@
 """What one match holds, and when it fires.
 
 A ``Rule`` is a compiled selector plus what to do with its results. When a live
-call matches one of the rule's templates, an ``Act`` (activation) holds that
+call matches one of the rule's templates, a ``Match`` holds that
 call's captures. Each reported variable goes through *handlers*, small functions
 built once per (template, variable, rule): the common case (an immediate focus
 with nothing else to check) is one closure that builds the result dict and
@@ -145,14 +145,14 @@ class Rule:
             cell.cell_contents = emit
 
 
-class Act:
-    """The captures of one live call for one template of one rule."""
+class Match:
+    """One live call matched by one template of one rule: the captures of that call."""
 
     __slots__ = (
-        "t",
+        "template",
         "rule",
         "parent",
-        "caps",
+        "captures",
         "names",
         "failed",
         "pending",
@@ -160,21 +160,21 @@ class Act:
         "deferred",
     )
 
-    def __init__(self, t: Template, rule: Rule, parent: Act | None):
-        self.t = t
+    def __init__(self, template: Template, rule: Rule, parent: Match | None):
+        self.template = template
         self.rule = rule
         self.parent = parent
-        self.caps: dict = {}
+        self.captures: dict = {}
         self.names: dict = {}
-        self.failed = t.filters  # equality filters not yet satisfied
-        self.pending = {} if t.collects else None
+        self.failed = template.filters  # equality filters not yet satisfied
+        self.pending = {} if template.collects else None
         self.deferred: list | None = None  # a root's results waiting for its exit (_offpath)
         holder = None
         if not rule.immediate:
             a = self
-            while a is not None and not a.t.holder:
+            while a is not None and not a.template.holder:
                 a = a.parent
-            # None when this activation holds itself: no reference cycle to keep
+            # None when this match holds itself: no reference cycle to keep
             # tensors alive until the cyclic collector runs.
             holder = a if a is not self else None
         self.holder = holder
@@ -189,8 +189,8 @@ class Act:
             self.failed += -1 if ok else 1
         self.names[key] = ok
 
-    def chain(self) -> list[Act] | None:
-        """This activation and its ancestors, outermost first; None if a filter fails."""
+    def chain(self) -> list[Match] | None:
+        """This match and its ancestors, outermost first; None if a filter fails."""
         out = []
         a = self
         while a is not None:
@@ -203,7 +203,7 @@ class Act:
 
     def set_key(self, out: str, key: Any) -> None:
         if self.rule.immediate:
-            self.caps[out] = key
+            self.captures[out] = key
             self.names[out] = "#key"
         else:
             self.add(out, ("#key", key))
@@ -212,16 +212,16 @@ class Act:
     def add(self, out: str | None, entry: tuple) -> None:
         if out is None:
             return
-        self.caps.setdefault(out, []).append(entry)
+        self.captures.setdefault(out, []).append(entry)
         h = self.holder
-        if h is None and self.t.holder:
+        if h is None and self.template.holder:
             h = self
         if h is not None and h.pending is not None:
             h.pending.setdefault(out, []).append(entry)
-        elif self.t.node in self.rule.offpath:
+        elif self.template.node in self.rule.offpath:
             self.root().pool().setdefault(out, []).append(entry)
 
-    def root(self) -> Act:
+    def root(self) -> Match:
         a = self
         while a.parent is not None:
             a = a.parent
@@ -294,7 +294,7 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     if spec.isa is not NOVALUE:
         return _checked(spec.isa, _handler(replace(spec, isa=NOVALUE), t, rule))
     if not rule.immediate:
-        return lambda act, name, value, key: _total(act, spec, name, value, key)
+        return lambda match, name, value, key: _total(match, spec, name, value, key)
     fires = spec.focus == 1 or (spec.focus == 2 and rule.wrap is not None)
     simple = (
         t.parent is None
@@ -309,18 +309,18 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         rule.cells.append(focus.__closure__[focus.__code__.co_freevars.index("emit")])
         return focus
     if fires:
-        return lambda act, name, value, key: _fire(act, spec, name, value, key)
+        return lambda match, name, value, key: _fire(match, spec, name, value, key)
     if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
         return _fast_capture(spec.out)
-    return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+    return lambda match, name, value, key: _immediate(match, spec, name, value, key)
 
 
 def _checked(wanted: Any, handler: Callable) -> Callable:
     """Handle only values whose class matches ``wanted`` (``$p:Parameter`` on ``self.a``)."""
 
-    def check(act, name, value, key):
+    def check(match, name, value, key):
         if annotation_matches(type(value), wanted):
-            return handler(act, name, value, key)
+            return handler(match, name, value, key)
         return value
 
     return check
@@ -329,10 +329,10 @@ def _checked(wanted: Any, handler: Callable) -> Callable:
 def _fast_capture(out: str) -> Callable:
     """``_immediate`` for a plain captured variable (no key, no filter): one call."""
 
-    def capture(act, name, value, key):
+    def capture(match, name, value, key):
         if value is not ABSENT:
-            act.caps[out] = value
-            act.names[out] = name
+            match.captures[out] = value
+            match.names[out] = name
         return value
 
     return capture
@@ -344,11 +344,11 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
     if keep and not intercepts:
         # The focus is kept with the call's other captures, so that a result lists
         # them in the order they were first set (as in 1.4). Only for templates
-        # with captures: a simple one's activation may be shared by calls.
+        # with captures: a simple one's match may be shared by calls.
 
-        def focus(act, name, value, key):
+        def focus(match, name, value, key):
             if value is not ABSENT:
-                caps = act.caps
+                caps = match.captures
                 caps[out] = value
                 emit(caps.copy())
             return value
@@ -356,8 +356,8 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
         return focus
     if intercepts:
 
-        def focus(act, name, value, key):
-            data = act.caps.copy()
+        def focus(match, name, value, key):
+            data = match.captures.copy()
             if value is not ABSENT:
                 data[out] = value
             result = emit(data)
@@ -365,9 +365,9 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
 
     else:
 
-        def focus(act, name, value, key):
+        def focus(match, name, value, key):
             if value is not ABSENT:
-                caps = act.caps
+                caps = match.captures
                 if caps:
                     data = caps.copy()
                     data[out] = value
@@ -386,42 +386,42 @@ def _key_ok(spec: VarSpec, key: Any) -> bool:
     return key is not ABSENT and (spec.key is NOVALUE or filter_eq(key, spec.key))
 
 
-def _immediate(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _immediate(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if not _key_ok(spec, key):
         return value
     if value is ABSENT:
         return value
     if spec.value is not NOVALUE:
-        act.check(spec, value)
+        match.check(spec, value)
     if spec.out is not None:
-        act.caps[spec.out] = value
-        act.names[spec.out] = name
+        match.captures[spec.out] = value
+        match.names[spec.out] = name
     if spec.key_out is not None:
-        act.set_key(spec.key_out, key)
+        match.set_key(spec.key_out, key)
     return value
 
 
-def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _fire(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if not _key_ok(spec, key):
         return value
-    rule = act.rule
+    rule = match.rule
     if value is ABSENT and not rule.intercepts:
         return value
     if spec.value is not NOVALUE and not filter_eq(value, spec.value):
         return value
-    chain = act.chain()
+    chain = match.chain()
     if chain is None:
         return value
     # Innermost scope first, each in the order its captures were first set (as in 1.4:
     # a printed result reads the same); an inner capture wins over an outer one. An
-    # activation that calls may share (a simple template's) is never written to.
-    keep = value is not ABSENT and not act.t.simple
+    # match that calls may share (a simple template's) is never written to.
+    keep = value is not ABSENT and not match.template.simple
     if keep:
-        act.caps[spec.out] = value
-        act.names[spec.out] = name
+        match.captures[spec.out] = value
+        match.names[spec.out] = name
     data, names = {}, {}
     for a in reversed(chain):
-        for k, v in a.caps.items():
+        for k, v in a.captures.items():
             data.setdefault(k, v)
         for k, v in a.names.items():
             names.setdefault(k, v)
@@ -437,34 +437,34 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         step = "begin" if spec.focus == 1 else "end"
         if spec.focus == 1 and value is not ABSENT:
             # The end marker of the region carries the value it began with.
-            act.caps[spec.out] = value
-            act.names[spec.out] = name
-        data["$wrap"] = {"id": id(act), "name": rule.wrap, "step": step}
+            match.captures[spec.out] = value
+            match.names[spec.out] = name
+        data["$wrap"] = {"id": id(match), "name": rule.wrap, "step": step}
     result = rule.emit(data)
     return value if result is ABSENT or not rule.intercepts else result
 
 
-def _total(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if value is ABSENT:
         return value
     if not _key_ok(spec, key):
         return value
     if spec.value is not NOVALUE:
-        act.check(spec, value)
+        match.check(spec, value)
     entry = (name, value)
     if spec.focus == 1:
-        if act.pending is not None:
-            act.flush()
+        if match.pending is not None:
+            match.flush()
         pending: dict = {}
-        for a in act.chain() or [act]:
-            for out, lst in a.caps.items():
+        for a in match.chain() or [match]:
+            for out, lst in a.captures.items():
                 pending[out] = [lst[-1]]
         pending[spec.out] = [entry]
         if spec.key_out is not None:
             pending[spec.key_out] = [("#key", key)]
-        act.pending = pending
+        match.pending = pending
         return value
-    act.add(spec.out, entry)
+    match.add(spec.out, entry)
     if spec.key_out is not None:
-        act.add(spec.key_out, ("#key", key))
+        match.add(spec.key_out, ("#key", key))
     return value

@@ -141,19 +141,19 @@ class Overlay:
         name, listener = e.name, e.value
         if listener is None:
 
-            def emit(caps: dict[str, Capture]) -> Any:
+            def emit(captures: dict[str, Capture]) -> Any:
                 result = current.get()
                 if result is not None:
-                    result.fields[name].append(caps)
+                    result.fields[name].append(captures)
                 return ABSENT
 
         else:
             call = listener_call(listener)
 
-            def emit(caps: dict[str, Capture]) -> Any:
+            def emit(captures: dict[str, Capture]) -> Any:
                 result = current.get()
                 if result is not None:
-                    result.fields[name].append(call(caps))
+                    result.fields[name].append(call(captures))
                 return ABSENT
 
         if is_plugin(e.target):

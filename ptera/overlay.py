@@ -7,7 +7,7 @@ the templates that can match it; instrumented code calls the helpers below, whic
 answer "not interested" with one dict lookup.
 
 A live call that some template matched is a ``Frame``; for each template it
-matched, an ``Act`` (``capture.py``) holds the captures of that call, and the
+matched, a ``Match`` (``capture.py``) holds the captures of that call, and the
 rule decides (immediate or total) when they are emitted. Frames of calls that are outer scopes in some
 selector are pushed on a linked stack in a context variable.
 
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from .capture import Act, Rule, filter_eq
+from .capture import Match, Rule, filter_eq
 from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
@@ -87,38 +87,55 @@ class PteraNameError(NameError):
 
 
 class _FnPlan:
-    """What one function does in one plan: its (template, rule) entries and flags."""
+    """What one function does in one plan: its (template, rule, handlers) entries and
+    what its calls need, the union over the entries."""
 
-    __slots__ = ("entries", "push", "keyed", "direct", "exit", "simple", "roots", "static")
+    __slots__ = (
+        "entries",
+        "pushes_frame",
+        "reads_key",
+        "checks_direct",
+        "exit_work",
+        "focus_only",
+        "all_roots",
+        "shared_frame",
+    )
 
     def __init__(self):
         self.entries: list[tuple[Template, Rule, dict]] = []
-        self.push = False  # the call is an outer scope: push it on the frame stack
-        self.keyed = False  # some template filters or captures the call key
-        self.direct = False  # some template needs a direct parent (`f > g`)
-        self.exit = False  # the exit helper has work to do
-        self.simple = True  # every template fires on its focus alone
-        self.roots = True  # every template is a root that ignores call keys
-        self.static: Frame | None = None  # a shared frame for stateless matches
+        self.pushes_frame = False  # the call is an outer scope: push it on the frame stack
+        self.reads_key = False  # some template filters or captures the call key
+        self.checks_direct = False  # some template needs a direct parent (`f > g`)
+        self.exit_work = False  # the exit helper has work to do
+        self.focus_only = True  # every template fires on its focus alone
+        self.all_roots = True  # every template is a root that ignores call keys
+        self.shared_frame: Frame | None = None  # one frame for all calls: nothing stored
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
         self.entries.append((t, rule, handlers))
-        self.push |= t.push
-        self.keyed |= t.keyed
-        self.direct |= t.direct
-        self.exit |= t.exits or not rule.immediate
-        self.simple &= t.simple
-        self.roots &= t.parent is None and not t.keyed
+        self.pushes_frame |= t.push
+        self.reads_key |= t.keyed
+        self.checks_direct |= t.direct
+        self.exit_work |= t.exits or not rule.immediate
+        self.focus_only &= t.simple
+        self.all_roots &= t.parent is None and not t.keyed
+
+    @property
+    def static(self) -> Frame | None:
+        """``shared_frame`` under its former name (probe.py's pool reads it)."""
+        return self.shared_frame
 
     def finish(self, generator: bool) -> None:
         if generator:
-            self.push = False
+            self.pushes_frame = False
         # A frame that keeps its Python frame must drop it at exit (a reference cycle).
-        self.exit |= self.push or self.direct
-        if self.simple and not (self.push or self.keyed or self.direct or self.exit):
+        self.exit_work |= self.pushes_frame or self.checks_direct
+        if self.focus_only and not (
+            self.pushes_frame or self.reads_key or self.checks_direct or self.exit_work
+        ):
             # Nothing is ever stored: every call can share one frame.
-            acts = [(Act(t, rule, None), h) for t, rule, h in self.entries]
-            self.static = Frame(None, acts, None, False)
+            matches = [(Match(t, rule, None), h) for t, rule, h in self.entries]
+            self.shared_frame = Frame(None, matches, None, False)
 
 
 class Plan:
@@ -162,22 +179,22 @@ _globals = _Globals()
 class Frame:
     """A live call of an instrumented function that some active template matched.
 
-    ``acts`` pairs each activation with its handlers; ``act``/``h`` repeat the pair
+    ``matches`` pairs each match with its handlers; ``match``/``handlers`` repeat the pair
     when there is exactly one, for the fast path of ``_report``.
     """
 
-    __slots__ = ("parent", "acts", "act", "h", "token", "pyframe", "exit")
+    __slots__ = ("parent", "matches", "match", "handlers", "token", "pyframe", "exit")
 
-    def __init__(self, parent, acts, pyframe, exit):
+    def __init__(self, parent, matches, pyframe, exit):
         self.parent = parent
-        self.acts = acts
+        self.matches = matches
         self.pyframe = pyframe
         self.exit = exit
         self.token = None
-        if len(acts) == 1:
-            self.act, self.h = acts[0]
+        if len(matches) == 1:
+            self.match, self.handlers = matches[0]
         else:
-            self.act = self.h = None
+            self.match = self.handlers = None
 
 
 _EMPTY = Plan((), 0)
@@ -199,13 +216,13 @@ def _find_parent(frame, rule, node, deep, pyframe):
     if frame is None:
         return None
     if not deep:
-        for a, _ in frame.acts:
-            if a.rule is rule and a.t.node == node:
+        for a, _ in frame.matches:
+            if a.rule is rule and a.template.node == node:
                 return a if _direct(pyframe, frame.pyframe) else None
         return None
     while frame is not None:
-        for a, _ in frame.acts:
-            if a.rule is rule and a.t.node == node:
+        for a, _ in frame.matches:
+            if a.rule is rule and a.template.node == node:
                 return a
         frame = frame.parent
     return None
@@ -231,32 +248,34 @@ def _enter(fid):
         # Instrumented for another thread or task, not this one (probe.py warns).
         _missed[fid] = _missed.get(fid, 0) + 1
         return None
-    if fp.static is not None:
-        return fp.static
-    if fp.roots and not (fp.push or fp.direct):
+    if fp.shared_frame is not None:
+        return fp.shared_frame
+    if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
         # Every template starts here: no parent to find, no key, nothing to push.
-        return Frame(None, [(Act(t, rule, None), h) for t, rule, h in fp.entries], None, fp.exit)
+        return Frame(
+            None, [(Match(t, rule, None), h) for t, rule, h in fp.entries], None, fp.exit_work
+        )
     parent = _frame.get()
-    pyframe = sys._getframe(1) if (fp.push or fp.direct) else None
-    key = _pending_key.get() if fp.keyed else ABSENT
-    acts = []
+    pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
+    key = _pending_key.get() if fp.reads_key else ABSENT
+    matches = []
     for t, rule, handlers in fp.entries:
         if t.parent is None:
-            pact = None
+            parent_match = None
         else:
-            pact = _find_parent(parent, rule, t.parent, t.deep, pyframe)
-            if pact is None:
+            parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe)
+            if parent_match is None:
                 continue
         if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
             continue
-        act = Act(t, rule, pact)
+        match = Match(t, rule, parent_match)
         if t.key_out is not None and key is not ABSENT:
-            act.set_key(t.key_out, key)
-        acts.append((act, handlers))
-    if not acts:
+            match.set_key(t.key_out, key)
+        matches.append((match, handlers))
+    if not matches:
         return None
-    frame = Frame(parent, acts, pyframe, fp.exit)
-    if fp.push:
+    frame = Frame(parent, matches, pyframe, fp.exit_work)
+    if fp.pushes_frame:
         frame.token = _frame.set(frame)
     return frame
 
@@ -269,55 +288,55 @@ def missed_calls(fids) -> dict[int, int]:
     return {fid: _missed.get(fid, 0) for fid in fids}
 
 
-def _report(F, name, value):
-    if F is None:
+def _report(frame, name, value):
+    if frame is None:
         return value
-    act = F.act
-    if act is not None:
-        hs = F.h.get(name)
+    match = frame.match
+    if match is not None:
+        hs = frame.handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, ABSENT)
+                value = h(match, name, value, ABSENT)
         return value
-    for act, handlers in F.acts:
+    for match, handlers in frame.matches:
         hs = handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, ABSENT)
+                value = h(match, name, value, ABSENT)
     return value
 
 
-def _report_key(F, name, value, key):
-    if F is None:
+def _report_key(frame, name, value, key):
+    if frame is None:
         return value
-    for act, handlers in F.acts:
+    for match, handlers in frame.matches:
         hs = handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, key)
+                value = h(match, name, value, key)
     return value
 
 
-def _exit(F, error):
-    if F is None or not F.exit:
+def _exit(frame, error):
+    if frame is None or not frame.exit:
         return
-    F.pyframe = None
-    if F.token is not None:
+    frame.pyframe = None
+    if frame.token is not None:
         try:
-            _frame.reset(F.token)
+            _frame.reset(frame.token)
         except ValueError:
-            _frame.set(F.parent)
-        F.token = None
-    for act, handlers in F.acts:
+            _frame.set(frame.parent)
+        frame.token = None
+    for match, handlers in frame.matches:
         if error is not ABSENT and not isinstance(error, GeneratorExit):
             for h in handlers.get("#error", ()):
-                h(act, "#error", error, ABSENT)
+                h(match, "#error", error, ABSENT)
         for h in handlers.get("#exit", ()):
-            h(act, "#exit", True, ABSENT)
-        if act.pending is not None and act.t.holder:
-            act.flush()
-        if act.deferred is not None and act.parent is None:
-            act.release()
+            h(match, "#exit", True, ABSENT)
+        if match.pending is not None and match.template.holder:
+            match.flush()
+        if match.deferred is not None and match.parent is None:
+            match.release()
     if _after.calls:
         # Work that needs every result of this exit first (Grad's one backward pass);
         # dropped when the call failed.
@@ -339,22 +358,22 @@ def after_exit(call: Callable[[], Any]) -> None:
     _after.calls = [*_after.calls, call]
 
 
-def _free(F, S, name, read):
+def _free(frame, state, name, read):
     """A free name at entry: the state's value, else the real one as reported.
 
     Returns ``ABSENT`` when nothing replaced the real value, so that the body
     keeps reading the name itself.
     """
-    value = S.get(name, ABSENT) if S is not ABSENT else ABSENT
+    value = state.get(name, ABSENT) if state is not ABSENT else ABSENT
     if value is not ABSENT:
-        return _report(F, name, value)
-    if F is None:
+        return _report(frame, name, value)
+    if frame is None:
         return ABSENT
     try:
         real = read()
     except NameError:
         real = ABSENT
-    value = _report(F, name, real)
+    value = _report(frame, name, real)
     return ABSENT if value is real else value
 
 
@@ -453,6 +472,11 @@ def _without(active: tuple[Rule, ...], rules: tuple[Rule, ...]) -> tuple[Rule, .
     return tuple(r for r in active if all(r is not x for x in rules))
 
 
+# Plans an overlay keeps, one per base (the rules active where it is entered): a
+# handful of nesting contexts at most; past this many the bases are not repeating.
+_PLANS_KEPT = 16
+
+
 def activate(
     rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None
 ) -> Activation:
@@ -479,7 +503,7 @@ def activate(
         if new is None:
             new = Plan(plan.rules + rules, _globals.epoch)
             if plans is not None:
-                if len(plans) > 16:
+                if len(plans) > _PLANS_KEPT:
                     plans.clear()
                 plans[key] = new
         token = _plan.set(new)

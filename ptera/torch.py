@@ -56,16 +56,16 @@ class Grad:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
         wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
 
-        def close(caps: dict[str, Capture]) -> None:
-            if x not in caps or y not in caps:
+        def close(captures: dict[str, Capture]) -> None:
+            if x not in captures or y not in captures:
                 return
-            target = caps[y]
+            target = captures[y]
             if len(target.values) != 1:
                 raise ValueError(
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            focus = caps[x]
+            focus = captures[x]
             if wild:
                 # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
                 # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
@@ -87,7 +87,7 @@ class Grad:
                         " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
                         " frozen tensors)"
                     )
-            others = {k: c for k, c in caps.items() if k not in (x, y)}
+            others = {k: c for k, c in captures.items() if k not in (x, y)}
 
             def deliver(grads: list) -> None:
                 if others:
