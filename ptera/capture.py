@@ -99,6 +99,7 @@ class Rule:
         "plans",
         "cells",
         "offpath",
+        "flat",
     )
 
     def __init__(
@@ -122,21 +123,27 @@ class Rule:
         self.offpath = frozenset() if immediate else _offpath(compiled)
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
-        shared = compiled.total_handlers if not immediate else None
-        if shared:
+        # A flat rule collects into one list per root call (see FlatRoot).
+        self.flat = _is_flat(compiled, immediate, intercepts, wrap)
+        if not immediate:
             # A total rule's handlers depend on its templates only: build them once.
+            kind = "flat" if self.flat else "total"
+            shared = compiled.total_handlers.get(kind)
+            if shared is None:
+                make = _flat_handler if self.flat else _handler
+                shared = compiled.total_handlers[kind] = self._handlers(make)
             self.handlers = shared
             return
-        self.handlers: dict[int, dict[str, tuple]] = {
+        self.handlers = self._handlers(_handler)
+
+    def _handlers(self, make: Callable) -> dict[int, dict[str, tuple]]:
+        return {
             id(t): {
-                name: tuple(_handler(spec, t, self) for spec in specs)
-                for name, specs in t.vars.items()
+                name: tuple(make(spec, t, self) for spec in specs) for name, specs in t.vars.items()
             }
-            for temps in compiled.templates.values()
+            for temps in self.compiled.templates.values()
             for t in temps
         }
-        if shared is not None:
-            shared.update(self.handlers)
 
     def rebind(self, emit: Callable[[dict], Any]) -> None:
         """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
@@ -261,6 +268,106 @@ class Match:
         if not self.rule.raw:
             data = {out: cap.value for out, cap in data.items()}
         self.rule.emit(data)
+
+
+class _Sink(list):
+    """A flat root's list of ``(out, name, value)`` reports, passed to the handlers of
+    the calls below the root in place of a ``Match`` (the class attributes answer the
+    engine's questions about matches: no rule to nest under, nothing to flush)."""
+
+    __slots__ = ()
+    rule = None
+    parent = None
+    pending = None
+    deferred = None
+
+
+class FlatRoot:
+    """One root call of a flat rule: every report of the call, and of the calls below
+    it, is one ``append`` to ``sink``; the root's exit groups them into captures.
+
+    A rule is flat (``Rule.flat``, decided when it is built) when it collects (a
+    plugin's rule, or a total rule without a focus) and its templates are roots plus
+    plain captures one ``>>`` below a root: no keys, no filters, no ``#exit`` or
+    ``#error``, no nesting deeper than that. Everything else takes ``Match``.
+    """
+
+    __slots__ = ("template", "rule", "sink", "pending", "child")
+    parent = None
+    deferred = None
+
+    def __init__(self, template: Template, rule: Rule, parent: None = None):
+        self.template, self.rule = template, rule
+        self.sink = self.pending = _Sink()
+        self.child: tuple | None = None  # (handlers, frame) of the calls below, reused
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        data: dict = {}
+        for out, name, value in pending:
+            cap = data.get(out)
+            if cap is None:
+                data[out] = Capture(out, [name], [value])
+            else:
+                cap.names.append(name)
+                cap.values.append(value)
+        if not self.rule.raw:
+            data = {out: cap.value for out, cap in data.items()}
+        self.rule.emit(data)
+
+
+def _is_flat(compiled: Compiled, immediate: bool, intercepts: bool, wrap: str | None) -> bool:
+    """Whether a rule can collect into flat lists (see ``FlatRoot``)."""
+    if immediate or intercepts or wrap is not None or not compiled.templates:
+        return False
+    parents = compiled.parents
+    for temps in compiled.templates.values():
+        for t in temps:
+            if t.filters or t.key is not NOVALUE or t.key_out is not None or t.exits:
+                return False
+            if t.parent is None:
+                if not t.collects:
+                    return False
+            elif not t.deep or t.holder or t.push or parents.get(t.parent, -1) is not None:
+                return False
+            for specs in t.vars.values():
+                for spec in specs:
+                    if (
+                        spec.focus
+                        or spec.value is not NOVALUE
+                        or spec.key is not NOVALUE
+                        or spec.key_out is not None
+                    ):
+                        return False
+    return True
+
+
+def _flat_handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
+    """Handle one reported variable of a flat rule: append it to the root's list."""
+    if spec.isa is not NOVALUE:
+        return _checked(spec.isa, _flat_handler(replace(spec, isa=NOVALUE), t, rule))
+    out = spec.out
+    if out is None:
+        return _pass
+    if t.parent is None:
+
+        def at_root(root, name, value, key):
+            if value is not ABSENT:
+                root.sink.append((out, name, value))
+            return value
+
+        return at_root
+
+    def below(sink, name, value, key):
+        if value is not ABSENT:
+            sink.append((out, name, value))
+        return value
+
+    return below
+
+
+def _pass(match, name, value, key):
+    return value
 
 
 def _offpath(compiled: Compiled) -> frozenset:

@@ -21,6 +21,7 @@ Decisions:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from .capture import Capture, Rule
 from .lookup import registry_version
 from .match import compile_selector
-from .overlay import activate, caller_env, deactivate
+from .overlay import Resident, activate, caller_env, deactivate, engine_lock
 from .plugin import is_plugin
 from .results import Collection, Result, call_with, listener_call
 from .selector import Scope, SelectorError, check_env, select
@@ -68,6 +69,9 @@ class Overlay:
         self._version = -1
         self._plans: dict = {}  # plans built for these rules, by base (see activate)
         self._fields: tuple | None = None  # (name, kind) of each collection a call makes
+        self._resident: Resident | None = None  # the rules `call` keeps installed
+        self._resident_version = -1
+        self._finalizer: weakref.finalize | None = None
 
     def _with(self, effects: list) -> Overlay:
         return Overlay(self.effects + tuple(effects))
@@ -161,7 +165,7 @@ class Overlay:
         comp = compile_selector(e.target, e.env)
         return (Rule(comp, emit, immediate=False, raw=True),)
 
-    def __enter__(self) -> Result:
+    def _result(self) -> Result:
         result = Result()
         fields = self._fields
         if fields is None:
@@ -172,6 +176,57 @@ class Overlay:
                     fields.setdefault(e.name, Collection if e.kind == "using" else list)
             fields = self._fields = tuple(fields.items())
         result.fields = {name: kind() for name, kind in fields}
+        return result
+
+    def call(self, fn: Callable, *args: Any) -> Result:
+        """``fn(*args)`` with this overlay active; its ``Result`` holds the return value.
+
+        Unlike ``with overlay``, the rules stay installed between calls (a
+        ``Resident`` held until this overlay is collected or the registry of
+        decorated functions changes): a call costs two context-variable sets.
+        """
+        result = self._result()
+        current = self._current
+        if current.get() is not None:  # a nested call: the outer activation serves it
+            token = current.set(result)
+            try:
+                result.value = fn(*args)
+            finally:
+                current.reset(token)
+            return result
+        resident = self._resident
+        if resident is None or self._resident_version != registry_version():
+            resident = self._make_resident()
+        if not resident.rules:
+            result.value = fn(*args)
+            return result
+        plan_token, plan = resident.enter()
+        token = current.set(result)
+        try:
+            result.value = fn(*args)
+        finally:
+            current.reset(token)
+            resident.leave(plan_token, plan)
+        return result
+
+    def _make_resident(self) -> Resident:
+        with engine_lock():
+            version = registry_version()
+            if self._resident is not None and self._resident_version == version:
+                return self._resident  # another thread made it meanwhile
+            # The new rules are installed before the old ones are released, so that a
+            # call running elsewhere on the old ones keeps its instrumented code.
+            new = Resident(self.rules())
+            old, finalizer = self._resident, self._finalizer
+            self._resident, self._resident_version = new, version
+            self._finalizer = weakref.finalize(self, new.hold.release)
+            if old is not None:
+                finalizer.detach()
+                old.hold.release()
+            return new
+
+    def __enter__(self) -> Result:
+        result = self._result()
         if self._current.get() is not None:
             result.activation = (None, self._current.set(result))
             return result

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from .capture import Match, Rule, filter_eq
+from .capture import FlatRoot, Match, Rule, filter_eq
 from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
@@ -99,6 +99,7 @@ class _FnPlan:
         "focus_only",
         "all_roots",
         "shared_frame",
+        "flat_children",
     )
 
     def __init__(self):
@@ -110,13 +111,17 @@ class _FnPlan:
         self.focus_only = True  # every template fires on its focus alone
         self.all_roots = True  # every template is a root that ignores call keys
         self.shared_frame: Frame | None = None  # one frame for all calls: nothing stored
+        # Every entry is a flat rule's template one `>>` below a root: (rule, root node,
+        # handlers) for each, the calls report into the root's list (capture.FlatRoot).
+        self.flat_children: tuple | None = None
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
         self.entries.append((t, rule, handlers))
         self.pushes_frame |= t.push
         self.reads_key |= t.keyed
         self.checks_direct |= t.direct
-        self.exit_work |= t.exits or not rule.immediate
+        # The calls below a flat root have nothing to do at exit: the root collects.
+        self.exit_work |= t.exits or not (rule.immediate or (rule.flat and t.parent is not None))
         self.focus_only &= t.simple
         self.all_roots &= t.parent is None and not t.keyed
 
@@ -136,6 +141,8 @@ class _FnPlan:
             # Nothing is ever stored: every call can share one frame.
             matches = [(Match(t, rule, None), h) for t, rule, h in self.entries]
             self.shared_frame = Frame(None, matches, None, False)
+        if all(rule.flat and t.parent is not None for t, rule, _ in self.entries):
+            self.flat_children = tuple((rule, t.parent, h) for t, rule, h in self.entries)
 
 
 class Plan:
@@ -165,11 +172,42 @@ class Plan:
         self.fns = fns
 
 
+class _EngineLock:
+    """The engine's reentrant lock, which knows its owner thread.
+
+    A resident overlay garbage-collected while its thread is inside the lock (the
+    collector runs on any allocation) must not change the counts mid-update: its
+    release waits here until the outermost section ends.
+    """
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.owner: int | None = None
+        self.depth = 0
+        self.deferred: list[_Hold] = []
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.depth += 1
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.depth == 1:
+                while self.deferred:
+                    self.deferred.pop()._release_locked()
+        finally:
+            self.depth -= 1
+            if not self.depth:
+                self.owner = None
+            self.lock.release()
+
+
 class _Globals:
     def __init__(self):
         self.rules: tuple[Rule, ...] = ()
         self.epoch = 0
-        self.lock = threading.RLock()
+        self.lock = _EngineLock()
         self.counts: dict[FnState, dict[frozenset, int]] = {}  # interest set -> count
 
 
@@ -250,10 +288,15 @@ def _enter(fid):
         return None
     if fp.shared_frame is not None:
         return fp.shared_frame
+    if fp.flat_children is not None:
+        return _enter_flat(fp.flat_children)
     if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
         # Every template starts here: no parent to find, no key, nothing to push.
         return Frame(
-            None, [(Match(t, rule, None), h) for t, rule, h in fp.entries], None, fp.exit_work
+            None,
+            [((FlatRoot if rule.flat else Match)(t, rule, None), h) for t, rule, h in fp.entries],
+            None,
+            fp.exit_work,
         )
     parent = _frame.get()
     pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
@@ -268,7 +311,13 @@ def _enter(fid):
                 continue
         if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
             continue
-        match = Match(t, rule, parent_match)
+        if not rule.flat:
+            match = Match(t, rule, parent_match)
+        elif parent_match is None:
+            match = FlatRoot(t, rule)
+        else:
+            matches.append((parent_match.sink, handlers))  # reports go to the root's list
+            continue
         if t.key_out is not None and key is not ABSENT:
             match.set_key(t.key_out, key)
         matches.append((match, handlers))
@@ -278,6 +327,29 @@ def _enter(fid):
     if fp.pushes_frame:
         frame.token = _frame.set(frame)
     return frame
+
+
+def _enter_flat(children: tuple):
+    """``_enter`` for a call whose templates all report into a flat root above it."""
+    stack = _frame.get()
+    if len(children) == 1:
+        rule, node, handlers = children[0]
+        root = _find_parent(stack, rule, node, True, None)
+        if root is None:
+            return None
+        child = root.child
+        if child is not None and child[0] is handlers:
+            return child[1]
+        # Stateless: every call below this root with these handlers shares one frame.
+        frame = Frame(None, [(root.sink, handlers)], None, False)
+        root.child = (handlers, frame)
+        return frame
+    matches = []
+    for rule, node, handlers in children:
+        root = _find_parent(stack, rule, node, True, None)
+        if root is not None:
+            matches.append((root.sink, handlers))
+    return Frame(None, matches, None, False) if matches else None
 
 
 _missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
@@ -419,12 +491,15 @@ def _install(states: Iterable[FnState]) -> None:
             st.set_code(code)
 
 
-def _count(rules: tuple[Rule, ...], delta: int) -> list[FnState]:
-    """Count each active interest set per function; the code reports their union."""
+def _count(interests: Iterable[dict], delta: int) -> list[FnState]:
+    """Count each active interest set per function; the code reports their union.
+
+    ``interests`` holds one ``{FnState: names}`` per rule (``Rule.interest``).
+    """
     touched = []
     counts = _globals.counts
-    for rule in rules:
-        for st, names in rule.interest.items():
+    for interest in interests:
+        for st, names in interest.items():
             sets = counts.get(st)
             if sets is None:
                 sets = counts[st] = {}
@@ -486,26 +561,15 @@ def activate(
     so that activating them again on the same base costs a lookup.
     """
     with _globals.lock:
-        touched = _count(rules, +1)
-        try:
-            _install(touched)
-        except Exception:
-            _install(_count(rules, -1))
-            raise
-        overlay_started()
+        _install_counted(tuple(r.interest for r in rules))
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
             return Activation(rules, True, None)
         plan = current_plan()
-        key = (plan.rules, _globals.epoch)
-        new = plans.get(key) if plans is not None else None
+        new = plans.get((plan.rules, _globals.epoch)) if plans is not None else None
         if new is None:
-            new = Plan(plan.rules + rules, _globals.epoch)
-            if plans is not None:
-                if len(plans) > _PLANS_KEPT:
-                    plans.clear()
-                plans[key] = new
+            new = _plan_with(plan, rules, plans)
         token = _plan.set(new)
         return Activation(rules, False, token)
 
@@ -552,8 +616,111 @@ def deactivate(activation: Activation) -> None:
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
         activation.active, activation.token = False, None
-        _install(_count(rules, -1))
+        _install(_count((r.interest for r in rules), -1))
         overlay_ended()
+
+
+class Resident:
+    """Rules whose code stays installed while their owner lives, entered per call.
+
+    Made once per overlay of a selfless object (and again when the registry of
+    decorated functions changes): the interest counts go up once, so the
+    instrumented code stays in place between calls, and a call is ``enter`` (one
+    context-variable set, the plan looked up by its base) and ``leave``. The owner
+    gives the counts back with ``hold.release()``, typically from a
+    ``weakref.finalize`` when it is collected; functions that nothing else needs
+    get their idle code again. While it is held, a function that it could match
+    but that runs outside its calls runs instrumented code whose ``_enter``
+    answers "not interested" with one dict lookup.
+    """
+
+    __slots__ = ("rules", "plans", "hold")
+
+    def __init__(self, rules: tuple[Rule, ...]):
+        self.rules = rules
+        self.plans: dict = {}  # plan with these rules, by base (see activate)
+        self.hold = _Hold(tuple(r.interest for r in rules))
+
+    def enter(self) -> tuple[Token, Plan]:
+        """Make the rules active in this context for one call; pass the pair to ``leave``."""
+        plan = _plan.get()
+        epoch = _globals.epoch
+        if plan.epoch != epoch:
+            plan = current_plan()
+        new = self.plans.get((plan.rules, epoch))
+        if new is None:
+            new = _plan_with(plan, self.rules, self.plans)
+        return _plan.set(new), new
+
+    def leave(self, token: Token, plan: Plan) -> None:
+        """End the call's activation (in the context that entered, like a token)."""
+        if _plan.get() is plan:
+            _plan.reset(token)
+            return
+        # Something activated during the call is still active: keep it, drop ours.
+        with _globals.lock:
+            rules_now = _plan.get().rules
+            _plan.reset(token)
+            _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
+
+
+class _Hold:
+    """Interest counts taken once and given back once.
+
+    It holds only the counts (functions' states and name sets), never the rules,
+    whose functions may refer to the owner: a finalizer that calls ``release``
+    must not keep its owner alive.
+    """
+
+    __slots__ = ("interests", "held")
+
+    def __init__(self, interests: tuple[dict, ...]):
+        self.interests = interests
+        with _globals.lock:
+            _install_counted(interests)
+            self.held = True
+
+    def release(self) -> None:
+        """Give the counts back (idempotent); safe from a finalizer."""
+        lock = _globals.lock
+        if lock.owner == threading.get_ident():
+            lock.deferred.append(self)  # collected inside an engine section: after it
+            return
+        with lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if self.held:
+            self.held = False
+            _install(_count(self.interests, -1))
+            overlay_ended()
+
+
+def engine_lock() -> _EngineLock:
+    """The engine's lock (reentrant): ``with engine_lock(): ...``."""
+    return _globals.lock
+
+
+def _install_counted(interests: tuple[dict, ...]) -> None:
+    touched = _count(interests, +1)
+    try:
+        _install(touched)
+    except Exception:
+        _install(_count(interests, -1))
+        raise
+    overlay_started()
+
+
+def _plan_with(base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:
+    """The plan of ``base`` plus ``rules``, kept in ``plans`` by base."""
+    with _globals.lock:
+        key = (base.rules, _globals.epoch)
+        new = Plan(base.rules + rules, _globals.epoch)
+        if plans is not None:
+            if len(plans) > _PLANS_KEPT:
+                plans.clear()
+            plans[key] = new
+        return new
 
 
 def active_rule_count() -> int:

@@ -175,8 +175,7 @@ class PteraFunction:
         if not overlay.effects:
             value = self._invoke(args, kwargs)
             return Result(value) if self._return_object else value
-        with overlay as result:
-            result.value = self._invoke(args, kwargs)
+        result = overlay.call(self._invoke, args, kwargs)
         return result if self._return_object else result.value
 
     def _invoke(self, args: tuple, kwargs: dict) -> Any:
