@@ -11,8 +11,16 @@ Decisions:
 
 * ``tweak`` and ``rewrite`` act when the focus is set (immediate); ``using`` and
   ``on`` see each match once it is complete (total, core.md section 3).
-* A listener's return value is collected under the listener's name; a capture
+* A listener's return value is collected under the listener's name, unless it
+  is ``None`` (a listener run for its side effect collects nothing); a capture
   with several values passed to a listener is an error (as in ``map``).
+* An object's overlay stays installed between its calls (``Overlay.call``, a
+  ``Resident`` given back when the overlay is collected): a call is two
+  context-variable sets. ``with overlay`` activates and ends it each time, and
+  leaves no code swapped after the block.
+* A plugin that delivers one-capture results (``Grad``) goes through
+  ``plugin.emit_each``: a listener that takes just that capture is called with
+  each value, with no dict or ``Capture`` built per value.
 * A *plugin* (``Grad``, any ``ptera.plugin.Plugin``) builds its own rules and
   calls ``emit`` with dicts of ``Capture`` (the contract: ``ptera/plugin.py``).
 * Entering an overlay that is already active in this context does not stack it
@@ -31,7 +39,7 @@ from .lookup import registry_version
 from .match import compile_selector
 from .overlay import Resident, activate, caller_env, deactivate, engine_lock
 from .plugin import is_plugin
-from .results import Collection, Result, call_with, listener_call
+from .results import Collection, Result, call_with, listener_call, listener_one
 from .selector import Scope, SelectorError, check_env, select
 from .transform import ABSENT
 
@@ -157,8 +165,12 @@ class Overlay:
             def emit(captures: dict[str, Capture]) -> Any:
                 result = current.get()
                 if result is not None:
-                    result.fields[name].append(call(captures))
+                    value = call(captures)
+                    if value is not None:
+                        result.fields[name].append(value)
                 return ABSENT
+
+            emit.each = _each(listener, name, current, emit)
 
         if is_plugin(e.target):
             return tuple(e.target.__ptera_rules__(emit, e.env))
@@ -256,6 +268,34 @@ class Overlay:
             if active is None or not active.active:  # else another context's: left as is
                 self._current.reset(token)
         return False
+
+
+def _each(listener: Callable, name: str, current: ContextVar, emit: Callable) -> Callable:
+    """``each(out, names, values)`` for ``plugin.emit_each``: the listener called with each
+    value directly when it takes just ``out``, without a dict and a ``Capture`` per value."""
+    ones: dict[str, Callable | None] = {}
+
+    def each(out: str, names: list, values: list) -> None:
+        one = ones.get(out, _UNKNOWN)
+        if one is _UNKNOWN:
+            one = ones[out] = listener_one(listener, out)
+        if one is None:
+            for n, v in zip(names, values):
+                emit({out: Capture(out, [n], [v])})
+            return
+        result = current.get()
+        if result is None:
+            return
+        field = result.fields[name]
+        for v in values:
+            got = one(v)
+            if got is not None:
+                field.append(got)
+
+    return each
+
+
+_UNKNOWN = object()
 
 
 def tweaking(values: Mapping, env: Mapping | None = None) -> Overlay:

@@ -562,6 +562,7 @@ def activate(
     """
     with _globals.lock:
         _install_counted(tuple(r.interest for r in rules))
+        overlay_started()
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
@@ -650,18 +651,27 @@ class Resident:
         new = self.plans.get((plan.rules, epoch))
         if new is None:
             new = _plan_with(plan, self.rules, self.plans)
+        # torch.compile's stance follows the calls, not the hold: an object kept alive
+        # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
+        # The bare lock: the stance's count changes no interest counts.
+        with _globals.lock.lock:
+            overlay_started()
         return _plan.set(new), new
 
     def leave(self, token: Token, plan: Plan) -> None:
         """End the call's activation (in the context that entered, like a token)."""
-        if _plan.get() is plan:
-            _plan.reset(token)
-            return
-        # Something activated during the call is still active: keep it, drop ours.
-        with _globals.lock:
-            rules_now = _plan.get().rules
-            _plan.reset(token)
-            _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
+        try:
+            if _plan.get() is plan:
+                _plan.reset(token)
+                return
+            # Something activated during the call is still active: keep it, drop ours.
+            with _globals.lock:
+                rules_now = _plan.get().rules
+                _plan.reset(token)
+                _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
+        finally:
+            with _globals.lock.lock:
+                overlay_ended()
 
 
 class _Hold:
@@ -693,7 +703,6 @@ class _Hold:
         if self.held:
             self.held = False
             _install(_count(self.interests, -1))
-            overlay_ended()
 
 
 def engine_lock() -> _EngineLock:
@@ -708,7 +717,6 @@ def _install_counted(interests: tuple[dict, ...]) -> None:
     except Exception:
         _install(_count(interests, -1))
         raise
-    overlay_started()
 
 
 def _plan_with(base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:

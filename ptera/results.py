@@ -137,6 +137,21 @@ def listener_call(fn: Callable) -> Callable[[dict], Any]:
     return call
 
 
+def listener_one(fn: Callable, name: str) -> Callable[[Any], Any] | None:
+    """``value -> fn(value)`` when ``fn`` takes the capture ``name`` and needs nothing
+    else (the listener of a plugin's one-capture results); ``None`` otherwise."""
+    names, required, varkw = _params(fn)
+    if varkw or name not in names or not required <= {name}:
+        return None
+    try:
+        first = next(iter(inspect.signature(fn).parameters.values()), None)
+    except (TypeError, ValueError):
+        first = None
+    if first is not None and first.name == name and first.kind is first.POSITIONAL_OR_KEYWORD:
+        return fn  # by position: no keyword dict per call
+    return lambda value: fn(**{name: value})
+
+
 def call_with(fn: Callable, data: dict, who: Any = None) -> Any:
     """Call ``fn`` with the entries of ``data`` that its parameters name (all, for ``**kw``)."""
     names, required, varkw = _params(fn)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import Scope, SelectorError, select
-from .plugin import Capture, Rule, after_exit, collecting_rule
+from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
 
 __all__ = ["Grad"]
 
@@ -94,8 +94,7 @@ class Grad:
                     for name, value, grad in zip(focus.names, focus.values, grads):
                         emit({**others, x: Capture(x, [name], [(value, grad)])})
                     return
-                for name, value, grad in zip(focus.names, focus.values, grads):
-                    emit({x: Capture(x, [name], [(value, grad)])})
+                emit_each(emit, x, focus.names, list(zip(focus.values, grads)))
 
             _request(target.values[0], focus.values, deliver, self)
 
