@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import Scope, SelectorError, select
 from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
@@ -66,28 +67,11 @@ class Grad:
                     " call; Grad differentiates one value"
                 )
             focus = captures[x]
-            if wild:
-                # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
-                # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
-                kept = [
-                    (n, v)
-                    for n, v in zip(focus.names, focus.values)
-                    if not isinstance(v, torch.Tensor) or v.requires_grad
-                ]
-                if not kept:
+            if not all(isinstance(v, Tensor) and v.requires_grad for v in focus.values):
+                focus = self._differentiable(focus, x, wild)
+                if focus is None:
                     return
-                if len(kept) < len(focus.values):
-                    focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
-            for name, value in zip(focus.names, focus.values):
-                if not (isinstance(value, torch.Tensor) and value.requires_grad):
-                    what = type(value).__name__
-                    raise ValueError(
-                        f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
-                        " not require grad; Grad differentiates only by tensors with"
-                        " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
-                        " frozen tensors)"
-                    )
-            others = {k: c for k, c in captures.items() if k not in (x, y)}
+            others = {k: c for k, c in captures.items() if k != x and k != y}
 
             def deliver(grads: list) -> None:
                 if others:
@@ -99,6 +83,31 @@ class Grad:
             _request(target.values[0], focus.values, deliver, self)
 
         return (collecting_rule(self.selector, env, close),)
+
+    def _differentiable(self, focus: Capture, x: str, wild: bool) -> Capture | None:
+        """The focus values to differentiate by; an error for one that cannot be."""
+        if wild:
+            # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
+            # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
+            kept = [
+                (n, v)
+                for n, v in zip(focus.names, focus.values)
+                if not isinstance(v, torch.Tensor) or v.requires_grad
+            ]
+            if not kept:
+                return None
+            if len(kept) < len(focus.values):
+                focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
+        for name, value in zip(focus.names, focus.values):
+            if not (isinstance(value, torch.Tensor) and value.requires_grad):
+                what = type(value).__name__
+                raise ValueError(
+                    f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
+                    " not require grad; Grad differentiates only by tensors with"
+                    " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
+                    " frozen tensors)"
+                )
+        return focus
 
 
 class _Batch:
