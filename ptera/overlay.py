@@ -635,22 +635,28 @@ class Resident:
     answers "not interested" with one dict lookup.
     """
 
-    __slots__ = ("rules", "plans", "hold")
+    __slots__ = ("rules", "plans", "hold", "last")
 
     def __init__(self, rules: tuple[Rule, ...]):
         self.rules = rules
         self.plans: dict = {}  # plan with these rules, by base (see activate)
         self.hold = _Hold(tuple(r.interest for r in rules))
+        # (base plan, plan with our rules) of the last call: one tuple, so that
+        # threads read a consistent pair; the base's identity skips hashing its rules.
+        self.last: tuple = (None, None)
 
     def enter(self) -> tuple[Token, Plan]:
         """Make the rules active in this context for one call; pass the pair to ``leave``."""
         plan = _plan.get()
-        epoch = _globals.epoch
-        if plan.epoch != epoch:
-            plan = current_plan()
-        new = self.plans.get((plan.rules, epoch))
-        if new is None:
-            new = _plan_with(plan, self.rules, self.plans)
+        base, new = self.last
+        if plan is not base or new.epoch != _globals.epoch:
+            epoch = _globals.epoch
+            if plan.epoch != epoch:
+                plan = current_plan()
+            new = self.plans.get((plan.rules, epoch))
+            if new is None:
+                new = _plan_with(plan, self.rules, self.plans)
+            self.last = (plan, new)
         # torch.compile's stance follows the calls, not the hold: an object kept alive
         # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
         # The bare lock: the stance's count changes no interest counts.
