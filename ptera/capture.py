@@ -10,6 +10,18 @@ emits it.
 Immediate rules emit when the focus is set, with the values every other capture
 has then (outer scopes and the same scope). Total rules pool captures until the
 focus is set again or its scope ends (core.md section 3).
+
+Decisions:
+
+* A collecting rule (a plugin's, or a total rule without a focus) whose
+  templates are roots plus plain captures one ``>>`` below a root is *flat*,
+  decided once when the ``Rule`` is built (``_is_flat``): a root call opens one
+  list (``FlatRoot``), each report is an ``append`` of ``(capture, name, value)``,
+  and the root's exit groups the list into one ``Capture`` per name. Keys,
+  filters, ``#exit``/``#error``, deeper nesting and focuses take the general
+  ``Match`` path; ``tests/test_capture_flat.py`` runs a corpus both ways.
+* A total rule's handlers depend on its templates only, so rules of one compiled
+  selector share them (one set for flat rules, one for the others).
 """
 
 from __future__ import annotations

@@ -8,8 +8,15 @@ answer "not interested" with one dict lookup.
 
 A live call that some template matched is a ``Frame``; for each template it
 matched, a ``Match`` (``capture.py``) holds the captures of that call, and the
-rule decides (immediate or total) when they are emitted. Frames of calls that are outer scopes in some
-selector are pushed on a linked stack in a context variable.
+rule decides (immediate or total) when they are emitted; a flat rule's root call
+holds a ``FlatRoot`` instead, and the calls below it report into its list through
+one shared frame. Frames of calls that are outer scopes in some selector are
+pushed on a linked stack in a context variable.
+
+Interest counts say which names each function must report; the union of the
+active ones picks the code variant installed (``_install``). An ``Activation``
+counts its rules while it lasts; a ``Resident`` (a selfless object's overlay)
+counts them once and is then entered per call with one context-variable set.
 
 Decisions:
 
@@ -24,6 +31,17 @@ Decisions:
   rules, in any order relative to other activations, and only once. Only the
   context that activated rules can end them (elsewhere: ``ValueError``, and they
   stay active), since a task or a copied context would end them in its copy only.
+* A ``Resident``'s counts stay until its owner is collected (a
+  ``weakref.finalize`` that holds the counts only, never the rules, whose
+  listeners may refer to the owner) or the registry of decorated functions
+  changes. Meanwhile a function it could match runs instrumented code even
+  outside its calls; ``_enter`` answers "not interested" there with one dict
+  lookup. Functions that nothing counts run their idle code (W1's idle row).
+* A finalizer that runs while its thread is inside the engine's lock (the
+  collector runs on any allocation) defers its release to the end of that
+  section, so counts are never changed mid-update.
+* ``torch.compile``'s eager stance (``compiled.py``) follows activations and
+  resident *calls*, not holds: an object kept alive leaves compiled code alone.
 """
 
 from __future__ import annotations
@@ -172,42 +190,13 @@ class Plan:
         self.fns = fns
 
 
-class _EngineLock:
-    """The engine's reentrant lock, which knows its owner thread.
-
-    A resident overlay garbage-collected while its thread is inside the lock (the
-    collector runs on any allocation) must not change the counts mid-update: its
-    release waits here until the outermost section ends.
-    """
-
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.owner: int | None = None
-        self.depth = 0
-        self.deferred: list[_Hold] = []
-
-    def __enter__(self) -> None:
-        self.lock.acquire()
-        self.depth += 1
-        self.owner = threading.get_ident()
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if self.depth == 1:
-                while self.deferred:
-                    self.deferred.pop()._release_locked()
-        finally:
-            self.depth -= 1
-            if not self.depth:
-                self.owner = None
-            self.lock.release()
-
-
 class _Globals:
     def __init__(self):
         self.rules: tuple[Rule, ...] = ()
         self.epoch = 0
-        self.lock = _EngineLock()
+        self.lock = threading.RLock()
+        # Holds released while their thread was inside the lock (see _Hold.release).
+        self.deferred: list[_Hold] = []
         self.counts: dict[FnState, dict[frozenset, int]] = {}  # interest set -> count
 
 
@@ -572,6 +561,8 @@ def activate(
         if new is None:
             new = _plan_with(plan, rules, plans)
         token = _plan.set(new)
+        if _globals.deferred:
+            _release_deferred()
         return Activation(rules, False, token)
 
 
@@ -619,6 +610,8 @@ def deactivate(activation: Activation) -> None:
         activation.active, activation.token = False, None
         _install(_count((r.interest for r in rules), -1))
         overlay_ended()
+        if _globals.deferred:
+            _release_deferred()
 
 
 class Resident:
@@ -660,7 +653,7 @@ class Resident:
         # torch.compile's stance follows the calls, not the hold: an object kept alive
         # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
         # The bare lock: the stance's count changes no interest counts.
-        with _globals.lock.lock:
+        with _globals.lock:
             overlay_started()
         return _plan.set(new), new
 
@@ -676,7 +669,7 @@ class Resident:
                 _plan.reset(token)
                 _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
         finally:
-            with _globals.lock.lock:
+            with _globals.lock:
                 overlay_ended()
 
 
@@ -699,8 +692,10 @@ class _Hold:
     def release(self) -> None:
         """Give the counts back (idempotent); safe from a finalizer."""
         lock = _globals.lock
-        if lock.owner == threading.get_ident():
-            lock.deferred.append(self)  # collected inside an engine section: after it
+        if lock._is_owned():
+            # Collected while this thread is inside the engine (the collector runs on
+            # any allocation, maybe mid-count): released when that section ends.
+            _globals.deferred.append(self)
             return
         with lock:
             self._release_locked()
@@ -711,9 +706,27 @@ class _Hold:
             _install(_count(self.interests, -1))
 
 
-def engine_lock() -> _EngineLock:
-    """The engine's lock (reentrant): ``with engine_lock(): ...``."""
-    return _globals.lock
+class engine_lock:
+    """``with engine_lock(): ...``: the engine's (reentrant) lock, releasing at the end
+    the objects collected meanwhile."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _globals.lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            _release_deferred()
+        finally:
+            _globals.lock.release()
+
+
+def _release_deferred() -> None:
+    """Release the holds collected inside an engine section (under the lock, after it)."""
+    deferred = _globals.deferred
+    while deferred:
+        deferred.pop()._release_locked()
 
 
 def _install_counted(interests: tuple[dict, ...]) -> None:

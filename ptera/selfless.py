@@ -19,6 +19,8 @@ Decisions:
   error that lists what is settable.
 * ``f.state`` of a plain function is the state of direct calls (what
   ``@ptera.defaults`` fills); objects copy the state they are made from.
+* A call runs through ``Overlay.call``: the object's rules stay installed between
+  calls and go when its overlay is collected (``overlay.Resident``).
 """
 
 from __future__ import annotations

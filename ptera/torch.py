@@ -15,6 +15,9 @@ Decisions:
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
 * Nothing is computed when the call raised.
+* Pairs go out through ``plugin.emit_each``: a listener that takes just the
+  focus (``def sgd(param)``) is called with each pair, with no dict or
+  ``Capture`` built per parameter.
 """
 
 from __future__ import annotations
