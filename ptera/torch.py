@@ -70,11 +70,17 @@ class Grad:
                     " call; Grad differentiates one value"
                 )
             focus = captures[x]
-            if not all(isinstance(v, Tensor) and v.requires_grad for v in focus.values):
-                focus = self._differentiable(focus, x, wild)
-                if focus is None:
-                    return
-            others = {k: c for k, c in captures.items() if k != x and k != y}
+            for v in focus.values:
+                if not (isinstance(v, Tensor) and v.requires_grad):
+                    focus = self._differentiable(focus, x, wild)
+                    if focus is None:
+                        return
+                    break
+            others = (
+                {k: c for k, c in captures.items() if k != x and k != y}
+                if len(captures) > 2
+                else None
+            )
 
             def deliver(grads: list) -> None:
                 if others:
