@@ -1,7 +1,7 @@
 """What one match holds, and when it fires.
 
 A ``Rule`` is a compiled selector plus what to do with its results. When a live
-call matches one of the rule's templates, an ``Act`` (activation) holds that
+call matches one of the rule's templates, a ``Match`` holds that
 call's captures. Each reported variable goes through *handlers*, small functions
 built once per (template, variable, rule): the common case (an immediate focus
 with nothing else to check) is one closure that builds the result dict and
@@ -10,6 +10,18 @@ emits it.
 Immediate rules emit when the focus is set, with the values every other capture
 has then (outer scopes and the same scope). Total rules pool captures until the
 focus is set again or its scope ends (core.md section 3).
+
+Decisions:
+
+* A collecting rule (a plugin's, or a total rule without a focus) whose
+  templates are roots plus plain captures one ``>>`` below a root is *flat*,
+  decided once when the ``Rule`` is built (``_is_flat``): a root call opens one
+  list (``FlatRoot``), each report is an ``append`` of ``(capture, name, value)``,
+  and the root's exit groups the list into one ``Capture`` per name. Keys,
+  filters, ``#exit``/``#error``, deeper nesting and focuses take the general
+  ``Match`` path; ``tests/test_capture_flat.py`` runs a corpus both ways.
+* A total rule's handlers depend on its templates only, so rules of one compiled
+  selector share them (one set for flat rules, one for the others).
 """
 
 from __future__ import annotations
@@ -99,6 +111,7 @@ class Rule:
         "plans",
         "cells",
         "offpath",
+        "flat",
     )
 
     def __init__(
@@ -122,21 +135,27 @@ class Rule:
         self.offpath = frozenset() if immediate else _offpath(compiled)
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
-        shared = compiled.total_handlers if not immediate else None
-        if shared:
+        # A flat rule collects into one list per root call (see FlatRoot).
+        self.flat = _is_flat(compiled, immediate, intercepts, wrap)
+        if not immediate:
             # A total rule's handlers depend on its templates only: build them once.
+            kind = "flat" if self.flat else "total"
+            shared = compiled.total_handlers.get(kind)
+            if shared is None:
+                make = _flat_handler if self.flat else _handler
+                shared = compiled.total_handlers[kind] = self._handlers(make)
             self.handlers = shared
             return
-        self.handlers: dict[int, dict[str, tuple]] = {
+        self.handlers = self._handlers(_handler)
+
+    def _handlers(self, make: Callable) -> dict[int, dict[str, tuple]]:
+        return {
             id(t): {
-                name: tuple(_handler(spec, t, self) for spec in specs)
-                for name, specs in t.vars.items()
+                name: tuple(make(spec, t, self) for spec in specs) for name, specs in t.vars.items()
             }
-            for temps in compiled.templates.values()
+            for temps in self.compiled.templates.values()
             for t in temps
         }
-        if shared is not None:
-            shared.update(self.handlers)
 
     def rebind(self, emit: Callable[[dict], Any]) -> None:
         """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
@@ -145,14 +164,14 @@ class Rule:
             cell.cell_contents = emit
 
 
-class Act:
-    """The captures of one live call for one template of one rule."""
+class Match:
+    """One live call matched by one template of one rule: the captures of that call."""
 
     __slots__ = (
-        "t",
+        "template",
         "rule",
         "parent",
-        "caps",
+        "captures",
         "names",
         "failed",
         "pending",
@@ -160,21 +179,21 @@ class Act:
         "deferred",
     )
 
-    def __init__(self, t: Template, rule: Rule, parent: Act | None):
-        self.t = t
+    def __init__(self, template: Template, rule: Rule, parent: Match | None):
+        self.template = template
         self.rule = rule
         self.parent = parent
-        self.caps: dict = {}
+        self.captures: dict = {}
         self.names: dict = {}
-        self.failed = t.filters  # equality filters not yet satisfied
-        self.pending = {} if t.collects else None
+        self.failed = template.filters  # equality filters not yet satisfied
+        self.pending = {} if template.collects else None
         self.deferred: list | None = None  # a root's results waiting for its exit (_offpath)
         holder = None
         if not rule.immediate:
             a = self
-            while a is not None and not a.t.holder:
+            while a is not None and not a.template.holder:
                 a = a.parent
-            # None when this activation holds itself: no reference cycle to keep
+            # None when this match holds itself: no reference cycle to keep
             # tensors alive until the cyclic collector runs.
             holder = a if a is not self else None
         self.holder = holder
@@ -189,8 +208,8 @@ class Act:
             self.failed += -1 if ok else 1
         self.names[key] = ok
 
-    def chain(self) -> list[Act] | None:
-        """This activation and its ancestors, outermost first; None if a filter fails."""
+    def chain(self) -> list[Match] | None:
+        """This match and its ancestors, outermost first; None if a filter fails."""
         out = []
         a = self
         while a is not None:
@@ -203,7 +222,7 @@ class Act:
 
     def set_key(self, out: str, key: Any) -> None:
         if self.rule.immediate:
-            self.caps[out] = key
+            self.captures[out] = key
             self.names[out] = "#key"
         else:
             self.add(out, ("#key", key))
@@ -212,16 +231,16 @@ class Act:
     def add(self, out: str | None, entry: tuple) -> None:
         if out is None:
             return
-        self.caps.setdefault(out, []).append(entry)
+        self.captures.setdefault(out, []).append(entry)
         h = self.holder
-        if h is None and self.t.holder:
+        if h is None and self.template.holder:
             h = self
         if h is not None and h.pending is not None:
             h.pending.setdefault(out, []).append(entry)
-        elif self.t.node in self.rule.offpath:
+        elif self.template.node in self.rule.offpath:
             self.root().pool().setdefault(out, []).append(entry)
 
-    def root(self) -> Act:
+    def root(self) -> Match:
         a = self
         while a.parent is not None:
             a = a.parent
@@ -263,6 +282,106 @@ class Act:
         self.rule.emit(data)
 
 
+class _Sink(list):
+    """A flat root's list of ``(out, name, value)`` reports, passed to the handlers of
+    the calls below the root in place of a ``Match`` (the class attributes answer the
+    engine's questions about matches: no rule to nest under, nothing to flush)."""
+
+    __slots__ = ()
+    rule = None
+    parent = None
+    pending = None
+    deferred = None
+
+
+class FlatRoot:
+    """One root call of a flat rule: every report of the call, and of the calls below
+    it, is one ``append`` to ``sink``; the root's exit groups them into captures.
+
+    A rule is flat (``Rule.flat``, decided when it is built) when it collects (a
+    plugin's rule, or a total rule without a focus) and its templates are roots plus
+    plain captures one ``>>`` below a root: no keys, no filters, no ``#exit`` or
+    ``#error``, no nesting deeper than that. Everything else takes ``Match``.
+    """
+
+    __slots__ = ("template", "rule", "sink", "pending", "child")
+    parent = None
+    deferred = None
+
+    def __init__(self, template: Template, rule: Rule, parent: None = None):
+        self.template, self.rule = template, rule
+        self.sink = self.pending = _Sink()
+        self.child: tuple | None = None  # (handlers, frame) of the calls below, reused
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        data: dict = {}
+        for out, name, value in pending:
+            cap = data.get(out)
+            if cap is None:
+                data[out] = Capture(out, [name], [value])
+            else:
+                cap.names.append(name)
+                cap.values.append(value)
+        if not self.rule.raw:
+            data = {out: cap.value for out, cap in data.items()}
+        self.rule.emit(data)
+
+
+def _is_flat(compiled: Compiled, immediate: bool, intercepts: bool, wrap: str | None) -> bool:
+    """Whether a rule can collect into flat lists (see ``FlatRoot``)."""
+    if immediate or intercepts or wrap is not None or not compiled.templates:
+        return False
+    parents = compiled.parents
+    for temps in compiled.templates.values():
+        for t in temps:
+            if t.filters or t.key is not NOVALUE or t.key_out is not None or t.exits:
+                return False
+            if t.parent is None:
+                if not t.collects:
+                    return False
+            elif not t.deep or t.holder or t.push or parents.get(t.parent, -1) is not None:
+                return False
+            for specs in t.vars.values():
+                for spec in specs:
+                    if (
+                        spec.focus
+                        or spec.value is not NOVALUE
+                        or spec.key is not NOVALUE
+                        or spec.key_out is not None
+                    ):
+                        return False
+    return True
+
+
+def _flat_handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
+    """Handle one reported variable of a flat rule: append it to the root's list."""
+    if spec.isa is not NOVALUE:
+        return _checked(spec.isa, _flat_handler(replace(spec, isa=NOVALUE), t, rule))
+    out = spec.out
+    if out is None:
+        return _pass
+    if t.parent is None:
+
+        def at_root(root, name, value, key):
+            if value is not ABSENT:
+                root.sink.append((out, name, value))
+            return value
+
+        return at_root
+
+    def below(sink, name, value, key):
+        if value is not ABSENT:
+            sink.append((out, name, value))
+        return value
+
+    return below
+
+
+def _pass(match, name, value, key):
+    return value
+
+
 def _offpath(compiled: Compiled) -> frozenset:
     """Nodes of a total selector beside the focus's path, such as ``nager`` in
     ``canard(coincoin(!x), nager(a))``: their captures are pooled in the root call
@@ -294,7 +413,7 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
     if spec.isa is not NOVALUE:
         return _checked(spec.isa, _handler(replace(spec, isa=NOVALUE), t, rule))
     if not rule.immediate:
-        return lambda act, name, value, key: _total(act, spec, name, value, key)
+        return lambda match, name, value, key: _total(match, spec, name, value, key)
     fires = spec.focus == 1 or (spec.focus == 2 and rule.wrap is not None)
     simple = (
         t.parent is None
@@ -309,18 +428,18 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         rule.cells.append(focus.__closure__[focus.__code__.co_freevars.index("emit")])
         return focus
     if fires:
-        return lambda act, name, value, key: _fire(act, spec, name, value, key)
+        return lambda match, name, value, key: _fire(match, spec, name, value, key)
     if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
         return _fast_capture(spec.out)
-    return lambda act, name, value, key: _immediate(act, spec, name, value, key)
+    return lambda match, name, value, key: _immediate(match, spec, name, value, key)
 
 
 def _checked(wanted: Any, handler: Callable) -> Callable:
     """Handle only values whose class matches ``wanted`` (``$p:Parameter`` on ``self.a``)."""
 
-    def check(act, name, value, key):
+    def check(match, name, value, key):
         if annotation_matches(type(value), wanted):
-            return handler(act, name, value, key)
+            return handler(match, name, value, key)
         return value
 
     return check
@@ -329,10 +448,10 @@ def _checked(wanted: Any, handler: Callable) -> Callable:
 def _fast_capture(out: str) -> Callable:
     """``_immediate`` for a plain captured variable (no key, no filter): one call."""
 
-    def capture(act, name, value, key):
+    def capture(match, name, value, key):
         if value is not ABSENT:
-            act.caps[out] = value
-            act.names[out] = name
+            match.captures[out] = value
+            match.names[out] = name
         return value
 
     return capture
@@ -344,11 +463,11 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
     if keep and not intercepts:
         # The focus is kept with the call's other captures, so that a result lists
         # them in the order they were first set (as in 1.4). Only for templates
-        # with captures: a simple one's activation may be shared by calls.
+        # with captures: a simple one's match may be shared by calls.
 
-        def focus(act, name, value, key):
+        def focus(match, name, value, key):
             if value is not ABSENT:
-                caps = act.caps
+                caps = match.captures
                 caps[out] = value
                 emit(caps.copy())
             return value
@@ -356,8 +475,8 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
         return focus
     if intercepts:
 
-        def focus(act, name, value, key):
-            data = act.caps.copy()
+        def focus(match, name, value, key):
+            data = match.captures.copy()
             if value is not ABSENT:
                 data[out] = value
             result = emit(data)
@@ -365,9 +484,9 @@ def _fast_focus(out: str, emit: Callable, intercepts: bool, keep: bool) -> Calla
 
     else:
 
-        def focus(act, name, value, key):
+        def focus(match, name, value, key):
             if value is not ABSENT:
-                caps = act.caps
+                caps = match.captures
                 if caps:
                     data = caps.copy()
                     data[out] = value
@@ -386,42 +505,42 @@ def _key_ok(spec: VarSpec, key: Any) -> bool:
     return key is not ABSENT and (spec.key is NOVALUE or filter_eq(key, spec.key))
 
 
-def _immediate(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _immediate(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if not _key_ok(spec, key):
         return value
     if value is ABSENT:
         return value
     if spec.value is not NOVALUE:
-        act.check(spec, value)
+        match.check(spec, value)
     if spec.out is not None:
-        act.caps[spec.out] = value
-        act.names[spec.out] = name
+        match.captures[spec.out] = value
+        match.names[spec.out] = name
     if spec.key_out is not None:
-        act.set_key(spec.key_out, key)
+        match.set_key(spec.key_out, key)
     return value
 
 
-def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _fire(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if not _key_ok(spec, key):
         return value
-    rule = act.rule
+    rule = match.rule
     if value is ABSENT and not rule.intercepts:
         return value
     if spec.value is not NOVALUE and not filter_eq(value, spec.value):
         return value
-    chain = act.chain()
+    chain = match.chain()
     if chain is None:
         return value
     # Innermost scope first, each in the order its captures were first set (as in 1.4:
     # a printed result reads the same); an inner capture wins over an outer one. An
-    # activation that calls may share (a simple template's) is never written to.
-    keep = value is not ABSENT and not act.t.simple
+    # match that calls may share (a simple template's) is never written to.
+    keep = value is not ABSENT and not match.template.simple
     if keep:
-        act.caps[spec.out] = value
-        act.names[spec.out] = name
+        match.captures[spec.out] = value
+        match.names[spec.out] = name
     data, names = {}, {}
     for a in reversed(chain):
-        for k, v in a.caps.items():
+        for k, v in a.captures.items():
             data.setdefault(k, v)
         for k, v in a.names.items():
             names.setdefault(k, v)
@@ -437,34 +556,34 @@ def _fire(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         step = "begin" if spec.focus == 1 else "end"
         if spec.focus == 1 and value is not ABSENT:
             # The end marker of the region carries the value it began with.
-            act.caps[spec.out] = value
-            act.names[spec.out] = name
-        data["$wrap"] = {"id": id(act), "name": rule.wrap, "step": step}
+            match.captures[spec.out] = value
+            match.names[spec.out] = name
+        data["$wrap"] = {"id": id(match), "name": rule.wrap, "step": step}
     result = rule.emit(data)
     return value if result is ABSENT or not rule.intercepts else result
 
 
-def _total(act: Act, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if value is ABSENT:
         return value
     if not _key_ok(spec, key):
         return value
     if spec.value is not NOVALUE:
-        act.check(spec, value)
+        match.check(spec, value)
     entry = (name, value)
     if spec.focus == 1:
-        if act.pending is not None:
-            act.flush()
+        if match.pending is not None:
+            match.flush()
         pending: dict = {}
-        for a in act.chain() or [act]:
-            for out, lst in a.caps.items():
+        for a in match.chain() or [match]:
+            for out, lst in a.captures.items():
                 pending[out] = [lst[-1]]
         pending[spec.out] = [entry]
         if spec.key_out is not None:
             pending[spec.key_out] = [("#key", key)]
-        act.pending = pending
+        match.pending = pending
         return value
-    act.add(spec.out, entry)
+    match.add(spec.out, entry)
     if spec.key_out is not None:
-        act.add(spec.key_out, ("#key", key))
+        match.add(spec.key_out, ("#key", key))
     return value

@@ -17,7 +17,10 @@ Decisions:
   If it gets loaded while an overlay is active (``torch.compile`` first called
   inside the block), whatever it compiled then may hold instrumented code, so
   Dynamo's caches are reset when the last overlay ends.
-* Idle cost is zero: nothing here runs unless an overlay starts or ends.
+* Idle cost is zero: nothing here runs unless an overlay starts or ends. A
+  selfless object's overlay stays installed between calls, but the stance
+  follows its calls only (``overlay.Resident``), so an object kept alive does
+  not keep compiled code elsewhere eager.
 * An overlay started inside a region Dynamo is tracing cannot change the stance
   (torch forbids it); that case is left as torch handles it.
 """

@@ -11,8 +11,16 @@ Decisions:
 
 * ``tweak`` and ``rewrite`` act when the focus is set (immediate); ``using`` and
   ``on`` see each match once it is complete (total, core.md section 3).
-* A listener's return value is collected under the listener's name; a capture
+* A listener's return value is collected under the listener's name, unless it
+  is ``None`` (a listener run for its side effect collects nothing); a capture
   with several values passed to a listener is an error (as in ``map``).
+* An object's overlay stays installed between its calls (``Overlay.call``, a
+  ``Resident`` given back when the overlay is collected): a call is two
+  context-variable sets. ``with overlay`` activates and ends it each time, and
+  leaves no code swapped after the block.
+* A plugin that delivers one-capture results (``Grad``) goes through
+  ``plugin.emit_each``: a listener that takes just that capture is called with
+  each value, with no dict or ``Capture`` built per value.
 * A *plugin* (``Grad``, any ``ptera.plugin.Plugin``) builds its own rules and
   calls ``emit`` with dicts of ``Capture`` (the contract: ``ptera/plugin.py``).
 * Entering an overlay that is already active in this context does not stack it
@@ -21,6 +29,7 @@ Decisions:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -28,9 +37,9 @@ from typing import Any
 from .capture import Capture, Rule
 from .lookup import registry_version
 from .match import compile_selector
-from .overlay import activate, caller_env, deactivate
+from .overlay import Resident, activate, caller_env, deactivate, engine_lock
 from .plugin import is_plugin
-from .results import Collection, Result, call_with, listener_call
+from .results import Collection, Result, call_with, listener_call, listener_one
 from .selector import Scope, SelectorError, check_env, select
 from .transform import ABSENT
 
@@ -68,6 +77,9 @@ class Overlay:
         self._version = -1
         self._plans: dict = {}  # plans built for these rules, by base (see activate)
         self._fields: tuple | None = None  # (name, kind) of each collection a call makes
+        self._resident: Resident | None = None  # the rules `call` keeps installed
+        self._resident_version = -1
+        self._finalizer: weakref.finalize | None = None
 
     def _with(self, effects: list) -> Overlay:
         return Overlay(self.effects + tuple(effects))
@@ -141,27 +153,31 @@ class Overlay:
         name, listener = e.name, e.value
         if listener is None:
 
-            def emit(caps: dict[str, Capture]) -> Any:
+            def emit(captures: dict[str, Capture]) -> Any:
                 result = current.get()
                 if result is not None:
-                    result.fields[name].append(caps)
+                    result.fields[name].append(captures)
                 return ABSENT
 
         else:
             call = listener_call(listener)
 
-            def emit(caps: dict[str, Capture]) -> Any:
+            def emit(captures: dict[str, Capture]) -> Any:
                 result = current.get()
                 if result is not None:
-                    result.fields[name].append(call(caps))
+                    value = call(captures)
+                    if value is not None:
+                        result.fields[name].append(value)
                 return ABSENT
+
+            emit.each = _each(listener, name, current, emit)
 
         if is_plugin(e.target):
             return tuple(e.target.__ptera_rules__(emit, e.env))
         comp = compile_selector(e.target, e.env)
         return (Rule(comp, emit, immediate=False, raw=True),)
 
-    def __enter__(self) -> Result:
+    def _result(self) -> Result:
         result = Result()
         fields = self._fields
         if fields is None:
@@ -172,6 +188,57 @@ class Overlay:
                     fields.setdefault(e.name, Collection if e.kind == "using" else list)
             fields = self._fields = tuple(fields.items())
         result.fields = {name: kind() for name, kind in fields}
+        return result
+
+    def call(self, fn: Callable, *args: Any) -> Result:
+        """``fn(*args)`` with this overlay active; its ``Result`` holds the return value.
+
+        Unlike ``with overlay``, the rules stay installed between calls (a
+        ``Resident`` held until this overlay is collected or the registry of
+        decorated functions changes): a call costs two context-variable sets.
+        """
+        result = self._result()
+        current = self._current
+        if current.get() is not None:  # a nested call: the outer activation serves it
+            token = current.set(result)
+            try:
+                result.value = fn(*args)
+            finally:
+                current.reset(token)
+            return result
+        resident = self._resident
+        if resident is None or self._resident_version != registry_version():
+            resident = self._make_resident()
+        if not resident.rules:
+            result.value = fn(*args)
+            return result
+        plan_token, plan = resident.enter()
+        token = current.set(result)
+        try:
+            result.value = fn(*args)
+        finally:
+            current.reset(token)
+            resident.leave(plan_token, plan)
+        return result
+
+    def _make_resident(self) -> Resident:
+        with engine_lock():
+            version = registry_version()
+            if self._resident is not None and self._resident_version == version:
+                return self._resident  # another thread made it meanwhile
+            # The new rules are installed before the old ones are released, so that a
+            # call running elsewhere on the old ones keeps its instrumented code.
+            new = Resident(self.rules())
+            old, finalizer = self._resident, self._finalizer
+            self._resident, self._resident_version = new, version
+            self._finalizer = weakref.finalize(self, new.hold.release)
+            if old is not None:
+                finalizer.detach()
+                old.hold.release()
+            return new
+
+    def __enter__(self) -> Result:
+        result = self._result()
         if self._current.get() is not None:
             result.activation = (None, self._current.set(result))
             return result
@@ -201,6 +268,34 @@ class Overlay:
             if active is None or not active.active:  # else another context's: left as is
                 self._current.reset(token)
         return False
+
+
+def _each(listener: Callable, name: str, current: ContextVar, emit: Callable) -> Callable:
+    """``each(out, names, values)`` for ``plugin.emit_each``: the listener called with each
+    value directly when it takes just ``out``, without a dict and a ``Capture`` per value."""
+    ones: dict[str, Callable | None] = {}
+
+    def each(out: str, names: list, values: list) -> None:
+        one = ones.get(out, _UNKNOWN)
+        if one is _UNKNOWN:
+            one = ones[out] = listener_one(listener, out)
+        if one is None:
+            for n, v in zip(names, values):
+                emit({out: Capture(out, [n], [v])})
+            return
+        result = current.get()
+        if result is None:
+            return
+        field = result.fields[name]
+        for v in values:
+            got = one(v)
+            if got is not None:
+                field.append(got)
+
+    return each
+
+
+_UNKNOWN = object()
 
 
 def tweaking(values: Mapping, env: Mapping | None = None) -> Overlay:

@@ -7,9 +7,16 @@ the templates that can match it; instrumented code calls the helpers below, whic
 answer "not interested" with one dict lookup.
 
 A live call that some template matched is a ``Frame``; for each template it
-matched, an ``Act`` (``capture.py``) holds the captures of that call, and the
-rule decides (immediate or total) when they are emitted. Frames of calls that are outer scopes in some
-selector are pushed on a linked stack in a context variable.
+matched, a ``Match`` (``capture.py``) holds the captures of that call, and the
+rule decides (immediate or total) when they are emitted; a flat rule's root call
+holds a ``FlatRoot`` instead, and the calls below it report into its list through
+one shared frame. Frames of calls that are outer scopes in some selector are
+pushed on a linked stack in a context variable.
+
+Interest counts say which names each function must report; the union of the
+active ones picks the code variant installed (``_install``). An ``Activation``
+counts its rules while it lasts; a ``Resident`` (a selfless object's overlay)
+counts them once and is then entered per call with one context-variable set.
 
 Decisions:
 
@@ -24,6 +31,17 @@ Decisions:
   rules, in any order relative to other activations, and only once. Only the
   context that activated rules can end them (elsewhere: ``ValueError``, and they
   stay active), since a task or a copied context would end them in its copy only.
+* A ``Resident``'s counts stay until its owner is collected (a
+  ``weakref.finalize`` that holds the counts only, never the rules, whose
+  listeners may refer to the owner) or the registry of decorated functions
+  changes. Meanwhile a function it could match runs instrumented code even
+  outside its calls; ``_enter`` answers "not interested" there with one dict
+  lookup. Functions that nothing counts run their idle code (W1's idle row).
+* A finalizer that runs while its thread is inside the engine's lock (the
+  collector runs on any allocation) defers its release to the end of that
+  section, so counts are never changed mid-update.
+* ``torch.compile``'s eager stance (``compiled.py``) follows activations and
+  resident *calls*, not holds: an object kept alive leaves compiled code alone.
 """
 
 from __future__ import annotations
@@ -35,7 +53,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from .capture import Act, Rule, filter_eq
+from .capture import FlatRoot, Match, Rule, filter_eq
 from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
@@ -89,38 +107,62 @@ class PteraNameError(NameError):
 
 
 class _FnPlan:
-    """What one function does in one plan: its (template, rule) entries and flags."""
+    """What one function does in one plan: its (template, rule, handlers) entries and
+    what its calls need, the union over the entries."""
 
-    __slots__ = ("entries", "push", "keyed", "direct", "exit", "simple", "roots", "static")
+    __slots__ = (
+        "entries",
+        "pushes_frame",
+        "reads_key",
+        "checks_direct",
+        "exit_work",
+        "focus_only",
+        "all_roots",
+        "shared_frame",
+        "flat_children",
+    )
 
     def __init__(self):
         self.entries: list[tuple[Template, Rule, dict]] = []
-        self.push = False  # the call is an outer scope: push it on the frame stack
-        self.keyed = False  # some template filters or captures the call key
-        self.direct = False  # some template needs a direct parent (`f > g`)
-        self.exit = False  # the exit helper has work to do
-        self.simple = True  # every template fires on its focus alone
-        self.roots = True  # every template is a root that ignores call keys
-        self.static: Frame | None = None  # a shared frame for stateless matches
+        self.pushes_frame = False  # the call is an outer scope: push it on the frame stack
+        self.reads_key = False  # some template filters or captures the call key
+        self.checks_direct = False  # some template needs a direct parent (`f > g`)
+        self.exit_work = False  # the exit helper has work to do
+        self.focus_only = True  # every template fires on its focus alone
+        self.all_roots = True  # every template is a root that ignores call keys
+        self.shared_frame: Frame | None = None  # one frame for all calls: nothing stored
+        # Every entry is a flat rule's template one `>>` below a root: (rule, root node,
+        # handlers) for each, the calls report into the root's list (capture.FlatRoot).
+        self.flat_children: tuple | None = None
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
         self.entries.append((t, rule, handlers))
-        self.push |= t.push
-        self.keyed |= t.keyed
-        self.direct |= t.direct
-        self.exit |= t.exits or not rule.immediate
-        self.simple &= t.simple
-        self.roots &= t.parent is None and not t.keyed
+        self.pushes_frame |= t.push
+        self.reads_key |= t.keyed
+        self.checks_direct |= t.direct
+        # The calls below a flat root have nothing to do at exit: the root collects.
+        self.exit_work |= t.exits or not (rule.immediate or (rule.flat and t.parent is not None))
+        self.focus_only &= t.simple
+        self.all_roots &= t.parent is None and not t.keyed
+
+    @property
+    def static(self) -> Frame | None:
+        """``shared_frame`` under its former name (probe.py's pool reads it)."""
+        return self.shared_frame
 
     def finish(self, generator: bool) -> None:
         if generator:
-            self.push = False
+            self.pushes_frame = False
         # A frame that keeps its Python frame must drop it at exit (a reference cycle).
-        self.exit |= self.push or self.direct
-        if self.simple and not (self.push or self.keyed or self.direct or self.exit):
+        self.exit_work |= self.pushes_frame or self.checks_direct
+        if self.focus_only and not (
+            self.pushes_frame or self.reads_key or self.checks_direct or self.exit_work
+        ):
             # Nothing is ever stored: every call can share one frame.
-            acts = [(Act(t, rule, None), h) for t, rule, h in self.entries]
-            self.static = Frame(None, acts, None, False)
+            matches = [(Match(t, rule, None), h) for t, rule, h in self.entries]
+            self.shared_frame = Frame(None, matches, None, False)
+        if all(rule.flat and t.parent is not None for t, rule, _ in self.entries):
+            self.flat_children = tuple((rule, t.parent, h) for t, rule, h in self.entries)
 
 
 class Plan:
@@ -155,6 +197,8 @@ class _Globals:
         self.rules: tuple[Rule, ...] = ()
         self.epoch = 0
         self.lock = threading.RLock()
+        # Holds released while their thread was inside the lock (see _Hold.release).
+        self.deferred: list[_Hold] = []
         self.counts: dict[FnState, dict[frozenset, int]] = {}  # interest set -> count
 
 
@@ -164,22 +208,22 @@ _globals = _Globals()
 class Frame:
     """A live call of an instrumented function that some active template matched.
 
-    ``acts`` pairs each activation with its handlers; ``act``/``h`` repeat the pair
+    ``matches`` pairs each match with its handlers; ``match``/``handlers`` repeat the pair
     when there is exactly one, for the fast path of ``_report``.
     """
 
-    __slots__ = ("parent", "acts", "act", "h", "token", "pyframe", "exit")
+    __slots__ = ("parent", "matches", "match", "handlers", "token", "pyframe", "exit")
 
-    def __init__(self, parent, acts, pyframe, exit):
+    def __init__(self, parent, matches, pyframe, exit):
         self.parent = parent
-        self.acts = acts
+        self.matches = matches
         self.pyframe = pyframe
         self.exit = exit
         self.token = None
-        if len(acts) == 1:
-            self.act, self.h = acts[0]
+        if len(matches) == 1:
+            self.match, self.handlers = matches[0]
         else:
-            self.act = self.h = None
+            self.match = self.handlers = None
 
 
 _EMPTY = Plan((), 0)
@@ -201,13 +245,13 @@ def _find_parent(frame, rule, node, deep, pyframe):
     if frame is None:
         return None
     if not deep:
-        for a, _ in frame.acts:
-            if a.rule is rule and a.t.node == node:
+        for a, _ in frame.matches:
+            if a.rule is rule and a.template.node == node:
                 return a if _direct(pyframe, frame.pyframe) else None
         return None
     while frame is not None:
-        for a, _ in frame.acts:
-            if a.rule is rule and a.t.node == node:
+        for a, _ in frame.matches:
+            if a.rule is rule and a.template.node == node:
                 return a
         frame = frame.parent
     return None
@@ -233,34 +277,70 @@ def _enter(fid):
         # Instrumented for another thread or task, not this one (probe.py warns).
         _missed[fid] = _missed.get(fid, 0) + 1
         return None
-    if fp.static is not None:
-        return fp.static
-    if fp.roots and not (fp.push or fp.direct):
+    if fp.shared_frame is not None:
+        return fp.shared_frame
+    if fp.flat_children is not None:
+        return _enter_flat(fp.flat_children)
+    if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
         # Every template starts here: no parent to find, no key, nothing to push.
-        return Frame(None, [(Act(t, rule, None), h) for t, rule, h in fp.entries], None, fp.exit)
+        return Frame(
+            None,
+            [((FlatRoot if rule.flat else Match)(t, rule, None), h) for t, rule, h in fp.entries],
+            None,
+            fp.exit_work,
+        )
     parent = _frame.get()
-    pyframe = sys._getframe(1) if (fp.push or fp.direct) else None
-    key = _pending_key.get() if fp.keyed else ABSENT
-    acts = []
+    pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
+    key = _pending_key.get() if fp.reads_key else ABSENT
+    matches = []
     for t, rule, handlers in fp.entries:
         if t.parent is None:
-            pact = None
+            parent_match = None
         else:
-            pact = _find_parent(parent, rule, t.parent, t.deep, pyframe)
-            if pact is None:
+            parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe)
+            if parent_match is None:
                 continue
         if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
             continue
-        act = Act(t, rule, pact)
+        if not rule.flat:
+            match = Match(t, rule, parent_match)
+        elif parent_match is None:
+            match = FlatRoot(t, rule)
+        else:
+            matches.append((parent_match.sink, handlers))  # reports go to the root's list
+            continue
         if t.key_out is not None and key is not ABSENT:
-            act.set_key(t.key_out, key)
-        acts.append((act, handlers))
-    if not acts:
+            match.set_key(t.key_out, key)
+        matches.append((match, handlers))
+    if not matches:
         return None
-    frame = Frame(parent, acts, pyframe, fp.exit)
-    if fp.push:
+    frame = Frame(parent, matches, pyframe, fp.exit_work)
+    if fp.pushes_frame:
         frame.token = _frame.set(frame)
     return frame
+
+
+def _enter_flat(children: tuple):
+    """``_enter`` for a call whose templates all report into a flat root above it."""
+    stack = _frame.get()
+    if len(children) == 1:
+        rule, node, handlers = children[0]
+        root = _find_parent(stack, rule, node, True, None)
+        if root is None:
+            return None
+        child = root.child
+        if child is not None and child[0] is handlers:
+            return child[1]
+        # Stateless: every call below this root with these handlers shares one frame.
+        frame = Frame(None, [(root.sink, handlers)], None, False)
+        root.child = (handlers, frame)
+        return frame
+    matches = []
+    for rule, node, handlers in children:
+        root = _find_parent(stack, rule, node, True, None)
+        if root is not None:
+            matches.append((root.sink, handlers))
+    return Frame(None, matches, None, False) if matches else None
 
 
 _missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
@@ -271,55 +351,55 @@ def missed_calls(fids) -> dict[int, int]:
     return {fid: _missed.get(fid, 0) for fid in fids}
 
 
-def _report(F, name, value):
-    if F is None:
+def _report(frame, name, value):
+    if frame is None:
         return value
-    act = F.act
-    if act is not None:
-        hs = F.h.get(name)
+    match = frame.match
+    if match is not None:
+        hs = frame.handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, ABSENT)
+                value = h(match, name, value, ABSENT)
         return value
-    for act, handlers in F.acts:
+    for match, handlers in frame.matches:
         hs = handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, ABSENT)
+                value = h(match, name, value, ABSENT)
     return value
 
 
-def _report_key(F, name, value, key):
-    if F is None:
+def _report_key(frame, name, value, key):
+    if frame is None:
         return value
-    for act, handlers in F.acts:
+    for match, handlers in frame.matches:
         hs = handlers.get(name)
         if hs is not None:
             for h in hs:
-                value = h(act, name, value, key)
+                value = h(match, name, value, key)
     return value
 
 
-def _exit(F, error):
-    if F is None or not F.exit:
+def _exit(frame, error):
+    if frame is None or not frame.exit:
         return
-    F.pyframe = None
-    if F.token is not None:
+    frame.pyframe = None
+    if frame.token is not None:
         try:
-            _frame.reset(F.token)
+            _frame.reset(frame.token)
         except ValueError:
-            _frame.set(F.parent)
-        F.token = None
-    for act, handlers in F.acts:
+            _frame.set(frame.parent)
+        frame.token = None
+    for match, handlers in frame.matches:
         if error is not ABSENT and not isinstance(error, GeneratorExit):
             for h in handlers.get("#error", ()):
-                h(act, "#error", error, ABSENT)
+                h(match, "#error", error, ABSENT)
         for h in handlers.get("#exit", ()):
-            h(act, "#exit", True, ABSENT)
-        if act.pending is not None and act.t.holder:
-            act.flush()
-        if act.deferred is not None and act.parent is None:
-            act.release()
+            h(match, "#exit", True, ABSENT)
+        if match.pending is not None and match.template.holder:
+            match.flush()
+        if match.deferred is not None and match.parent is None:
+            match.release()
     if _after.calls:
         # Work that needs every result of this exit first (Grad's one backward pass);
         # dropped when the call failed.
@@ -341,22 +421,22 @@ def after_exit(call: Callable[[], Any]) -> None:
     _after.calls = [*_after.calls, call]
 
 
-def _free(F, S, name, read):
+def _free(frame, state, name, read):
     """A free name at entry: the state's value, else the real one as reported.
 
     Returns ``ABSENT`` when nothing replaced the real value, so that the body
     keeps reading the name itself.
     """
-    value = S.get(name, ABSENT) if S is not ABSENT else ABSENT
+    value = state.get(name, ABSENT) if state is not ABSENT else ABSENT
     if value is not ABSENT:
-        return _report(F, name, value)
-    if F is None:
+        return _report(frame, name, value)
+    if frame is None:
         return ABSENT
     try:
         real = read()
     except NameError:
         real = ABSENT
-    value = _report(F, name, real)
+    value = _report(frame, name, real)
     return ABSENT if value is real else value
 
 
@@ -404,12 +484,15 @@ def _install(states: Iterable[FnState]) -> None:
             st.set_code(code)
 
 
-def _count(rules: tuple[Rule, ...], delta: int) -> list[FnState]:
-    """Count each active interest set per function; the code reports their union."""
+def _count(interests: Iterable[dict], delta: int) -> list[FnState]:
+    """Count each active interest set per function; the code reports their union.
+
+    ``interests`` holds one ``{FnState: names}`` per rule (``Rule.interest``).
+    """
     touched = []
     counts = _globals.counts
-    for rule in rules:
-        for st, names in rule.interest.items():
+    for interest in interests:
+        for st, names in interest.items():
             sets = counts.get(st)
             if sets is None:
                 sets = counts[st] = {}
@@ -457,6 +540,11 @@ def _without(active: tuple[Rule, ...], rules: tuple[Rule, ...]) -> tuple[Rule, .
     return tuple(r for r in active if all(r is not x for x in rules))
 
 
+# Plans an overlay keeps, one per base (the rules active where it is entered): a
+# handful of nesting contexts at most; past this many the bases are not repeating.
+_PLANS_KEPT = 16
+
+
 def activate(
     rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None
 ) -> Activation:
@@ -466,27 +554,19 @@ def activate(
     so that activating them again on the same base costs a lookup.
     """
     with _globals.lock:
-        touched = _count(rules, +1)
-        try:
-            _install(touched)
-        except Exception:
-            _install(_count(rules, -1))
-            raise
+        _install_counted(tuple(r.interest for r in rules))
         overlay_started()
         if glob:
             _globals.rules += rules
             _globals.epoch += 1
             return Activation(rules, True, None)
         plan = current_plan()
-        key = (plan.rules, _globals.epoch)
-        new = plans.get(key) if plans is not None else None
+        new = plans.get((plan.rules, _globals.epoch)) if plans is not None else None
         if new is None:
-            new = Plan(plan.rules + rules, _globals.epoch)
-            if plans is not None:
-                if len(plans) > 16:
-                    plans.clear()
-                plans[key] = new
+            new = _plan_with(plan, rules, plans)
         token = _plan.set(new)
+        if _globals.deferred:
+            _release_deferred()
         return Activation(rules, False, token)
 
 
@@ -532,8 +612,146 @@ def deactivate(activation: Activation) -> None:
             if plan.epoch != _globals.epoch:
                 _plan.set(Plan(plan.rules, _globals.epoch))
         activation.active, activation.token = False, None
-        _install(_count(rules, -1))
+        _install(_count((r.interest for r in rules), -1))
         overlay_ended()
+        if _globals.deferred:
+            _release_deferred()
+
+
+class Resident:
+    """Rules whose code stays installed while their owner lives, entered per call.
+
+    Made once per overlay of a selfless object (and again when the registry of
+    decorated functions changes): the interest counts go up once, so the
+    instrumented code stays in place between calls, and a call is ``enter`` (one
+    context-variable set, the plan looked up by its base) and ``leave``. The owner
+    gives the counts back with ``hold.release()``, typically from a
+    ``weakref.finalize`` when it is collected; functions that nothing else needs
+    get their idle code again. While it is held, a function that it could match
+    but that runs outside its calls runs instrumented code whose ``_enter``
+    answers "not interested" with one dict lookup.
+    """
+
+    __slots__ = ("rules", "plans", "hold", "last")
+
+    def __init__(self, rules: tuple[Rule, ...]):
+        self.rules = rules
+        self.plans: dict = {}  # plan with these rules, by base (see activate)
+        self.hold = _Hold(tuple(r.interest for r in rules))
+        # (base plan, plan with our rules) of the last call: one tuple, so that
+        # threads read a consistent pair; the base's identity skips hashing its rules.
+        self.last: tuple = (None, None)
+
+    def enter(self) -> tuple[Token, Plan]:
+        """Make the rules active in this context for one call; pass the pair to ``leave``."""
+        plan = _plan.get()
+        base, new = self.last
+        if plan is not base or new.epoch != _globals.epoch:
+            epoch = _globals.epoch
+            if plan.epoch != epoch:
+                plan = current_plan()
+            new = self.plans.get((plan.rules, epoch))
+            if new is None:
+                new = _plan_with(plan, self.rules, self.plans)
+            self.last = (plan, new)
+        # torch.compile's stance follows the calls, not the hold: an object kept alive
+        # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
+        # The bare lock: the stance's count changes no interest counts.
+        with _globals.lock:
+            overlay_started()
+        return _plan.set(new), new
+
+    def leave(self, token: Token, plan: Plan) -> None:
+        """End the call's activation (in the context that entered, like a token)."""
+        try:
+            if _plan.get() is plan:
+                _plan.reset(token)
+                return
+            # Something activated during the call is still active: keep it, drop ours.
+            with _globals.lock:
+                rules_now = _plan.get().rules
+                _plan.reset(token)
+                _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
+        finally:
+            with _globals.lock:
+                overlay_ended()
+
+
+class _Hold:
+    """Interest counts taken once and given back once.
+
+    It holds only the counts (functions' states and name sets), never the rules,
+    whose functions may refer to the owner: a finalizer that calls ``release``
+    must not keep its owner alive.
+    """
+
+    __slots__ = ("interests", "held")
+
+    def __init__(self, interests: tuple[dict, ...]):
+        self.interests = interests
+        with _globals.lock:
+            _install_counted(interests)
+            self.held = True
+
+    def release(self) -> None:
+        """Give the counts back (idempotent); safe from a finalizer."""
+        lock = _globals.lock
+        if lock._is_owned():
+            # Collected while this thread is inside the engine (the collector runs on
+            # any allocation, maybe mid-count): released when that section ends.
+            _globals.deferred.append(self)
+            return
+        with lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if self.held:
+            self.held = False
+            _install(_count(self.interests, -1))
+
+
+class engine_lock:
+    """``with engine_lock(): ...``: the engine's (reentrant) lock, releasing at the end
+    the objects collected meanwhile."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _globals.lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            _release_deferred()
+        finally:
+            _globals.lock.release()
+
+
+def _release_deferred() -> None:
+    """Release the holds collected inside an engine section (under the lock, after it)."""
+    deferred = _globals.deferred
+    while deferred:
+        deferred.pop()._release_locked()
+
+
+def _install_counted(interests: tuple[dict, ...]) -> None:
+    touched = _count(interests, +1)
+    try:
+        _install(touched)
+    except Exception:
+        _install(_count(interests, -1))
+        raise
+
+
+def _plan_with(base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:
+    """The plan of ``base`` plus ``rules``, kept in ``plans`` by base."""
+    with _globals.lock:
+        key = (base.rules, _globals.epoch)
+        new = Plan(base.rules + rules, _globals.epoch)
+        if plans is not None:
+            if len(plans) > _PLANS_KEPT:
+                plans.clear()
+            plans[key] = new
+        return new
 
 
 def active_rule_count() -> int:

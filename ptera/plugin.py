@@ -31,6 +31,9 @@ Decisions:
   private, since only they can change a running program.
 * Work that must wait for every rule of an exit (one backward pass for several
   requests) goes through ``after_exit``.
+* One result per value of one capture (``Grad``'s pairs) goes through
+  ``emit_each``: it means the same as one ``emit`` per value, and lets the owner
+  of ``emit`` skip building a ``Capture`` for each.
 * ``ptera.torch``, ``ptera.lab`` and the experiments CLI reach the core only
   through the public names of ``ptera``, this module, ``ptera.torch`` and
   ``ptera.cli`` (``tests/test_plugin.py`` checks their imports); the lab
@@ -55,6 +58,7 @@ __all__ = [
     "caller_env",
     "check_selector",
     "collecting_rule",
+    "emit_each",
     "is_plugin",
 ]
 
@@ -84,6 +88,18 @@ def collecting_rule(
     outermost call that ``selector`` matches (focuses included), when that call ends."""
     sel = select(selector) if isinstance(selector, str) else selector
     return Rule(compile_selector(sel, env, collect=True), on_call, immediate=False, raw=True)
+
+
+def emit_each(emit: Callable[[dict[str, Capture]], Any], name: str, names: list, values: list):
+    """``emit({name: Capture(name, [n], [v])})`` for each ``(n, v)`` of ``names`` and
+    ``values``, in order: one result per value. The same for every ``emit``, and
+    faster for a listener that takes just ``name`` (it is called with each value)."""
+    each = getattr(emit, "each", None)
+    if each is not None:
+        each(name, names, values)
+        return
+    for n, v in zip(names, values):
+        emit({name: Capture(name, [n], [v])})
 
 
 def after_exit(call: Callable[[], Any]) -> None:

@@ -52,23 +52,25 @@ class Result:
 class Collection(list):
     """The matches of one selector in one call: a list of dicts of ``Capture``."""
 
-    def _one(self, caps: dict, name: str) -> Capture:
+    def _one(self, captures: dict, name: str) -> Capture:
         try:
-            return caps[name]
+            return captures[name]
         except KeyError:
             raise KeyError(
-                f"no capture '{name}' in this match (it has: {', '.join(caps) or 'none'})"
+                f"no capture '{name}' in this match (it has: {', '.join(captures) or 'none'})"
             ) from None
 
     def _read(self, what: tuple, get: Callable[[Capture], Any]) -> list:
         if len(what) == 1 and callable(what[0]):
             fn = what[0]
-            return [call_with(fn, {k: get(c) for k, c in caps.items()}, fn) for caps in self]
+            return [
+                call_with(fn, {k: get(c) for k, c in captures.items()}, fn) for captures in self
+            ]
         if not what:
-            return [{k: get(c) for k, c in caps.items()} for caps in self]
+            return [{k: get(c) for k, c in captures.items()} for captures in self]
         if len(what) == 1:
-            return [get(self._one(caps, what[0])) for caps in self]
-        return [tuple(get(self._one(caps, n)) for n in what) for caps in self]
+            return [get(self._one(captures, what[0])) for captures in self]
+        return [tuple(get(self._one(captures, n)) for n in what) for captures in self]
 
     def map(self, *what: str | Callable) -> list:
         """Single values: ``map("x")``, tuples ``map("x", "y")``, or ``map(fn)`` by parameter."""
@@ -111,28 +113,43 @@ def _params(fn: Callable) -> tuple[tuple[str, ...], frozenset, bool]:
 
 
 def listener_call(fn: Callable) -> Callable[[dict], Any]:
-    """``caps -> fn(**values)`` with ``fn``'s parameters looked up once, for listeners."""
+    """``captures -> fn(**values)`` with ``fn``'s parameters looked up once, for listeners."""
     names, required, varkw = _params(fn)
     if varkw:
-        return lambda caps: fn(**{k: c.value for k, c in caps.items()})
+        return lambda captures: fn(**{k: c.value for k, c in captures.items()})
     if len(names) == 1 and required == {names[0]}:
         # The common listener (``def update(param)``): one lookup, no dict to build.
         (only,) = names
 
-        def call_one(caps: dict) -> Any:
-            cap = caps.get(only)
+        def call_one(captures: dict) -> Any:
+            cap = captures.get(only)
             if cap is None:
-                return call_with(fn, {k: c.value for k, c in caps.items()})  # raises clearly
+                return call_with(fn, {k: c.value for k, c in captures.items()})  # raises clearly
             return fn(**{only: cap.value})
 
         return call_one
 
-    def call(caps: dict) -> Any:
-        if not required <= caps.keys():
-            return call_with(fn, {k: c.value for k, c in caps.items()})  # raises clearly
-        return fn(**{n: caps[n].value for n in names if n in caps})
+    def call(captures: dict) -> Any:
+        if not required <= captures.keys():
+            return call_with(fn, {k: c.value for k, c in captures.items()})  # raises clearly
+        return fn(**{n: captures[n].value for n in names if n in captures})
 
     return call
+
+
+def listener_one(fn: Callable, name: str) -> Callable[[Any], Any] | None:
+    """``value -> fn(value)`` when ``fn`` takes the capture ``name`` and needs nothing
+    else (the listener of a plugin's one-capture results); ``None`` otherwise."""
+    names, required, varkw = _params(fn)
+    if varkw or name not in names or not required <= {name}:
+        return None
+    try:
+        first = next(iter(inspect.signature(fn).parameters.values()), None)
+    except (TypeError, ValueError):
+        first = None
+    if first is not None and first.name == name and first.kind is first.POSITIONAL_OR_KEYWORD:
+        return fn  # by position: no keyword dict per call
+    return lambda value: fn(**{name: value})
 
 
 def call_with(fn: Callable, data: dict, who: Any = None) -> Any:

@@ -19,6 +19,8 @@ Decisions:
   error that lists what is settable.
 * ``f.state`` of a plain function is the state of direct calls (what
   ``@ptera.defaults`` fills); objects copy the state they are made from.
+* A call runs through ``Overlay.call``: the object's rules stay installed between
+  calls and go when its overlay is collected (``overlay.Resident``).
 """
 
 from __future__ import annotations
@@ -175,8 +177,7 @@ class PteraFunction:
         if not overlay.effects:
             value = self._invoke(args, kwargs)
             return Result(value) if self._return_object else value
-        with overlay as result:
-            result.value = self._invoke(args, kwargs)
+        result = overlay.call(self._invoke, args, kwargs)
         return result if self._return_object else result.value
 
     def _invoke(self, args: tuple, kwargs: dict) -> Any:

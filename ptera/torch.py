@@ -15,6 +15,9 @@ Decisions:
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
 * Nothing is computed when the call raised.
+* Pairs go out through ``plugin.emit_each``: a listener that takes just the
+  focus (``def sgd(param)``) is called with each pair, with no dict or
+  ``Capture`` built per parameter.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import Scope, SelectorError, select
-from .plugin import Capture, Rule, after_exit, collecting_rule
+from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
 
 __all__ = ["Grad"]
 
@@ -56,50 +60,63 @@ class Grad:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
         wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
 
-        def close(caps: dict[str, Capture]) -> None:
-            if x not in caps or y not in caps:
+        def close(captures: dict[str, Capture]) -> None:
+            if x not in captures or y not in captures:
                 return
-            target = caps[y]
+            target = captures[y]
             if len(target.values) != 1:
                 raise ValueError(
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            focus = caps[x]
-            if wild:
-                # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
-                # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
-                kept = [
-                    (n, v)
-                    for n, v in zip(focus.names, focus.values)
-                    if not isinstance(v, torch.Tensor) or v.requires_grad
-                ]
-                if not kept:
-                    return
-                if len(kept) < len(focus.values):
-                    focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
-            for name, value in zip(focus.names, focus.values):
-                if not (isinstance(value, torch.Tensor) and value.requires_grad):
-                    what = type(value).__name__
-                    raise ValueError(
-                        f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
-                        " not require grad; Grad differentiates only by tensors with"
-                        " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
-                        " frozen tensors)"
-                    )
-            others = {k: c for k, c in caps.items() if k not in (x, y)}
+            focus = captures[x]
+            for v in focus.values:
+                if not (isinstance(v, Tensor) and v.requires_grad):
+                    focus = self._differentiable(focus, x, wild)
+                    if focus is None:
+                        return
+                    break
+            others = (
+                {k: c for k, c in captures.items() if k != x and k != y}
+                if len(captures) > 2
+                else None
+            )
 
             def deliver(grads: list) -> None:
                 if others:
                     for name, value, grad in zip(focus.names, focus.values, grads):
                         emit({**others, x: Capture(x, [name], [(value, grad)])})
                     return
-                for name, value, grad in zip(focus.names, focus.values, grads):
-                    emit({x: Capture(x, [name], [(value, grad)])})
+                emit_each(emit, x, focus.names, list(zip(focus.values, grads)))
 
             _request(target.values[0], focus.values, deliver, self)
 
         return (collecting_rule(self.selector, env, close),)
+
+    def _differentiable(self, focus: Capture, x: str, wild: bool) -> Capture | None:
+        """The focus values to differentiate by; an error for one that cannot be."""
+        if wild:
+            # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
+            # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
+            kept = [
+                (n, v)
+                for n, v in zip(focus.names, focus.values)
+                if not isinstance(v, torch.Tensor) or v.requires_grad
+            ]
+            if not kept:
+                return None
+            if len(kept) < len(focus.values):
+                focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
+        for name, value in zip(focus.names, focus.values):
+            if not (isinstance(value, torch.Tensor) and value.requires_grad):
+                what = type(value).__name__
+                raise ValueError(
+                    f"{self}: variable '{name}' (captured as '{x}') is a {what} that does"
+                    " not require grad; Grad differentiates only by tensors with"
+                    " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
+                    " frozen tensors)"
+                )
+        return focus
 
 
 class _Batch:

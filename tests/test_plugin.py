@@ -19,7 +19,15 @@ import pytest
 import ptera
 import ptera.lab
 from ptera import probing, using
-from ptera.plugin import Capture, Plugin, caller_env, check_selector, collecting_rule, is_plugin
+from ptera.plugin import (
+    Capture,
+    Plugin,
+    caller_env,
+    check_selector,
+    collecting_rule,
+    emit_each,
+    is_plugin,
+)
 
 # -- the import graph ---------------------------------------------------------------------
 
@@ -269,3 +277,82 @@ def test_grad_is_a_plugin():
 
     grad = Grad("double_me{!!x} > a")
     assert isinstance(grad, Plugin) and is_plugin(grad)
+
+
+class Each:
+    """``Doubled`` delivering through ``emit_each``: one result per value of ``x``."""
+
+    def __init__(self, selector: str):
+        self.selector = check_selector(selector, caller_env())
+
+    def __ptera_rules__(self, emit, env):
+        def on_call(captures: dict[str, Capture]) -> None:
+            x = captures["x"]
+            emit_each(emit, "x", x.names, [v * 2 for v in x.values])
+
+        return [collecting_rule(self.selector, env, on_call)]
+
+
+def positional(x):
+    return -x
+
+
+def keyword_only(*, x):
+    return -x
+
+
+def with_default(x, scale=3):
+    return x * scale
+
+
+def side_effect(x):
+    return None
+
+
+def varkw(**captures):
+    return captures["x"] + 1
+
+
+def after_default(unused=0, /, x=0):
+    return (unused, x)
+
+
+@pytest.mark.parametrize(
+    "listener, expected",
+    [
+        (positional, [-4, -40]),
+        (keyword_only, [-4, -40]),
+        (with_default, [12, 120]),
+        (side_effect, []),  # a listener's None is not collected
+        (varkw, [5, 41]),
+        (after_default, [(0, 4), (0, 40)]),  # `x` is not the first parameter
+    ],
+)
+def test_emit_each_means_one_emit_per_value(listener, expected):
+    results = []
+    for plugin in (Each("double_me > x"), Doubled("double_me > x")):
+        traced = double_me.clone(return_object=True)
+        traced.on(plugin)(listener)
+        results.append(traced(1)[listener.__name__])
+    assert results[0] == results[1] == expected
+
+
+def test_emit_each_reaches_probes_and_collections_as_captures():
+    with probing(Each("double_me > x")) as probe:
+        seen = probe["x"].accum()
+        double_me(1)
+    with using(d=Each("double_me > x")) as res:
+        double_me(1)
+    assert seen == res.d.map("x") == [4, 40]
+    assert res.d.map_full("x")[0] == Capture("x", ["x"], [4])
+
+
+def test_a_listener_that_wants_another_capture_still_says_so():
+    traced = double_me.clone(return_object=True)
+
+    @traced.on(Each("double_me > x"))
+    def wrong(y):
+        return y
+
+    with pytest.raises(TypeError, match="wants y"):
+        traced(1)

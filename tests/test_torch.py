@@ -489,3 +489,40 @@ def test_modules_below_a_scope_are_those_in_scope(scope):
 
     got = grads(small_cnn())
     assert len(got) == (2 if scope == "class named" else 6)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("direct", [True, False])
+def test_sgd_through_grad_is_bit_identical_to_autograd_by_hand(flat, direct, monkeypatch):
+    """Flat collector or ``Match``, direct delivery or one ``Capture`` per parameter:
+    the parameters after ten steps equal those of ``torch.autograd.grad`` by hand."""
+    from ptera import capture
+
+    real_flat = capture._is_flat
+    monkeypatch.setattr(capture, "_is_flat", lambda *a: flat and real_flat(*a))
+
+    def trained(by_grad: bool) -> list:
+        torch.manual_seed(3)
+        network = make_network(6, 5, 3)
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        params = [lay.state[n] for lay in network.state.model.state.layers for n in ("W", "b")]
+        model = network.clone(return_object=True)
+
+        def update(param):
+            value, grad = param
+            value.data.sub_(0.1 * grad)
+
+        listener = update if direct else (lambda **caps: update(caps["param"]))
+        model.on(Grad("step{!!loss} >> $param:Parameter"))(listener)
+        for _ in range(10):
+            if by_grad:
+                assert model(x, y).value is not None
+            else:
+                loss = network(x, y)
+                for p, g in zip(params, torch.autograd.grad(loss, params)):
+                    p.data.sub_(0.1 * g)
+        return [p.detach().clone() for p in params]
+
+    rule = Grad("step{!!loss} >> $param:Parameter").__ptera_rules__(lambda c: None, globals())
+    assert rule[0].flat is flat
+    assert all(torch.equal(a, b) for a, b in zip(trained(True), trained(False)))

@@ -1,0 +1,167 @@
+"""An object's overlay stays installed across calls and goes when the object does
+(``idle`` is the code a decorated function runs when nothing is active)."""
+
+import gc
+import threading
+
+import pytest
+
+from ptera import overlay as engine
+from ptera import ptera, tooled
+from ptera.lookup import state_for
+
+
+@ptera
+def inner(x):
+    y = x * 2
+    return y
+
+
+@ptera
+def outer(x):
+    a = inner(x)
+    b = inner(a + 1)
+    return a + b
+
+
+@ptera
+def counting(n):
+    for i in range(n):
+        yield inner(i)
+
+
+def idle(fn):
+    return state_for(fn).idle
+
+
+def collect():
+    gc.collect()
+    gc.collect()
+
+
+def test_a_thousand_calls_install_the_code_once(monkeypatch):
+    installs = []
+    real = engine._install
+    monkeypatch.setattr(engine, "_install", lambda states: installs.append(1) or real(states))
+
+    def calls():
+        obj = outer.using(y="inner > y")
+        for i in range(1000):
+            assert obj(i).y.map("y") == [2 * i, 2 * (2 * i + 1)]
+        assert len(installs) == 1
+
+    calls()
+    collect()
+    assert len(installs) == 2  # released once, when the object went
+
+
+def listened(cycle: bool) -> list:
+    """Make an object with a listener, call it, and drop it; what the listener saw."""
+    obj = outer.clone(return_object=True)
+    seen = []
+
+    @obj.on("inner > y")
+    def record(y):
+        seen.append(y)
+        if cycle:
+            return obj  # the listener refers to the object: a reference cycle
+
+    obj(1)
+    assert inner.__code__ is not idle(inner)
+    assert inner(5) == 10  # outside the object's calls: nothing seen
+    return seen
+
+
+@pytest.mark.parametrize("cycle", [False, True])
+def test_the_idle_code_comes_back_when_the_object_goes(cycle):
+    # Made in a function: `on` reads the caller's names, and a frame's snapshot of
+    # its locals would keep the object alive until that frame ends.
+    assert listened(cycle) == [2, 6]
+    collect()
+    assert inner.__code__ is idle(inner)
+    assert engine.active_rule_count() == 0
+
+
+def test_objects_called_in_threads_each_see_their_own_calls():
+    obj = outer.using(y="inner > y")
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(200):
+                got = obj(k * 1000 + i).y.map("y")
+                assert got == [2 * (k * 1000 + i), 2 * (2 * (k * 1000 + i) + 1)]
+        except AssertionError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@ptera
+def recursive(n):
+    obj: object
+    value = obj(n - 1).value if n > 0 else 0
+    return value + 1
+
+
+def test_a_nested_call_of_the_same_object_reuses_its_activation():
+    obj = recursive.clone(return_object=True).using(v="recursive > value")
+    obj.state.obj = obj
+    result = obj(3)
+    # Each call gets its own result; the nested calls' matches go to the innermost.
+    assert result.value == 4 and result.v.map("value") == [3]
+
+
+def test_a_generator_object_sees_its_values_while_created_in_its_call():
+    obj = counting.using(y="inner > y")
+    result = obj(3)
+    assert list(result.value) == [0, 2, 4]
+    # As before: the overlay is active while the call runs, not while the generator does.
+    assert result.y == []
+
+
+def test_a_registry_change_between_calls_rebuilds_the_rules_and_keeps_counts_right():
+    def calls():
+        obj = outer.using(y="inner > y")
+        assert obj(1).y.map("y") == [2, 6]
+
+        @tooled
+        def newcomer(q):
+            r = q + 1
+            return r
+
+        assert obj(2).y.map("y") == [4, 10]
+
+    calls()
+    collect()
+    assert inner.__code__ is idle(inner) and outer.__code__ is idle(outer)
+
+
+def test_calls_give_the_same_results_as_the_with_form():
+    obj = outer.using(a="outer > a", y="inner(x) > y", whole="outer{a, b}")
+    for i in range(3):
+        called = obj(i)
+        with obj._overlay as entered:
+            entered.value = outer(i)
+        for name in ("a", "y", "whole"):
+            assert called[name].map_full() == entered[name].map_full()
+        assert called.value == entered.value
+
+
+def test_an_object_collected_inside_the_engine_is_released_after_it():
+    def made():
+        obj = outer.using(y="inner > y")
+        obj(1)
+        return obj._overlay._resident.hold
+
+    with engine.engine_lock():
+        hold = made()
+        collect()
+        assert hold.held  # deferred: the counts may be mid-update here
+    assert not hold.held
+    assert inner.__code__ is idle(inner)
