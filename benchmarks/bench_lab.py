@@ -42,32 +42,59 @@ def setup():
 
 
 class HookStats:
-    """The statistics ActivationStats records, recorded by forward hooks (the baseline)."""
+    """The statistics ActivationStats records, recorded by forward hooks (the baseline).
 
-    def __init__(self, model):
-        self.pending, self.hists, self.training = {}, {}, True
-        self.handles = [m.register_forward_hook(self.hook(n, m)) for n, m in model.named_children()]
+    Written as one would by hand, as lean as it gets: each hook holds its layer's
+    lists, and computes the same statistics with the same torch calls, in the same
+    order, read with one ``.tolist()`` per flush, into the same ``stats`` layout
+    (``tests/test_lab.py`` checks that the numbers are equal).
+    """
 
-    def hook(self, name, module):
-        dead = isinstance(module, nn.ReLU)
+    def __init__(self, model, bins=40, hist_max=10.0):
+        self.stats = {"train": {}, "eval": {}}
+        self.training = True
+        self.slots = []
+        self.handles = [
+            m.register_forward_hook(self.hook(name, isinstance(m, nn.ReLU), bins, hist_max))
+            for name, m in model.named_children()
+        ]
+
+    def hook(self, name, activation, bins, hist_max):
+        slots = {}
+        for training, split in ((True, "train"), (False, "eval")):
+            series = {"mean": [], "std": [], "hist": []}
+            slots[training] = ([], [], [] if activation else None, series["hist"])
+            self.slots.append((series, slots[training]))
+            self.stats[split][name] = series
 
         def record(module, inputs, out):
+            mean, std, dead, hist = slots[self.training]
             x = out.detach()
-            p = self.pending.setdefault((self.training, name), {"mean": [], "std": [], "dead": []})
-            p["mean"].append(x.mean())
-            p["std"].append(x.std())
-            if dead:
-                p["dead"].append((x <= 0).float().mean())
-            self.hists.setdefault((self.training, name), []).append(x.abs().histc(40, 0, 10))
+            if x.dtype != torch.float32:
+                x = x.float()
+            mean.append(x.mean())
+            std.append(x.std() if x.numel() > 1 else x.new_zeros(()))
+            if dead is not None:
+                dead.append((x <= 0).float().mean())
+            hist.append(x.abs().histc(bins, 0, hist_max))
 
         return record
 
     def flush(self):
-        for p in self.pending.values():
-            for values in p.values():
-                if values:
-                    torch.stack(values).tolist()
-                    values.clear()
+        pending = [
+            (series, key, values)
+            for series, slot in self.slots
+            for key, values in zip(("mean", "std", "dead"), slot)
+            if values
+        ]
+        if not pending:
+            return
+        numbers = torch.cat([torch.stack(values) for _, _, values in pending]).tolist()
+        start = 0
+        for series, key, values in pending:
+            series.setdefault(key, []).extend(numbers[start : start + len(values)])
+            start += len(values)
+            values.clear()
 
     def remove(self):
         for h in self.handles:
