@@ -1,7 +1,8 @@
 """The Learner's overhead: digits MLP, 5 epochs, ratios to hand-written loops.
 
-1. `Learner` + `MetricsCB` (torchmetrics accuracy, weighted loss summed on the
-   device) vs a hand loop updating the same metric and summing the loss the same way.
+1. `Learner` + `MetricsCB` (torchmetrics accuracy, the loss weighted by batch size,
+   summed on the device once per epoch) vs a hand loop updating the same metric and
+   summing the loss the same way.
 2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks,
    both in hand loops and inside the same Learner (a callback that registers the
    hooks), so that the difference is the mechanism alone.
@@ -129,7 +130,7 @@ def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
                 stats.training = train
             model.train(train)
             acc[train].reset()
-            total, count = None, 0
+            losses, sizes = [], []
             with torch.set_grad_enabled(train):
                 for xb, yb in loader:
                     preds = model(xb)
@@ -140,14 +141,12 @@ def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
                         opt.zero_grad()
                     if metric:
                         acc[train].update(preds.detach(), yb)
-                    if total is None:
-                        total = loss.detach().float() * len(yb)
-                    else:
-                        total.add_(loss.detach(), alpha=len(yb))
-                    count += len(yb)
+                    losses.append(loss.detach())
+                    sizes.append(yb.shape[0])
             if metric:
                 acc[train].compute().item()
-            (total / count).item()
+            stacked = torch.stack(losses).float()
+            (stacked @ torch.tensor(sizes, dtype=stacked.dtype) / sum(sizes)).item()
             if stats is not None:
                 stats.flush()
     if stats is not None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import Subset, TensorDataset, random_split
+from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
 from ptera import SelectorError, probing
@@ -97,6 +97,29 @@ def test_metrics_match_a_hand_computed_epoch(digits):
     assert row["loss"] == pytest.approx(loss / total, abs=1e-6)
     assert row["multiclassaccuracy"] == pytest.approx(correct / total, abs=1e-6)
     assert row["multiclassaccuracy"] > 0.8
+
+
+@pytest.mark.parametrize("fold", [1, 2, 1024])
+def test_metrics_loss_is_the_batch_size_weighted_mean_of_the_batch_losses(monkeypatch, fold):
+    # Losses are summed by the 1024 (here `fold`): any grouping gives the same mean.
+    from ptera.lab import callbacks
+
+    monkeypatch.setattr(callbacks, "_FOLD", fold)
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randn(10, 2), torch.randn(10, 1))
+    dls = DataLoaders(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))  # 4, 4, 2
+    metrics = MetricsCB(print_epochs=False)
+    learn = Learner(nn.Linear(2, 1), dls, cbs=[metrics])
+
+    @learn.on("one_batch(learn) > loss")
+    def weighted(learn, loss):
+        return loss.item(), len(learn.batch[1])
+
+    learn.fit(1, valid=False)
+    pairs = learn.results.weighted
+    assert [n for _, n in pairs] == [4, 4, 2]
+    expected = sum(loss * n for loss, n in pairs) / 10
+    assert metrics.history == [{"epoch": 0, "train": True, "loss": pytest.approx(expected)}]
 
 
 class Recorder:

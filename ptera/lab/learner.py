@@ -101,8 +101,6 @@ class Learner(Stages):
             opt_func,
         )
         self.cbs = [check_callback(cb) for cb in cbs]
-        self._events_key: tuple = ()
-        self._events_cache: dict[str, tuple] = {}
         self.listeners = Effects()
         self.results = Result()
         self.opt = None
