@@ -3,15 +3,16 @@
 1. `Learner` + `MetricsCB` (torchmetrics accuracy, the loss weighted by batch size,
    summed on the device once per epoch) vs a hand loop updating the same metric and
    summing the loss the same way.
-2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks,
-   both in hand loops and inside the same Learner (a callback that registers the
-   hooks), so that the difference is the mechanism alone.
+2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks
+   (`HookStats`: same torch calls, same storage, equal numbers), both in hand loops
+   and inside the same Learner (a callback that registers the hooks), so that the
+   difference is the mechanism alone.
 3. The stage dispatch alone: microseconds per batch that the Learner adds to a
    hand loop on a model too small to hide it (one Linear(4, 2), batches of 8
    made in advance).
 
-Every case runs once per round, rounds interleaved; ratios are per round,
-reported as median and range (min-max). Times are the main thread's CPU time
+Every case runs once per round, rounds interleaved (half of them in the reverse
+order); ratios are per round, reported as median and range (min-max). Times are the main thread's CPU time
 (``time.thread_time``; torch runs on one thread here), not wall time: on a shared,
 loaded machine wall time mostly measures the wait for a core.
 """
@@ -19,6 +20,7 @@ loaded machine wall time mostly measures the wait for a core.
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 from sklearn.datasets import load_digits
@@ -120,14 +122,19 @@ class HookStatsCB:
         self.stats.remove()
 
 
-def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
+def hand_loop(model, dls, stats=None, epochs=EPOCHS, metric=True):
+    """The Learner's work by hand; ``stats`` (``HookStatsCB()`` or ``ActivationStats()``)
+    is driven through its callback methods with a stand-in for the learner."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     acc = {t: MulticlassAccuracy(num_classes=10) for t in (True, False)}
-    stats = HookStats(model) if hooks else None
+    state = SimpleNamespace(model=model, training=True)
+    if stats is not None:
+        stats.before_fit(state)
     for _ in range(epochs):
         for train, loader in ((True, dls.train), (False, dls.valid)):
-            if stats is not None:
-                stats.training = train
+            state.training = train
+            if isinstance(stats, HookStatsCB):
+                stats.before_epoch(state)
             model.train(train)
             acc[train].reset()
             losses, sizes = [], []
@@ -148,9 +155,9 @@ def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
             stacked = torch.stack(losses).float()
             (stacked @ torch.tensor(sizes, dtype=stacked.dtype) / sum(sizes)).item()
             if stats is not None:
-                stats.flush()
+                stats.after_epoch(state)
     if stats is not None:
-        stats.remove()
+        stats.cleanup_fit(state)
 
 
 def tiny():
@@ -180,19 +187,22 @@ def main():
             EPOCHS
         )
 
-    times = interleave(
-        {
-            "hand loop + metrics": lambda: hand_loop(*setup()),
-            "Learner + MetricsCB": learner,
-            "hand loop + metrics + hook stats": lambda: hand_loop(*setup(), hooks=True),
-            "Learner + MetricsCB + hook stats": lambda: learner(HookStatsCB()),
-            "Learner + MetricsCB + ActivationStats (probes)": lambda: learner(ActivationStats()),
-            "tiny: hand loop": lambda: hand_loop(*tiny(), metric=False),
-            "tiny: Learner + MetricsCB (loss only)": tiny_learner,
-        },
-        ROUNDS,
-        clock=time.thread_time,
-    )
+    cases = {
+        "hand loop + metrics": lambda: hand_loop(*setup()),
+        "Learner + MetricsCB": learner,
+        "hand loop + metrics + hook stats": lambda: hand_loop(*setup(), HookStatsCB()),
+        "hand loop + metrics + ActivationStats (probes)": lambda: hand_loop(
+            *setup(), ActivationStats()
+        ),
+        "Learner + MetricsCB + hook stats": lambda: learner(HookStatsCB()),
+        "Learner + MetricsCB + ActivationStats (probes)": lambda: learner(ActivationStats()),
+        "tiny: hand loop": lambda: hand_loop(*tiny(), metric=False),
+        "tiny: Learner + MetricsCB (loss only)": tiny_learner,
+    }
+    # Half the rounds in each order, so that no case always follows the same one.
+    first = interleave(cases, ROUNDS - ROUNDS // 2, clock=time.thread_time)
+    second = interleave(dict(reversed(cases.items())), ROUNDS // 2, clock=time.thread_time)
+    times = {name: first[name] + second[name] for name in cases}
 
     def ratios(a, b):
         return [x / y for x, y in zip(times[a], times[b])]
@@ -207,6 +217,13 @@ def main():
     summary(
         "Learner + MetricsCB / hand loop",
         ratios("Learner + MetricsCB", "hand loop + metrics"),
+        "<=1.02",
+    )
+    summary(
+        "ActivationStats (probes) / hook stats, in hand loops",
+        ratios(
+            "hand loop + metrics + ActivationStats (probes)", "hand loop + metrics + hook stats"
+        ),
         "<=1.02",
     )
     summary(

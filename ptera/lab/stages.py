@@ -190,8 +190,10 @@ class Stages:
             late = self._call_all(cancelled, late)
         except BaseException as exc:
             error = exc
-        late = self._call_all(after, late)
-        late = self._call_all(cleanup, late)
+        if after:
+            late = self._call_all(after, late)
+        if cleanup:
+            late = self._call_all(cleanup, late)
         if late:
             error = _settle(stage, error, late)
         if error is not None:
