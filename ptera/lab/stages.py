@@ -3,8 +3,8 @@
 A stage (``fit``, ``epoch``, ``batch``, ``backward``, ``step``) runs as
 ``before_<stage>``, its body, ``after_cancel_<stage>`` if a callback or the body
 raised ``Cancel<Stage>Exception``, then ``after_<stage>`` and ``cleanup_<stage>``.
-``Stages`` is the mixin that gives a learner ``run_stage`` and ``callback``; it
-needs only a ``cbs`` list.
+``Stages`` is the mixin that gives a learner ``run_stage``, ``callback`` and the
+``cbs`` property; the learner only assigns its callbacks to ``cbs``.
 
 Decisions:
 
