@@ -86,13 +86,37 @@ def test_a_callback_removed_mid_fit_stops_firing(change):
     assert [entry[3] for entry in log] == [0, 1]
 
 
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+    def after_batch(self, learn):
+        pass
+
+    def __eq__(self, other):
+        return isinstance(other, Named) and other.name == self.name
+
+
 def test_a_callback_list_copies_and_pickles_without_its_cache():
-    cbs = CallbackList([1, 2])
+    cbs = CallbackList([Named("a"), Named("b")])
     cbs.events["batch"] = "cached"
     for other in (copy.copy(cbs), copy.deepcopy(cbs), pickle.loads(pickle.dumps(cbs))):
-        assert type(other) is CallbackList and other == [1, 2] and other.events == {}
-    cbs.sort()
+        assert type(other) is CallbackList and other == cbs and other.events == {}
+    cbs.sort(key=lambda cb: cb.name)
     assert cbs.events == {}
+
+
+class Typo:
+    def after_bach(self, learn):
+        pass
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_misspelled_callback_is_refused_however_it_is_added(change):
+    learn = Learner(nn.Linear(2, 1), batches())
+    with pytest.raises(TypeError, match="after_bach, which no stage fires"):
+        CHANGES[change](learn, Typo())
+    assert list(learn.cbs) == []
 
 
 @pytest.mark.parametrize(

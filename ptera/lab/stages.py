@@ -19,6 +19,8 @@ Decisions:
   callbacks, not once per event: stages run several times a batch. ``cbs`` is a
   ``CallbackList``, a list that empties that cache when it changes (a list
   assigned to ``cbs`` becomes one), so a stage looks its events up in one dict.
+  It also checks each callback added (``check_callback``), by ``add_cb`` or by
+  any list method, so a misspelled stage method never goes unnoticed.
 * A stage that no callback listens to runs its body directly (still catching its
   own cancel): ``backward`` and ``step`` usually have none.
 """
@@ -36,6 +38,7 @@ from .callbacks import (
     CancelEpochException,
     CancelFitException,
     CancelStepException,
+    check_callback,
 )
 
 __all__ = ["CallbackList", "Stages"]
@@ -57,13 +60,38 @@ _ENDED_WITH = {
 
 
 class CallbackList(list):
-    """A learner's callbacks: a list whose ``events`` cache (each stage's method lists)
-    is emptied whenever the list changes, so a callback added or removed, even in
-    the middle of a fit, is seen from the next stage on."""
+    """A learner's callbacks: a list that checks what is added to it (``check_callback``:
+    a misspelled stage method is a ``TypeError``, however the callback comes in) and
+    empties its ``events`` cache (each stage's method lists) whenever it changes, so
+    a callback added or removed, even in the middle of a fit, is seen from the next
+    stage on."""
 
     def __init__(self, cbs: Any = ()):
-        super().__init__(cbs)
+        super().__init__(_checked(cbs))
         self.events: dict[str, tuple] = {}
+
+    # Additions are checked; every change empties the cache (a new dict, not clear():
+    # unpickling appends before __setstate__ has set the attribute).
+    def append(self, cb: Any) -> None:
+        self.events = {}
+        super().append(check_callback(cb))
+
+    def insert(self, index: Any, cb: Any) -> None:
+        self.events = {}
+        super().insert(index, check_callback(cb))
+
+    def extend(self, cbs: Any) -> None:
+        self.events = {}
+        super().extend(_checked(cbs))
+
+    def __iadd__(self, cbs: Any) -> CallbackList:
+        self.events = {}
+        return super().__iadd__(_checked(cbs))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.events = {}
+        value = _checked(value) if isinstance(index, slice) else check_callback(value)
+        super().__setitem__(index, value)
 
     # Copies and pickles leave the cache (bound methods of the old callbacks) behind.
     def __getstate__(self) -> dict:
@@ -74,11 +102,15 @@ class CallbackList(list):
         self.events = {}
 
 
+def _checked(cbs: Any) -> list:
+    return [check_callback(cb) for cb in cbs]
+
+
 def _changes(name: str) -> Callable:
     method = getattr(list, name)
 
     def changed(self, *args, **kwargs):
-        self.events = {}  # a new dict, not clear(): unpickling appends before __setstate__
+        self.events = {}
         return method(self, *args, **kwargs)
 
     changed.__name__ = changed.__qualname__ = name
@@ -86,20 +118,7 @@ def _changes(name: str) -> Callable:
     return changed
 
 
-for _name in (
-    "append",
-    "extend",
-    "insert",
-    "remove",
-    "pop",
-    "clear",
-    "sort",
-    "reverse",
-    "__setitem__",
-    "__delitem__",
-    "__iadd__",
-    "__imul__",
-):
+for _name in ("remove", "pop", "clear", "sort", "reverse", "__delitem__", "__imul__"):
     setattr(CallbackList, _name, _changes(_name))
 
 
