@@ -33,7 +33,7 @@ from .. import Effects, Result, select, tooled
 from ..plugin import caller_env, check_selector, is_plugin
 from .callbacks import to_device
 from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
-from .stages import Stages
+from .stages import CallbackList, Stages
 
 __all__ = ["DataLoaders", "Learner", "auto_loss"]
 
@@ -100,7 +100,7 @@ class Learner(Stages):
             lr,
             opt_func,
         )
-        self.cbs = cbs  # a CallbackList of them, each checked (stages.py)
+        self.cbs = CallbackList(cbs)  # a new list, each callback checked (stages.py)
         self.listeners = Effects()
         self.results = Result()
         self.opt = None
