@@ -1,16 +1,19 @@
 """The Learner's overhead: digits MLP, 5 epochs, ratios to hand-written loops.
 
-1. `Learner` + `MetricsCB` (torchmetrics accuracy, weighted loss summed on the
-   device) vs a hand loop updating the same metric and summing the loss the same way.
-2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks,
-   both in hand loops and inside the same Learner (a callback that registers the
-   hooks), so that the difference is the mechanism alone.
+1. `Learner` + `MetricsCB` (torchmetrics accuracy, the loss weighted by batch size,
+   summed on the device once per epoch) vs a hand loop updating the same metric and
+   summing the loss the same way.
+2. `ActivationStats` (probes) vs the same statistics recorded by forward hooks
+   (`HookStats`: same torch calls, same storage, equal numbers), both in hand loops
+   and inside the same Learner (a callback that registers the hooks), so that the
+   difference is the mechanism alone.
 3. The stage dispatch alone: microseconds per batch that the Learner adds to a
    hand loop on a model too small to hide it (one Linear(4, 2), batches of 8
    made in advance).
 
-Every case runs once per round, rounds interleaved; ratios are per round,
-reported as median and range (min-max). Times are the main thread's CPU time
+Every case runs once per round, rounds interleaved (half of them in the reverse
+order); ratios are per round, reported as median and range (min-max), and as the
+ratio of the two cases' fastest runs (load on a shared machine only adds time). Times are the main thread's CPU time
 (``time.thread_time``; torch runs on one thread here), not wall time: on a shared,
 loaded machine wall time mostly measures the wait for a core.
 """
@@ -18,6 +21,7 @@ loaded machine wall time mostly measures the wait for a core.
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 from sklearn.datasets import load_digits
@@ -42,32 +46,59 @@ def setup():
 
 
 class HookStats:
-    """The statistics ActivationStats records, recorded by forward hooks (the baseline)."""
+    """The statistics ActivationStats records, recorded by forward hooks (the baseline).
 
-    def __init__(self, model):
-        self.pending, self.hists, self.training = {}, {}, True
-        self.handles = [m.register_forward_hook(self.hook(n, m)) for n, m in model.named_children()]
+    Written as one would by hand, as lean as it gets: each hook holds its layer's
+    lists, and computes the same statistics with the same torch calls, in the same
+    order, read with one ``.tolist()`` per flush, into the same ``stats`` layout
+    (``tests/test_lab.py`` checks that the numbers are equal).
+    """
 
-    def hook(self, name, module):
-        dead = isinstance(module, nn.ReLU)
+    def __init__(self, model, bins=40, hist_max=10.0):
+        self.stats = {"train": {}, "eval": {}}
+        self.training = True
+        self.slots = []
+        self.handles = [
+            m.register_forward_hook(self.hook(name, isinstance(m, nn.ReLU), bins, hist_max))
+            for name, m in model.named_children()
+        ]
+
+    def hook(self, name, activation, bins, hist_max):
+        slots = {}
+        for training, split in ((True, "train"), (False, "eval")):
+            series = {"mean": [], "std": [], "hist": []}
+            slots[training] = ([], [], [] if activation else None, series["hist"])
+            self.slots.append((series, slots[training]))
+            self.stats[split][name] = series
 
         def record(module, inputs, out):
+            mean, std, dead, hist = slots[self.training]
             x = out.detach()
-            p = self.pending.setdefault((self.training, name), {"mean": [], "std": [], "dead": []})
-            p["mean"].append(x.mean())
-            p["std"].append(x.std())
-            if dead:
-                p["dead"].append((x <= 0).float().mean())
-            self.hists.setdefault((self.training, name), []).append(x.abs().histc(40, 0, 10))
+            if x.dtype != torch.float32:
+                x = x.float()
+            mean.append(x.mean())
+            std.append(x.std() if x.numel() > 1 else x.new_zeros(()))
+            if dead is not None:
+                dead.append((x <= 0).float().mean())
+            hist.append(x.abs().histc(bins, 0, hist_max))
 
         return record
 
     def flush(self):
-        for p in self.pending.values():
-            for values in p.values():
-                if values:
-                    torch.stack(values).tolist()
-                    values.clear()
+        pending = [
+            (series, key, values)
+            for series, slot in self.slots
+            for key, values in zip(("mean", "std", "dead"), slot)
+            if values
+        ]
+        if not pending:
+            return
+        numbers = torch.cat([torch.stack(values) for _, _, values in pending]).tolist()
+        start = 0
+        for series, key, values in pending:
+            series.setdefault(key, []).extend(numbers[start : start + len(values)])
+            start += len(values)
+            values.clear()
 
     def remove(self):
         for h in self.handles:
@@ -92,17 +123,22 @@ class HookStatsCB:
         self.stats.remove()
 
 
-def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
+def hand_loop(model, dls, stats=None, epochs=EPOCHS, metric=True):
+    """The Learner's work by hand; ``stats`` (``HookStatsCB()`` or ``ActivationStats()``)
+    is driven through its callback methods with a stand-in for the learner."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     acc = {t: MulticlassAccuracy(num_classes=10) for t in (True, False)}
-    stats = HookStats(model) if hooks else None
+    state = SimpleNamespace(model=model, training=True)
+    if stats is not None:
+        stats.before_fit(state)
     for _ in range(epochs):
         for train, loader in ((True, dls.train), (False, dls.valid)):
-            if stats is not None:
-                stats.training = train
+            state.training = train
+            if isinstance(stats, HookStatsCB):
+                stats.before_epoch(state)
             model.train(train)
             acc[train].reset()
-            total, count = None, 0
+            losses, sizes = [], []
             with torch.set_grad_enabled(train):
                 for xb, yb in loader:
                     preds = model(xb)
@@ -113,18 +149,16 @@ def hand_loop(model, dls, hooks=False, epochs=EPOCHS, metric=True):
                         opt.zero_grad()
                     if metric:
                         acc[train].update(preds.detach(), yb)
-                    if total is None:
-                        total = loss.detach().float() * len(yb)
-                    else:
-                        total.add_(loss.detach(), alpha=len(yb))
-                    count += len(yb)
+                    losses.append(loss.detach())
+                    sizes.append(yb.shape[0])
             if metric:
                 acc[train].compute().item()
-            (total / count).item()
+            stacked = torch.stack(losses).float()
+            (stacked @ torch.tensor(sizes, dtype=stacked.dtype) / sum(sizes)).item()
             if stats is not None:
-                stats.flush()
+                stats.after_epoch(state)
     if stats is not None:
-        stats.remove()
+        stats.cleanup_fit(state)
 
 
 def tiny():
@@ -136,8 +170,9 @@ def tiny():
 
 
 def summary(name, ratios, target=""):
+    ratios, fastest = ratios
     lo, med, hi = min(ratios), statistics.median(ratios), max(ratios)
-    print(f"{name:52} {med:7.3f}   {lo:.3f}-{hi:.3f}  {target}")
+    print(f"{name:52} {med:7.3f}   {lo:.3f}-{hi:.3f}  {fastest:8.3f}  {target}")
 
 
 def main():
@@ -154,33 +189,44 @@ def main():
             EPOCHS
         )
 
-    times = interleave(
-        {
-            "hand loop + metrics": lambda: hand_loop(*setup()),
-            "Learner + MetricsCB": learner,
-            "hand loop + metrics + hook stats": lambda: hand_loop(*setup(), hooks=True),
-            "Learner + MetricsCB + hook stats": lambda: learner(HookStatsCB()),
-            "Learner + MetricsCB + ActivationStats (probes)": lambda: learner(ActivationStats()),
-            "tiny: hand loop": lambda: hand_loop(*tiny(), metric=False),
-            "tiny: Learner + MetricsCB (loss only)": tiny_learner,
-        },
-        ROUNDS,
-        clock=time.thread_time,
-    )
+    cases = {
+        "hand loop + metrics": lambda: hand_loop(*setup()),
+        "Learner + MetricsCB": learner,
+        "hand loop + metrics + hook stats": lambda: hand_loop(*setup(), HookStatsCB()),
+        "hand loop + metrics + ActivationStats (probes)": lambda: hand_loop(
+            *setup(), ActivationStats()
+        ),
+        "Learner + MetricsCB + hook stats": lambda: learner(HookStatsCB()),
+        "Learner + MetricsCB + ActivationStats (probes)": lambda: learner(ActivationStats()),
+        "tiny: hand loop": lambda: hand_loop(*tiny(), metric=False),
+        "tiny: Learner + MetricsCB (loss only)": tiny_learner,
+    }
+    # Half the rounds in each order, so that no case always follows the same one.
+    first = interleave(cases, ROUNDS - ROUNDS // 2, clock=time.thread_time)
+    second = interleave(dict(reversed(cases.items())), ROUNDS // 2, clock=time.thread_time)
+    times = {name: first[name] + second[name] for name in cases}
 
     def ratios(a, b):
-        return [x / y for x, y in zip(times[a], times[b])]
+        # Per round, and of the fastest runs: a loaded machine only ever adds time.
+        return [x / y for x, y in zip(times[a], times[b])], min(times[a]) / min(times[b])
 
     print(
         f"Learner overhead, digits MLP 64-128-10, {EPOCHS} epochs, 1 thread, {ROUNDS} rounds,"
         " CPU time"
     )
-    print(f"{'case':52} {'median':>7}   {'range':11}  target")
+    print(f"{'case':52} {'median':>7}   {'range':11}  {'fastest':>8}  target")
     for name, ts in times.items():
         print(f"  {name:50} {statistics.median(ts) * 1e3:9.1f} ms")
     summary(
         "Learner + MetricsCB / hand loop",
         ratios("Learner + MetricsCB", "hand loop + metrics"),
+        "<=1.02",
+    )
+    summary(
+        "ActivationStats (probes) / hook stats, in hand loops",
+        ratios(
+            "hand loop + metrics + ActivationStats (probes)", "hand loop + metrics + hook stats"
+        ),
         "<=1.02",
     )
     summary(

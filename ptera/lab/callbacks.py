@@ -15,8 +15,10 @@ Decisions:
 
 * ``MetricsCB`` keeps separate copies of its torchmetrics metrics for train and
   valid, resets them each epoch, and weights the loss by batch size; its
-  ``history`` is one dict per epoch and split. Metrics and the loss sum stay on
-  the predictions' device: numbers are read once per epoch, never per batch.
+  ``history`` is one dict per epoch and split. Metrics and losses stay on the
+  predictions' device: numbers are read once per epoch, never per batch. A batch
+  only keeps its detached loss and its size (summed by one matrix product per
+  epoch, or per 1024 batches): an in-place add per batch cost more.
 * ``ProgressCB`` shows a rich bar with a live loss only on a terminal and when
   ``CI`` is not set (the loss read at most four times a second: each read syncs
   the device); otherwise it prints one line per epoch.
@@ -157,29 +159,45 @@ class MetricsCB(Callback):
         self._metrics = self._split[learn.training]
         for m in self._metrics.values():
             m.reset()
+        self._updates = tuple(m.update for m in self._metrics.values())
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
         self._loss_sum: torch.Tensor | None = None
         self._count = 0
 
     def after_batch(self, learn) -> None:
+        # Every batch: no device read, no new tensor but the detached loss.
         loss = learn.loss
         if loss is None:
             return
-        preds, yb = learn.preds.detach(), learn.batch[1]
-        if preds.device != self._device[learn.training]:  # accumulate where the preds are
-            self._device[learn.training] = preds.device
-            for m in self._metrics.values():
-                m.to(preds.device)
-        for m in self._metrics.values():
-            m.update(preds, yb)
-        n = len(yb)
-        if self._loss_sum is None:
-            self._loss_sum = loss.detach().float() * n
-        else:
-            self._loss_sum.add_(loss.detach(), alpha=n)
-        self._count += n
+        yb = learn.batch[1]
+        if self._updates:
+            preds = learn.preds.detach()
+            if preds.device != self._device[learn.training]:  # accumulate where the preds are
+                self._device[learn.training] = preds.device
+                for m in self._metrics.values():
+                    m.to(preds.device)
+            for update in self._updates:
+                update(preds, yb)
+        self._losses.append(loss.detach())
+        self._sizes.append(yb.shape[0] if isinstance(yb, torch.Tensor) else len(yb))
+        if len(self._losses) == _FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the pending losses, weighted by batch size, to the epoch's sum (on the device)."""
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).float()
+        sizes = torch.tensor(self._sizes, dtype=losses.dtype, device=losses.device)
+        total = losses @ sizes
+        self._loss_sum = total if self._loss_sum is None else self._loss_sum + total
+        self._count += sum(self._sizes)
+        self._losses, self._sizes = [], []
 
     def after_epoch(self, learn) -> None:
         row = {"epoch": learn.epoch, "train": learn.training, "loss": math.nan}
+        self._fold()
         if self._loss_sum is not None:  # else no batch ran (a cancelled epoch)
             # The epoch's only syncs with the device: one per number in the row.
             row["loss"] = (self._loss_sum / self._count).item()
@@ -189,6 +207,10 @@ class MetricsCB(Callback):
         self.history.append(row)
         if self.print_epochs and not any(isinstance(cb, ProgressCB) for cb in learn.cbs):
             print(format_row(row))
+
+
+# Losses kept as tensors before they are summed: bounds the memory of a long epoch.
+_FOLD = 1024
 
 
 def format_row(row: dict) -> str:

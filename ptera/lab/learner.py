@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import Effects, Result, select, tooled
 from ..plugin import caller_env, check_selector, is_plugin
-from .callbacks import check_callback, to_device
+from .callbacks import to_device
 from .checkpoints import random_states, read_checkpoint, set_random_states, write_checkpoint
-from .stages import Stages
+from .stages import CallbackList, Stages
 
 __all__ = ["DataLoaders", "Learner", "auto_loss"]
 
@@ -100,9 +100,7 @@ class Learner(Stages):
             lr,
             opt_func,
         )
-        self.cbs = [check_callback(cb) for cb in cbs]
-        self._events_key: tuple = ()
-        self._events_cache: dict[str, tuple] = {}
+        self.cbs = CallbackList(cbs)  # a new list, each callback checked (stages.py)
         self.listeners = Effects()
         self.results = Result()
         self.opt = None
@@ -116,7 +114,7 @@ class Learner(Stages):
     # -- callbacks ---------------------------------------------------------------
     def add_cb(self, cb: Any) -> Learner:
         """Add a callback object (checked: it must have a stage method)."""
-        self.cbs.append(check_callback(cb))
+        self.cbs.append(cb)
         return self
 
     def remove_cb(self, cb: Any) -> None:

@@ -3,8 +3,8 @@
 A stage (``fit``, ``epoch``, ``batch``, ``backward``, ``step``) runs as
 ``before_<stage>``, its body, ``after_cancel_<stage>`` if a callback or the body
 raised ``Cancel<Stage>Exception``, then ``after_<stage>`` and ``cleanup_<stage>``.
-``Stages`` is the mixin that gives a learner ``run_stage`` and ``callback``; it
-needs only a ``cbs`` list.
+``Stages`` is the mixin that gives a learner ``run_stage``, ``callback`` and the
+``cbs`` property; the learner only assigns its callbacks to ``cbs``.
 
 Decisions:
 
@@ -16,8 +16,13 @@ Decisions:
   while a stage closes is dropped when its stage has already ended, so ``fit``
   never lets a ``Cancel*Exception`` out of its close.
 * The methods of each event are looked up and sorted by ``order`` once per set of
-  callbacks (keyed by their ids), not once per event: stages run several times a
-  batch.
+  callbacks, not once per event: stages run several times a batch. ``cbs`` is a
+  ``CallbackList``, a list that empties that cache when it changes (a list
+  assigned to ``cbs`` becomes one), so a stage looks its events up in one dict.
+  It also checks each callback added (``check_callback``), by ``add_cb`` or by
+  any list method, so a misspelled stage method never goes unnoticed.
+* A stage that no callback listens to runs its body directly (still catching its
+  own cancel): ``backward`` and ``step`` usually have none.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from .callbacks import (
     CancelEpochException,
     CancelFitException,
     CancelStepException,
+    check_callback,
 )
 
-__all__ = ["Stages"]
+__all__ = ["CallbackList", "Stages"]
 
 _CANCEL = {
     "fit": CancelFitException,
@@ -53,16 +59,87 @@ _ENDED_WITH = {
 }
 
 
+class CallbackList(list):
+    """A learner's callbacks: a list that checks what is added to it (``check_callback``:
+    a misspelled stage method is a ``TypeError``, however the callback comes in) and
+    empties its ``events`` cache (each stage's method lists) whenever it changes, so
+    a callback added or removed, even in the middle of a fit, is seen from the next
+    stage on."""
+
+    def __init__(self, cbs: Any = ()):
+        super().__init__(_checked(cbs))
+        self.events: dict[str, tuple] = {}
+
+    # Additions are checked; every change empties the cache (a new dict, not clear():
+    # unpickling appends before __setstate__ has set the attribute).
+    def append(self, cb: Any) -> None:
+        self.events = {}
+        super().append(check_callback(cb))
+
+    def insert(self, index: Any, cb: Any) -> None:
+        self.events = {}
+        super().insert(index, check_callback(cb))
+
+    def extend(self, cbs: Any) -> None:
+        self.events = {}
+        super().extend(_checked(cbs))
+
+    def __iadd__(self, cbs: Any) -> CallbackList:
+        self.events = {}
+        return super().__iadd__(_checked(cbs))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.events = {}
+        value = _checked(value) if isinstance(index, slice) else check_callback(value)
+        super().__setitem__(index, value)
+
+    # Copies and pickles leave the cache (bound methods of the old callbacks) behind.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "events"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.events = {}
+
+
+def _checked(cbs: Any) -> list:
+    return [check_callback(cb) for cb in cbs]
+
+
+def _changes(name: str) -> Callable:
+    method = getattr(list, name)
+
+    def changed(self, *args, **kwargs):
+        self.events = {}
+        return method(self, *args, **kwargs)
+
+    changed.__name__ = changed.__qualname__ = name
+    changed.__doc__ = method.__doc__
+    return changed
+
+
+for _name in ("remove", "pop", "clear", "sort", "reverse", "__delitem__", "__imul__"):
+    setattr(CallbackList, _name, _changes(_name))
+
+
 class Stages:
     """Runs stages and fires events on the callbacks in ``self.cbs``.
 
-    Working state: ``cbs`` (the callbacks, set by the subclass), ``_events_key``
-    and ``_events_cache`` (each stage's four method lists, for that set of callbacks).
+    Working state: ``_cbs``, the ``CallbackList`` behind ``cbs``, whose ``events``
+    maps a stage to its four method lists, its cancel class and whether it has
+    any method at all.
     """
 
-    cbs: list
-    _events_key: tuple
-    _events_cache: dict[str, tuple]
+    _cbs: CallbackList
+
+    @property
+    def cbs(self) -> CallbackList:
+        """The callback objects, a list (``add_cb`` and ``remove_cb`` change it)."""
+        return self._cbs
+
+    @cbs.setter
+    def cbs(self, cbs: Any) -> None:
+        self._cbs = cbs if isinstance(cbs, CallbackList) else CallbackList(cbs)
 
     def callback(self, event: str) -> None:
         """Call ``event`` (``"before_fit"``, ...) on every callback that has it, in ``order``.
@@ -83,18 +160,17 @@ class Stages:
         stage, when = _split_event(event)
         return self._events(stage)[WHENS.index(when)]
 
-    def _events(self, stage: str) -> tuple[list, list, list, list]:
-        key = tuple(map(id, self.cbs))
-        if key != self._events_key:
-            self._events_key, self._events_cache = key, {}
-        got = self._events_cache.get(stage)
+    def _events(self, stage: str) -> tuple:
+        """``(before, after_cancel, after, cleanup, cancel class, quiet)`` of ``stage``."""
+        got = self._cbs.events.get(stage)
         if got is None:
-            ordered = sorted(self.cbs, key=lambda c: getattr(c, "order", 0))
-            got = tuple(
+            ordered = sorted(self._cbs, key=lambda c: getattr(c, "order", 0))
+            lists = [
                 [m for m in (getattr(cb, f"{when}_{stage}", None) for cb in ordered) if m]
                 for when in WHENS
-            )
-            self._events_cache[stage] = got
+            ]
+            got = (*lists, _CANCEL[stage], not any(lists))
+            self._cbs.events[stage] = got
         return got
 
     def _call_all(self, methods: list, errors: list | None) -> list | None:
@@ -117,18 +193,26 @@ class Stages:
         closing a stage that is not inside the one it cancels has nothing left to
         cancel and is dropped, so no ``Cancel*Exception`` escapes ``fit``.
         """
-        before, cancelled, after, cleanup = self._events(stage)
+        events = self._cbs.events.get(stage) or self._events(stage)
+        before, cancelled, after, cleanup, cancel, quiet = events
+        if quiet:
+            try:
+                return body(*args)
+            except cancel:
+                return None
         error = late = result = None
         try:
             for method in before:
                 method(self)
             result = body(*args)
-        except _CANCEL[stage]:
+        except cancel:
             late = self._call_all(cancelled, late)
         except BaseException as exc:
             error = exc
-        late = self._call_all(after, late)
-        late = self._call_all(cleanup, late)
+        if after:
+            late = self._call_all(after, late)
+        if cleanup:
+            late = self._call_all(cleanup, late)
         if late:
             error = _settle(stage, error, late)
         if error is not None:

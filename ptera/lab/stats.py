@@ -16,14 +16,19 @@ Decisions:
   values <= 0 mean nothing.
 * A record costs no device sync: the statistics of a batch stay tensors (on the
   model's device) until the epoch ends or ``stats`` is read, and are then turned
-  into numbers with one ``.tolist()`` per layer and statistic. Probed values come
-  out of the model's graph; ``detach`` keeps the statistics out of autograd.
+  into numbers with one ``.tolist()`` for all layers and statistics. Probed values
+  come out of the model's graph; ``detach`` keeps the statistics out of autograd
+  (cheaper than a ``no_grad`` block per call).
+* A record is a few lookups and the statistics themselves: each module of the
+  model is mapped once, by id, to the lists its statistics go to, so the
+  per-call cost is that of a forward hook computing the same numbers
+  (``benchmarks/bench_lab.py`` compares them, ``tests/test_lab.py`` checks that
+  they agree exactly).
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -59,7 +64,8 @@ class ActivationStats(Callback):
         self.env = env or {}
         self.classes: dict[str, str] = {}
         self._stats: dict[str, dict[str, dict[str, list]]] = {}
-        self._pending: dict[bool, dict[str, dict[str, list]]] = {}
+        self._slots: dict[bool, dict[int, tuple]] = {True: {}, False: {}}
+        self._named: dict[bool, dict[str, tuple]] = {True: {}, False: {}}
         self._probe = None
 
     @property
@@ -81,8 +87,10 @@ class ActivationStats(Callback):
             id(m): (name or type(m).__name__, isinstance(m, _ACTIVATIONS), type(m).__name__)
             for name, m in learn.model.named_modules()
         }
-        self._stats = {"train": defaultdict(_series), "eval": defaultdict(_series)}
-        self._pending = {True: defaultdict(_scalars), False: defaultdict(_scalars)}
+        self._stats = {"train": {}, "eval": {}}
+        # Per split: module id -> its layer's lists (see _slot), and layer name -> the same.
+        self._slots: dict[bool, dict[int, tuple]] = {True: {}, False: {}}
+        self._named: dict[bool, dict[str, tuple]] = {True: {}, False: {}}
         self.classes = {}
         if self.selectors:
             selectors, env = list(self.selectors), self.env
@@ -93,38 +101,72 @@ class ActivationStats(Callback):
         probe = self._probe.__enter__()
         probe.subscribe(self._record)
 
-    def _layer(self, module: Any) -> tuple[str, bool, str]:
-        if module is None:
-            return "out", False, ""
-        cls = type(module).__name__
-        return self._layers.get(id(module)) or (cls, isinstance(module, _ACTIVATIONS), cls)
+    def _slot(self, module: Any, training: bool) -> tuple:
+        """The lists a module's outputs go to: ``(mean, std, dead or None, hist)``.
+
+        mean, std and dead hold the batch's 0-d tensors until ``_flush``; hist is
+        the layer's series itself. Modules of the model are cached by id (they
+        live as long as the fit); any other module is looked up by class each time,
+        since a dead module's id may come back as another one's.
+        """
+        known = self._layers.get(id(module)) if module is not None else ("out", False, "")
+        if known is None:
+            cls = type(module).__name__
+            name, activation = cls, isinstance(module, _ACTIVATIONS)
+        else:
+            name, activation, cls = known
+        named = self._named[training]
+        slot = named.get(name)
+        if slot is None:
+            self.classes.setdefault(name, cls)
+            series = self._stats["train" if training else "eval"].setdefault(name, _series())
+            slot = named[name] = ([], [], [] if activation else None, series["hist"])
+        if known is not None:
+            self._slots[training][id(module)] = slot
+        return slot
 
     def _record(self, data: dict) -> None:
-        out = data.get("out")
-        if not isinstance(out, torch.Tensor):
+        # Called for every probed module call: kept to a few lookups and the statistics.
+        x = data.get("out")
+        if not isinstance(x, torch.Tensor):
             return
-        name, activation, cls = self._layer(data.get("self"))
-        self.classes.setdefault(name, cls)
-        x = out.detach()
+        training = self._learn.training
+        module = data.get("self")
+        slot = self._slots[training].get(id(module))
+        if slot is None:
+            slot = self._slot(module, training)
+        mean, std, dead, hist = slot
+        x = x.detach()
         if x.dtype != torch.float32:
             x = x.float()  # histc and a stable std want float32 (bf16 under autocast)
-        training = self._learn.training
-        pending = self._pending[training][name]
-        pending["mean"].append(x.mean())
-        pending["std"].append(x.std() if x.numel() > 1 else x.new_zeros(()))
-        if activation:
-            pending["dead"].append((x <= 0).float().mean())
-        series = self._stats["train" if training else "eval"][name]
-        series["hist"].append(x.abs().histc(self.bins, 0, self.hist_max))
+        mean.append(x.mean())
+        std.append(x.std() if x.numel() > 1 else x.new_zeros(()))
+        if dead is not None:
+            dead.append((x <= 0).float().mean())
+        hist.append(x.abs().histc(self.bins, 0, self.hist_max))
 
     def _flush(self) -> None:
-        for training, layers in self._pending.items():
-            stats = self._stats["train" if training else "eval"]
-            for name, scalars in layers.items():
-                for key, values in scalars.items():
-                    if values:
-                        stats[name].setdefault(key, []).extend(torch.stack(values).tolist())
-                        values.clear()
+        """Turn the pending statistics into numbers: one device read for all of them."""
+        pending = [
+            (self._stats["train" if training else "eval"][name], key, values)
+            for training, named in self._named.items()
+            for name, slot in named.items()
+            for key, values in zip(_SCALARS, slot)
+            if values
+        ]
+        if not pending:
+            return
+        # One stack per layer and statistic (a layer's values share its device), then
+        # one tensor on one device, so that a model split over devices still works.
+        stacks = [torch.stack(values) for _, _, values in pending]
+        device = stacks[0].device
+        numbers = torch.cat([s.to(device) for s in stacks]).tolist()
+        start = 0
+        for series, key, values in pending:
+            end = start + len(values)
+            series.setdefault(key, []).extend(numbers[start:end])
+            start = end
+            values.clear()
 
     def after_epoch(self, learn) -> None:
         self._flush()
@@ -188,7 +230,3 @@ class ActivationStats(Callback):
 
 def _series() -> dict[str, list[Any]]:
     return {"mean": [], "std": [], "hist": []}
-
-
-def _scalars() -> dict[str, list[torch.Tensor]]:
-    return {"mean": [], "std": [], "dead": []}
