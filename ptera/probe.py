@@ -271,7 +271,8 @@ class Probe(SourceProxy):
         if probe_type not in (None, "immediate", "total"):
             raise TypeError(f"probe_type must be 'immediate', 'total' or None, not {probe_type!r}")
         check_env(env)
-        self._env = env if env is not None else caller_env(2)
+        # caller_env skips ptera's own frames (probing, subclasses): one level up is the user.
+        self._env = env if env is not None else caller_env(1)
         self._selectors = _selectors(selectors)
         self._raw = raw
         self._rules = tuple(

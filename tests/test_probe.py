@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import runpy
 import threading
 import tracemalloc
 import warnings
@@ -573,3 +574,37 @@ def test_a_probe_around_a_thread_pool_warns_once(monkeypatch):
             with ThreadPoolExecutor(2) as pool:
                 list(pool.map(square, range(3)))
     assert again == []
+
+
+PROBE_SCRIPT = """
+from ptera import Probe, tooled
+
+def main():
+    @tooled
+    def local_f(x):
+        y = x + 1
+        return y
+    p = Probe("local_f > y")  # a name local to main
+    values = p["y"].accum()
+    with p:
+        local_f(1)
+    return values
+
+@tooled
+def f(x):
+    b = x * 2
+    return b
+
+p = Probe("f > b")  # at module level: the outermost frame
+values = p["b"].accum()
+with p:
+    f(3)
+RESULT = (main(), values)
+"""
+
+
+def test_probe_made_directly_resolves_names_where_it_is_made(tmp_path):
+    # 1.4.1 exports Probe: constructed by hand, at module level or in a function.
+    script = tmp_path / "direct_probe.py"
+    script.write_text(PROBE_SCRIPT)
+    assert runpy.run_path(str(script))["RESULT"] == ([2], [6])
