@@ -23,11 +23,38 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .transform import Source, TransformError, compile_variant, parse_function
+from .transform import HELPER, Source, TransformError, compile_variant, parse_function
 
 _fids = itertools.count(1)
 _lock = threading.RLock()
-_by_code: dict[types.CodeType, FnState] = {}
+
+
+class _CodeIndex:
+    """Code object -> ``FnState``, by identity.
+
+    Two modules with the same function at the same line compile *equal* code objects
+    (equality ignores the file name), so a plain dict would give both functions one
+    state and a probe on one would see the other's calls. Entries keep their code
+    objects alive, so an id in the index always means that very object.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self):
+        self._entries: dict[int, tuple[types.CodeType, FnState]] = {}
+
+    def get(self, code: Any, default: Any = None) -> Any:
+        entry = self._entries.get(id(code))
+        return default if entry is None else entry[1]
+
+    def setdefault(self, code: types.CodeType, state: FnState) -> FnState:
+        return self._entries.setdefault(id(code), (code, state))[1]
+
+    def __setitem__(self, code: types.CodeType, state: FnState) -> None:
+        self._entries[id(code)] = (code, state)
+
+
+_by_code = _CodeIndex()
 _by_fid: dict[int, FnState] = {}
 # Functions decorated with @tooled: candidates for `*` and for names not in scope.
 _tooled: dict[int, FnState] = {}
@@ -116,12 +143,23 @@ class FnState:
     def set_code(self, code: types.CodeType) -> None:
         if code is self.current:
             return
+        helpers = None if code is self.original else _helper_globals()
         for fn in self.functions():
+            # A copy made with other globals (``types.FunctionType(code, g)``) runs the
+            # variant too, so its globals need the helper as much as the original's.
+            if helpers is not None and fn.__globals__.get(HELPER) is not helpers[HELPER]:
+                fn.__globals__.update(helpers)
             fn.__code__ = code
         self.current = code
 
     def __repr__(self) -> str:
         return f"<FnState {self.module}.{self.qualname}>"
+
+
+def _helper_globals() -> dict[str, Any]:
+    from .overlay import HELPERS  # overlay builds on this module: imported when first needed
+
+    return HELPERS
 
 
 def state_of(code: types.CodeType) -> FnState | None:

@@ -1,11 +1,13 @@
 """Instrumentation preserves the semantics of every program, idle or probed."""
 
 import ast
+import builtins
 import contextlib
 import importlib
 import inspect
 import sys
 import traceback
+import types
 import weakref
 
 import pytest
@@ -417,6 +419,37 @@ def test_instrumenting_adds_one_name_to_the_module(tmp_path, monkeypatch, decora
         assert scale(3) == 6
     assert ys == [{"y": 6}]
     assert set(vars(module)) - before == {"__ptera__"}
+
+
+def test_a_copy_with_other_globals_runs_the_variant_too(tmp_path, monkeypatch):
+    # A copy made with types.FunctionType shares the code, so it runs the variant:
+    # its own globals get the helper as well (else: NameError '__ptera__').
+    name = "_ptera_fresh_module_copied"
+    (tmp_path / f"{name}.py").write_text(FRESH_MODULE)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    module = importlib.import_module(name)
+    copied = types.FunctionType(module.scale.__code__, {"__builtins__": builtins}, "copied")
+    with probing(f"/{name}/scale > y").values() as ys:
+        assert (module.scale(3), copied(4)) == (6, 8)
+    assert ys == [{"y": 6}, {"y": 8}]
+    assert copied(5) == 10
+
+
+def test_equal_functions_of_two_modules_are_two_functions(tmp_path, monkeypatch):
+    # Same source at the same line: equal code objects (equality ignores the file),
+    # yet a probe on one must not see the other's calls, whichever is probed first.
+    names = ["_ptera_twin_a", "_ptera_twin_b"]
+    for name in names:
+        (tmp_path / f"{name}.py").write_text(FRESH_MODULE)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(tmp_path)
+    a, b = (importlib.import_module(name) for name in names)
+    assert a.scale.__code__ == b.scale.__code__
+    for name in reversed(names):
+        with probing(f"/{name}/scale > y").values() as ys:
+            a.scale(1), b.scale(100)
+        assert ys == ([{"y": 200}] if name == names[1] else [{"y": 2}])
 
 
 # -- where source comes from: notebook cells yes, strings no ----------------------
