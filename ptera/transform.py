@@ -758,7 +758,12 @@ class _Instrumenter(ast.NodeTransformer):
             targets=[_name(t, ast.Store()) for t in (held_value, held_dict, held_key)],
             value=_const(None),
         )
-        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=[clear])
+        finalbody: list[ast.stmt] = [clear]
+        if keyed_call:
+            # The key belongs to this call only: later calls (and calls after an error)
+            # must not see it.
+            finalbody.insert(0, ast.Expr(_call(SETKEY, _helper(ABSENT_NAME))))
+        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=finalbody)
         for s in ast.walk(stmt):
             if isinstance(s, ast.stmt):
                 ast.copy_location(s, node)

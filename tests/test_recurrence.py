@@ -2,7 +2,7 @@
 
 import pytest
 
-from ptera import Recurrence, ptera
+from ptera import Recurrence, probing, ptera
 
 
 @ptera
@@ -73,3 +73,37 @@ def test_window_is_positional_and_printed_so(window, text):
     for i in range(4):
         h[i] = i + 1
     assert repr(h) == text
+
+
+@ptera
+def inner(v):
+    w = v + 0.5
+    return w
+
+
+@ptera
+def keyed_layer(inp):
+    out = inner(inp) * 2
+    return out
+
+
+@ptera
+def keyed_chain(inp):
+    layers: list
+
+    h = Recurrence()
+    h[0] = inp
+    for i, lay in enumerate(layers):
+        h[i + 1] = lay(h[i])
+    extra = layers[0](100.0)  # a plain call after the keyed ones: no key
+    return h[len(layers)] + extra
+
+
+def test_the_key_of_a_keyed_call_goes_to_that_call_only():
+    net = keyed_chain.new(layers=[keyed_layer, keyed_layer])
+    with probing("keyed_layer[$k] > inp").values() as seen:
+        net(1.0)
+    assert [(d.get("k"), d["inp"]) for d in seen] == [(1, 1.0), (2, 3.0), (None, 100.0)]
+    with probing("keyed_layer[2] > inp").values() as second:
+        net(1.0)
+    assert second == [{"inp": 3.0}]
