@@ -354,6 +354,9 @@ class Engine:
     * ``rules``: the process-wide rules (``global_probe``), in activation order.
     * ``epoch``: bumped when ``rules`` change; a context's plan built at an older
       epoch is rebuilt on its next use.
+    * ``reset_epoch``: the epoch of the last ``reset``; plans, activations and holds
+      from before it are dropped, inert, and taken again (a resident's) on use.
+    * ``live``: activations not yet removed (each keeps ``torch.compile`` eager).
     * ``lock``: a reentrant lock around every change of rules and counts.
     * ``deferred``: holds released while their thread was inside ``lock``.
     * ``counts``: ``{FnState: {interest set: count}}``; their union picks the code.
@@ -368,6 +371,8 @@ class Engine:
     __slots__ = (
         "rules",
         "epoch",
+        "reset_epoch",
+        "live",
         "lock",
         "deferred",
         "counts",
@@ -386,6 +391,8 @@ class Engine:
     def __init__(self):
         self.rules: tuple[Rule, ...] = ()
         self.epoch = 0
+        self.reset_epoch = 0
+        self.live = 0
         self.lock = threading.RLock()
         self.deferred: list[_Hold] = []
         self.counts: dict[FnState, dict[frozenset, int]] = {}
@@ -425,14 +432,42 @@ class Engine:
         """The plan of this context, rebuilt if the global rules changed since."""
         plan = self.plan.get()
         if plan.epoch != self.epoch:
-            plan = Plan(plan.rules, self.epoch, self.rules)
+            rules = plan.rules if plan.epoch >= self.reset_epoch else ()
+            plan = Plan(rules, self.epoch, self.rules)
             self.plan.set(plan)
         return plan
+
+    def reset(self) -> None:
+        """End everything active on this engine at once (for tests).
+
+        Global rules, interest counts (every counted function gets its idle code
+        back), missed calls and this thread's queued ``after_exit`` work go; this
+        context's plan, frame stack and pending key are emptied, and other contexts'
+        plans drop their rules on their next use. Activations made before are inert
+        (removing them does nothing); a resident made before takes its counts again
+        on its next call.
+        """
+        with self.lock:
+            self.rules = ()
+            self.epoch += 1
+            self.reset_epoch = self.epoch
+            states = list(self.counts)
+            self.counts.clear()
+            self.deferred.clear()
+            self._install(states)
+            self.missed.clear()
+            self.after.calls = []
+            for _ in range(self.live):
+                overlay_ended()
+            self.live = 0
+            self.plan.set(self.empty)
+            self.frame.set(None)
+            self.pending_key.set(ABSENT)
 
     def _plan_with(self, base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:
         """The plan of ``base`` plus ``rules``, kept in ``plans`` by base."""
         with self.lock:
-            key = (base.rules, self.epoch)
+            key = (base.rules, self.epoch, self)
             new = Plan(base.rules + rules, self.epoch, self.rules)
             if plans is not None:
                 if len(plans) > _PLANS_KEPT:
@@ -442,7 +477,7 @@ class Engine:
 
     def active_rule_count(self) -> int:
         """How many rules are active in this context plus globally (for leak checks)."""
-        return len(self.plan.get().rules) + len(self.rules)
+        return len(self.current_plan().rules) + len(self.rules)
 
     # -- after exits and missed calls --------------------------------------------
 
@@ -524,12 +559,13 @@ class Engine:
         with self.lock:
             self._install_counted(tuple(r.interest for r in rules))
             overlay_started()
+            self.live += 1
             if glob:
                 self.rules += rules
                 self.epoch += 1
                 return Activation(rules, True, None, self)
             plan = self.current_plan()
-            new = plans.get((plan.rules, self.epoch)) if plans is not None else None
+            new = plans.get((plan.rules, self.epoch, self)) if plans is not None else None
             if new is None:
                 new = self._plan_with(plan, rules, plans)
             token = self.plan.set(new)
@@ -552,7 +588,7 @@ class Engine:
     def check_owner(self, activation: Activation) -> None:
         """Raise ``ValueError`` unless ``deactivate(activation)`` may run here (its context)."""
         with self.lock:
-            if activation.active and not activation.glob:
+            if activation.active and not activation.glob and not self._stale(activation):
                 now = self.plan.get()
                 self._reset_owned(activation.token)
                 activation.token = self.plan.set(now)  # the same old value: an equivalent token
@@ -563,6 +599,9 @@ class Engine:
             raise ValueError(f"this activation belongs to {activation.engine!r}, not {self!r}")
         with self.lock:
             if not activation.active:
+                return
+            if self._stale(activation):  # its rules went with a reset
+                activation.active, activation.token = False, None
                 return
             rules, token = activation.rules, activation.token
             if activation.glob:
@@ -579,10 +618,14 @@ class Engine:
                 if plan.epoch != self.epoch:
                     self.plan.set(Plan(plan.rules, self.epoch, self.rules))
             activation.active, activation.token = False, None
+            self.live -= 1
             self._install(_count(self.counts, (r.interest for r in rules), -1))
             overlay_ended()
             if self.deferred:
                 self._release_deferred()
+
+    def _stale(self, activation: Activation) -> bool:
+        return activation.since < self.reset_epoch
 
     def resident(self, rules: tuple[Rule, ...]) -> Resident:
         """A ``Resident`` of ``rules`` on this engine."""
@@ -710,11 +753,12 @@ class Activation:
     in another context (task, thread) is a ``ValueError`` that leaves them active.
     """
 
-    __slots__ = ("rules", "glob", "token", "active", "engine")
+    __slots__ = ("rules", "glob", "token", "active", "engine", "since")
 
     def __init__(self, rules: tuple[Rule, ...], glob: bool, token: Any, engine: Engine):
         self.rules, self.glob, self.token, self.engine = rules, glob, token, engine
         self.active = True
+        self.since = engine.epoch  # made after the engine's last reset, or not
 
     def remove(self) -> None:
         """End this activation (idempotent)."""
@@ -759,10 +803,13 @@ class Resident:
         plan = engine.plan.get()
         base, new = self.last
         if plan is not base or new.epoch != engine.epoch:
+            hold = self.hold
+            if hold.held and hold.since < engine.reset_epoch:
+                hold.take()  # the engine was reset since: count again
             epoch = engine.epoch
             if plan.epoch != epoch:
                 plan = engine.current_plan()
-            new = self.plans.get((plan.rules, epoch))
+            new = self.plans.get((plan.rules, epoch, engine))
             if new is None:
                 new = engine._plan_with(plan, self.rules, self.plans)
             self.last = (plan, new)
@@ -798,14 +845,21 @@ class _Hold:
     calls ``release`` must not keep its owner alive.
     """
 
-    __slots__ = ("interests", "held", "engine")
+    __slots__ = ("interests", "held", "engine", "since")
 
     def __init__(self, interests: tuple[dict, ...], engine: Engine):
         self.interests = interests
         self.engine = engine
+        self.held, self.since = False, -1
+        self.take()
+
+    def take(self) -> None:
+        """Take the counts (again, if the engine was reset since they were taken)."""
+        engine = self.engine
         with engine.lock:
-            engine._install_counted(interests)
-            self.held = True
+            if self.since < engine.reset_epoch:
+                engine._install_counted(self.interests)
+                self.held, self.since = True, engine.epoch
 
     def release(self) -> None:
         """Give the counts back (idempotent); safe from a finalizer."""
@@ -822,7 +876,8 @@ class _Hold:
         if self.held:
             self.held = False
             engine = self.engine
-            engine._install(_count(engine.counts, self.interests, -1))
+            if self.since >= engine.reset_epoch:  # else a reset took the counts already
+                engine._install(_count(engine.counts, self.interests, -1))
 
 
 class _Section:
