@@ -187,3 +187,18 @@ def test_reset_drops_rules_other_contexts_activated():
         thread.join()
     assert seen == [0]
     engine.reset()
+
+
+def test_decorating_leaves_the_engine_that_runs_a_module_in_place(engine):
+    seen = []
+    with engine.activate((listen("inner > y", seen),)):
+
+        @tooled
+        def late(x):
+            z = x + 1
+            return z
+
+        assert globals()[HELPER].engine is engine
+        outer(1)
+        assert late(1) == 2
+    assert seen == [{"y": 2}]
