@@ -47,9 +47,10 @@ Decisions:
   resident *calls*, not holds: an object kept alive leaves compiled code alone.
 * The helpers instrumented code calls at entry and exit (``_enter``, ``_exit``)
   are closures over the engine's fields, made in ``Engine.__init__``, not bound
-  methods: a call to a closure reading cells cost 0.98x a module function reading
-  globals, a bound method reading slots 1.03x (200,000 calls, CPU time), and W1
-  with closures is within noise of the module-global version. The helpers that
+  methods: against a module function reading globals, a closure reading cells
+  cost 0.98x and 1.00x, a bound method reading slots 1.03x and 1.02x (two runs
+  of 200,000 calls, CPU time); W1 and W3 with closures are within noise of the
+  module-global version (benchmarks/README.md). The helpers that
   touch no engine state (``_report``, ``_report_key``, ``_free``) stay plain
   functions shared by every engine; ``setkey`` is the context variable's ``set``.
 * Code objects and a module's ``__ptera__`` are process-wide. An engine that
