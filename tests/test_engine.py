@@ -85,7 +85,7 @@ def test_a_fresh_engine_activates_its_rules_only(engine):
         assert outer(1) == 3
         assert engine.active_rule_count() == 1 and overlay.active_rule_count() == 0
         assert fid in engine.current_plan().fns and fid not in overlay.current_plan().fns
-        assert state_for(inner) in engine.counts and state_for(inner) not in ENGINE.counts
+        assert engine.counts[state_for(inner)] and not ENGINE.counts.get(state_for(inner))
         assert not ENGINE.rules
     assert seen == [{"y": 2}] and is_idle(inner)
     with overlay.activate((listen("inner > y", seen_default),)):  # the default's, again
