@@ -17,15 +17,15 @@ from ptera.transform import HELPER
 
 
 @tooled
-def inner(x):
-    y = x * 2
-    return y
-
-
-@tooled
 def outer(x):
     a = inner(x)
     return a + 1
+
+
+@tooled
+def inner(x):
+    y = x * 2
+    return y
 
 
 def listen(selector: str, seen: list, engine: Engine | None = None):
