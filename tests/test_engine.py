@@ -202,3 +202,27 @@ def test_decorating_leaves_the_engine_that_runs_a_module_in_place(engine):
         outer(1)
         assert late(1) == 2
     assert seen == [{"y": 2}]
+
+
+def test_a_resident_counts_again_after_a_reset(engine):
+    seen = []
+    resident = engine.resident((listen("inner > y", seen),))
+    assert resident.engine is engine and not is_idle(inner)
+    engine.reset()
+    assert is_idle(inner)
+    token, plan = resident.enter()  # takes its counts again
+    try:
+        outer(1)
+    finally:
+        resident.leave(token, plan)
+    assert seen == [{"y": 2}] and engine.active_rule_count() == 0
+    resident.hold.release()
+    assert is_idle(inner) and not engine.counts.get(state_for(inner))
+
+
+def test_a_hold_released_inside_its_engines_lock_waits_for_the_end(engine):
+    resident = engine.resident((listen("inner > y", []),))
+    with engine.engine_lock():
+        resident.hold.release()
+        assert resident.hold.held and not is_idle(inner)
+    assert not resident.hold.held and is_idle(inner)
