@@ -48,7 +48,7 @@ def is_idle(fn) -> bool:
 def engine():
     fresh = Engine()
     yield fresh
-    fresh.reset()  # whatever a test left active goes, and the module is the default's again
+    fresh.reset()  # whatever a test left active goes; the default takes the module back on use
 
 
 @pytest.mark.parametrize(
