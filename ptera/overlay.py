@@ -1,8 +1,11 @@
 """The overlay engine: active rules, live calls, and what fires when.
 
-State lives in context variables, so threads and asyncio tasks each see their
-own overlays; ``global_probe`` rules live in a process-wide tuple that every
-context picks up. A ``Plan`` (one per set of active rules) maps each function id to
+All state lives in one ``Engine`` (``ENGINE``, the default one); the names
+other modules import (``activate``, ``deactivate``, ``current_plan``, ...) are its
+bound methods, and a test can make a fresh ``Engine()``. Within it, context
+variables hold each context's plan and frames, so threads and asyncio tasks each
+see their own overlays; ``global_probe`` rules live in the engine's tuple, which
+every context picks up. A ``Plan`` (one per set of active rules) maps each function id to
 the templates that can match it; instrumented code calls the helpers below, which
 answer "not interested" with one dict lookup.
 
@@ -42,6 +45,21 @@ Decisions:
   section, so counts are never changed mid-update.
 * ``torch.compile``'s eager stance (``compiled.py``) follows activations and
   resident *calls*, not holds: an object kept alive leaves compiled code alone.
+* The helpers instrumented code calls at entry and exit (``_enter``, ``_exit``)
+  are closures over the engine's fields, made in ``Engine.__init__``, not bound
+  methods: against a module function reading globals, a closure reading cells
+  cost 0.98x and 1.00x, a bound method reading slots 1.03x and 1.02x (two runs
+  of 200,000 calls, CPU time); W1 and W3 with closures are within noise of the
+  module-global version (benchmarks/README.md). The helpers that
+  touch no engine state (``_report``, ``_report_key``, ``_free``) stay plain
+  functions shared by every engine; ``setkey`` is the context variable's ``set``.
+* Code objects and a module's ``__ptera__`` are process-wide. An engine that
+  installs code in a module points its ``__ptera__`` at its own helpers; while
+  another engine runs code it installed in that module, that is a
+  ``RuntimeError`` rather than calls that no rule sees.
+* ``reset()`` never moves an epoch back (plans in other contexts compare it):
+  it records the epoch it starts, and plans, activations and holds from before
+  are dropped, inert, and counted again (a resident's) when next used.
 """
 
 from __future__ import annotations
@@ -166,15 +184,21 @@ class _FnPlan:
 
 
 class Plan:
-    """The rules active in one context (plus the global ones), indexed by function id."""
+    """The rules active in one context (plus the global ones), indexed by function id.
+
+    ``global_rules`` are the engine's process-wide rules when the plan is built
+    (``None``: the default engine's).
+    """
 
     __slots__ = ("rules", "epoch", "fns")
 
-    def __init__(self, rules: tuple[Rule, ...], epoch: int):
+    def __init__(
+        self, rules: tuple[Rule, ...], epoch: int, global_rules: tuple[Rule, ...] | None = None
+    ):
         self.rules = rules
         self.epoch = epoch
         fns: dict[int, _FnPlan] = {}
-        everything = _globals.rules + rules
+        everything = (ENGINE.rules if global_rules is None else global_rules) + rules
         # Interceptors first, so that listeners see the values that are really used.
         ordered = [r for r in everything if r.intercepts] + [
             r for r in everything if not r.intercepts
@@ -190,19 +214,6 @@ class Plan:
         for fid, fp in fns.items():
             fp.finish(bool(state_by_fid(fid).original.co_flags & _GENERATOR_FLAGS))
         self.fns = fns
-
-
-class _Globals:
-    def __init__(self):
-        self.rules: tuple[Rule, ...] = ()
-        self.epoch = 0
-        self.lock = threading.RLock()
-        # Holds released while their thread was inside the lock (see _Hold.release).
-        self.deferred: list[_Hold] = []
-        self.counts: dict[FnState, dict[frozenset, int]] = {}  # interest set -> count
-
-
-_globals = _Globals()
 
 
 class Frame:
@@ -224,21 +235,6 @@ class Frame:
             self.match, self.handlers = matches[0]
         else:
             self.match = self.handlers = None
-
-
-_EMPTY = Plan((), 0)
-_plan: ContextVar[Plan] = ContextVar("ptera_plan", default=_EMPTY)
-_frame: ContextVar[Frame | None] = ContextVar("ptera_frame", default=None)
-_pending_key: ContextVar[Any] = ContextVar("ptera_key", default=ABSENT)
-
-
-def current_plan() -> Plan:
-    """The plan of this context, rebuilt if the global rules changed since."""
-    plan = _plan.get()
-    if plan.epoch != _globals.epoch:
-        plan = Plan(plan.rules, _globals.epoch)
-        _plan.set(plan)
-    return plan
 
 
 def _find_parent(frame, rule, node, deep, pyframe):
@@ -268,87 +264,7 @@ def _direct(child, parent) -> bool:
     return True
 
 
-def _enter(fid):
-    plan = _plan.get()
-    if plan.epoch != _globals.epoch:
-        plan = current_plan()
-    fp = plan.fns.get(fid)
-    if fp is None:
-        # Instrumented for another thread or task, not this one (probe.py warns).
-        _missed[fid] = _missed.get(fid, 0) + 1
-        return None
-    if fp.shared_frame is not None:
-        return fp.shared_frame
-    if fp.flat_children is not None:
-        return _enter_flat(fp.flat_children)
-    if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
-        # Every template starts here: no parent to find, no key, nothing to push.
-        return Frame(
-            None,
-            [((FlatRoot if rule.flat else Match)(t, rule, None), h) for t, rule, h in fp.entries],
-            None,
-            fp.exit_work,
-        )
-    parent = _frame.get()
-    pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
-    key = _pending_key.get() if fp.reads_key else ABSENT
-    matches = []
-    for t, rule, handlers in fp.entries:
-        if t.parent is None:
-            parent_match = None
-        else:
-            parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe)
-            if parent_match is None:
-                continue
-        if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
-            continue
-        if not rule.flat:
-            match = Match(t, rule, parent_match)
-        elif parent_match is None:
-            match = FlatRoot(t, rule)
-        else:
-            matches.append((parent_match.sink, handlers))  # reports go to the root's list
-            continue
-        if t.key_out is not None and key is not ABSENT:
-            match.set_key(t.key_out, key)
-        matches.append((match, handlers))
-    if not matches:
-        return None
-    frame = Frame(parent, matches, pyframe, fp.exit_work)
-    if fp.pushes_frame:
-        frame.token = _frame.set(frame)
-    return frame
-
-
-def _enter_flat(children: tuple):
-    """``_enter`` for a call whose templates all report into a flat root above it."""
-    stack = _frame.get()
-    if len(children) == 1:
-        rule, node, handlers = children[0]
-        root = _find_parent(stack, rule, node, True, None)
-        if root is None:
-            return None
-        child = root.child
-        if child is not None and child[0] is handlers:
-            return child[1]
-        # Stateless: every call below this root with these handlers shares one frame.
-        frame = Frame(None, [(root.sink, handlers)], None, False)
-        root.child = (handlers, frame)
-        return frame
-    matches = []
-    for rule, node, handlers in children:
-        root = _find_parent(stack, rule, node, True, None)
-        if root is not None:
-            matches.append((root.sink, handlers))
-    return Frame(None, matches, None, False) if matches else None
-
-
-_missed: dict[int, int] = {}  # fid -> calls of its instrumented code that no rule of theirs saw
-
-
-def missed_calls(fids) -> dict[int, int]:
-    """How many calls of each function ran instrumented code for other contexts' overlays."""
-    return {fid: _missed.get(fid, 0) for fid in fids}
+# The helpers below use no engine state: every engine shares them.
 
 
 def _report(frame, name, value):
@@ -380,47 +296,6 @@ def _report_key(frame, name, value, key):
     return value
 
 
-def _exit(frame, error):
-    if frame is None or not frame.exit:
-        return
-    frame.pyframe = None
-    if frame.token is not None:
-        try:
-            _frame.reset(frame.token)
-        except ValueError:
-            _frame.set(frame.parent)
-        frame.token = None
-    for match, handlers in frame.matches:
-        if error is not ABSENT and not isinstance(error, GeneratorExit):
-            for h in handlers.get("#error", ()):
-                h(match, "#error", error, ABSENT)
-        for h in handlers.get("#exit", ()):
-            h(match, "#exit", True, ABSENT)
-        if match.pending is not None and match.template.holder:
-            match.flush()
-        if match.deferred is not None and match.parent is None:
-            match.release()
-    if _after.calls:
-        # Work that needs every result of this exit first (Grad's one backward pass);
-        # dropped when the call failed.
-        calls, _after.calls = _after.calls, []
-        if error is ABSENT:
-            for call in calls:
-                call()
-
-
-class _After(threading.local):
-    calls: list = []
-
-
-_after = _After()
-
-
-def after_exit(call: Callable[[], Any]) -> None:
-    """Run ``call`` once the exit being processed has emitted all its results."""
-    _after.calls = [*_after.calls, call]
-
-
 def _free(frame, state, name, read):
     """A free name at entry: the state's value, else the real one as reported.
 
@@ -444,53 +319,16 @@ def _missing(fid, name):
     raise PteraNameError(name, state_by_fid(fid))
 
 
-def _setkey(key):
-    _pending_key.set(key)
+class _After(threading.local):
+    calls: list = []
 
 
-_HELPER_FUNCTIONS = {
-    ENTER: _enter,
-    EXIT: _exit,
-    REPORT: _report,
-    REPORT_KEY: _report_key,
-    TAKE: take,
-    SETTLE: settle,
-    MISSING: _missing,
-    SETKEY: _setkey,
-    FREE: _free,
-    ABSENT_NAME: ABSENT,
-    HIDE: hide_helpers,
-}
-# What goes into a user's module: one global, whose attributes are the helpers above.
-HELPERS = {HELPER: helper_namespace(_HELPER_FUNCTIONS)}
-
-
-# ---------------------------------------------------------------------------
-# Activation of rules and code swapping
-
-
-def _install(states: Iterable[FnState]) -> None:
-    for st in states:
-        sets = _globals.counts.get(st)
-        if not sets:
-            st.set_code(st.idle)
-            continue
-        names = next(iter(sets)) if len(sets) == 1 else frozenset().union(*sets)
-        code = st.code_for(names)
-        if code is not st.current:
-            fn = st.function
-            if fn is not None and fn.__globals__.get(HELPER) is not HELPERS[HELPER]:
-                fn.__globals__.update(HELPERS)
-            st.set_code(code)
-
-
-def _count(interests: Iterable[dict], delta: int) -> list[FnState]:
+def _count(counts: dict, interests: Iterable[dict], delta: int) -> list[FnState]:
     """Count each active interest set per function; the code reports their union.
 
     ``interests`` holds one ``{FnState: names}`` per rule (``Rule.interest``).
     """
     touched = []
-    counts = _globals.counts
     for interest in interests:
         for st, names in interest.items():
             sets = counts.get(st)
@@ -503,32 +341,6 @@ def _count(interests: Iterable[dict], delta: int) -> list[FnState]:
                 sets.pop(names, None)
             touched.append(st)
     return touched
-
-
-class Activation:
-    """Rules made active by ``activate``; ``remove()`` (or leaving ``with``) ends them.
-
-    Removing takes away exactly these rules, whatever was activated or removed
-    since (activations may end in any order); removing twice does nothing; removing
-    in another context (task, thread) is a ``ValueError`` that leaves them active.
-    """
-
-    __slots__ = ("rules", "glob", "token", "active")
-
-    def __init__(self, rules: tuple[Rule, ...], glob: bool, token: Any):
-        self.rules, self.glob, self.token = rules, glob, token
-        self.active = True
-
-    def remove(self) -> None:
-        """End this activation (idempotent)."""
-        deactivate(self)
-
-    def __enter__(self) -> Activation:
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.remove()
-        return False
 
 
 def _without(active: tuple[Rule, ...], rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
@@ -545,77 +357,437 @@ def _without(active: tuple[Rule, ...], rules: tuple[Rule, ...]) -> tuple[Rule, .
 _PLANS_KEPT = 16
 
 
-def activate(
-    rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None
-) -> Activation:
-    """Activate rules in this context (or everywhere); ``remove()`` the result to end them.
+# ---------------------------------------------------------------------------
+# The engine
 
-    ``plans``, a dict owned by the caller, keeps the plans built for these rules
-    so that activating them again on the same base costs a lookup.
+
+class Engine:
+    """All of the overlay engine's state; the module-level functions are ``ENGINE``'s.
+
+    A fresh ``Engine()`` shares nothing with the default one but the functions'
+    code objects (see *Decisions*): tests make one to start from a clean slate.
+
+    Working state:
+
+    * ``rules``: the process-wide rules (``global_probe``), in activation order.
+    * ``epoch``: bumped when ``rules`` change; a context's plan built at an older
+      epoch is rebuilt on its next use.
+    * ``reset_epoch``: the epoch of the last ``reset``; plans, activations and holds
+      from before it are dropped, inert, and taken again (a resident's) on use.
+    * ``live``: activations not yet removed (each keeps ``torch.compile`` eager).
+    * ``lock``: a reentrant lock around every change of rules and counts.
+    * ``deferred``: holds released while their thread was inside ``lock``.
+    * ``counts``: ``{FnState: {interest set: count}}``; their union picks the code.
+    * ``plan``, ``frame``, ``pending_key``: context variables: the context's
+      ``Plan``, its innermost pushed ``Frame``, the key of the next keyed call.
+    * ``after``: per thread, the work queued by ``after_exit`` for the exit running.
+    * ``missed``: ``{fid: calls}`` that ran instrumented code no rule of theirs saw.
+    * ``empty``: the plan with no rules, the default of ``plan``.
+    * ``helpers``: ``{"__ptera__": namespace}``, what instrumented code calls.
     """
-    with _globals.lock:
-        _install_counted(tuple(r.interest for r in rules))
-        overlay_started()
-        if glob:
-            _globals.rules += rules
-            _globals.epoch += 1
-            return Activation(rules, True, None)
-        plan = current_plan()
-        new = plans.get((plan.rules, _globals.epoch)) if plans is not None else None
-        if new is None:
-            new = _plan_with(plan, rules, plans)
-        token = _plan.set(new)
-        if _globals.deferred:
-            _release_deferred()
-        return Activation(rules, False, token)
 
+    __slots__ = (
+        "rules",
+        "epoch",
+        "reset_epoch",
+        "live",
+        "lock",
+        "deferred",
+        "counts",
+        "plan",
+        "frame",
+        "pending_key",
+        "after",
+        "missed",
+        "empty",
+        "helpers",
+        "_section",
+        "_enter",
+        "_exit",
+    )
 
-def _reset_owned(token: Token) -> None:
-    # Only the context that activated rules can end them: a task or a copied context
-    # sees them too, but ending them there would leave them active where they started.
-    # The token knows its context.
-    try:
-        _plan.reset(token)
-    except ValueError:
-        raise ValueError(
-            "these rules were activated in another context (another asyncio task,"
-            " thread or copied context): end them where they were activated"
-        ) from None
+    def __init__(self):
+        self.rules: tuple[Rule, ...] = ()
+        self.epoch = 0
+        self.reset_epoch = 0
+        self.live = 0
+        self.lock = threading.RLock()
+        self.deferred: list[_Hold] = []
+        self.counts: dict[FnState, dict[frozenset, int]] = {}
+        self.empty = Plan((), 0, ())
+        self.plan: ContextVar[Plan] = ContextVar("ptera_plan", default=self.empty)
+        self.frame: ContextVar[Frame | None] = ContextVar("ptera_frame", default=None)
+        self.pending_key: ContextVar[Any] = ContextVar("ptera_key", default=ABSENT)
+        self.after = _After()
+        self.missed: dict[int, int] = {}
+        self._section = _Section(self)
+        self._enter, self._exit = _call_helpers(self)
+        helpers = {
+            ENTER: self._enter,
+            EXIT: self._exit,
+            REPORT: _report,
+            REPORT_KEY: _report_key,
+            TAKE: take,
+            SETTLE: settle,
+            MISSING: _missing,
+            SETKEY: self.pending_key.set,
+            FREE: _free,
+            ABSENT_NAME: ABSENT,
+            HIDE: hide_helpers,
+        }
+        # What goes into a user's module: one global, whose attributes are the helpers.
+        namespace = helper_namespace(helpers)
+        namespace.engine = self  # which engine a module's code calls (see _claim)
+        self.helpers = {HELPER: namespace}
 
+    def __repr__(self) -> str:
+        default = " (default)" if self is globals().get("ENGINE") else ""
+        return f"<ptera Engine{default}: {len(self.rules)} global rules, epoch {self.epoch}>"
 
-def check_owner(activation: Activation) -> None:
-    """Raise ``ValueError`` unless ``deactivate(activation)`` may run here (its context)."""
-    with _globals.lock:
-        if activation.active and not activation.glob:
-            now = _plan.get()
-            _reset_owned(activation.token)
-            activation.token = _plan.set(now)  # the same old value: an equivalent token
+    # -- plans ---------------------------------------------------------------
 
+    def current_plan(self) -> Plan:
+        """The plan of this context, rebuilt if the global rules changed since."""
+        plan = self.plan.get()
+        if plan.epoch != self.epoch:
+            rules = plan.rules if plan.epoch >= self.reset_epoch else ()
+            plan = Plan(rules, self.epoch, self.rules)
+            self.plan.set(plan)
+        return plan
 
-def deactivate(activation: Activation) -> None:
-    """Undo ``activate``: remove its rules and restore code that nothing needs."""
-    with _globals.lock:
-        if not activation.active:
+    def reset(self) -> None:
+        """End everything active on this engine at once (for tests).
+
+        Global rules, interest counts (every counted function gets its idle code
+        back), missed calls and this thread's queued ``after_exit`` work go; this
+        context's plan, frame stack and pending key are emptied, and other contexts'
+        plans drop their rules on their next use. Activations made before are inert
+        (removing them does nothing); a resident made before takes its counts again
+        on its next call.
+        """
+        with self.lock:
+            self.rules = ()
+            self.epoch += 1
+            self.reset_epoch = self.epoch
+            states = list(self.counts)
+            self.counts.clear()
+            self.deferred.clear()
+            self._install(states)
+            self.missed.clear()
+            self.after.calls = []
+            for _ in range(self.live):
+                overlay_ended()
+            self.live = 0
+            self.plan.set(self.empty)
+            self.frame.set(None)
+            self.pending_key.set(ABSENT)
+
+    def _plan_with(self, base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:
+        """The plan of ``base`` plus ``rules``, kept in ``plans`` by base."""
+        with self.lock:
+            key = (base.rules, self.epoch, self)
+            new = Plan(base.rules + rules, self.epoch, self.rules)
+            if plans is not None:
+                if len(plans) > _PLANS_KEPT:
+                    plans.clear()
+                plans[key] = new
+            return new
+
+    def active_rule_count(self) -> int:
+        """How many rules are active in this context plus globally (for leak checks)."""
+        return len(self.current_plan().rules) + len(self.rules)
+
+    # -- after exits and missed calls --------------------------------------------
+
+    def after_exit(self, call: Callable[[], Any]) -> None:
+        """Run ``call`` once the exit being processed has emitted all its results."""
+        self.after.calls = [*self.after.calls, call]
+
+    def missed_calls(self, fids) -> dict[int, int]:
+        """How many calls of each function ran instrumented code for other contexts' overlays."""
+        missed = self.missed
+        return {fid: missed.get(fid, 0) for fid in fids}
+
+    # -- code swapping ----------------------------------------------------------
+
+    def _install(self, states: Iterable[FnState]) -> None:
+        for st in states:
+            sets = self.counts.get(st)
+            if not sets:
+                st.set_code(st.idle)
+                continue
+            names = next(iter(sets)) if len(sets) == 1 else frozenset().union(*sets)
+            code = st.code_for(names)
+            if code is not st.current:
+                fn = st.function
+                if fn is not None:
+                    self._claim(fn.__globals__)
+                st.set_code(code)
+
+    def _claim(self, module_globals: dict) -> None:
+        """Point a module's ``__ptera__`` at this engine, unless another engine uses it."""
+        ours = self.helpers[HELPER]
+        theirs = module_globals.get(HELPER)
+        if theirs is ours:
             return
-        rules, token = activation.rules, activation.token
-        if activation.glob:
-            _globals.rules = _without(_globals.rules, rules)
-            _globals.epoch += 1
-        else:
-            rules_now = _plan.get().rules
-            _reset_owned(token)
-            before = token.old_value if token.old_value is not Token.MISSING else _EMPTY
-            if rules_now != before.rules + rules:
-                # Not the newest activation: keep the ones made since.
-                _plan.set(Plan(_without(rules_now, rules), _globals.epoch))
-            plan = _plan.get()
-            if plan.epoch != _globals.epoch:
-                _plan.set(Plan(plan.rules, _globals.epoch))
-        activation.active, activation.token = False, None
-        _install(_count((r.interest for r in rules), -1))
-        overlay_ended()
-        if _globals.deferred:
-            _release_deferred()
+        other = getattr(theirs, "engine", None)
+        if other is not None and other is not self and other._uses(module_globals):
+            raise RuntimeError(
+                f"module {module_globals.get('__name__')!r}: its functions are instrumented"
+                f" by {other!r}; one engine at a time may instrument a module's functions"
+            )
+        module_globals.update(self.helpers)
+
+    def _uses(self, module_globals: dict) -> bool:
+        """Whether some function of the module runs code this engine installed."""
+        return any(
+            sets and st.function is not None and st.function.__globals__ is module_globals
+            for st, sets in self.counts.items()
+        )
+
+    def _install_counted(self, interests: tuple[dict, ...]) -> None:
+        touched = _count(self.counts, interests, +1)
+        try:
+            self._install(touched)
+        except Exception:
+            self._install(_count(self.counts, interests, -1))
+            raise
+
+    def _release_deferred(self) -> None:
+        """Release the holds collected inside an engine section (under the lock, after it)."""
+        deferred = self.deferred
+        while deferred:
+            deferred.pop()._release_locked()
+
+    def engine_lock(self) -> _Section:
+        """``with engine_lock(): ...``: the engine's (reentrant) lock, releasing at the end
+        the objects collected meanwhile."""
+        return self._section
+
+    # -- activation -------------------------------------------------------------
+
+    def activate(
+        self, rules: tuple[Rule, ...], *, glob: bool = False, plans: dict | None = None
+    ) -> Activation:
+        """Activate rules in this context (or everywhere); ``remove()`` the result to end them.
+
+        ``plans``, a dict owned by the caller, keeps the plans built for these rules
+        so that activating them again on the same base costs a lookup.
+        """
+        with self.lock:
+            self._install_counted(tuple(r.interest for r in rules))
+            overlay_started()
+            self.live += 1
+            if glob:
+                self.rules += rules
+                self.epoch += 1
+                return Activation(rules, True, None, self)
+            plan = self.current_plan()
+            new = plans.get((plan.rules, self.epoch, self)) if plans is not None else None
+            if new is None:
+                new = self._plan_with(plan, rules, plans)
+            token = self.plan.set(new)
+            if self.deferred:
+                self._release_deferred()
+            return Activation(rules, False, token, self)
+
+    def _reset_owned(self, token: Token) -> None:
+        # Only the context that activated rules can end them: a task or a copied context
+        # sees them too, but ending them there would leave them active where they started.
+        # The token knows its context.
+        try:
+            self.plan.reset(token)
+        except ValueError:
+            raise ValueError(
+                "these rules were activated in another context (another asyncio task,"
+                " thread or copied context): end them where they were activated"
+            ) from None
+
+    def check_owner(self, activation: Activation) -> None:
+        """Raise ``ValueError`` unless ``deactivate(activation)`` may run here (its context)."""
+        with self.lock:
+            if activation.active and not activation.glob and not self._stale(activation):
+                now = self.plan.get()
+                self._reset_owned(activation.token)
+                activation.token = self.plan.set(now)  # the same old value: an equivalent token
+
+    def deactivate(self, activation: Activation) -> None:
+        """Undo ``activate``: remove its rules and restore code that nothing needs."""
+        if activation.engine is not self:
+            raise ValueError(f"this activation belongs to {activation.engine!r}, not {self!r}")
+        with self.lock:
+            if not activation.active:
+                return
+            if self._stale(activation):  # its rules went with a reset
+                activation.active, activation.token = False, None
+                return
+            rules, token = activation.rules, activation.token
+            if activation.glob:
+                self.rules = _without(self.rules, rules)
+                self.epoch += 1
+            else:
+                rules_now = self.plan.get().rules
+                self._reset_owned(token)
+                before = token.old_value if token.old_value is not Token.MISSING else self.empty
+                if rules_now != before.rules + rules:
+                    # Not the newest activation: keep the ones made since.
+                    self.plan.set(Plan(_without(rules_now, rules), self.epoch, self.rules))
+                plan = self.plan.get()
+                if plan.epoch != self.epoch:
+                    self.plan.set(Plan(plan.rules, self.epoch, self.rules))
+            activation.active, activation.token = False, None
+            self.live -= 1
+            self._install(_count(self.counts, (r.interest for r in rules), -1))
+            overlay_ended()
+            if self.deferred:
+                self._release_deferred()
+
+    def _stale(self, activation: Activation) -> bool:
+        return activation.since < self.reset_epoch
+
+    def resident(self, rules: tuple[Rule, ...]) -> Resident:
+        """A ``Resident`` of ``rules`` on this engine."""
+        return Resident(rules, self)
+
+
+def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
+    """The engine's ``_enter`` and ``_exit``: closures over its fields, which run the
+    hot path as fast as module functions over globals (faster than bound methods)."""
+    plan_var, frame_var, key_var = engine.plan, engine.frame, engine.pending_key
+    missed, after = engine.missed, engine.after
+
+    def _enter(fid):
+        plan = plan_var.get()
+        if plan.epoch != engine.epoch:
+            plan = engine.current_plan()
+        fp = plan.fns.get(fid)
+        if fp is None:
+            # Instrumented for another thread or task, not this one (probe.py warns).
+            missed[fid] = missed.get(fid, 0) + 1
+            return None
+        if fp.shared_frame is not None:
+            return fp.shared_frame
+        if fp.flat_children is not None:
+            return _enter_flat(fp.flat_children)
+        if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
+            # Every template starts here: no parent to find, no key, nothing to push.
+            return Frame(
+                None,
+                [
+                    ((FlatRoot if rule.flat else Match)(t, rule, None), h)
+                    for t, rule, h in fp.entries
+                ],
+                None,
+                fp.exit_work,
+            )
+        parent = frame_var.get()
+        pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
+        key = key_var.get() if fp.reads_key else ABSENT
+        matches = []
+        for t, rule, handlers in fp.entries:
+            if t.parent is None:
+                parent_match = None
+            else:
+                parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe)
+                if parent_match is None:
+                    continue
+            if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
+                continue
+            if not rule.flat:
+                match = Match(t, rule, parent_match)
+            elif parent_match is None:
+                match = FlatRoot(t, rule)
+            else:
+                matches.append((parent_match.sink, handlers))  # reports go to the root's list
+                continue
+            if t.key_out is not None and key is not ABSENT:
+                match.set_key(t.key_out, key)
+            matches.append((match, handlers))
+        if not matches:
+            return None
+        frame = Frame(parent, matches, pyframe, fp.exit_work)
+        if fp.pushes_frame:
+            frame.token = frame_var.set(frame)
+        return frame
+
+    def _enter_flat(children: tuple):
+        """``_enter`` for a call whose templates all report into a flat root above it."""
+        stack = frame_var.get()
+        if len(children) == 1:
+            rule, node, handlers = children[0]
+            root = _find_parent(stack, rule, node, True, None)
+            if root is None:
+                return None
+            child = root.child
+            if child is not None and child[0] is handlers:
+                return child[1]
+            # Stateless: every call below this root with these handlers shares one frame.
+            frame = Frame(None, [(root.sink, handlers)], None, False)
+            root.child = (handlers, frame)
+            return frame
+        matches = []
+        for rule, node, handlers in children:
+            root = _find_parent(stack, rule, node, True, None)
+            if root is not None:
+                matches.append((root.sink, handlers))
+        return Frame(None, matches, None, False) if matches else None
+
+    def _exit(frame, error):
+        if frame is None or not frame.exit:
+            return
+        frame.pyframe = None
+        if frame.token is not None:
+            try:
+                frame_var.reset(frame.token)
+            except ValueError:
+                frame_var.set(frame.parent)
+            frame.token = None
+        for match, handlers in frame.matches:
+            if error is not ABSENT and not isinstance(error, GeneratorExit):
+                for h in handlers.get("#error", ()):
+                    h(match, "#error", error, ABSENT)
+            for h in handlers.get("#exit", ()):
+                h(match, "#exit", True, ABSENT)
+            if match.pending is not None and match.template.holder:
+                match.flush()
+            if match.deferred is not None and match.parent is None:
+                match.release()
+        if after.calls:
+            # Work that needs every result of this exit first (Grad's one backward pass);
+            # dropped when the call failed.
+            calls, after.calls = after.calls, []
+            if error is ABSENT:
+                for call in calls:
+                    call()
+
+    return _enter, _exit
+
+
+class Activation:
+    """Rules made active by ``activate``; ``remove()`` (or leaving ``with``) ends them.
+
+    Removing takes away exactly these rules, whatever was activated or removed
+    since (activations may end in any order); removing twice does nothing; removing
+    in another context (task, thread) is a ``ValueError`` that leaves them active.
+    """
+
+    __slots__ = ("rules", "glob", "token", "active", "engine", "since")
+
+    def __init__(self, rules: tuple[Rule, ...], glob: bool, token: Any, engine: Engine):
+        self.rules, self.glob, self.token, self.engine = rules, glob, token, engine
+        self.active = True
+        self.since = engine.epoch  # made after the engine's last reset, or not
+
+    def remove(self) -> None:
+        """End this activation (idempotent)."""
+        self.engine.deactivate(self)
+
+    def __enter__(self) -> Activation:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
 
 
 class Resident:
@@ -632,131 +804,137 @@ class Resident:
     answers "not interested" with one dict lookup.
     """
 
-    __slots__ = ("rules", "plans", "hold", "last")
+    __slots__ = ("rules", "plans", "hold", "last", "engine")
 
-    def __init__(self, rules: tuple[Rule, ...]):
+    def __init__(self, rules: tuple[Rule, ...], engine: Engine | None = None):
+        self.engine = engine = ENGINE if engine is None else engine
         self.rules = rules
         self.plans: dict = {}  # plan with these rules, by base (see activate)
-        self.hold = _Hold(tuple(r.interest for r in rules))
+        self.hold = _Hold(tuple(r.interest for r in rules), engine)
         # (base plan, plan with our rules) of the last call: one tuple, so that
         # threads read a consistent pair; the base's identity skips hashing its rules.
         self.last: tuple = (None, None)
 
     def enter(self) -> tuple[Token, Plan]:
         """Make the rules active in this context for one call; pass the pair to ``leave``."""
-        plan = _plan.get()
+        engine = self.engine
+        plan = engine.plan.get()
         base, new = self.last
-        if plan is not base or new.epoch != _globals.epoch:
-            epoch = _globals.epoch
+        if plan is not base or new.epoch != engine.epoch:
+            hold = self.hold
+            if hold.held and hold.since < engine.reset_epoch:
+                hold.take()  # the engine was reset since: count again
+            epoch = engine.epoch
             if plan.epoch != epoch:
-                plan = current_plan()
-            new = self.plans.get((plan.rules, epoch))
+                plan = engine.current_plan()
+            new = self.plans.get((plan.rules, epoch, engine))
             if new is None:
-                new = _plan_with(plan, self.rules, self.plans)
+                new = engine._plan_with(plan, self.rules, self.plans)
             self.last = (plan, new)
         # torch.compile's stance follows the calls, not the hold: an object kept alive
         # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
         # The bare lock: the stance's count changes no interest counts.
-        with _globals.lock:
+        with engine.lock:
             overlay_started()
-        return _plan.set(new), new
+        return engine.plan.set(new), new
 
     def leave(self, token: Token, plan: Plan) -> None:
         """End the call's activation (in the context that entered, like a token)."""
+        engine = self.engine
         try:
-            if _plan.get() is plan:
-                _plan.reset(token)
+            if engine.plan.get() is plan:
+                engine.plan.reset(token)
                 return
             # Something activated during the call is still active: keep it, drop ours.
-            with _globals.lock:
-                rules_now = _plan.get().rules
-                _plan.reset(token)
-                _plan.set(Plan(_without(rules_now, self.rules), _globals.epoch))
+            with engine.lock:
+                rules_now = engine.plan.get().rules
+                engine.plan.reset(token)
+                engine.plan.set(Plan(_without(rules_now, self.rules), engine.epoch, engine.rules))
         finally:
-            with _globals.lock:
+            with engine.lock:
                 overlay_ended()
 
 
 class _Hold:
     """Interest counts taken once and given back once.
 
-    It holds only the counts (functions' states and name sets), never the rules,
-    whose functions may refer to the owner: a finalizer that calls ``release``
-    must not keep its owner alive.
+    It holds only the counts (functions' states and name sets) and the engine,
+    never the rules, whose functions may refer to the owner: a finalizer that
+    calls ``release`` must not keep its owner alive.
     """
 
-    __slots__ = ("interests", "held")
+    __slots__ = ("interests", "held", "engine", "since")
 
-    def __init__(self, interests: tuple[dict, ...]):
+    def __init__(self, interests: tuple[dict, ...], engine: Engine):
         self.interests = interests
-        with _globals.lock:
-            _install_counted(interests)
-            self.held = True
+        self.engine = engine
+        self.held, self.since = False, -1
+        self.take()
+
+    def take(self) -> None:
+        """Take the counts (again, if the engine was reset since they were taken)."""
+        engine = self.engine
+        with engine.lock:
+            if self.since < engine.reset_epoch:
+                engine._install_counted(self.interests)
+                self.held, self.since = True, engine.epoch
 
     def release(self) -> None:
         """Give the counts back (idempotent); safe from a finalizer."""
-        lock = _globals.lock
-        if lock._is_owned():
+        engine = self.engine
+        if engine.lock._is_owned():
             # Collected while this thread is inside the engine (the collector runs on
             # any allocation, maybe mid-count): released when that section ends.
-            _globals.deferred.append(self)
+            engine.deferred.append(self)
             return
-        with lock:
+        with engine.lock:
             self._release_locked()
 
     def _release_locked(self) -> None:
         if self.held:
             self.held = False
-            _install(_count(self.interests, -1))
+            engine = self.engine
+            if self.since >= engine.reset_epoch:  # else a reset took the counts already
+                engine._install(_count(engine.counts, self.interests, -1))
 
 
-class engine_lock:
-    """``with engine_lock(): ...``: the engine's (reentrant) lock, releasing at the end
-    the objects collected meanwhile."""
+class _Section:
+    """The engine's lock as a context manager that releases, at the end, the holds
+    collected meanwhile (``Engine.engine_lock``); it keeps no state of its own."""
 
-    __slots__ = ()
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     def __enter__(self) -> None:
-        _globals.lock.acquire()
+        self.engine.lock.acquire()
 
     def __exit__(self, *exc) -> None:
         try:
-            _release_deferred()
+            self.engine._release_deferred()
         finally:
-            _globals.lock.release()
+            self.engine.lock.release()
 
 
-def _release_deferred() -> None:
-    """Release the holds collected inside an engine section (under the lock, after it)."""
-    deferred = _globals.deferred
-    while deferred:
-        deferred.pop()._release_locked()
-
-
-def _install_counted(interests: tuple[dict, ...]) -> None:
-    touched = _count(interests, +1)
-    try:
-        _install(touched)
-    except Exception:
-        _install(_count(interests, -1))
-        raise
-
-
-def _plan_with(base: Plan, rules: tuple[Rule, ...], plans: dict | None) -> Plan:
-    """The plan of ``base`` plus ``rules``, kept in ``plans`` by base."""
-    with _globals.lock:
-        key = (base.rules, _globals.epoch)
-        new = Plan(base.rules + rules, _globals.epoch)
-        if plans is not None:
-            if len(plans) > _PLANS_KEPT:
-                plans.clear()
-            plans[key] = new
-        return new
-
-
-def active_rule_count() -> int:
-    """How many rules are active in this context plus globally (for leak checks)."""
-    return len(_plan.get().rules) + len(_globals.rules)
+# The default engine, and its methods under the names the rest of ptera imports.
+ENGINE = Engine()
+HELPERS = ENGINE.helpers
+current_plan = ENGINE.current_plan
+active_rule_count = ENGINE.active_rule_count
+activate = ENGINE.activate
+deactivate = ENGINE.deactivate
+check_owner = ENGINE.check_owner
+after_exit = ENGINE.after_exit
+missed_calls = ENGINE.missed_calls
+engine_lock = ENGINE.engine_lock
+_enter = ENGINE._enter
+_exit = ENGINE._exit
+_setkey = ENGINE.pending_key.set
+# compat.py's no_overlay reads these three (context variables and the epoch).
+_plan = ENGINE.plan
+_frame = ENGINE.frame
+_globals = ENGINE
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .lookup import register_tooled, state_for, unwrap
 from .overlay import HELPERS
 from .selfless import attach
 from .tags import tag
-from .transform import instrument
+from .transform import HELPER, instrument
 
 __all__ = ["instrumented_source", "is_tooled", "tooled"]
 
@@ -43,7 +43,10 @@ def tooled(fn: Any = None) -> Any:
     target = unwrap(fn)
     if not isinstance(target, types.FunctionType):
         raise TypeError(f"@tooled needs a Python function, not {type(fn).__name__}")
-    target.__globals__.update(HELPERS)
+    if HELPER not in target.__globals__:
+        # Else an engine's helpers are there already, maybe a fresh engine's that runs
+        # code in this module; idle code only calls the helpers engines share.
+        target.__globals__.update(HELPERS)
     state = register_tooled(target)
     if not hasattr(target, "__ptera_info__"):
         info = {n: v.as_dict() for n, v in state.source.variables.items()}

@@ -41,8 +41,10 @@ def collect():
 
 def test_a_thousand_calls_install_the_code_once(monkeypatch):
     installs = []
-    real = engine._install
-    monkeypatch.setattr(engine, "_install", lambda states: installs.append(1) or real(states))
+    real = engine.Engine._install
+    monkeypatch.setattr(
+        engine.Engine, "_install", lambda self, states: installs.append(1) or real(self, states)
+    )
 
     def calls():
         obj = outer.using(y="inner > y")
