@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .transform import HELPER, Source, TransformError, compile_variant, parse_function
+from .transform import Source, TransformError, compile_variant, parse_function
 
 _fids = itertools.count(1)
 _lock = threading.RLock()
@@ -143,23 +143,12 @@ class FnState:
     def set_code(self, code: types.CodeType) -> None:
         if code is self.current:
             return
-        helpers = None if code is self.original else _helper_globals()
         for fn in self.functions():
-            # A copy made with other globals (``types.FunctionType(code, g)``) runs the
-            # variant too, so its globals need the helper as much as the original's.
-            if helpers is not None and fn.__globals__.get(HELPER) is not helpers[HELPER]:
-                fn.__globals__.update(helpers)
             fn.__code__ = code
         self.current = code
 
     def __repr__(self) -> str:
         return f"<FnState {self.module}.{self.qualname}>"
-
-
-def _helper_globals() -> dict[str, Any]:
-    from .overlay import HELPERS  # overlay builds on this module: imported when first needed
-
-    return HELPERS
 
 
 def state_of(code: types.CodeType) -> FnState | None:

@@ -519,8 +519,9 @@ class Engine:
             names = next(iter(sets)) if len(sets) == 1 else frozenset().union(*sets)
             code = st.code_for(names)
             if code is not st.current:
-                fn = st.function
-                if fn is not None:
+                # Every function object running the variant needs the helper, copies made
+                # with other globals (``types.FunctionType(code, g)``) included.
+                for fn in st.functions():
                     self._claim(fn.__globals__)
                 st.set_code(code)
 
