@@ -800,18 +800,28 @@ class Resident:
     context-variable set, the plan looked up by its base) and ``leave``. The owner
     gives the counts back with ``hold.release()``, typically from a
     ``weakref.finalize`` when it is collected; functions that nothing else needs
-    get their idle code again. While it is held, a function that it could match
-    but that runs outside its calls runs instrumented code whose ``_enter``
-    answers "not interested" with one dict lookup.
+    get their idle code again. While it is held, a decorated function that it
+    could match but that runs outside its calls runs instrumented code whose
+    ``_enter`` answers "not interested" with one dict lookup; undecorated functions
+    (library code named by path) are instrumented for the calls only.
     """
 
-    __slots__ = ("rules", "plans", "hold", "last", "engine")
+    __slots__ = ("rules", "plans", "hold", "per_call", "last", "engine")
 
     def __init__(self, rules: tuple[Rule, ...], engine: Engine | None = None):
         self.engine = engine = ENGINE if engine is None else engine
         self.rules = rules
         self.plans: dict = {}  # plan with these rules, by base (see activate)
-        self.hold = _Hold(tuple(r.interest for r in rules), engine)
+        # Only decorated functions stay instrumented between calls. Others (library
+        # code named by path, `nn.Linear`) are instrumented for the call only: held
+        # code there would change what other selectors' `>` means (an instrumented
+        # frame is a call between two others) and what torch.compile traces, for as
+        # long as the object lives.
+        interests = [r.interest for r in rules]
+        held = tuple({st: n for st, n in i.items() if st.tooled} for i in interests)
+        per_call = ({st: n for st, n in i.items() if not st.tooled} for i in interests)
+        self.per_call = tuple(i for i in per_call if i)
+        self.hold = _Hold(held, engine)
         # (base plan, plan with our rules) of the last call: one tuple, so that
         # threads read a consistent pair; the base's identity skips hashing its rules.
         self.last: tuple = (None, None)
@@ -834,9 +844,13 @@ class Resident:
             self.last = (plan, new)
         # torch.compile's stance follows the calls, not the hold: an object kept alive
         # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
-        # The bare lock: the stance's count changes no interest counts.
-        with engine.lock:
-            overlay_started()
+        if self.per_call:
+            with engine._section:
+                engine._install_counted(self.per_call)
+                overlay_started()
+        else:
+            with engine.lock:  # the stance's count changes no interest counts
+                overlay_started()
         return engine.plan.set(new), new
 
     def leave(self, token: Token, plan: Plan) -> None:
@@ -852,7 +866,11 @@ class Resident:
                 engine.plan.reset(token)
                 engine.plan.set(Plan(_without(rules_now, self.rules), engine.epoch, engine.rules))
         finally:
-            with engine.lock:
+            # The section, not the bare lock: objects collected inside the engine
+            # (their holds deferred) are released here at the latest.
+            with engine._section:
+                if self.per_call:
+                    engine._install(_count(engine.counts, self.per_call, -1))
                 overlay_ended()
 
 

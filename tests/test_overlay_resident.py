@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from ptera import overlay as engine
-from ptera import ptera, tooled
+from ptera import probing, ptera, tooled
 from ptera.lookup import state_for
 
 
@@ -167,3 +167,43 @@ def test_an_object_collected_inside_the_engine_is_released_after_it():
         assert hold.held  # deferred: the counts may be mid-update here
     assert not hold.held
     assert inner.__code__ is idle(inner)
+
+
+def plain_helper(callback, v):  # undecorated: a library function between f and g
+    w = v
+    return callback(w)
+
+
+@tooled
+def through_helper(v):
+    return plain_helper(inner, v)
+
+
+def test_only_decorated_functions_stay_instrumented_between_calls():
+    # Held code in `plain_helper` would make it a call between `through_helper` and
+    # `inner`, so `through_helper > inner` would stop matching while the object lives.
+
+    watch = through_helper.using(q="plain_helper > w")
+    assert watch(2).q.map("w") == [2]
+    assert plain_helper.__code__ is state_for(plain_helper).original
+    with probing("through_helper > inner > y").values() as seen:
+        through_helper(1)
+    assert seen == [{"y": 2}]
+    assert watch(3).q.map("w") == [3]  # instrumented again for the call
+
+
+def test_a_deferred_release_is_settled_by_the_next_object_call():
+    other = outer.tweak({"outer > b": 0})
+    other(1)
+
+    def made():
+        obj = through_helper.using(y="inner > y")
+        obj(1)
+        return obj._overlay._resident.hold
+
+    with engine.ENGINE.lock:  # the bare lock, as a collection mid-count would find it
+        hold = made()
+        collect()
+    assert hold.held
+    other(1)
+    assert not hold.held
