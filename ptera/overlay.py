@@ -743,16 +743,22 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             except ValueError:
                 frame_var.set(frame.parent)
             frame.token = None
-        for match, handlers in frame.matches:
-            if error is not ABSENT and not isinstance(error, GeneratorExit):
-                for h in handlers.get("#error", ()):
-                    h(match, "#error", error, ABSENT)
-            for h in handlers.get("#exit", ()):
-                h(match, "#exit", True, ABSENT)
-            if match.pending is not None and match.template.holder:
-                match.flush()
-            if match.deferred is not None and match.parent is None:
-                match.release()
+        try:
+            for match, handlers in frame.matches:
+                if error is not ABSENT and not isinstance(error, GeneratorExit):
+                    for h in handlers.get("#error", ()):
+                        h(match, "#error", error, ABSENT)
+                for h in handlers.get("#exit", ()):
+                    h(match, "#exit", True, ABSENT)
+                if match.pending is not None and match.template.holder:
+                    match.flush()
+                if match.deferred is not None and match.parent is None:
+                    match.release()
+        except BaseException:
+            # A listener of this exit raised: the work it queued goes with it (else a
+            # later exit would run it too, e.g. a second SGD step from one Grad).
+            after.calls = []
+            raise
         if after.calls:
             # Work that needs every result of this exit first (Grad's one backward pass);
             # dropped when the call failed.

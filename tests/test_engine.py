@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from ptera import Immediate, overlay, probing, tooled
+from ptera import Immediate, Total, overlay, probing, tooled
 from ptera import compiled as stance
 from ptera.lookup import state_for
-from ptera.overlay import ENGINE, Engine
+from ptera.overlay import ENGINE, BaseOverlay, Engine, after_exit
 from ptera.transform import HELPER
 
 
@@ -226,3 +226,19 @@ def test_a_hold_released_inside_its_engines_lock_waits_for_the_end(engine):
         resident.hold.release()
         assert resident.hold.held and not is_idle(inner)
     assert not resident.hold.held and is_idle(inner)
+
+
+def test_work_queued_by_a_failed_exit_does_not_run_at_a_later_one():
+    ran = []
+
+    def close(captures):
+        after_exit(lambda: ran.append(captures["y"].value))
+        if captures["y"].value == 2:  # the listener fails after queueing its work
+            raise RuntimeError("listener failed")
+
+    with BaseOverlay(Total("inner > y", close)):
+        with pytest.raises(RuntimeError):
+            inner(1)
+        assert ran == []
+        inner(2)
+    assert ran == [4]  # not [2, 4]: the failed exit's work went with it
