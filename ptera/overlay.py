@@ -404,6 +404,7 @@ class Engine:
         "_section",
         "_enter",
         "_exit",
+        "_setkey",
     )
 
     def __init__(self):
@@ -421,7 +422,7 @@ class Engine:
         self.after = _After()
         self.missed: dict[int, int] = {}
         self._section = _Section(self)
-        self._enter, self._exit = _call_helpers(self)
+        self._enter, self._exit, self._setkey = _call_helpers(self)
         helpers = {
             ENTER: self._enter,
             EXIT: self._exit,
@@ -430,7 +431,7 @@ class Engine:
             TAKE: take,
             SETTLE: settle,
             MISSING: _missing,
-            SETKEY: self.pending_key.set,
+            SETKEY: self._setkey,
             FREE: _free,
             ABSENT_NAME: ABSENT,
             HIDE: hide_helpers,
@@ -684,6 +685,8 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
         parent = frame_var.get()
         pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
         key = key_var.get() if fp.reads_key else ABSENT
+        if key is not ABSENT:
+            key = _key_of_call(key, sys._getframe(1))
         matches = []
         for t, rule, handlers in fp.entries:
             if t.parent is None:
@@ -767,7 +770,23 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
                 for call in calls:
                     call()
 
-    return _enter, _exit
+    def _setkey(key):
+        # The key of the call on the right of `h[k] = f(...)`, and the frame making it;
+        # ABSENT once that call is over (transform clears it).
+        key_var.set(ABSENT if key is ABSENT else (key, sys._getframe(1)))
+
+    return _enter, _exit, _setkey
+
+
+def _key_of_call(pending: tuple, entered) -> Any:
+    """The pending key if the call entering ``entered`` is the keyed call itself: the
+    nearest instrumentable frame above it (wrappers such as ``Module.__call__`` are
+    skipped) is the one that set the key. A call nested inside it gets no key."""
+    key, caller = pending
+    f = entered.f_back
+    while f is not None and _by_code.get(f.f_code) is None:
+        f = f.f_back
+    return key if f is caller else ABSENT
 
 
 class Activation:
@@ -955,7 +974,7 @@ missed_calls = ENGINE.missed_calls
 engine_lock = ENGINE.engine_lock
 _enter = ENGINE._enter
 _exit = ENGINE._exit
-_setkey = ENGINE.pending_key.set
+_setkey = ENGINE._setkey
 # compat.py's no_overlay reads these three (context variables and the epoch).
 _plan = ENGINE.plan
 _frame = ENGINE.frame

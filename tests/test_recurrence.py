@@ -107,3 +107,6 @@ def test_the_key_of_a_keyed_call_goes_to_that_call_only():
     with probing("keyed_layer[2] > inp").values() as second:
         net(1.0)
     assert second == [{"inp": 3.0}]
+    with probing("inner[$k] > v").values() as nested:  # called inside the keyed call
+        net(1.0)
+    assert nested == [{"v": 1.0}, {"v": 3.0}, {"v": 100.0}]
