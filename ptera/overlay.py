@@ -985,52 +985,114 @@ _globals = ENGINE
 # The coleo-facing overlay API
 
 
-class Immediate:
-    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set.
+def _handler_fn(owner: str, name: str, fn: Any) -> Any:
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{owner}: {name} is a function, not {fn!r:.60}")
+    return fn
 
-    Both receive a dict of ``Capture`` objects (``.value``, ``.values``, ``.name``),
-    as in 1.4; names in a text selector resolve in the caller's scope.
-    """
 
-    def __init__(
-        self, selector, intercept: Callable | None = None, trigger: Callable | None = None
-    ):
+def _only_checked(owner: str, check: bool, pass_info: bool) -> None:
+    # 1.4's accumulators took these two; say plainly what is not kept rather than
+    # run the handler differently.
+    if not check:
+        raise ValueError(f"{owner}(check=False): value filters such as 'f(x=1)' are always checked")
+    if pass_info:
+        raise ValueError(
+            f"{owner}(pass_info=True): 1.4's accumulator and element objects do not exist"
+            " here; handlers receive the dict of captures only"
+        )
+
+
+def _trigger_rule(comp: Any, trigger: Callable) -> Rule:
+    def emit(data):
+        trigger(data)
+        return ABSENT
+
+    return Rule(comp, emit, immediate=True, raw=True)
+
+
+class _Handler:
+    """What ``Immediate`` and ``Total`` share: 1.4's accumulator arguments."""
+
+    kind = ""
+
+    def __init__(self, selector, trigger, intercept, close, check, pass_info):
         self.selector = _in_caller(selector)
-        for name, fn in (("intercept", intercept), ("trigger", trigger)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"Immediate: {name} is a function, not {fn!r:.60}")
-        self.intercept, self.trigger = intercept, trigger
+        self.trigger = _handler_fn(self.kind, "trigger", trigger)
+        self.intercept = _handler_fn(self.kind, "intercept", intercept)
+        self.close = _handler_fn(self.kind, "close", close)
+        _only_checked(self.kind, check, pass_info)
+
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules that run these handlers: intercept, trigger (both when the focus
+        is set), then close (once each match is complete)."""
+        comp = compile_selector(self.selector)
+        rules = []
+        if self.intercept is not None:
+            rules.append(Rule(comp, self.intercept, immediate=True, raw=True, intercepts=True))
+        if self.trigger is not None:
+            rules.append(_trigger_rule(comp, self.trigger))
+        if self.close is not None:
+            rules.append(Rule(comp, self.close, immediate=False, raw=True))
+        return tuple(rules)
 
     def rule(self) -> Rule:
-        comp = compile_selector(self.selector)
-        if self.intercept is not None:
-            return Rule(comp, self.intercept, immediate=True, raw=True, intercepts=True)
-        trigger = self.trigger
+        """The one rule of a handler given one function (see ``rules``)."""
+        rules = self.rules()
+        if len(rules) != 1:
+            raise ValueError(f"this {self.kind} has {len(rules)} rules: use rules()")
+        return rules[0]
 
-        def emit(data):
-            trigger(data)
-            return ABSENT
 
-        return Rule(comp, emit, immediate=True, raw=True)
+class Immediate(_Handler):
+    """Call ``trigger`` (listen) or ``intercept`` (replace) when the focus is set.
+
+    As in 1.4, ``trigger`` is the second argument; each function receives a dict of
+    ``Capture`` objects (``.value``, ``.values``, ``.name``); ``close`` is called
+    once each match is complete. Names in a text selector resolve in the caller's
+    scope.
+    """
+
+    kind = "Immediate"
+
+    def __init__(
+        self,
+        selector,
+        trigger: Callable | None = None,
+        *,
+        intercept: Callable | None = None,
+        close: Callable | None = None,
+        check: bool = True,
+        pass_info: bool = False,
+    ):
+        super().__init__(selector, trigger, intercept, close, check, pass_info)
 
 
 def _in_caller(selector):
     """A selector whose names resolve where the handler was made (unless it has an env)."""
     sel = select(selector)  # a TypeError unless a string or a Scope
-    return sel if sel.env is not None else select(sel, env=caller_env(1))
+    return sel if sel.env is not None else select(sel, env=caller_env(1))  # past ptera
 
 
-class Total:
-    """Call ``close(captures)`` with pooled captures when each match completes."""
+class Total(_Handler):
+    """Call ``close(captures)`` with pooled captures when each match completes
+    (and, as in 1.4, ``trigger``/``intercept`` when the focus is set)."""
 
-    def __init__(self, selector, close: Callable):
-        self.selector = _in_caller(selector)
+    kind = "Total"
+
+    def __init__(
+        self,
+        selector,
+        close: Callable,
+        trigger: Callable | None = None,
+        *,
+        intercept: Callable | None = None,
+        check: bool = True,
+        pass_info: bool = False,
+    ):
         if not callable(close):
             raise TypeError(f"Total: close is a function, not {close!r:.60}")
-        self.close = close
-
-    def rule(self) -> Rule:
-        return Rule(compile_selector(self.selector), self.close, immediate=False, raw=True)
+        super().__init__(selector, trigger, intercept, close, check, pass_info)
 
 
 class BaseOverlay:
@@ -1059,7 +1121,9 @@ class BaseOverlay:
         self.handlers.extend(handlers)
 
     def __enter__(self):
-        rules = tuple(h if isinstance(h, Rule) else h.rule() for h in self.handlers)
+        rules = tuple(
+            r for h in self.handlers for r in ((h,) if isinstance(h, Rule) else _rules_of(h))
+        )
         self._activations.set((*self._activations.get(), activate(rules)))
         return self
 
@@ -1073,6 +1137,11 @@ class BaseOverlay:
         deactivate(stack[-1])  # from a copied context: raises, nothing changed
         self._activations.set(stack[:-1])
         return False
+
+
+def _rules_of(handler: Any) -> tuple[Rule, ...]:
+    rules = getattr(handler, "rules", None)
+    return rules() if callable(rules) else (handler.rule(),)
 
 
 def caller_env(skip: int = 1) -> dict:

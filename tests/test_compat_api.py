@@ -376,3 +376,42 @@ def test_name_error_names_the_function():
     with pytest.raises(ptera.PteraNameError) as info:
         needs(1)
     assert info.value.varname == "w" and info.value.function.endswith("needs")
+
+
+# ---------------------------------------------------------------------------
+# interpret: 1.4.1's argument order and options of Immediate and Total
+
+
+def test_immediate_second_argument_is_the_trigger_as_in_1_4():
+    seen = []
+    with ptera.BaseOverlay(interpret.Immediate("f > y", lambda caps: seen.append(caps["y"].value))):
+        assert f(3) == 7  # a trigger listens: the value is not replaced
+    assert seen == [6, 7]
+
+
+def test_total_takes_trigger_and_intercept_beside_close():
+    # The same run gives the same three lists under ptera 1.4.1.
+    closed, triggered = [], []
+    handler = interpret.Total(
+        "f(x) > y",
+        lambda caps: closed.append((caps["x"].value, caps["y"].values)),
+        trigger=lambda caps: triggered.append(caps["y"].value),
+        intercept=lambda caps: caps["y"].value * 10,
+    )
+    with ptera.BaseOverlay(handler):
+        assert f(1) == 210  # y = 2 -> 20, then y = 21 -> 210
+    assert triggered == [20, 210]  # listeners see the values really used
+    assert closed == [(1, [20]), (1, [210])]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: interpret.Immediate("f > y", print, check=False), "always checked"),
+        (lambda: interpret.Immediate("f > y", print, pass_info=True), "captures only"),
+        (lambda: interpret.Total("f > y", print, pass_info=True), "captures only"),
+    ],
+)
+def test_1_4_options_without_an_equivalent_are_refused_plainly(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
