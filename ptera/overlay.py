@@ -67,7 +67,8 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -1144,9 +1145,17 @@ def _rules_of(handler: Any) -> tuple[Rule, ...]:
     return rules() if callable(rules) else (handler.rule(),)
 
 
-def caller_env(skip: int = 1) -> dict:
-    """Names visible where the user called us: locals over globals, past ptera's frames."""
-    f = sys._getframe(skip + 1)
+def caller_env(skip: int = 1) -> Mapping[str, Any]:
+    """Names visible where the user called us: locals over globals, past ptera's frames.
+
+    ``skip`` frames above the caller are passed over (never past the outermost one),
+    then any frame of ptera itself or of ``contextlib``.
+    """
+    f = sys._getframe(1)
+    for _ in range(skip):
+        if f.f_back is None:
+            break
+        f = f.f_back
     while f is not None and f.f_globals.get("__name__", "").split(".")[0] in (
         "ptera",
         "contextlib",
@@ -1154,7 +1163,11 @@ def caller_env(skip: int = 1) -> dict:
         f = f.f_back
     if f is None:
         return {}
-    return {**f.f_globals, **f.f_locals}
+    if f.f_locals is f.f_globals:
+        # Module level: the live namespace. A copy would keep alive everything bound
+        # there at this moment (the previous object of a loop, and so on, in a chain).
+        return f.f_globals
+    return ChainMap(dict(f.f_locals), f.f_globals)  # locals end with the frame: a copy
 
 
 def __getattr__(name: str):

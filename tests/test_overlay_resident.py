@@ -2,6 +2,7 @@
 (``idle`` is the code a decorated function runs when nothing is active)."""
 
 import gc
+import runpy
 import threading
 
 import pytest
@@ -207,3 +208,36 @@ def test_a_deferred_release_is_settled_by_the_next_object_call():
     assert hold.held
     other(1)
     assert not hold.held
+
+
+LOOP_SCRIPT = """
+import gc, weakref
+from ptera import ptera
+
+@ptera
+def train(x):
+    loss = x * 2
+    return loss
+
+class Model:
+    pass
+
+refs = []
+for i in range(20):
+    model = Model()
+    refs.append(weakref.ref(model))
+    obj = train.new().using(q="train > loss")  # names resolve in this module's namespace
+    obj(i)
+del model
+gc.collect()
+ALIVE = sum(r() is not None for r in refs)
+"""
+
+
+def test_objects_made_in_a_module_level_loop_do_not_keep_earlier_ones(tmp_path):
+    # The selector's names resolve in the live module namespace, not in a copy of it
+    # that would hold whatever was bound there when each object was made.
+
+    script = tmp_path / "loop_objects.py"
+    script.write_text(LOOP_SCRIPT)
+    assert runpy.run_path(str(script), run_name="loop_objects")["ALIVE"] == 0
