@@ -14,7 +14,11 @@ Decisions:
 * A focus tensor that the secondary does not depend on gets a zero gradient.
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
-* Nothing is computed when the call raised.
+* Nothing is computed when the call raised; its queued request is dropped with
+  it (held weakly), so later calls are served as usual.
+* One request in its exit (the common case) goes straight to
+  ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
+  ``None``; the per-tensor check is one exact-type lookup plus ``requires_grad``.
 * Pairs go out through ``plugin.emit_each``: a listener that takes just the
   focus (``def sgd(param)``) is called with each pair, with no dict or
   ``Capture`` built per parameter.
@@ -23,6 +27,7 @@ Decisions:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -60,36 +65,38 @@ class Grad:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
         wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
 
-        def close(captures: dict[str, Capture]) -> None:
-            if x not in captures or y not in captures:
+        def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
+            if others:
+                for name, value, grad in zip(names, values, grads):
+                    emit({**others, x: Capture(x, [name], [(value, grad)])})
                 return
-            target = captures[y]
+            emit_each(emit, x, names, list(zip(values, grads)))
+
+        def close(captures: dict[str, Capture]) -> None:
+            focus = captures.get(x)
+            target = captures.get(y)
+            if focus is None or target is None:
+                return
             if len(target.values) != 1:
                 raise ValueError(
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            focus = captures[x]
-            for v in focus.values:
-                if not (isinstance(v, Tensor) and v.requires_grad):
+            values = focus.values
+            for v in values:
+                # An exact type first: `isinstance(v, Tensor)` costs more than the set lookup.
+                if v.__class__ not in _TENSORS or not v.requires_grad:
                     focus = self._differentiable(focus, x, wild)
                     if focus is None:
                         return
+                    values = focus.values
                     break
             others = (
                 {k: c for k, c in captures.items() if k != x and k != y}
                 if len(captures) > 2
                 else None
             )
-
-            def deliver(grads: list) -> None:
-                if others:
-                    for name, value, grad in zip(focus.names, focus.values, grads):
-                        emit({**others, x: Capture(x, [name], [(value, grad)])})
-                    return
-                emit_each(emit, x, focus.names, list(zip(focus.values, grads)))
-
-            _request(target.values[0], focus.values, deliver, self)
+            _request((target.values[0], values, focus.names, deliver, others, self))
 
         return (collecting_rule(self.selector, env, close),)
 
@@ -119,69 +126,76 @@ class Grad:
         return focus
 
 
-class _Batch:
-    """The ``Grad`` requests of one exit, served by one backward pass per target."""
+_TENSORS = frozenset({Tensor, torch.nn.Parameter})
 
-    def __init__(self):
-        self.requests: list[tuple[torch.Tensor, list, Callable, Grad]] = []
 
-    def run(self) -> None:
+class _Batch(list):
+    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
+    served by one backward pass per target when the exit's other rules have reported."""
+
+    __slots__ = ("__weakref__",)
+
+    def __call__(self) -> None:
         _local.batch = None
-        if len(self.requests) == 1 and self._run_one(*self.requests[0]):
-            return
-        groups: dict[int, list] = {}
-        for req in self.requests:
-            groups.setdefault(id(req[0]), []).append(req)
-        pending = list(groups.values())
-        for i, group in enumerate(pending):
-            target = group[0][0]
-            inputs, seen = [], {}
-            for _, xs, _, _ in group:
-                for t in xs:
-                    if id(t) not in seen:
-                        seen[id(t)] = len(inputs)
-                        inputs.append(t)
-            create = any(g.create_graph for *_, g in group)
-            retain = create or any(g.retain_graph for *_, g in group) or i < len(pending) - 1
-            grads = torch.autograd.grad(
-                target,
-                inputs,
-                retain_graph=retain,
-                create_graph=create,
-                allow_unused=True,
-            )
-            # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-            for _, xs, deliver, _ in group:
-                deliver([grads[seen[id(t)]] for t in xs])
+        if len(self) == 1:
+            _serve_one(*self[0])
+        else:
+            _serve_grouped(self)
 
-    @staticmethod
-    def _run_one(target, xs: list, deliver: Callable, grad: Grad) -> bool:
-        """The common case (one request, distinct tensors) without grouping; False if not it."""
-        if len({id(t) for t in xs}) != len(xs):
-            return False
-        create = grad.create_graph
+
+def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
+    """One request in its exit (the common case): no grouping, its tensors as they are."""
+    create = grad.create_graph
+    grads = torch.autograd.grad(
+        target, xs, retain_graph=create or grad.retain_graph, create_graph=create, allow_unused=True
+    )
+    for g in grads:
+        if g is None:
+            # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)]
+            break
+    deliver(names, xs, grads, others)
+
+
+def _serve_grouped(requests: list) -> None:
+    """Several requests in one exit: one ``autograd.grad`` per target over the union of
+    their tensors, the graph retained until the last pass."""
+    groups: dict[int, list] = {}
+    for req in requests:
+        groups.setdefault(id(req[0]), []).append(req)
+    pending = list(groups.values())
+    for i, group in enumerate(pending):
+        target = group[0][0]
+        inputs, seen = [], {}
+        for req in group:
+            for t in req[1]:
+                if id(t) not in seen:
+                    seen[id(t)] = len(inputs)
+                    inputs.append(t)
+        create = any(req[5].create_graph for req in group)
+        retain = create or any(req[5].retain_graph for req in group) or i < len(pending) - 1
         grads = torch.autograd.grad(
-            target,
-            xs,
-            retain_graph=create or grad.retain_graph,
-            create_graph=create,
-            allow_unused=True,
+            target, inputs, retain_graph=retain, create_graph=create, allow_unused=True
         )
-        deliver([torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)])
-        return True
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+        for _, xs, names, deliver, others, _ in group:
+            deliver(names, xs, [grads[seen[id(t)]] for t in xs], others)
 
 
 class _Local(threading.local):
-    batch: _Batch | None = None
+    # A weak reference: when the exit fails, the engine drops its queued work and the
+    # batch with it, so a stale batch is never appended to (it would never be served).
+    batch: weakref.ref | None = None
 
 
 _local = _Local()
 
 
-def _request(target, xs: list, deliver: Callable, grad: Grad) -> None:
-    batch = _local.batch
+def _request(request: tuple) -> None:
+    ref = _local.batch
+    batch = ref() if ref is not None else None
     if batch is None:
-        batch = _local.batch = _Batch()
-        after_exit(batch.run)
-    batch.requests.append((target, xs, deliver, grad))
+        batch = _Batch()
+        _local.batch = weakref.ref(batch)
+        after_exit(batch)
+    batch.append(request)
