@@ -30,7 +30,7 @@ Decisions:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -275,7 +275,7 @@ def _each(listener: Callable, name: str, current: ContextVar, emit: Callable) ->
     value directly when it takes just ``out``, without a dict and a ``Capture`` per value."""
     ones: dict[str, Callable | None] = {}
 
-    def each(out: str, names: list, values: list) -> None:
+    def each(out: str, names: list, values: Iterable) -> None:
         one = ones.get(out, _UNKNOWN)
         if one is _UNKNOWN:
             one = ones[out] = listener_one(listener, out)

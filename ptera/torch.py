@@ -70,7 +70,7 @@ class Grad:
                 for name, value, grad in zip(names, values, grads):
                     emit({**others, x: Capture(x, [name], [(value, grad)])})
                 return
-            emit_each(emit, x, names, list(zip(values, grads)))
+            emit_each(emit, x, names, zip(values, grads))
 
         def close(captures: dict[str, Capture]) -> None:
             focus = captures.get(x)
