@@ -18,7 +18,10 @@ Decisions:
   it (held weakly), so later calls are served as usual.
 * One request in its exit (the common case) goes straight to
   ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
-  ``None``; the per-tensor check is one exact-type lookup plus ``requires_grad``.
+  ``None``, and no check per tensor: torch refuses a value without gradient
+  before it runs anything, and only then are the values checked (the clear
+  error, or a frozen tensor skipped) and the pass tried again. Several requests
+  are checked first.
 * Pairs go out through ``plugin.emit_each``: a listener that takes just the
   focus (``def sgd(param)``) is called with each pair, with no dict or
   ``Capture`` built per parameter.
@@ -32,7 +35,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from . import Scope, SelectorError, select
 from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
@@ -63,7 +65,6 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
-        wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
 
         def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
             if others:
@@ -82,39 +83,32 @@ class Grad:
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            values = focus.values
-            for v in values:
-                # An exact type first: `isinstance(v, Tensor)` costs more than the set lookup.
-                if v.__class__ not in _TENSORS or not v.requires_grad:
-                    focus = self._differentiable(focus, x, wild)
-                    if focus is None:
-                        return
-                    values = focus.values
-                    break
             others = (
                 {k: c for k, c in captures.items() if k != x and k != y}
                 if len(captures) > 2
                 else None
             )
-            _request((target.values[0], values, focus.names, deliver, others, self))
+            _request((target.values[0], focus.values, focus.names, deliver, others, self))
 
         return (collecting_rule(self.selector, env, close),)
 
-    def _differentiable(self, focus: Capture, x: str, wild: bool) -> Capture | None:
-        """The focus values to differentiate by; an error for one that cannot be."""
-        if wild:
+    def _differentiable(self, names: list, values: list) -> tuple[list, list] | None:
+        """The ``(names, values)`` to differentiate by, ``None`` if none is left; an
+        error for one that cannot be."""
+        x = self.selector.focus.out_name
+        if self.selector.focus.name is None:
             # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
             # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
             kept = [
                 (n, v)
-                for n, v in zip(focus.names, focus.values)
+                for n, v in zip(names, values)
                 if not isinstance(v, torch.Tensor) or v.requires_grad
             ]
             if not kept:
                 return None
-            if len(kept) < len(focus.values):
-                focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
-        for name, value in zip(focus.names, focus.values):
+            if len(kept) < len(values):
+                names, values = [n for n, _ in kept], [v for _, v in kept]
+        for name, value in zip(names, values):
             if not (isinstance(value, torch.Tensor) and value.requires_grad):
                 what = type(value).__name__
                 raise ValueError(
@@ -123,10 +117,7 @@ class Grad:
                     " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
                     " frozen tensors)"
                 )
-        return focus
-
-
-_TENSORS = frozenset({Tensor, torch.nn.Parameter})
+        return names, values
 
 
 class _Batch(list):
@@ -146,9 +137,24 @@ class _Batch(list):
 def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
     """One request in its exit (the common case): no grouping, its tensors as they are."""
     create = grad.create_graph
-    grads = torch.autograd.grad(
-        target, xs, retain_graph=create or grad.retain_graph, create_graph=create, allow_unused=True
-    )
+    retain = create or grad.retain_graph
+    try:
+        grads = torch.autograd.grad(
+            target, xs, retain_graph=retain, create_graph=create, allow_unused=True
+        )
+    except (RuntimeError, TypeError):
+        # torch checks its inputs before running anything, so the graph is intact:
+        # find the value that has no gradient (a clear error, or a frozen tensor to
+        # skip) and try again; an error that comes from elsewhere goes on as it is.
+        kept = grad._differentiable(names, xs)
+        if kept is None:
+            return
+        if len(kept[1]) == len(xs):
+            raise
+        names, xs = kept
+        grads = torch.autograd.grad(
+            target, xs, retain_graph=retain, create_graph=create, allow_unused=True
+        )
     for g in grads:
         if g is None:
             # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
@@ -161,8 +167,12 @@ def _serve_grouped(requests: list) -> None:
     """Several requests in one exit: one ``autograd.grad`` per target over the union of
     their tensors, the graph retained until the last pass."""
     groups: dict[int, list] = {}
-    for req in requests:
-        groups.setdefault(id(req[0]), []).append(req)
+    for target, xs, names, deliver, others, grad in requests:
+        kept = grad._differentiable(names, xs)
+        if kept is not None:
+            groups.setdefault(id(target), []).append(
+                (target, kept[1], kept[0], deliver, others, grad)
+            )
     pending = list(groups.values())
     for i, group in enumerate(pending):
         target = group[0][0]

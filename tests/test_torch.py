@@ -179,6 +179,18 @@ def test_a_call_that_raised_leaves_later_calls_their_gradients():
     assert len(grads) == 2 and all(torch.equal(g, torch.full((2,), 3.0)) for g in grads)
 
 
+def test_an_error_of_torch_itself_is_not_taken_for_a_bad_focus():
+    """Grad checks its values only when torch refuses them; torch's other errors go on."""
+
+    @ptera
+    def h(w):
+        loss = w.detach().sum()
+        return loss
+
+    with pytest.raises(RuntimeError, match="does not require grad and does not have a grad_fn"):
+        h.using(g=Grad("h{!w, !!loss}"))(torch.ones(2, requires_grad=True))
+
+
 def test_grad_in_the_same_scope_and_higher_order():
     @ptera
     def f(x):
