@@ -178,17 +178,18 @@ class Overlay:
         return (Rule(comp, emit, immediate=False, raw=True),)
 
     def _result(self) -> Result:
-        result = Result()
         fields = self._fields
         if fields is None:
             # Built once per overlay (its effects never change): the first kind of a name wins.
-            fields = {}
+            kinds: dict = {}
             for e in self.effects:
                 if e.kind in ("using", "on"):
-                    fields.setdefault(e.name, Collection if e.kind == "using" else list)
-            fields = self._fields = tuple(fields.items())
-        result.fields = {name: kind() for name, kind in fields}
-        return result
+                    kinds.setdefault(e.name, Collection if e.kind == "using" else list)
+            fields = self._fields = tuple(kinds.items())
+        if len(fields) == 1:  # the common object (one listener): no comprehension per call
+            ((name, kind),) = fields
+            return Result(ABSENT, {name: kind()})
+        return Result(ABSENT, {name: kind() for name, kind in fields})
 
     def call(self, fn: Callable, *args: Any) -> Result:
         """``fn(*args)`` with this overlay active; its ``Result`` holds the return value.
