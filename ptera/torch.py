@@ -142,15 +142,20 @@ def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: G
         grads = torch.autograd.grad(
             target, xs, retain_graph=retain, create_graph=create, allow_unused=True
         )
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError) as refused:
+        error = refused
+    else:
+        error = None
+    if error is not None:
         # torch checks its inputs before running anything, so the graph is intact:
-        # find the value that has no gradient (a clear error, or a frozen tensor to
-        # skip) and try again; an error that comes from elsewhere goes on as it is.
+        # find the value that has no gradient (the clear error, raised here rather
+        # than inside torch's, or a frozen tensor to skip) and try again; an error
+        # that comes from elsewhere goes on as it is.
         kept = grad._differentiable(names, xs)
         if kept is None:
             return
         if len(kept[1]) == len(xs):
-            raise
+            raise error
         names, xs = kept
         grads = torch.autograd.grad(
             target, xs, retain_graph=retain, create_graph=create, allow_unused=True
