@@ -30,7 +30,7 @@ Decisions:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -178,17 +178,18 @@ class Overlay:
         return (Rule(comp, emit, immediate=False, raw=True),)
 
     def _result(self) -> Result:
-        result = Result()
         fields = self._fields
         if fields is None:
             # Built once per overlay (its effects never change): the first kind of a name wins.
-            fields = {}
+            kinds: dict = {}
             for e in self.effects:
                 if e.kind in ("using", "on"):
-                    fields.setdefault(e.name, Collection if e.kind == "using" else list)
-            fields = self._fields = tuple(fields.items())
-        result.fields = {name: kind() for name, kind in fields}
-        return result
+                    kinds.setdefault(e.name, Collection if e.kind == "using" else list)
+            fields = self._fields = tuple(kinds.items())
+        if len(fields) == 1:  # the common object (one listener): no comprehension per call
+            ((name, kind),) = fields
+            return Result(ABSENT, {name: kind()})
+        return Result(ABSENT, {name: kind() for name, kind in fields})
 
     def call(self, fn: Callable, *args: Any) -> Result:
         """``fn(*args)`` with this overlay active; its ``Result`` holds the return value.
@@ -275,7 +276,7 @@ def _each(listener: Callable, name: str, current: ContextVar, emit: Callable) ->
     value directly when it takes just ``out``, without a dict and a ``Capture`` per value."""
     ones: dict[str, Callable | None] = {}
 
-    def each(out: str, names: list, values: list) -> None:
+    def each(out: str, names: list, values: Iterable) -> None:
         one = ones.get(out, _UNKNOWN)
         if one is _UNKNOWN:
             one = ones[out] = listener_one(listener, out)

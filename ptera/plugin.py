@@ -90,9 +90,9 @@ def collecting_rule(
     return Rule(compile_selector(sel, env, collect=True), on_call, immediate=False, raw=True)
 
 
-def emit_each(emit: Callable[[dict[str, Capture]], Any], name: str, names: list, values: list):
+def emit_each(emit: Callable[[dict[str, Capture]], Any], name: str, names: list, values: Iterable):
     """``emit({name: Capture(name, [n], [v])})`` for each ``(n, v)`` of ``names`` and
-    ``values``, in order: one result per value. The same for every ``emit``, and
+    ``values`` (any iterable, read once), in order: one result per value. The same for every ``emit``, and
     faster for a listener that takes just ``name`` (it is called with each value)."""
     each = getattr(emit, "each", None)
     if each is not None:

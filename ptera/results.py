@@ -22,9 +22,9 @@ __all__ = ["Collection", "Result", "call_with"]
 class Result:
     """The value of a call (``value``) and what its overlays collected, by name."""
 
-    def __init__(self, value: Any = ABSENT):
+    def __init__(self, value: Any = ABSENT, fields: dict[str, list] | None = None):
         self.value = value
-        self.fields: dict[str, list] = {}
+        self.fields: dict[str, list] = {} if fields is None else fields
         self.activation: tuple | None = None  # set by the overlay that made it
 
     def field(self, name: str, kind: type = list) -> list:

@@ -14,7 +14,14 @@ Decisions:
 * A focus tensor that the secondary does not depend on gets a zero gradient.
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
-* Nothing is computed when the call raised.
+* Nothing is computed when the call raised; its queued request is dropped with
+  it (held weakly), so later calls are served as usual.
+* One request in its exit (the common case) goes straight to
+  ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
+  ``None``, and no check per tensor: torch refuses a value without gradient
+  before it runs anything, and only then are the values checked (the clear
+  error, or a frozen tensor skipped) and the pass tried again. Several requests
+  are checked first.
 * Pairs go out through ``plugin.emit_each``: a listener that takes just the
   focus (``def sgd(param)``) is called with each pair, with no dict or
   ``Capture`` built per parameter.
@@ -23,11 +30,11 @@ Decisions:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from . import Scope, SelectorError, select
 from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
@@ -58,56 +65,50 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
-        wild = self.selector.focus.name is None  # `$p` or `*`: skip what has no gradient
+
+        def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
+            if others:
+                for name, value, grad in zip(names, values, grads):
+                    emit({**others, x: Capture(x, [name], [(value, grad)])})
+                return
+            emit_each(emit, x, names, zip(values, grads))
 
         def close(captures: dict[str, Capture]) -> None:
-            if x not in captures or y not in captures:
+            focus = captures.get(x)
+            target = captures.get(y)
+            if focus is None or target is None:
                 return
-            target = captures[y]
             if len(target.values) != 1:
                 raise ValueError(
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            focus = captures[x]
-            for v in focus.values:
-                if not (isinstance(v, Tensor) and v.requires_grad):
-                    focus = self._differentiable(focus, x, wild)
-                    if focus is None:
-                        return
-                    break
             others = (
                 {k: c for k, c in captures.items() if k != x and k != y}
                 if len(captures) > 2
                 else None
             )
-
-            def deliver(grads: list) -> None:
-                if others:
-                    for name, value, grad in zip(focus.names, focus.values, grads):
-                        emit({**others, x: Capture(x, [name], [(value, grad)])})
-                    return
-                emit_each(emit, x, focus.names, list(zip(focus.values, grads)))
-
-            _request(target.values[0], focus.values, deliver, self)
+            _request((target.values[0], focus.values, focus.names, deliver, others, self))
 
         return (collecting_rule(self.selector, env, close),)
 
-    def _differentiable(self, focus: Capture, x: str, wild: bool) -> Capture | None:
-        """The focus values to differentiate by; an error for one that cannot be."""
-        if wild:
+    def _differentiable(self, names: list, values: list) -> tuple[list, list] | None:
+        """The ``(names, values)`` to differentiate by, ``None`` if none is left; an
+        error for one that cannot be."""
+        x = self.selector.focus.out_name
+        if self.selector.focus.name is None:
             # `$p:Parameter` stands for whatever is there: a frozen tensor gets no
             # gradient, as `loss.backward()` gives it none (a non-tensor is an error).
             kept = [
                 (n, v)
-                for n, v in zip(focus.names, focus.values)
+                for n, v in zip(names, values)
                 if not isinstance(v, torch.Tensor) or v.requires_grad
             ]
             if not kept:
                 return None
-            if len(kept) < len(focus.values):
-                focus = Capture(x, [n for n, _ in kept], [v for _, v in kept])
-        for name, value in zip(focus.names, focus.values):
+            if len(kept) < len(values):
+                names, values = [n for n, _ in kept], [v for _, v in kept]
+        for name, value in zip(names, values):
             if not (isinstance(value, torch.Tensor) and value.requires_grad):
                 what = type(value).__name__
                 raise ValueError(
@@ -116,72 +117,100 @@ class Grad:
                     " requires_grad=True (a wildcard focus such as '$p:Parameter' skips"
                     " frozen tensors)"
                 )
-        return focus
+        return names, values
 
 
-class _Batch:
-    """The ``Grad`` requests of one exit, served by one backward pass per target."""
+class _Batch(list):
+    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
+    served by one backward pass per target when the exit's other rules have reported."""
 
-    def __init__(self):
-        self.requests: list[tuple[torch.Tensor, list, Callable, Grad]] = []
+    __slots__ = ("__weakref__",)
 
-    def run(self) -> None:
+    def __call__(self) -> None:
         _local.batch = None
-        if len(self.requests) == 1 and self._run_one(*self.requests[0]):
-            return
-        groups: dict[int, list] = {}
-        for req in self.requests:
-            groups.setdefault(id(req[0]), []).append(req)
-        pending = list(groups.values())
-        for i, group in enumerate(pending):
-            target = group[0][0]
-            inputs, seen = [], {}
-            for _, xs, _, _ in group:
-                for t in xs:
-                    if id(t) not in seen:
-                        seen[id(t)] = len(inputs)
-                        inputs.append(t)
-            create = any(g.create_graph for *_, g in group)
-            retain = create or any(g.retain_graph for *_, g in group) or i < len(pending) - 1
-            grads = torch.autograd.grad(
-                target,
-                inputs,
-                retain_graph=retain,
-                create_graph=create,
-                allow_unused=True,
-            )
-            # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-            for _, xs, deliver, _ in group:
-                deliver([grads[seen[id(t)]] for t in xs])
+        if len(self) == 1:
+            _serve_one(*self[0])
+        else:
+            _serve_grouped(self)
 
-    @staticmethod
-    def _run_one(target, xs: list, deliver: Callable, grad: Grad) -> bool:
-        """The common case (one request, distinct tensors) without grouping; False if not it."""
-        if len({id(t) for t in xs}) != len(xs):
-            return False
-        create = grad.create_graph
+
+def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
+    """One request in its exit (the common case): no grouping, its tensors as they are."""
+    create = grad.create_graph
+    retain = create or grad.retain_graph
+    try:
         grads = torch.autograd.grad(
-            target,
-            xs,
-            retain_graph=create or grad.retain_graph,
-            create_graph=create,
-            allow_unused=True,
+            target, xs, retain_graph=retain, create_graph=create, allow_unused=True
         )
-        deliver([torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)])
-        return True
+    except (RuntimeError, TypeError) as refused:
+        error = refused
+    else:
+        error = None
+    if error is not None:
+        # torch checks its inputs before running anything, so the graph is intact:
+        # find the value that has no gradient (the clear error, raised here rather
+        # than inside torch's, or a frozen tensor to skip) and try again; an error
+        # that comes from elsewhere goes on as it is.
+        kept = grad._differentiable(names, xs)
+        if kept is None:
+            return
+        if len(kept[1]) == len(xs):
+            raise error
+        names, xs = kept
+        grads = torch.autograd.grad(
+            target, xs, retain_graph=retain, create_graph=create, allow_unused=True
+        )
+    for g in grads:
+        if g is None:
+            # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)]
+            break
+    deliver(names, xs, grads, others)
+
+
+def _serve_grouped(requests: list) -> None:
+    """Several requests in one exit: one ``autograd.grad`` per target over the union of
+    their tensors, the graph retained until the last pass."""
+    groups: dict[int, list] = {}
+    for target, xs, names, deliver, others, grad in requests:
+        kept = grad._differentiable(names, xs)
+        if kept is not None:
+            groups.setdefault(id(target), []).append(
+                (target, kept[1], kept[0], deliver, others, grad)
+            )
+    pending = list(groups.values())
+    for i, group in enumerate(pending):
+        target = group[0][0]
+        inputs, seen = [], {}
+        for req in group:
+            for t in req[1]:
+                if id(t) not in seen:
+                    seen[id(t)] = len(inputs)
+                    inputs.append(t)
+        create = any(req[5].create_graph for req in group)
+        retain = create or any(req[5].retain_graph for req in group) or i < len(pending) - 1
+        grads = torch.autograd.grad(
+            target, inputs, retain_graph=retain, create_graph=create, allow_unused=True
+        )
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+        for _, xs, names, deliver, others, _ in group:
+            deliver(names, xs, [grads[seen[id(t)]] for t in xs], others)
 
 
 class _Local(threading.local):
-    batch: _Batch | None = None
+    # A weak reference: when the exit fails, the engine drops its queued work and the
+    # batch with it, so a stale batch is never appended to (it would never be served).
+    batch: weakref.ref | None = None
 
 
 _local = _Local()
 
 
-def _request(target, xs: list, deliver: Callable, grad: Grad) -> None:
-    batch = _local.batch
+def _request(request: tuple) -> None:
+    ref = _local.batch
+    batch = ref() if ref is not None else None
     if batch is None:
-        batch = _local.batch = _Batch()
-        after_exit(batch.run)
-    batch.requests.append((target, xs, deliver, grad))
+        batch = _Batch()
+        _local.batch = weakref.ref(batch)
+        after_exit(batch)
+    batch.append(request)

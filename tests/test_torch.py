@@ -139,22 +139,56 @@ def test_one_request_fast_path_gives_what_the_grouped_path_gives(selectors, monk
             for name in named
         ]
 
-    real, taken = ptorch._Batch._run_one, []
+    real, taken = ptorch._serve_one, []
 
-    def spy(*args):
-        taken.append(real(*args))
-        return taken[-1]
+    def spy(*request):
+        taken.append(len(request[1]))
+        return real(*request)
 
-    monkeypatch.setattr(ptorch._Batch, "_run_one", staticmethod(spy))
+    monkeypatch.setattr(ptorch, "_serve_one", spy)
     fast = run()
-    assert taken == ([True] if len(selectors) == 1 else [])
-    monkeypatch.setattr(ptorch._Batch, "_run_one", staticmethod(lambda *a: False))
+    assert len(taken) == (1 if len(selectors) == 1 else 0)
+    monkeypatch.setattr(ptorch, "_serve_one", lambda *request: ptorch._serve_grouped([request]))
     general = run()
     assert len(fast) == len(general) == len(selectors)
     for got, want in zip(fast, general):
         assert len(got) == len(want) > 0
         for (k1, v1, g1), (k2, v2, g2) in zip(got, want):
             assert k1 == k2 and torch.equal(v1, v2) and torch.equal(g1, g2)
+
+
+def test_a_call_that_raised_leaves_later_calls_their_gradients():
+    """The failed call's queued request is dropped with it, not left to swallow the next."""
+
+    @ptera
+    def f(x, boom):
+        w: torch.nn.Parameter
+        loss = (w * x).sum()
+        if boom:
+            raise RuntimeError("boom")
+        return loss
+
+    model = f.new(w=torch.nn.Parameter(torch.ones(2)))
+    grads = []
+    model.on(Grad("f{!!loss} > $p:Parameter"))(lambda p: grads.append(p[1]))
+    with pytest.raises(RuntimeError, match="boom"):
+        model(torch.full((2,), 3.0), True)
+    assert grads == []
+    for _ in range(2):
+        model(torch.full((2,), 3.0), False)
+    assert len(grads) == 2 and all(torch.equal(g, torch.full((2,), 3.0)) for g in grads)
+
+
+def test_an_error_of_torch_itself_is_not_taken_for_a_bad_focus():
+    """Grad checks its values only when torch refuses them; torch's other errors go on."""
+
+    @ptera
+    def h(w):
+        loss = w.detach().sum()
+        return loss
+
+    with pytest.raises(RuntimeError, match="does not require grad and does not have a grad_fn"):
+        h.using(g=Grad("h{!w, !!loss}"))(torch.ones(2, requires_grad=True))
 
 
 def test_grad_in_the_same_scope_and_higher_order():
