@@ -92,6 +92,26 @@ class Grad:
 
         return (collecting_rule(self.selector, env, close),)
 
+    def _check_target(self, target: Any) -> None:
+        """A ``ValueError`` naming the secondary focus unless it is a scalar tensor with a
+        graph (checked once torch has refused a pass, or before a grouped one)."""
+        y = self.selector.secondary.out_name
+        if not isinstance(target, torch.Tensor):
+            raise ValueError(
+                f"{self}: the secondary focus '{y}' is a {type(target).__name__}; Grad"
+                " differentiates a scalar tensor (keep the tensor, not float(...) or .item())"
+            )
+        if target.numel() != 1:
+            raise ValueError(
+                f"{self}: the secondary focus '{y}' has shape {tuple(target.shape)}; Grad"
+                " differentiates a scalar (reduce it first, e.g. .sum() or .mean())"
+            )
+        if not target.requires_grad:
+            raise ValueError(
+                f"{self}: the secondary focus '{y}' does not require grad (computed under"
+                " no_grad, detached, or from tensors without requires_grad)"
+            )
+
     def _differentiable(self, names: list, values: list) -> tuple[list, list] | None:
         """The ``(names, values)`` to differentiate by, ``None`` if none is left; an
         error for one that cannot be."""
@@ -151,6 +171,7 @@ def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: G
         # find the value that has no gradient (the clear error, raised here rather
         # than inside torch's, or a frozen tensor to skip) and try again; an error
         # that comes from elsewhere goes on as it is.
+        grad._check_target(target)
         kept = grad._differentiable(names, xs)
         if kept is None:
             return
@@ -173,6 +194,7 @@ def _serve_grouped(requests: list) -> None:
     their tensors, the graph retained until the last pass."""
     groups: dict[int, list] = {}
     for target, xs, names, deliver, others, grad in requests:
+        grad._check_target(target)
         kept = grad._differentiable(names, xs)
         if kept is not None:
             groups.setdefault(id(target), []).append(

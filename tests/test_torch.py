@@ -184,10 +184,11 @@ def test_an_error_of_torch_itself_is_not_taken_for_a_bad_focus():
 
     @ptera
     def h(w):
-        loss = w.detach().sum()
+        loss = (w * w).sum()
+        loss.backward()  # frees the graph: Grad's pass then fails inside torch
         return loss
 
-    with pytest.raises(RuntimeError, match="does not require grad and does not have a grad_fn"):
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         h.using(g=Grad("h{!w, !!loss}"))(torch.ones(2, requires_grad=True))
 
 
@@ -221,6 +222,31 @@ def test_unused_tensor_gets_zero_gradient_and_bad_focus_is_named():
     assert torch.equal(out.r.map("b")[0][1], torch.zeros(3))
     with pytest.raises(Exception, match="secondary focus"):
         Grad("g > y")
+
+
+@ptera
+def scored(w, make):
+    y = make(w)
+    return y
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda w: float((w**2).sum()), "'y' is a float; Grad differentiates a scalar tensor"),
+        (lambda w: w * 2, r"'y' has shape \(3,\); Grad differentiates a scalar"),
+        (lambda w: (w**2).sum().detach(), "'y' does not require grad"),
+    ],
+)
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_a_secondary_focus_grad_cannot_differentiate_is_named(make, message, grouped):
+    w = torch.ones(3, requires_grad=True)
+    grads = {"q": Grad("scored{!w, !!y}")}
+    if grouped:  # two requests in one exit take the grouped path
+        grads["r"] = Grad("scored{!w, !!y}")
+    with pytest.raises(ValueError, match=message):
+        scored.using(**grads)(w, make)
 
 
 def test_seed_regularizer_with_using_inside_a_ptera_function(data):
