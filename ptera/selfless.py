@@ -177,6 +177,13 @@ class PteraFunction:
         if not overlay.effects:
             value = self._invoke(args, kwargs)
             return Result(value) if self._return_object else value
+        if self._later:
+            raise TypeError(
+                f"{self.__name__} is a generator or async function: its body runs after"
+                " the call returns, outside the object's tweaks, rewrites and listeners;"
+                " wrap the iteration (or the await) in `with tweaking(...)`, `with"
+                " using(...) as result` or `with probing(...)` instead"
+            )
         result = overlay.call(self._invoke, args, kwargs)
         return result if self._return_object else result.value
 
