@@ -12,6 +12,9 @@ Decisions:
   share the same secondary tensor are served by ONE ``torch.autograd.grad`` over
   the union of their tensors (``retain_graph`` only where another pass follows).
 * A focus tensor that the secondary does not depend on gets a zero gradient.
+* A tensor captured several times in one call (a module used twice, whose
+  ``$p:Parameter`` is seen at each use) is delivered once, with its whole gradient,
+  as ``loss.backward()`` accumulates it once: an SGD listener steps it once.
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
 * Nothing is computed when the call raised; its queued request is dropped with
@@ -88,7 +91,10 @@ class Grad:
                 if len(captures) > 2
                 else None
             )
-            _request((target.values[0], focus.values, focus.names, deliver, others, self))
+            values, names = focus.values, focus.names
+            if len(values) > 1 and len(set(map(id, values))) < len(values):
+                names, values = _distinct(names, values)
+            _request((target.values[0], values, names, deliver, others, self))
 
         return (collecting_rule(self.selector, env, close),)
 
@@ -138,6 +144,15 @@ class Grad:
                     " frozen tensors)"
                 )
         return names, values
+
+
+def _distinct(names: list, values: list) -> tuple[list, list]:
+    """Each tensor once (the first name it was captured under)."""
+    seen: dict[int, int] = {}
+    for i, v in enumerate(values):
+        seen.setdefault(id(v), i)
+    keep = sorted(seen.values())
+    return [names[i] for i in keep], [values[i] for i in keep]
 
 
 class _Batch(list):

@@ -398,6 +398,30 @@ def test_grad_on_a_stock_cnn_matches_backward():
         assert value is p and torch.allclose(grad, p.grad)
 
 
+def test_a_module_used_twice_gets_one_sgd_step_as_with_backward():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    net = nn.Sequential(shared, nn.Tanh(), shared)
+    x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    by_hand = [p.detach().clone() for p in net.parameters()]
+    cnn_loss(net, x, y).backward()
+    by_hand = [b - 0.1 * p.grad for b, p in zip(by_hand, net.parameters())]
+    seen = []
+    step = cnn_loss.clone()
+
+    @step.on(Grad("cnn_loss{!!loss} >> $p:Parameter"))
+    def sgd(p):
+        param, grad = p
+        seen.append(param)
+        with torch.no_grad():
+            param -= 0.1 * grad
+
+    step(net, x, y)
+    assert len(seen) == 2  # weight and bias once each, though each is read twice
+    for p, expected in zip(net.parameters(), by_hand):
+        assert torch.equal(p, expected)
+
+
 def test_grad_skips_a_frozen_layer_as_backward_does():
     torch.manual_seed(0)
     net = small_cnn()
