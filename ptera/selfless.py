@@ -25,6 +25,7 @@ Decisions:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 from collections.abc import Callable, Mapping
@@ -103,6 +104,24 @@ class PteraFunction:
             self._overlay if overlay is None else overlay,
             self._return_object if return_object is None else return_object,
             self._positions,  # copies share the signature: no inspect per new/using
+        )
+
+    def __copy__(self) -> PteraFunction:
+        return self._copy()
+
+    def __deepcopy__(self, memo: dict) -> PteraFunction:
+        """A copy whose state values are deep copies (the function, its overlay and the
+        names its selectors resolved stay shared: they are not data)."""
+        obj = self._copy()
+        for name in list(obj.state):
+            dict.__setitem__(obj.state, name, copy.deepcopy(obj.state[name], memo))
+        return obj
+
+    def __reduce__(self):
+        raise TypeError(
+            f"{self.__name__}: an object made with new/using/tweak/... cannot be pickled"
+            " (it holds code and overlays); pickle its state values (`obj.state`) and"
+            " rebuild it with .new(...) where they are loaded"
         )
 
     def new(self, **values: Any) -> PteraFunction:

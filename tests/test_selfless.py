@@ -2,6 +2,8 @@
 
 import asyncio
 import contextvars
+import copy
+import pickle
 import threading
 
 import pytest
@@ -488,3 +490,12 @@ def test_each_call_gets_fresh_collections_of_the_first_kind_named():
     assert first.y[0]["y"].value == 4 and first.y[1:] == [5] and first.z == [-4]
     assert second.y[0]["y"].value == 9 and second.y[1:] == [10] and second.z == [-9]
     assert first.y is not second.y
+
+
+def test_copies_of_an_object_share_its_code_and_deep_copies_copy_its_state():
+    obj = square.new().using(q="square > rval")
+    deep = copy.deepcopy(obj)
+    assert deep(3).q.map("rval") == obj(3).q.map("rval") == [9]
+    assert copy.copy(obj)(2).q.map("rval") == [4]
+    with pytest.raises(TypeError, match="cannot be pickled .* pickle its state values"):
+        pickle.dumps(obj)
