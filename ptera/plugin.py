@@ -115,7 +115,7 @@ def check_selector(selector: str | Scope, env: Mapping[str, Any] | None = None) 
     return sel
 
 
-def caller_env(skip: int = 1) -> dict[str, Any]:
+def caller_env(skip: int = 1) -> Mapping[str, Any]:
     """The names (globals, then locals over them) where user code called into ptera.
 
     ``skip=1`` starts from the caller of the function that calls ``caller_env``;
