@@ -892,12 +892,12 @@ class Resident:
                 engine.plan.reset(token)
                 engine.plan.set(Plan(_without(rules_now, self.rules), engine.epoch, engine.rules))
         finally:
-            # The section, not the bare lock: objects collected inside the engine
-            # (their holds deferred) are released here at the latest.
-            with engine._section:
+            with engine.lock:
                 if self.per_call:
                     engine._install(_count(engine.counts, self.per_call, -1))
                 overlay_ended()
+                if engine.deferred:  # objects collected inside the engine: released here
+                    engine._release_deferred()
 
 
 class _Hold:
