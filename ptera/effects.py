@@ -81,6 +81,10 @@ class Overlay:
         self._resident_version = -1
         self._finalizer: weakref.finalize | None = None
 
+    def __ptera_env__(self) -> None:
+        """An overlay means nothing in a selector (see ``overlay.caller_env``)."""
+        return None
+
     def _with(self, effects: list) -> Overlay:
         return Overlay(self.effects + tuple(effects))
 

@@ -67,7 +67,6 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
-from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
@@ -1163,11 +1162,17 @@ def caller_env(skip: int = 1) -> Mapping[str, Any]:
         f = f.f_back
     if f is None:
         return {}
-    if f.f_locals is f.f_globals:
-        # Module level: the live namespace. A copy would keep alive everything bound
-        # there at this moment (the previous object of a loop, and so on, in a chain).
-        return f.f_globals
-    return ChainMap(dict(f.f_locals), f.f_globals)  # locals end with the frame: a copy
+    # A snapshot: names resolve as they were bound here, even if rebound later (rules
+    # are compiled late, and again when the registry changes). ptera's own objects
+    # stand in it as what a selector can mean by them (an object as its function, an
+    # overlay as nothing), so that a loop making objects does not chain each to the
+    # previous one through its snapshot, keeping every earlier model alive.
+    env = {**f.f_globals, **f.f_locals}
+    for name, value in env.items():
+        stand_in = getattr(type(value), "__ptera_env__", None)
+        if stand_in is not None:
+            env[name] = stand_in(value)
+    return env
 
 
 def __getattr__(name: str):

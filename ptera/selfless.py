@@ -106,6 +106,10 @@ class PteraFunction:
             self._positions,  # copies share the signature: no inspect per new/using
         )
 
+    def __ptera_env__(self) -> Any:
+        """What this object stands for in a selector's namespace: its function."""
+        return self.__wrapped__
+
     def __copy__(self) -> PteraFunction:
         return self._copy()
 

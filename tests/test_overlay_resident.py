@@ -244,9 +244,40 @@ ALIVE = sum(r() is not None for r in refs)
 
 
 def test_objects_made_in_a_module_level_loop_do_not_keep_earlier_ones(tmp_path):
-    # The selector's names resolve in the live module namespace, not in a copy of it
-    # that would hold whatever was bound there when each object was made.
+    # Each object's snapshot of the module's names holds the previous object as its
+    # function only, so the chain object -> snapshot -> previous object -> model breaks.
 
     script = tmp_path / "loop_objects.py"
     script.write_text(LOOP_SCRIPT)
-    assert runpy.run_path(str(script), run_name="loop_objects")["ALIVE"] == 0
+    # The last object's snapshot holds the model bound when it was made; no earlier one.
+    assert runpy.run_path(str(script), run_name="loop_objects")["ALIVE"] == 1
+
+
+REBIND_SCRIPT = """
+from ptera import ptera
+
+@ptera
+def f(x):
+    a = x + 1
+    return a
+
+@ptera
+def g(x):
+    a = x + 100
+    return a
+
+@ptera
+def main(x, step):
+    return step(x)
+
+objs = []
+for step in (f, g):
+    objs.append(main.using(q="step > a"))  # `step` names f, then g
+RESULT = [obj(1, f).q.map("a") + obj(1, g).q.map("a") for obj in objs]
+"""
+
+
+def test_names_resolve_as_they_were_bound_when_the_object_was_made(tmp_path):
+    script = tmp_path / "rebind.py"
+    script.write_text(REBIND_SCRIPT)
+    assert runpy.run_path(str(script), run_name="rebind")["RESULT"] == [[2], [101]]
