@@ -237,13 +237,13 @@ class Frame:
             self.match = self.handlers = None
 
 
-def _find_parent(frame, rule, node, deep, pyframe):
+def _find_parent(frame, rule, node, deep, pyframe, fns=None):
     if frame is None:
         return None
     if not deep:
         for a, _ in frame.matches:
             if a.rule is rule and a.template.node == node:
-                return a if _direct(pyframe, frame.pyframe) else None
+                return a if _direct(pyframe, frame.pyframe, fns) else None
         return None
     while frame is not None:
         for a, _ in frame.matches:
@@ -253,12 +253,20 @@ def _find_parent(frame, rule, node, deep, pyframe):
     return None
 
 
-def _direct(child, parent) -> bool:
-    """No instrumented call between the child's Python frame and the parent's."""
+def _between(f, fns) -> bool:
+    """Whether Python frame ``f`` is a call that ``>`` counts: a decorated function, or
+    one that some rule active in this context can match (``fns``: the plan's). What
+    code a function happens to run (instrumented for another thread's probe, or not)
+    must not change the answer."""
+    st = _by_code.get(f.f_code)
+    return st is not None and (st.tooled or st.fid in fns)
+
+
+def _direct(child, parent, fns) -> bool:
+    """No call that ``>`` counts between the child's Python frame and the parent's."""
     f = child.f_back
     while f is not None and f is not parent:
-        st = _by_code.get(f.f_code)
-        if st is not None and (st.tooled or f.f_code is not st.original):
+        if _between(f, fns):
             return False
         f = f.f_back
     return True
@@ -686,13 +694,13 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
         pyframe = sys._getframe(1) if (fp.pushes_frame or fp.checks_direct) else None
         key = key_var.get() if fp.reads_key else ABSENT
         if key is not ABSENT:
-            key = _key_of_call(key, sys._getframe(1))
+            key = _key_of_call(key, sys._getframe(1), plan.fns)
         matches = []
         for t, rule, handlers in fp.entries:
             if t.parent is None:
                 parent_match = None
             else:
-                parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe)
+                parent_match = _find_parent(parent, rule, t.parent, t.deep, pyframe, plan.fns)
                 if parent_match is None:
                     continue
             if t.key is not NOVALUE and (key is ABSENT or not filter_eq(key, t.key)):
@@ -778,13 +786,13 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
     return _enter, _exit, _setkey
 
 
-def _key_of_call(pending: tuple, entered) -> Any:
+def _key_of_call(pending: tuple, entered, fns) -> Any:
     """The pending key if the call entering ``entered`` is the keyed call itself: the
-    nearest instrumentable frame above it (wrappers such as ``Module.__call__`` are
-    skipped) is the one that set the key. A call nested inside it gets no key."""
+    nearest frame above it that ``>`` counts (see ``_between``) is the one that set
+    the key. A call nested inside the keyed one gets no key."""
     key, caller = pending
     f = entered.f_back
-    while f is not None and _by_code.get(f.f_code) is None:
+    while f is not None and f is not caller and not _between(f, fns):
         f = f.f_back
     return key if f is caller else ABSENT
 

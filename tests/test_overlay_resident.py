@@ -281,3 +281,27 @@ def test_names_resolve_as_they_were_bound_when_the_object_was_made(tmp_path):
     script = tmp_path / "rebind.py"
     script.write_text(REBIND_SCRIPT)
     assert runpy.run_path(str(script), run_name="rebind")["RESULT"] == [[2], [101]]
+
+
+@pytest.mark.filterwarnings("ignore:probe 'plain_helper")  # it ran here, not in its thread
+def test_another_threads_probe_does_not_change_what_greater_than_means_here():
+    # plain_helper runs instrumented code while the other thread's probe is active;
+    # in this thread no rule names it, so it stays transparent for `>`.
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        with probing("plain_helper > w"):
+            started.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        started.wait(10)
+        assert plain_helper.__code__ is not state_for(plain_helper).original
+        with probing("through_helper > inner > y").values() as seen:
+            through_helper(1)
+        assert seen == [{"y": 2}]
+    finally:
+        done.set()
+        thread.join()

@@ -110,3 +110,24 @@ def test_the_key_of_a_keyed_call_goes_to_that_call_only():
     with probing("inner[$k] > v").values() as nested:  # called inside the keyed call
         net(1.0)
     assert nested == [{"v": 1.0}, {"v": 3.0}, {"v": 100.0}]
+
+
+def plain_caller(v):  # undecorated: transparent between a keyed call and its callee
+    return inner(v)
+
+
+@ptera
+def keyed_through_plain(inp):
+    h = Recurrence()
+    h[3] = plain_caller(inp)
+    return h[3]
+
+
+def test_a_keyed_call_through_an_undecorated_function_keeps_its_key_whatever_ran_before():
+    with probing("keyed_through_plain > inner[3] > v").values() as first:
+        keyed_through_plain(1.0)
+    with probing("plain_caller > v"):  # an unrelated probe, already ended
+        pass
+    with probing("keyed_through_plain > inner[3] > v").values() as again:
+        keyed_through_plain(1.0)
+    assert first == again == [{"v": 1.0}]
