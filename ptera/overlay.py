@@ -23,9 +23,11 @@ counts them once and is then entered per call with one context-variable set.
 
 Decisions:
 
-* ``f > g`` is direct when no other instrumented call lies between them on the
-  Python stack; uninstrumented frames (wrappers, ``nn.Module.__call__``) are
-  transparent.
+* ``f > g`` is direct when no call between them on the Python stack is of a
+  decorated function or of one that a rule of this context can match; other
+  frames (wrappers, ``nn.Module.__call__``, library code) are transparent, whatever
+  code they run for other threads' probes. The same test tells which call a keyed
+  assignment's key goes to.
 * Generator frames are not pushed on the stack (they would leak into the
   consumer's calls while suspended): a generator is a leaf scope.
 * ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
