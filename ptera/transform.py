@@ -738,11 +738,28 @@ class _Instrumenter(ast.NodeTransformer):
             out.append(ast.Assign(targets=[_name(temporary, ast.Store())], value=expr))
 
         keyed_call = isinstance(value, ast.Call) and self.wants(CALLKEY)
+        held = [held_value, held_dict, held_key]
         if keyed_call:
-            # Documented exception to Python's order: the key is computed first.
+            # Documented exception to Python's order: the key is computed first. The
+            # callee and its arguments come next, in Python's order, before the key is
+            # set: calls made while evaluating them are not the keyed call.
             hold(held_key, self.visit(target.slice))
+            call = ast.Call(func=_name(self.fresh()), args=[], keywords=[])
+            hold(call.func.id, value.func)
+            for arg in value.args:
+                held.append(self.fresh())
+                starred = isinstance(arg, ast.Starred)
+                hold(held[-1], arg.value if starred else arg)
+                call.args.append(
+                    ast.Starred(_name(held[-1]), ast.Load()) if starred else _name(held[-1])
+                )
+            for kw in value.keywords:
+                held.append(self.fresh())
+                hold(held[-1], kw.value)
+                call.keywords.append(ast.keyword(arg=kw.arg, value=_name(held[-1])))
+            held.append(call.func.id)
             out.append(ast.Expr(_call(SETKEY, _name(held_key))))
-            hold(held_value, value)
+            hold(held_value, call)
             hold(held_dict, _name(name))
         else:
             hold(held_value, value)
@@ -754,10 +771,7 @@ class _Instrumenter(ast.NodeTransformer):
         sub = ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Store())
         out.append(ast.Assign(targets=[sub], value=stored))
         # Clear the temporaries, even on an error: the value may be a large tensor.
-        clear = ast.Assign(
-            targets=[_name(t, ast.Store()) for t in (held_value, held_dict, held_key)],
-            value=_const(None),
-        )
+        clear = ast.Assign(targets=[_name(t, ast.Store()) for t in held], value=_const(None))
         finalbody: list[ast.stmt] = [clear]
         if keyed_call:
             # The key belongs to this call only: later calls (and calls after an error)

@@ -131,3 +131,31 @@ def test_a_keyed_call_through_an_undecorated_function_keeps_its_key_whatever_ran
     with probing("keyed_through_plain > inner[3] > v").values() as again:
         keyed_through_plain(1.0)
     assert first == again == [{"v": 1.0}]
+
+
+@ptera
+def keyed_inside(v):
+    m = Recurrence()
+    m[0] = inner(v)  # a keyed call of its own, made while evaluating an argument
+    return m[0]
+
+
+@ptera
+def keyed_with_calls_in_arguments(v):
+    h = Recurrence()
+    h[7] = keyed_layer(inner(v) + keyed_inside(v))
+    return h[7]
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("keyed_with_calls_in_arguments > keyed_layer[7] > inp", [{"inp": 3.0}]),
+        ("keyed_with_calls_in_arguments > inner[7] > v", []),  # an argument's call
+        ("keyed_inside > inner[0] > v", [{"v": 1.0}]),
+    ],
+)
+def test_calls_evaluating_a_keyed_calls_arguments_are_not_the_keyed_call(selector, expected):
+    with probing(selector).values() as seen:
+        keyed_with_calls_in_arguments(1.0)
+    assert seen == expected
