@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .transform import Source, TransformError, compile_variant, parse_function
+from .transform import HELPER, Source, TransformError, compile_variant, parse_function
 
 _fids = itertools.count(1)
 _lock = threading.RLock()
@@ -108,6 +108,13 @@ class FnState:
         if all(r() is not fn for r in self._functions):
             self._functions.append(weakref.ref(fn))
             if fn.__code__ is not self.current:
+                main = self.function
+                if self.current is not self.original and main is not None:
+                    # Running a variant needs the helper the engine put in the
+                    # original's globals (a copy may have other globals).
+                    helper = main.__globals__.get(HELPER)
+                    if helper is not None and HELPER not in fn.__globals__:
+                        fn.__globals__[HELPER] = helper
                 fn.__code__ = self.current
 
     def variables(self) -> dict:
