@@ -13,10 +13,11 @@ Decisions:
 
 * Process-wide, like the stance itself: a probe in one thread makes compiled
   code in every thread run eagerly (correct, slower) until it ends.
-* Nothing is imported: with ``torch._dynamo`` not loaded, nothing is compiled yet.
-  If it gets loaded while an overlay is active (``torch.compile`` first called
-  inside the block), whatever it compiled then may hold instrumented code, so
-  Dynamo's caches are reset when the last overlay ends.
+* Nothing is imported: with ``torch._dynamo`` not loaded, or loaded but with no
+  frame converted yet (``torch.optim`` loads it), nothing is compiled and the
+  stance is left alone. If something gets compiled while an overlay is active
+  (``torch.compile`` first called inside the block), it may hold instrumented
+  code, so Dynamo's caches are reset when the last overlay ends.
 * Idle cost is zero: nothing here runs unless an overlay starts or ends. A
   selfless object's overlay stays installed between calls, but the stance
   follows its calls only (``overlay.Resident``), so an object kept alive does
@@ -42,13 +43,23 @@ class _Stance:
 _s = _Stance()
 
 
+def _nothing_compiled() -> bool:
+    """Whether Dynamo has converted no frame yet in this process (an unknown counter
+    counts as something compiled)."""
+    convert = sys.modules.get("torch._dynamo.convert_frame")
+    return convert is None or getattr(convert, "FRAME_COUNTER", 1) == 0
+
+
 def overlay_started() -> None:
     """An overlay became active (called under the engine's lock)."""
     _s.active += 1
     if _s.prior is not None:
         return
     frames = sys.modules.get("torch._dynamo.eval_frame")
-    if frames is None:
+    if frames is None or _nothing_compiled():
+        # Nothing compiled yet (Dynamo is loaded by any torch.optim step): no stance
+        # to set, which costs ~4 us a call; what gets compiled meanwhile is dropped
+        # when the last overlay ends.
         _s.unguarded = True
         return
     try:
@@ -71,5 +82,5 @@ def overlay_ended() -> None:
             _s.prior = prior
     if _s.unguarded:
         _s.unguarded = False
-        if frames is not None:
+        if frames is not None and not _nothing_compiled():
             sys.modules["torch._dynamo"].reset()

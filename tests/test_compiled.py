@@ -102,6 +102,7 @@ def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
 
     fake = FakeDynamo()
     monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    monkeypatch.setattr(compiled, "_nothing_compiled", lambda: False)  # something was
     if loaded_at_start:
         monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
     else:
@@ -118,3 +119,25 @@ def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
     compiled.overlay_ended()
     assert fake.stance == "default"
     assert fake.resets == (0 if loaded_at_start else 1)
+
+
+def test_with_nothing_compiled_the_stance_is_left_alone(monkeypatch):
+    # torch.optim loads Dynamo without compiling anything: no stance to set (it costs
+    # ~4 us an object call), but what gets compiled inside the block is dropped after.
+    import sys
+
+    from ptera import compiled
+
+    fake = FakeDynamo()
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    compiled_now = [False]
+    monkeypatch.setattr(compiled, "_nothing_compiled", lambda: not compiled_now[0])
+    compiled.overlay_started()
+    compiled.overlay_ended()
+    assert (fake.stance, fake.resets) == ("default", 0)
+    compiled.overlay_started()
+    compiled_now[0] = True  # torch.compile first called inside the block
+    compiled.overlay_ended()
+    assert (fake.stance, fake.resets) == ("default", 1)
