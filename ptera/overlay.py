@@ -165,11 +165,6 @@ class _FnPlan:
         self.focus_only &= t.simple
         self.all_roots &= t.parent is None and not t.keyed
 
-    @property
-    def static(self) -> Frame | None:
-        """``shared_frame`` under its former name (probe.py's pool reads it)."""
-        return self.shared_frame
-
     def finish(self, generator: bool) -> None:
         if generator:
             self.pushes_frame = False

@@ -109,7 +109,8 @@ class _Pool:
         return all(
             sys.getrefcount(plan) <= 3
             and all(
-                fp.static is None or sys.getrefcount(fp.static) <= 2 for fp in plan.fns.values()
+                fp.shared_frame is None or sys.getrefcount(fp.shared_frame) <= 2
+                for fp in plan.fns.values()
             )
             for plan in rule.plans.values()
         )
