@@ -156,13 +156,14 @@ def _rewriter(fn: Callable, full: bool) -> Callable[[dict], Any]:
 @contextmanager
 def no_overlay() -> Iterator[None]:
     """Run a block as if no overlay were active in this context (global probes stay)."""
-    plan = _engine._plan.set(_engine.Plan((), _engine._globals.epoch))
-    frame = _engine._frame.set(None)
+    engine = _engine.ENGINE
+    plan = engine.plan.set(_engine.Plan((), engine.epoch))
+    frame = engine.frame.set(None)
     try:
         yield
     finally:
-        _engine._frame.reset(frame)
-        _engine._plan.reset(plan)
+        engine.frame.reset(frame)
+        engine.plan.reset(plan)
 
 
 def autotool(selector: Any, undo: bool = False) -> Scope:

@@ -980,10 +980,6 @@ engine_lock = ENGINE.engine_lock
 _enter = ENGINE._enter
 _exit = ENGINE._exit
 _setkey = ENGINE._setkey
-# compat.py's no_overlay reads these three (context variables and the epoch).
-_plan = ENGINE.plan
-_frame = ENGINE.frame
-_globals = ENGINE
 
 
 # ---------------------------------------------------------------------------

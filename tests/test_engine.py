@@ -34,7 +34,7 @@ def listen(selector: str, seen: list, engine: Engine | None = None):
     def trigger(captures):
         value = {k: c.value for k, c in captures.items()}
         if engine is not None:
-            value["frames"] = (overlay._frame.get(), engine.frame.get())
+            value["frames"] = (ENGINE.frame.get(), engine.frame.get())
         seen.append(value)
 
     return Immediate(selector, trigger=trigger).rule()
