@@ -58,13 +58,30 @@ def _needs_focus(sel: Scope, what: str) -> Scope:
     return sel
 
 
+def _kept(env: Mapping) -> Mapping:
+    """The namespace an effect keeps for compiling its selector later, with ptera's own
+    objects standing in it as what a selector can mean by them (an object as its
+    function, an overlay as nothing): else a loop making objects chains each one to
+    the previous through its namespace, keeping every earlier model alive."""
+    # Asking each distinct type, not each value: a module holds a few hundred names
+    # of a few dozen types.
+    standing = {t for t in set(map(type, env.values())) if hasattr(t, "__ptera_env__")}
+    if not standing:
+        return env
+    return {
+        name: value.__ptera_env__() if type(value) in standing else value
+        for name, value in env.items()
+    }
+
+
 class _Effect:
     """One effect: its kind, result name, selector or plugin, and value or function."""
 
     __slots__ = ("kind", "name", "target", "value", "env")
 
     def __init__(self, kind: str, name: str | None, target: Any, value: Any, env: Mapping):
-        self.kind, self.name, self.target, self.value, self.env = kind, name, target, value, env
+        self.kind, self.name, self.target, self.value = kind, name, target, value
+        self.env = _kept(env)
 
 
 class Overlay:

@@ -1164,16 +1164,8 @@ def caller_env(skip: int = 1) -> Mapping[str, Any]:
     if f is None:
         return {}
     # A snapshot: names resolve as they were bound here, even if rebound later (rules
-    # are compiled late, and again when the registry changes). ptera's own objects
-    # stand in it as what a selector can mean by them (an object as its function, an
-    # overlay as nothing), so that a loop making objects does not chain each to the
-    # previous one through its snapshot, keeping every earlier model alive.
-    env = {**f.f_globals, **f.f_locals}
-    for name, value in env.items():
-        stand_in = getattr(type(value), "__ptera_env__", None)
-        if stand_in is not None:
-            env[name] = stand_in(value)
-    return env
+    # are compiled late, and again when the registry changes; see effects._kept).
+    return {**f.f_globals, **f.f_locals}
 
 
 def __getattr__(name: str):
