@@ -243,6 +243,67 @@ def test_k_is_the_first_index_reaching_delta(values, delta):
     assert max(1, sum(below)) <= kd <= max(1, sum(maybe_below))
 
 
+@pytest.mark.parametrize(
+    "values, delta, textbook, delve",
+    [
+        ([0.4, 0.3, 0.3], 0.5, 2, 1),  # cum .4 is .1 short of delta: delve still says 1
+        ([0.6, 0.3, 0.1], 0.5, 1, 1),  # nothing below delta: delve's at least 1
+        ([0.5, 0.2, 0.2, 0.1], 0.95, 4, 3),
+        ([0.5, 0.2, 0.2, 0.1], 0.9, 3, 2),  # cum_3 = .9 reaches delta: not below it
+        ([0.0, 0.0], 0.99, 0, 1),  # no variance
+    ],
+)
+def test_k_by_rule(values, delta, textbook, delve):
+    ev = torch.tensor(values, dtype=torch.float64)
+    assert intrinsic_dimensionality(ev, delta) == textbook
+    assert intrinsic_dimensionality(ev, delta, rule="delve") == delve
+
+
+@pytest.mark.parametrize("conv_method", ["channelwise", "mean", "max", "flatten"])
+def test_rule_delve_equals_the_delve_package_with_one_batch_a_pass(tmp_path, conv_method):
+    """delve's tracker (forward hooks) and our callback (probes) on the same fit: with
+    the whole split as one batch, delve's last-batch numbers are the pass's."""
+    delve = pytest.importorskip("delve")
+    from delve.writers import AbstractWriter
+
+    class Keep(AbstractWriter):
+        def __init__(self):
+            self.values = {}
+
+        def add_scalar(self, name, value, **kwargs):
+            self.values[name] = value
+
+        def add_scalars(self, prefix, value_dict, **kwargs):
+            self.values.update(value_dict)
+
+        def save(self):
+            pass
+
+        def close(self):
+            pass
+
+        def resume_from_saved_state(self, epoch):
+            pass
+
+    model, train, valid, writer = small_cnn(), data(256, seed=1), data(128, seed=2), Keep()
+    tracker = delve.SaturationTracker(
+        str(tmp_path), save_to=writer, modules=model, stats=["lsat", "idim", "trc"],
+        conv_method=conv_method, device="cpu",
+    )  # fmt: skip
+    sat = Saturation(rule="delve", conv_method=conv_method)
+    dls = DataLoaders.from_datasets(train, valid, batch_size=256)
+    Learner(model, dls, nn.functional.cross_entropy, lr=0.5, cbs=[sat]).fit(1)
+    tracker.add_saturations()
+    assert len(sat.history) == 8
+    for row in sat.history.itertuples():
+        key = f"{row.split}-{{}}_{row.layer}"
+        assert row.k == writer.values[key.format("intrinsic-dimensionality")], key
+        assert row.saturation == writer.values[key.format("saturation")], key
+        # delve averages in float32 before its float64 sums; we pool in float64
+        rel = 1e-6 if conv_method == "mean" else 1e-9
+        assert row.trace == pytest.approx(writer.values[key.format("covariance-trace")], rel=rel)
+
+
 # -- latents and probes -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "downsampling, conv_shapes",

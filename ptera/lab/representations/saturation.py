@@ -19,6 +19,9 @@ Decisions:
   ``rule="delve"`` equals delve's numbers.
 * A layer whose outputs do not vary (trace 0) has ``k = 0`` (textbook) or 1 (delve,
   its ``max(1, ...)``).
+* ``rule="delve"`` is what delve 0.1.50's code returns, checked against the package:
+  its step back up when ``cum`` falls more than 0.02 short of ``delta`` slices an
+  already cut eigenbasis (``[:, :m + 1]`` of ``m`` columns), so it never adds one.
 * The ``Saturation`` callback measures the train and eval passes of each epoch
   apart, from the activations the Learner computes anyway (no extra forward
   pass); its history restarts at each fit, and the LR finder's run is not
