@@ -9,6 +9,8 @@
    from a cold cache, for that 5-layer net: target < 30 s on 2 cores.
 """
 
+import importlib.util
+import logging
 import os
 import tempfile
 import time
@@ -50,6 +52,32 @@ class CopiesOnly(Saturation):
             out.to(torch.float64)
 
 
+class DelveTracker:
+    """delve's tracker as delve's users run it: forward hooks it registers itself,
+    its numbers computed after each epoch's eval pass (kept in memory, not written)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def before_fit(self, learn):
+        import delve
+        from delve.writers import PrintWriter
+
+        logging.getLogger("delve.logger").setLevel(logging.WARNING)  # a line per layer otherwise
+
+        class Quiet(PrintWriter):
+            def add_scalar(self, *args, **kwargs):
+                pass
+
+        self.tracker = delve.SaturationTracker(
+            self.folder, save_to=Quiet(), modules=learn.model, device="cpu"
+        )
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            self.tracker.add_saturations(save=False)
+
+
 def fit(train, test, size, saturation):
     torch.manual_seed(0)
     cbs = [saturation()] if saturation else []
@@ -62,8 +90,14 @@ def fit(train, test, size, saturation):
 def main():
     torch.set_num_threads(1)
     train, test = digits()
+    scratch = tempfile.mkdtemp()
     for size in (8, 16):
         tr, te = (train, test) if size == 8 else (upscale(train, size), upscale(test, size))
+        delve = {}
+        if importlib.util.find_spec("delve"):
+            delve["Learner + delve's tracker"] = lambda tr=tr, te=te, size=size: fit(
+                tr, te, size, lambda: DelveTracker(scratch)
+            )
         times = interleave(
             {
                 "Learner": lambda tr=tr, te=te, size=size: fit(tr, te, size, None),
@@ -76,6 +110,7 @@ def main():
                 "Learner + Saturation": lambda tr=tr, te=te, size=size: fit(
                     tr, te, size, Saturation
                 ),
+                **delve,
             },
             ROUNDS,
             clock=time.process_time if CPU else time.perf_counter,
