@@ -28,6 +28,7 @@ from ptera.lab.representations import extract_latents, train_probes
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 EPOCHS = 2
+BATCH = int(os.environ.get("BENCH_BATCH", "64"))
 CPU = os.environ.get("BENCH_CLOCK", "cpu") == "cpu"  # BENCH_CLOCK=wall for wall time
 
 
@@ -81,7 +82,7 @@ class DelveTracker:
 def fit(train, test, size, saturation):
     torch.manual_seed(0)
     cbs = [saturation()] if saturation else []
-    dls = DataLoaders.from_datasets(train, test, batch_size=64)
+    dls = DataLoaders.from_datasets(train, test, batch_size=BATCH)
     learn = Learner(Lenet5(size), dls, nn.functional.cross_entropy, lr=1e-2,
                     opt_func=torch.optim.Adam, cbs=cbs)  # fmt: skip
     learn.fit(EPOCHS)
@@ -116,7 +117,7 @@ def main():
             clock=time.process_time if CPU else time.perf_counter,
         )
         report(
-            f"LeNet-5 on {size}x{size} digits, {EPOCHS} epochs, {ROUNDS} rounds"
+            f"LeNet-5 on {size}x{size} digits, batch {BATCH}, {EPOCHS} epochs, {ROUNDS} rounds"
             f" ({'CPU' if CPU else 'wall'} time, one thread)",
             times,
             "Learner",
