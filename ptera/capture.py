@@ -522,8 +522,10 @@ def _fire(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     rule = match.rule
     if value is ABSENT and not rule.intercepts:
         return value
-    if spec.value is not NOVALUE and not filter_eq(value, spec.value):
-        return value
+    if spec.value is not NOVALUE:
+        if not filter_eq(value, spec.value):
+            return value
+        match.check(spec, value)  # the focus meets its own filter (`f > y=2`)
     chain = match.chain()
     if chain is None:
         return value
@@ -564,12 +566,15 @@ def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         return value
     if not _key_ok(spec, key):
         return value
-    if spec.value is not NOVALUE:
-        match.check(spec, value)
     entry = (name, value)
     if spec.focus == 1:
         if match.pending is not None:
             match.flush()
+        if spec.value is not NOVALUE:
+            # `f > y=2`: another value of y is no focus value (it only ends the last one)
+            if not filter_eq(value, spec.value):
+                return value
+            match.check(spec, value)
         pending: dict = {}
         for a in match.chain() or [match]:
             for out, lst in a.captures.items():
@@ -579,6 +584,8 @@ def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
             pending[spec.key_out] = [("#key", key)]
         match.pending = pending
         return value
+    if spec.value is not NOVALUE:
+        match.check(spec, value)
     match.add(spec.out, entry)
     if spec.key_out is not None:
         match.add(spec.key_out, ("#key", key))

@@ -62,7 +62,7 @@ from .selector import (
     Var,
 )
 from .tags import Tag, annotation_matches
-from .transform import CALLKEY, TransformError, self_name
+from .transform import ABSENT, CALLKEY, TransformError, self_name
 
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
 FRAME_POINT = "#frame"  # interest marker: run the entry/exit of the call
@@ -335,7 +335,9 @@ class _Compiler:
             # `f >> x`: x also in any instrumented call below f.
             below = replace(var, deep=False)
             self.node(Scope(None, (), deep=True), nid, extra=((below, keyvar),))
-            if var.name is not None and not var.name.startswith("#"):
+            if (var.name is not None and not var.name.startswith("#")) or (
+                var.name is None and var.tag is not None and var.tag not in META_TAGS
+            ):
                 self.check_found(var, node)
         for child in sub_scopes:
             self.node(child, nid)
@@ -366,10 +368,11 @@ class _Compiler:
         same = self.instances.get(node.fn)
         if same is not None and fns:
             # A module named by instance (`net.2 > input`) or a method of one object
-            # (`cow.cry > x`, which also captures `self`): only that object's calls match.
+            # (`cow.cry > x`, which also captures its first argument under its own
+            # name, `self`, `salf` or `cls`, as 1.4): only that object's calls match.
             me = self_name(fns[0].source.fn, fns[0].source.tree)
             if me is not None:
-                pairs.append((Var(me, "self" if same.capture else None, value=same), None))
+                pairs.append((Var(me, me if same.capture else None, value=same), None))
         sub_scopes = []
         for child in node.children:
             if isinstance(child, Scope):
@@ -455,14 +458,27 @@ class _Compiler:
         A warning, not an error: a function decorated later (a lazy import) may
         still have it, and the selector is compiled again when one is.
         """
-        if any(var.name in t.vars for temps in self.templates.values() for t in temps):
+        out = var.out_name
+        if any(
+            spec.out == out
+            for temps in self.templates.values()
+            for t in temps
+            for specs in t.vars.values()
+            for spec in specs
+        ):
             return
         where = f"below '{node.fn}'" if node.fn else "anywhere"
+        what = (
+            f"a variable '{var.name}'"
+            if var.tag is None
+            else f"a variable{f' {var.name!r}' if var.name else ''} annotated with the tag"
+            f" or type '{var.tag.lstrip('@')}'"
+        )
         err = _error(
             self.selector,
             var,
-            var.name,
-            f"no function ptera can reach {where} has a variable '{var.name}' (yet): this"
+            var.name or var.tag,
+            f"no function ptera can reach {where} has {what} (yet): this"
             " selector matches nothing (a misspelled name?)",
         )
         warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
@@ -521,10 +537,30 @@ class _Compiler:
             names = [n for n, x in variables.items() if x.provenance != "external"]
         if var.tag is not None:
             wanted = self.tag(var.tag, var)
-            names = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
+            kept = [n for n in names if annotation_matches(variables[n].annotation, wanted)]
             if var.name is None:
-                names += list(st.source.attributes)  # checked on their values (VarSpec.isa)
+                kept += list(st.source.attributes)  # checked on their values (VarSpec.isa)
+            if strict and not kept:
+                raise self.no_tagged(var, st, [n for n in names if n in variables], variables)
+            names = kept
         return names
+
+    def no_tagged(self, var: Var, st: FnState, names: list[str], variables: dict) -> Exception:
+        """The error for a tag or type filter that no variable of ``st`` can pass."""
+        shown = var.tag.lstrip("@")
+        annotated = ", ".join(
+            f"{n}: {_annotation_text(variables[n].annotation)}"
+            for n in names
+            if variables[n].annotation is not ABSENT
+        )
+        what = f"variable '{var.name}'" if var.name else "variable"
+        return _error(
+            self.selector,
+            var,
+            var.tag,
+            f"'{st.qualname}' has no {what} annotated with the tag or type '{shown}'"
+            f" (annotated: {annotated or 'none'}), so this selector matches nothing",
+        )
 
     def tag(self, text: str, var: Var | None = None) -> Any:
         env = self.env or {}
@@ -532,6 +568,8 @@ class _Compiler:
             if text not in env:
                 raise _error(self.selector, var, text, f"'{text}' is not bound in env")
             return env[text]
+        if text.startswith("@"):  # 1.4's spelling of a tag: `$x:@Important`
+            return text[1:]
         head, *rest = text.split(".")
         if head in env:
             obj = env[head]
@@ -603,21 +641,24 @@ def compile_selector(
 
 
 def _instances(selector: Scope, env, resolved: dict) -> dict[str, Any]:
-    """The objects that names like ``cow.cry`` bind their method to (not classes)."""
+    """The objects that bound methods named like ``cow.cry`` (or bound in ``env``)
+    belong to: an instance, or the class of a classmethod (``A.cm``)."""
     out = {}
     if not env:
         return out
     for name, found in resolved.items():
         head, *rest = name.split(".")
-        if not rest or head not in env or not isinstance(found, list):
+        if head not in env or not isinstance(found, list):
             continue
         try:
             obj = _getattr_path(env[head], rest)
         except AttributeError:
             continue
-        owner = getattr(obj, "__self__", None)
-        if isinstance(obj, types.MethodType) and not isinstance(owner, type):
-            out[name] = owner
+        if isinstance(obj, types.MethodType):
+            out[name] = obj.__self__
+        elif isinstance(obj, classmethod) and rest:
+            # looked up in the class dict: bind it to the class the selector names
+            out[name] = _getattr_path(env[head], rest[:-1])
     return out
 
 
@@ -658,6 +699,10 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     # never in an env, which turns the fast path off.
     heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
     return heads, tuple(tags)
+
+
+def _annotation_text(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or str(annotation)
 
 
 def _tag_object(text: str, env) -> Any:

@@ -504,7 +504,7 @@ class _Parser:
         self.skip_ws()
         if self.text.startswith("@", self.pos):
             self.pos += 1
-            return "@" + self.ident("a meta-tag name after '@'")
+            return "@" + self.ident("a tag name after '@'")
         if self.text.startswith("##", self.pos):
             self.pos += 2
             return "##" + self.ident("a name after '##'")

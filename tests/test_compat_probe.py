@@ -262,3 +262,119 @@ def test_global_probes_complete_when_the_interpreter_exits(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.strip() == "max=8"
+
+
+class Animal:
+    def crie(salf, n):  # 1.4 captures the first argument under its own name
+        intensity = n * 3
+        return intensity
+
+    @classmethod
+    def make(cls, n):
+        size = n + 1
+        return size
+
+
+class Calf(Animal):
+    pass
+
+
+def test_the_bound_object_is_captured_under_its_parameters_name():
+    crow, other = Animal(), Animal()
+    with probing("crow.crie > intensity").values() as got:
+        crow.crie(1)
+        other.crie(2)
+    assert got == [{"salf": crow, "intensity": 3}]
+    with probing("Animal.make > size").values() as made:
+        Animal.make(1)
+        Calf.make(2)  # cls is Calf: not the class the selector names
+    assert made == [{"cls": Animal, "size": 2}]
+
+
+def test_a_bound_method_given_in_env_sees_only_its_object():
+    crow, other = Animal(), Animal()
+    with probing("m > intensity", env={"m": crow.crie}).values() as got:
+        other.crie(1)
+        crow.crie(2)
+    assert got == [{"salf": crow, "intensity": 6}]
+
+
+@tooled
+def steps(x):
+    y = x
+    y = x + 1
+    y = x + 2
+    return y
+
+
+@pytest.mark.parametrize("probe_type", ["immediate", "total"])
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("steps > y=2", [{"y": 2}, {"y": 2}]),  # the focus's own filter
+        ("steps(!y=3)", [{"y": 3}, {"y": 3}]),
+        ("steps > #value=3", [{"#value": 3}]),
+        ("steps(x=1) > y", [{"x": 1, "y": 1}, {"x": 1, "y": 2}, {"x": 1, "y": 3}]),
+    ],
+)
+def test_value_filters_on_the_focus_and_around_it(selector, expected, probe_type):
+    with probing(selector, probe_type=probe_type).values() as got:
+        steps(1)
+        steps(2)
+    assert got == expected
+
+
+@tooled
+def brie(x, y):
+    a: "@Bouffe" = x * x  # noqa: F722 (1.4's tag spelling)
+    b: "@Bouffe & @Agrement" = y * y  # noqa: F722
+    c: int = a + b
+    return c
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("brie > $v:@Bouffe", [{"v": 4}, {"v": 9}]),  # 1.4's spelling of a tag filter
+        ("brie > $v:Bouffe", [{"v": 4}, {"v": 9}]),
+        ("brie > b:@Agrement", [{"b": 9}]),
+        ("brie > $v:int", [{"v": 13}]),
+        ("brie > $v:@enter", [{"v": True}]),  # a meta-tag: #enter
+    ],
+)
+def test_tag_filters(selector, expected):
+    with probing(selector).values() as got:
+        brie(2, 3)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "selector, caret, message",
+    [
+        (
+            "brie > $v:@Nothing",
+            " " * 10 + "^",
+            "no variable annotated with the tag or type 'Nothing'",
+        ),
+        ("brie > c:float", " " * 9 + "^", "no variable 'c' annotated with the tag or type 'float'"),
+        ("brie > a:int", " " * 9 + "^", "(annotated: a: ptera.tag.Bouffe)"),
+    ],
+)
+def test_a_tag_filter_no_variable_passes_is_an_error(selector, caret, message):
+    with pytest.raises(SelectorError) as err:
+        probing(selector)
+    assert message in str(err.value)
+    assert f"  {selector}\n  {caret}" in str(err.value)
+
+
+def test_a_deep_tag_filter_that_reaches_nothing_warns():
+    from ptera import UnmatchedSelectorWarning
+
+    @tooled
+    def outer(x):
+        return brie(x, x)
+
+    with pytest.warns(UnmatchedSelectorWarning, match="tag or type 'Bofe'"):
+        with probing("outer >> $v:Bofe").values() as got:
+            outer(1)
+    assert got == []
