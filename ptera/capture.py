@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .match import Compiled, Same, Template, VarSpec
+from .match import Compiled, Same, Satisfies, Template, VarSpec
 from .selector import NOVALUE
 from .tags import annotation_matches
 from .transform import ABSENT
@@ -74,8 +74,9 @@ class Capture:
 
 
 def filter_eq(a: Any, b: Any) -> bool:
-    """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``)."""
-    if isinstance(b, Same):
+    """``a == b`` for a selector's ``=literal`` filter (``True`` is not ``1``); an
+    identity (``Same``) or ``~`` function (``Satisfies``) filter decides for itself."""
+    if isinstance(b, (Same, Satisfies)):
         return b.matches(a)
     if isinstance(b, bool) or b is None:
         return a is b

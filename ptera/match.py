@@ -55,6 +55,7 @@ from .reach import reachable
 from .selector import (
     NOVALUE,
     Focus,
+    Predicate,
     Scope,
     SelectorError,
     UnmatchedSelectorWarning,
@@ -230,6 +231,45 @@ class Same:
         return f"Same({self.ref()!r})"
 
 
+class Satisfies:
+    """A ``~`` filter resolved: the value passes when ``fn(value)`` is true."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def matches(self, value: Any) -> bool:
+        return bool(self.fn(value))
+
+    def __repr__(self):
+        return f"Satisfies({self.fn!r})"
+
+
+def satisfies(pred: Predicate, env: Mapping[str, Any] | None) -> Satisfies:
+    """Resolve a ``~`` filter in ``env`` (``ValueError`` saying what went wrong)."""
+    head, *rest = pred.name.split(".")
+    if not env or head not in env:
+        raise ValueError(f"'{head}' is not bound where the selector is used (give it in env=)")
+    try:
+        fn = _getattr_path(env[head], rest)
+    except AttributeError as exc:
+        raise ValueError(f"cannot resolve '{pred.name}': {exc}") from None
+    if pred.call:
+        try:
+            fn = fn(*pred.args, **dict(pred.kwargs))
+        except Exception as exc:
+            raise ValueError(f"{pred} raised {type(exc).__name__}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"'{pred}' is {type(fn).__name__}, not a function of the value")
+    return Satisfies(fn)
+
+
+def _predicate_head(var: Any, env: Mapping[str, Any] | None) -> Any:
+    head = var.value.name.split(".")[0]
+    return env.get(head) if env else None
+
+
 class _Compiler:
     """Walk a selector tree once, emitting the templates of every node.
 
@@ -256,6 +296,7 @@ class _Compiler:
         self.counter = 0
         self.roots: dict[int, list[FnState] | None] = {}  # node -> nearest named functions
         self.keyed_calls = False
+        self.predicates: dict[int, Satisfies] = {}  # id of a Var -> its `~` filter
 
     def compile(self) -> Compiled:
         root = self.selector
@@ -440,7 +481,7 @@ class _Compiler:
             spec = VarSpec(
                 out=var.out_name,
                 focus=Focus.NONE if self.collect else var.focus,
-                value=var.value,
+                value=self.value_filter(var),
                 key=keyvar.value if keyvar is not None else NOVALUE,
                 key_out=keyvar.capture if keyvar is not None else None,
             )
@@ -458,10 +499,13 @@ class _Compiler:
         A warning, not an error: a function decorated later (a lazy import) may
         still have it, and the selector is compiled again when one is.
         """
-        out = var.out_name
-        if any(
-            spec.out == out
-            for temps in self.templates.values()
+        temps = [t for ts in self.templates.values() for t in ts]
+        if var.tag is None:
+            if any(var.name in t.vars for t in temps):
+                return
+        elif any(
+            # `>> $p:Tag` (few per selector): whether any variable passed the filter
+            spec.out == var.out_name
             for t in temps
             for specs in t.vars.values()
             for spec in specs
@@ -545,6 +589,18 @@ class _Compiler:
             names = kept
         return names
 
+    def value_filter(self, var: Var) -> Any:
+        """``var``'s ``=`` literal, or its ``~`` function resolved (once per node)."""
+        if not isinstance(var.value, Predicate):
+            return var.value
+        got = self.predicates.get(id(var))
+        if got is None:
+            try:
+                got = self.predicates[id(var)] = satisfies(var.value, self.env)
+            except ValueError as exc:
+                raise _error(self.selector, var, var.value.name, str(exc)) from None
+        return got
+
     def no_tagged(self, var: Var, st: FnState, names: list[str], variables: dict) -> Exception:
         """The error for a tag or type filter that no variable of ``st`` can pass."""
         shown = var.tag.lstrip("@")
@@ -623,6 +679,10 @@ def compile_selector(
         (n.tag, id(_tag_object(n.tag, env)))
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
+    ) + tuple(  # `~` filters: the function each names, as bound now
+        (n.value, id(_predicate_head(n, env)))
+        for n in selector.walk()
+        if isinstance(n, Var) and isinstance(n.value, Predicate)
     )
     for name, obj in _instances(selector, env, resolved).items():
         instances.setdefault(name, Same(obj, capture=True))
@@ -694,6 +754,11 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     }
+    tags.update(
+        (n.value.name.split(".")[0], None)
+        for n in selector.walk()
+        if isinstance(n, Var) and isinstance(n.value, Predicate)
+    )
     # Only plain names qualify: an attribute path (`mod.f`) or an import path
     # (`/mod/f`) may be rebound behind the object, so those always resolve. "/" is
     # never in an env, which turns the fast path off.

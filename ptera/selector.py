@@ -49,6 +49,7 @@ from .sentinel import Sentinel
 
 __all__ = [
     "Focus",
+    "Predicate",
     "Scope",
     "SelectorError",
     "SelectorSyntaxError",
@@ -131,6 +132,23 @@ class Focus(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Predicate:
+    """A ``~`` filter, ``x~pred`` or ``j~every(3)``: a name the env binds to a
+    function of the value, or a call with literal arguments that returns one (1.4)."""
+
+    name: str
+    args: tuple = ()
+    kwargs: tuple = ()  # (name, value) pairs
+    call: bool = False  # written with parentheses
+
+    def __str__(self) -> str:
+        if not self.call:
+            return self.name
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(parts)})"
+
+
+@dataclass(frozen=True, slots=True)
 class Var:
     """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
 
@@ -138,7 +156,7 @@ class Var:
     capture: str | None  # the key in results; None: not captured
     focus: Focus = Focus.NONE
     tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
-    value: Any = NOVALUE  # equality filter
+    value: Any = NOVALUE  # equality filter, or a Predicate (``~``)
     deep: bool = False
     # Columns of the typed text this node came from (see ``Scope.source``).
     span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
@@ -169,7 +187,9 @@ class Var:
             out += self.name
         if self.tag is not None:
             out += f":{self.tag}"
-        if self.value is not NOVALUE:
+        if isinstance(self.value, Predicate):
+            out += f"~{self.value}"
+        elif self.value is not NOVALUE:
             out += f"={self.value!r}"
         if self.name is not None and self.capture != _default_capture(self.name):
             out += f" as {self.capture}"
@@ -310,6 +330,30 @@ class _Parser:
             self.pos = m.end()
             return _KEYWORDS[m.group()]
         self.error("expected a literal (a number, a quoted string, None, True or False)")
+
+    def predicate(self) -> Predicate:
+        """``name``, ``dotted.name`` or ``name(literal, ..., key=literal)`` after ``~``."""
+        self.skip_ws()
+        name = self.dotted("a function name after '~'")
+        if not self.take("("):
+            return Predicate(name)
+        args, kwargs = [], []
+        while not self.take(")"):
+            if args or kwargs:
+                if not self.take(","):
+                    self.error("expected ',' or ')' in the arguments of the '~' function")
+                if self.take(")"):
+                    break
+            self.skip_ws()
+            m = _IDENT.match(self.text, self.pos)
+            if m and m.group() not in _KEYWORDS and self.text.startswith("=", m.end()):
+                self.pos = m.end() + 1
+                kwargs.append((m.group(), self.literal()))
+            elif kwargs:
+                self.error("a positional argument after a keyword argument")
+            else:
+                args.append(self.literal())
+        return Predicate(name, tuple(args), tuple(kwargs), call=True)
 
     # -- grammar ----------------------------------------------------------
     def parse(self) -> Scope:
@@ -455,11 +499,13 @@ class _Parser:
         return scope
 
     def var_suffix(self, var: Var, focus: Focus, start: int, name_at: int) -> Var:
-        """A variable's ``:tag``, ``=value`` and ``as name``, in that order."""
+        """A variable's ``:tag``, ``=value`` (or ``~predicate``) and ``as name``, in that order."""
         if self.take(":"):
             var = replace(var, tag=self.tag())
         if self.take("="):
             var = replace(var, value=self.literal())
+        elif self.take("~"):
+            var = replace(var, value=self.predicate())
         if self.take_word("as"):
             if var.name is None and var.capture is not None:
                 self.error("'$name' is already a capture name; 'as' is not allowed", name_at)

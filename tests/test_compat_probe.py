@@ -378,3 +378,55 @@ def test_a_deep_tag_filter_that_reaches_nothing_warns():
         with probing("outer >> $v:Bofe").values() as got:
             outer(1)
     assert got == []
+
+
+@tooled
+def grid(n):
+    total = 0
+    for i in range(n):
+        for j in range(n):
+            total += steps(j)
+    return total
+
+
+def test_match_functions_after_tilde():
+    from ptera.tools import every
+
+    big = lambda v: v > 2  # noqa: E731
+    with probing("grid(i=1, j~every(2)) > steps > x").values() as got:
+        grid(4)
+    assert got == [{"i": 1, "j": 0, "x": 0}, {"i": 1, "j": 2, "x": 2}]
+    with probing("steps(x~big) > y").values() as got:
+        steps(1)
+        steps(3)
+    assert [r["y"] for r in got] == [3, 4, 5]
+    assert every  # bound where the selector is used, as 1.4 requires
+
+
+@pytest.mark.parametrize(
+    "selector, message",
+    [
+        ("steps(x~nowhere) > y", "'nowhere' is not bound"),
+        ("steps(x~limit) > y", "'limit' is int, not a function of the value"),
+        ("steps(x~every(0)) > y", "every(0) raised ValueError"),
+    ],
+)
+def test_a_bad_match_function_is_an_error_at_its_name(selector, message):
+    from ptera.tools import every  # noqa: F401
+
+    limit = 3  # noqa: F841
+    with pytest.raises(SelectorError) as err:
+        probing(selector)
+    assert message in str(err.value)
+    assert str(err.value).endswith("\n  " + " " * selector.index("~") + " ^")
+
+
+def test_a_rebound_match_function_is_used():
+    seen = []
+    for bound in (lambda v: v == 1, lambda v: v == 2):
+        pred = bound  # noqa: F841
+        with probing("steps(x~pred) > y").values() as got:
+            steps(1)
+            steps(2)
+        seen.append([r["x"] for r in got])
+    assert seen == [[1, 1, 1], [2, 2, 2]]

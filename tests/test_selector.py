@@ -92,6 +92,11 @@ CORPUS = [
     "f{!x:torch.nn.Parameter}",
     "f[$i] > g >> y as z",
     "f(a, g(b) > h(!c))",
+    # 1.4's match functions and tag spelling
+    "f(x~pred) > y",
+    "superbrie(i=1, j~every(3)) > brie > x",
+    "f(j~ptera.tools.between(1, 5, modulo=2))",
+    "f > $x:@Cool",
 ]
 
 
@@ -126,6 +131,7 @@ def test_corpus_is_large_enough():
         ("step<!!loss> >> $param:Parameter", "step{!!loss, >> !$param:Parameter}"),
         ("step{!!loss} >> h[1] as h", "step{!!loss, >> h{#key=1, !#value as h}}"),
         ("f(x, )", "f(x)"),
+        ("f(j ~ every( 3, ))", "f{j~every(3)}"),
     ],
 )
 def test_equivalences(left, right):
@@ -197,6 +203,11 @@ def test_parsed_trees_are_cached_and_immutable():
         ("x as", 4, "expected a name after 'as'"),
         ("f(x=" + "1" * 5000 + ") > y", 4, "integer literal is too long"),
         ("f[" + "9" * 5000 + "] > y", 2, "integer literal is too long"),
+        ("f(x~) > y", 4, "expected a function name after '~'"),
+        ("f(x~g(a=1, 2))", 11, "a positional argument after a keyword argument"),
+        ("f(x~g(1 2))", 8, "expected ',' or ')' in the arguments"),
+        ("f(x~g(zz))", 6, "expected a literal"),
+        ("f > $x:@", 8, "expected a tag name after '@'"),
     ],
 )
 def test_errors_point_at_the_character(text, col, message):
