@@ -383,7 +383,7 @@ def test_a_deep_tag_filter_that_reaches_nothing_warns():
 @tooled
 def grid(n):
     total = 0
-    for i in range(n):
+    for i in range(n):  # noqa: B007 (probed)
         for j in range(n):
             total += steps(j)
     return total
@@ -392,7 +392,7 @@ def grid(n):
 def test_match_functions_after_tilde():
     from ptera.tools import every
 
-    big = lambda v: v > 2  # noqa: E731
+    big = lambda v: v > 2  # noqa: E731, F841 (named by the selector)
     with probing("grid(i=1, j~every(2)) > steps > x").values() as got:
         grid(4)
     assert got == [{"i": 1, "j": 0, "x": 0}, {"i": 1, "j": 2, "x": 2}]
