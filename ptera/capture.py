@@ -146,19 +146,29 @@ class Rule:
         self.handlers = self._handlers(_handler)
 
     def _handlers(self, make: Callable) -> dict[int, dict[str, tuple]]:
-        return {
-            id(t): {
-                name: tuple(make(spec, t, self) for spec in specs) for name, specs in t.vars.items()
-            }
-            for temps in self.compiled.templates.values()
-            for t in temps
-        }
+        """Per template: name -> handlers of its plain assignments, and ``name + KEYED``
+        -> handlers of its keyed ones (``h[1] as h``): a plain ``d`` is not told of
+        ``d["k"] = v`` (1.4), which would report ``v`` as ``d``."""
+        out = {}
+        for temps in self.compiled.templates.values():
+            for t in temps:
+                table: dict[str, list] = {}
+                for name, specs in t.vars.items():
+                    for spec in specs:
+                        keyed = spec.key is not NOVALUE or spec.key_out is not None
+                        slot = name + KEYED if keyed else name
+                        table.setdefault(slot, []).append(make(spec, t, self))
+                out[id(t)] = {name: tuple(hs) for name, hs in table.items()}
+        return out
 
     def rebind(self, emit: Callable[[dict], Any]) -> None:
         """Send this rule's matches to ``emit`` from now on (a pooled rule's new owner)."""
         self.emit = emit
         for cell in self.cells:
             cell.cell_contents = emit
+
+
+KEYED = "[]"  # suffix of the handler entries that keyed assignments (`h[k] = v`) reach
 
 
 class Match:

@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
 
-from .capture import FlatRoot, Match, Rule, filter_eq
+from .capture import KEYED, FlatRoot, Match, Rule, filter_eq
 from .compiled import overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
@@ -293,8 +293,9 @@ def _report(frame, name, value):
 def _report_key(frame, name, value, key):
     if frame is None:
         return value
+    slot = name + KEYED
     for match, handlers in frame.matches:
-        hs = handlers.get(name)
+        hs = handlers.get(slot)
         if hs is not None:
             for h in hs:
                 value = h(match, name, value, key)
