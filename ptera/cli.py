@@ -887,12 +887,12 @@ def auto_cli(
         category = kwargs.pop("category")
         if isinstance(tag, tuple) and not any(isinstance(t, (Tag, TagSet)) for t in tag):
             # Older ptera's `auto_cli(entry, args, category=...)`.
-            if args:
+            if args and tag:
                 raise TypeError(
                     f"auto_cli: the second argument {tag!r} and args={args!r} both give the"
                     " entry's arguments; give them once, as args=(...)"
                 )
-            args = tag
+            args = tag or args
         elif tag is not None:
             raise TypeError(
                 f"auto_cli: got both tag ({tag!r}) and category ({category!r}), which mean"
