@@ -86,6 +86,8 @@ class Site:
     tag: Tag
     fn: types.FunctionType | None = None
     text: str | None = None  # the default's source, as written (``BASE_EPOCHS``)
+    # Lines where the body assigns the variable again, after its declaration.
+    reassigned: tuple[int, ...] = ()
 
     @property
     def namespace(self) -> Mapping:
@@ -291,6 +293,47 @@ def reachable(entry: Any) -> list[types.FunctionType]:
     return out
 
 
+def _reassignments(fn: types.FunctionType, name: str) -> tuple[int, ...]:
+    """Lines where the body gives ``name`` a value other than by its declaration.
+
+    A tweak replaces every value a variable gets, so an option's value would also
+    replace ``x = x * 2`` after ``x = default(3)``. Other ``default(...)``
+    assignments (one per branch) are declarations too; nested scopes are others'.
+    """
+    tree = state_for(fn).source.tree
+    stores = []  # (line, whether it is a default(...) assignment)
+
+    def visit(node: ast.AST, declaring: bool = False) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _SCOPES):
+                continue
+            if isinstance(child, ast.AnnAssign) and child.value is None:
+                continue  # a bare declaration (`x: int`) gives no value
+            if (
+                isinstance(child, ast.Name)
+                and child.id == name
+                and not isinstance(child.ctx, ast.Load)
+            ):
+                stores.append((child.lineno, declaring))
+            wraps = isinstance(child, (ast.Assign, ast.AnnAssign)) and priority_wrapper(child.value)
+            visit(child, bool(wraps))
+
+    visit(tree)
+    return tuple(line for line, declaring in sorted(stores)[1:] if not declaring)
+
+
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
 def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any, str | None]:
     """How the body gives ``name`` its value: ``(kind, default, source text)``."""
     source = state_for(fn).source
@@ -416,6 +459,7 @@ def find_options(entry: Any, tags: tuple = ()) -> dict[str, Option]:
                 found,
                 fn=fn,
                 text=text,
+                reassigned=_reassignments(fn, name),
             )
             options.setdefault(name, Option(name)).sites.append(site)
     return options
@@ -959,6 +1003,15 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
     values.update(from_environment(options, env_prefix, environ))
     values.update(ns)
     for name, value in values.items():
+        for site in options[name].sites:
+            if site.reassigned:
+                lines = ", ".join(map(str, site.reassigned))
+                raise CliError(
+                    f"option {options[name].flag} cannot be set: {site.function} assigns"
+                    f" {name} again at line {lines}, after declaring it at {site.where};"
+                    " the value given would replace those assignments too, so give the"
+                    " later value another name"
+                )
         fixed = options[name].fixed
         if fixed is not None and value != fixed.default:
             raise ConflictError(

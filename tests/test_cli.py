@@ -569,3 +569,61 @@ def test_seed_era_calls(call, expected):
 def test_seed_era_mistakes_are_type_errors(args, kwargs, message):
     with pytest.raises(TypeError, match=message):
         auto_cli(lager, *args, argv=["--z=c"], **kwargs)
+
+
+# -- an option the body assigns again --------------------------------------------------
+
+
+@ptera
+def doubled():
+    x: tag.HyperParameter = default(3)
+    x = x * 2
+    return x
+
+
+@ptera
+def grown():
+    x: tag.HyperParameter = default(3)
+    for _ in range(2):
+        x += 1
+    return x
+
+
+@ptera
+def branches(flag=False):
+    if flag:
+        x: tag.HyperParameter = default(3)
+    else:
+        x = default(4)
+    squares = [x * x for x in range(2)]  # a scope of its own
+    return x, squares
+
+
+@ptera
+def unpacked():
+    x: tag.HyperParameter = default(3)
+    x, y = x + 1, 0
+    return x + y
+
+
+@pytest.mark.parametrize(
+    "entry, argv, expected",
+    [
+        (doubled, [], 6),
+        (doubled, ["--x", "5"], "doubled assigns x again at line "),
+        (grown, [], 5),
+        (grown, ["--x", "5"], "grown assigns x again at line "),
+        (unpacked, ["--x", "5"], "unpacked assigns x again at line "),
+        (branches, [], (4, [0, 1])),
+        (branches, ["--x", "5"], (5, [0, 1])),  # every default(...) declares it
+    ],
+)
+def test_an_option_assigned_again_cannot_be_set(entry, argv, expected):
+    # The given value would replace `x = x * 2` too (10 expected, 5 given): refused.
+    if isinstance(expected, str):
+        with pytest.raises(CliError, match="the value given would replace those assignments"):
+            auto_cli(entry, argv=argv, environ={}, exit_on_error=False)
+        with pytest.raises(CliError, match=expected):
+            auto_cli(entry, argv=argv, environ={}, exit_on_error=False)
+    else:
+        assert auto_cli(entry, argv=argv, environ={}, exit_on_error=False) == expected
