@@ -22,7 +22,19 @@ Decisions:
 * Types: the annotation's non-tag part (``tag.HyperParameter & int``), else the
   type of the default, else ``str``; ``bool`` options are flags with
   ``--no-<name>``. ``[alias: -n]`` and ``[metavar: N]`` lines in the comment work as
-  in coleo.
+  in coleo. A default written as a name, an attribute of a module or class, or
+  arithmetic (``BASE_EPOCHS``, ``math.pi``, ``1e-3 * 2``) is evaluated for its
+  type, never a call: a default that is a call leaves the type unknown, and such
+  an option is refused a value rather than handed a string.
+* Objects (a default that is a function or a class, or any value where the
+  option is not ``str``) are named ``:module.attr`` (older ptera's syntax),
+  looked up in ``eval_env`` then where the option is declared, never evaluated
+  (older ptera ran ``eval``); a dump writes the name back.
+* A variable the body assigns again after its declaration (``x = x * 2``) is
+  refused a value: the tweak would replace that assignment too.
+* Older ptera's calls: ``category=`` is ``tag=``, and with it a tuple of
+  non-tags as second argument is ``args``; otherwise such a tuple is a
+  ``TypeError`` that says to write ``args=``.
 * Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
   ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
   evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
@@ -815,7 +827,13 @@ def build_parser(
             group.add_argument(*flags, dest=name, action="store_true")
             group.add_argument("--no-" + opt.flag[2:], dest=name, action="store_false")
         else:
-            typ = ":NAME" if opt.by_reference else opt.type_name.upper()
+            typ = (
+                ":NAME"
+                if opt.by_reference
+                else "VALUE"
+                if opt.type is None
+                else opt.type_name.upper()
+            )
             metavar = (opt.command("metavar") or [typ])[0]
             parser.add_argument(*flags, dest=name, metavar=metavar, type=_typed(opt))
     return parser
