@@ -1,5 +1,6 @@
 """auto_cli: options found in the code, priorities, config files, environment, errors."""
 
+import ast
 import json
 import math
 import subprocess
@@ -8,6 +9,8 @@ import textwrap
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptera import ABSENT, ConflictError, auto_cli, cat, default, ptera, tag
 from ptera.cli import CliError, find_options, split_config
@@ -627,3 +630,55 @@ def test_an_option_assigned_again_cannot_be_set(entry, argv, expected):
             auto_cli(entry, argv=argv, environ={}, exit_on_error=False)
     else:
         assert auto_cli(entry, argv=argv, environ={}, exit_on_error=False) == expected
+
+
+def _arithmetic():
+    leaves = st.one_of(
+        st.integers(-50, 50).map(str),
+        st.floats(-10, 10, allow_nan=False).map(repr),
+        st.sampled_from(["BASE_EPOCHS", "Settings.width", "math.pi"]),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//"]), inner).map(
+                lambda t: f"({t[0]} {t[1]} {t[2]})"
+            )
+            | inner.map(lambda e: f"-{e}")
+        ),
+        max_leaves=6,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(_arithmetic())
+def test_an_arithmetic_default_is_what_python_computes(text):
+    from ptera.cli import _Expr, _static_value
+
+    try:
+        expected = eval(text, globals())
+    except ZeroDivisionError:
+        expected = None
+    value = _static_value(ast.parse(text, mode="eval").body, exprs)
+    if expected is None:
+        assert isinstance(value, _Expr) and value == ast.unparse(ast.parse(text, mode="eval"))
+    else:
+        assert type(value) is type(expected) and (value == expected or value != value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "make_size()",  # a call is never made
+        "relu.__globals__",  # no dunders
+        "Settings().width",
+        "nothing_here + 1",
+        "2 ** 1000",  # a huge power is not computed ahead
+        "'a' * 3",
+    ],
+)
+def test_defaults_that_are_not_evaluated_ahead(text):
+    from ptera.cli import _Expr, _static_value
+
+    value = _static_value(ast.parse(text, mode="eval").body, exprs)
+    assert isinstance(value, _Expr) and value == text
