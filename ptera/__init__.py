@@ -26,7 +26,7 @@ from .selector import (
 )
 from .selfless import PteraFunction, defaults
 from .state import ConflictError, Override, State, default
-from .tags import Tag, TagSet, match_tag, tag
+from .tags import AnnotationWarning, Tag, TagSet, cat, match_tag, tag
 from .tooling import instrumented_source, is_tooled, tooled
 from .transform import ABSENT, TransformError
 from .utils import refstring
@@ -50,6 +50,7 @@ _sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "ABSENT",
+    "AnnotationWarning",
     "BaseOverlay",
     "Capture",
     "CliError",
@@ -78,6 +79,7 @@ __all__ = [
     "Var",
     "auto_cli",
     "autotool",
+    "cat",
     "default",
     "defaults",
     "global_probe",

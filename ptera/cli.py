@@ -22,7 +22,19 @@ Decisions:
 * Types: the annotation's non-tag part (``tag.HyperParameter & int``), else the
   type of the default, else ``str``; ``bool`` options are flags with
   ``--no-<name>``. ``[alias: -n]`` and ``[metavar: N]`` lines in the comment work as
-  in coleo.
+  in coleo. A default written as a name, an attribute of a module or class, or
+  arithmetic (``BASE_EPOCHS``, ``math.pi``, ``1e-3 * 2``) is evaluated for its
+  type, never a call: a default that is a call leaves the type unknown, and such
+  an option is refused a value rather than handed a string.
+* Objects (a default that is a function or a class, or any value where the
+  option is not ``str``) are named ``:module.attr`` (older ptera's syntax),
+  looked up in ``eval_env`` then where the option is declared, never evaluated
+  (older ptera ran ``eval``); a dump writes the name back.
+* A variable the body assigns again after its declaration (``x = x * 2``) is
+  refused a value: the tweak would replace that assignment too.
+* Older ptera's calls: ``category=`` is ``tag=``, and with it a tuple of
+  non-tags as second argument is ``args``; otherwise such a tuple is a
+  ``TypeError`` that says to write ``args=``.
 * Config files (``--config FILE``): JSON, TOML or YAML, read through coleo's
   ``ConfigFile`` (TOML with the standard ``tomllib``; YAML needs PyYAML), never
   evaluated: ``.yaml`` and ``.yml`` both go through ``yaml.safe_load``, so a
@@ -43,11 +55,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import json
+import operator
 import os
 import re
 import sys
 import types
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +74,7 @@ from .overlay import PteraNameError
 from .selector import SelectorError, select
 from .selfless import PteraFunction
 from .state import ConflictError
-from .tags import Tag, annotation_parts, match_tag, tag
+from .tags import Tag, TagSet, annotation_parts, match_tag, tag
 from .transform import ABSENT, priority_wrapper
 
 __all__ = ["CliError", "auto_cli", "find_options", "read_config"]
@@ -81,6 +96,17 @@ class Site:
     default: Any
     annotation: Any
     tag: Tag
+    fn: types.FunctionType | None = None
+    text: str | None = None  # the default's source, as written (``BASE_EPOCHS``)
+    # Lines where the body assigns the variable again, after its declaration.
+    reassigned: tuple[int, ...] = ()
+
+    @property
+    def namespace(self) -> Mapping:
+        """The names the declaring function sees: its closure, its module, builtins."""
+        if self.fn is None:
+            return {}
+        return ChainMap(_closure(self.fn), self.fn.__globals__, vars(builtins))
 
     @property
     def where(self) -> str:
@@ -99,21 +125,65 @@ class Option:
 
     name: str
     sites: list[Site] = field(default_factory=list)
+    # Where ``:name`` values are looked up before the sites' own namespaces.
+    eval_env: Mapping | None = None
+    # The ``:name`` text of each object a value named, to write it back in a dump.
+    references: dict[int, str] = field(default_factory=dict)
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def type(self) -> type:
+    def annotated(self) -> type | None:
+        """The type the annotation gives (``tag.HyperParameter & int``), if any."""
         for site in self.sites:
             parts = [p for p in annotation_parts(site.annotation) if not isinstance(p, Tag)]
             if len(parts) == 1 and isinstance(parts[0], type):
                 return parts[0]
+        return None
+
+    @property
+    def type(self) -> type | None:
+        """The annotation's type, else the default's; ``str`` without either.
+
+        ``None`` when a default could not be evaluated ahead of the run (a call):
+        then the type is unknown, and a value given to the option is refused.
+        """
+        if self.annotated is not None:
+            return self.annotated
         for site in self.sites:
+            if isinstance(site.default, _Expr):
+                return None
             if site.default is not ABSENT:
                 return type(site.default)
         return str
+
+    @property
+    def by_reference(self) -> bool:
+        """Whether values are objects named as ``:module.attr`` (a function, a class)."""
+        typ = self.type
+        return (
+            self.annotated is None
+            and typ is not None
+            and typ not in _SCALARS
+            and typ not in _CONTAINERS
+            and typ is not type(None)
+        )
+
+    @property
+    def type_name(self) -> str:
+        typ = self.type
+        if typ is None:
+            return "unknown"
+        if self.by_reference:
+            return "object (:name)"
+        return typ.__name__
+
+    @property
+    def unknown(self) -> Site | None:
+        """The site whose default cannot be evaluated before the run, if any."""
+        return next((s for s in self.sites if isinstance(s.default, _Expr)), None)
 
     @property
     def default(self) -> Any:
@@ -150,8 +220,22 @@ def _differ(a: Any, b: Any) -> bool:
     return type(a) is not type(b) or a != b
 
 
-def _shown(value: Any) -> str:
-    return str(value) if isinstance(value, _Expr) else repr(value)
+def _shown(value: Any, site: Site | None = None) -> str:
+    if isinstance(value, _Expr):
+        return str(value)
+    if site is not None and site.text and not isinstance(value, _SCALARS + _CONTAINERS):
+        return site.text  # `torch.relu`, not `<built-in method relu ...>`
+    return repr(value)
+
+
+def _closure(fn: types.FunctionType) -> dict:
+    out = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    return out
 
 
 def _strip_commands(doc: str) -> str:
@@ -221,11 +305,52 @@ def reachable(entry: Any) -> list[types.FunctionType]:
     return out
 
 
-def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any]:
-    """How the body gives ``name`` its value: ``(kind, default)``."""
+def _reassignments(fn: types.FunctionType, name: str) -> tuple[int, ...]:
+    """Lines where the body gives ``name`` a value other than by its declaration.
+
+    A tweak replaces every value a variable gets, so an option's value would also
+    replace ``x = x * 2`` after ``x = default(3)``. Other ``default(...)``
+    assignments (one per branch) are declarations too; nested scopes are others'.
+    """
+    tree = state_for(fn).source.tree
+    stores = []  # (line, whether it is a default(...) assignment)
+
+    def visit(node: ast.AST, declaring: bool = False) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _SCOPES):
+                continue
+            if isinstance(child, ast.AnnAssign) and child.value is None:
+                continue  # a bare declaration (`x: int`) gives no value
+            if (
+                isinstance(child, ast.Name)
+                and child.id == name
+                and not isinstance(child.ctx, ast.Load)
+            ):
+                stores.append((child.lineno, declaring))
+            wraps = isinstance(child, (ast.Assign, ast.AnnAssign)) and priority_wrapper(child.value)
+            visit(child, bool(wraps))
+
+    visit(tree)
+    return tuple(line for line, declaring in sorted(stores)[1:] if not declaring)
+
+
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any, str | None]:
+    """How the body gives ``name`` its value: ``(kind, default, source text)``."""
     source = state_for(fn).source
     if name in source.declared:
-        return "declared", ABSENT
+        return "declared", ABSENT, None
     for node in ast.walk(source.tree):
         value = None
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
@@ -236,22 +361,90 @@ def _code_value(fn: types.FunctionType, name: str) -> tuple[str, Any]:
             value = node.value
         if value is None:
             continue
+        kind = "fixed"
         wrapper = priority_wrapper(value)
         if wrapper and value.args:
             kind = "fixed" if wrapper == "Override" else "default"
-            try:
-                return kind, ast.literal_eval(value.args[0])
-            except ValueError:
-                return kind, _Expr(ast.unparse(value.args[0]))
-        try:
-            return "fixed", ast.literal_eval(value)
-        except ValueError:
-            return "fixed", _Expr(ast.unparse(value))
-    return "declared", ABSENT
+            value = value.args[0]
+        return kind, _static_value(value, fn), ast.unparse(value)
+    return "declared", ABSENT, None
 
 
 class _Expr(str):
-    """A default that is an expression, shown as written (not evaluated)."""
+    """A default that cannot be evaluated before the run (a call): its text, as written."""
+
+
+_SCALARS = (int, float, str, bool)
+_CONTAINERS = (list, tuple, dict)
+_NUMBERS = (int, float, complex)
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def _static_value(expr: ast.expr, fn: types.FunctionType) -> Any:
+    """The value of a default, when it can be known without running code; else ``_Expr``.
+
+    Literals, names (closure, module, builtins), attributes of modules and classes
+    (``torch.relu``, ``math.pi``), and arithmetic on numbers: what a default
+    usually is. A call, or anything else that could run code, is left unevaluated.
+    """
+    try:
+        return ast.literal_eval(expr)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    namespace = ChainMap(_closure(fn), fn.__globals__, vars(builtins))
+
+    def value(node: ast.expr) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in namespace:
+            return namespace[node.id]
+        if isinstance(node, ast.Attribute):
+            return _attribute(value(node.value), node.attr)
+        if isinstance(node, (ast.Tuple, ast.List)):
+            items = [value(e) for e in node.elts]
+            return tuple(items) if isinstance(node, ast.Tuple) else items
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            operand = value(node.operand)
+            if isinstance(operand, _NUMBERS):
+                return _OPERATORS[type(node.op)](operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            left, right = value(node.left), value(node.right)
+            numbers = isinstance(left, _NUMBERS) and isinstance(right, _NUMBERS)
+            if numbers and not (isinstance(node.op, ast.Pow) and abs(right) > 64):
+                return _OPERATORS[type(node.op)](left, right)
+            if isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
+                return left + right
+        raise LookupError(ast.unparse(node))
+
+    try:
+        return value(expr)
+    except (LookupError, ArithmeticError):
+        return _Expr(ast.unparse(expr))
+
+
+def _attribute(obj: Any, attr: str) -> Any:
+    """``obj.attr`` when reading it runs no code: a module's, a class's, an instance's own."""
+    if attr.startswith("__"):
+        raise LookupError(attr)
+    if isinstance(obj, (types.ModuleType, type)):
+        try:
+            return getattr(obj, attr)
+        except AttributeError:
+            raise LookupError(attr) from None
+    own = getattr(obj, "__dict__", None)
+    if isinstance(own, dict) and attr in own:
+        return own[attr]
+    raise LookupError(attr)
 
 
 def find_options(entry: Any, tags: tuple = ()) -> dict[str, Option]:
@@ -265,10 +458,20 @@ def find_options(entry: Any, tags: tuple = ()) -> dict[str, Option]:
             found = next((t for t in tags if match_tag(t, info["annotation"])), None)
             if found is None:
                 continue
-            kind, value = _code_value(fn, name)
+            kind, value, text = _code_value(fn, name)
             filename, qualname, line = info["location"]
             site = Site(
-                qualname, filename, line, info["doc"], kind, value, info["annotation"], found
+                qualname,
+                filename,
+                line,
+                info["doc"],
+                kind,
+                value,
+                info["annotation"],
+                found,
+                fn=fn,
+                text=text,
+                reassigned=_reassignments(fn, name),
             )
             options.setdefault(name, Option(name)).sites.append(site)
     return options
@@ -279,9 +482,54 @@ def find_options(entry: Any, tags: tuple = ()) -> dict[str, Option]:
 
 
 def convert(option: Option, value: Any, source: str) -> Any:
-    """``value`` as the option's type; a ``CliError`` that says which and why if it is not."""
+    """``value`` as the option's type; a ``CliError`` that says which and why if it is not.
+
+    Text for a non-``str`` option may name an object, ``:torch.tanh``: it is looked
+    up (never evaluated), and it is how an option whose default is an object (a
+    function, a class) gets its value.
+    """
     typ = option.type
-    if isinstance(value, str) and typ is not str:
+    if isinstance(value, str) and value.startswith(":") and typ is not str:
+        found = resolve(option, value, source)
+        if typ is None or option.by_reference:
+            option.references[id(found)] = value
+            return found
+        if _is_instance(found, typ):
+            return float(found) if typ is float else found
+        raise CliError(
+            f"{source}: {option.flag} expects {typ.__name__}, but {value} is"
+            f" {found!r} ({type(found).__name__})"
+        )
+    if typ is None:
+        site = option.unknown
+        raise CliError(
+            f"{source}: {option.flag} cannot be set: its default `{site.default}` (at"
+            f" {site.where}) is only known when the program runs, so its type is not;"
+            f" annotate it (`{option.name}: {site.tag!r} & int = ...`) or name an object"
+            " (`:module.name`)"
+        )
+    if option.by_reference:
+        raise CliError(
+            f"{source}: {option.flag} takes an object named as `:name` or"
+            f" `:module.attr` (like `:torch.tanh`), looked up where the option is"
+            f" declared; got {value!r}"
+        )
+    if typ is type(None):
+        site = next(s for s in option.sites if s.default is None)
+        raise CliError(
+            f"{source}: {option.flag} cannot be set from {value!r}: its default is None (at"
+            f" {site.where}), which says nothing of its type; annotate it"
+            f" (`{option.name}: {site.tag!r} & int = default(None)`)"
+        )
+    if isinstance(value, str) and typ in _CONTAINERS:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise CliError(
+                f"{source}: {option.flag} expects a {typ.__name__} written as in Python"
+                f" (like {_shown(typ())}), got {value!r}"
+            ) from None
+    elif isinstance(value, str) and typ is not str:
         if typ is bool:
             low = value.strip().lower()
             if low in ("1", "true", "yes", "on"):
@@ -294,19 +542,60 @@ def convert(option: Option, value: Any, source: str) -> Any:
             except (TypeError, ValueError):
                 pass
         raise CliError(f"{source}: {option.flag} expects {typ.__name__}, got {value!r}")
-    ok = (
-        isinstance(value, bool)
-        if typ is bool
-        else isinstance(value, (int, float)) and not isinstance(value, bool)
-        if typ is float
-        else isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-    )
-    if not ok:
+    if typ is tuple and isinstance(value, list):  # JSON and TOML have lists only
+        value = tuple(value)
+    if not _is_instance(value, typ):
         raise CliError(
             f"{source}: {option.flag} expects {typ.__name__}, got {value!r}"
             f" ({type(value).__name__})"
         )
     return float(value) if typ is float else value
+
+
+def _is_instance(value: Any, typ: type) -> bool:
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+
+
+_REFERENCE = re.compile(r":([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+
+
+def resolve(option: Option, text: str, source: str) -> Any:
+    """The object ``:name.attr`` names: looked up in ``eval_env``, then where the option
+    is declared (closure, module, builtins); attributes of modules and classes only."""
+    match = _REFERENCE.fullmatch(text.strip())
+    if match is None or any(p.startswith("__") for p in match.group(1).split(".")):
+        raise CliError(
+            f"{source}: {option.flag}: {text!r} is not a name; a value that starts with"
+            " ':' names an object, `:name` or `:module.attr` (like `:torch.tanh`), which"
+            " is looked up, never evaluated"
+        )
+    first, *attrs = match.group(1).split(".")
+    spaces = [option.eval_env] if option.eval_env is not None else []
+    spaces += [s.namespace for s in option.sites]
+    space = next((sp for sp in spaces if first in sp), None)
+    if space is None:
+        where = ", ".join(dict.fromkeys(s.where for s in option.sites))
+        also = "eval_env or " if option.eval_env is not None else ""
+        raise CliError(
+            f"{source}: {option.flag}: no name {first!r} in {also}the module where the"
+            f" option is declared ({where}); import it there or pass it in auto_cli's"
+            " eval_env"
+        )
+    found = space[first]
+    for i, attr in enumerate(attrs):
+        try:
+            found = _attribute(found, attr)
+        except LookupError:
+            so_far = ".".join([first, *attrs[:i]])
+            raise CliError(
+                f"{source}: {option.flag}: {so_far} has no attribute {attr!r}"
+                " (only a module's, a class's or an object's own attributes are read)"
+            ) from None
+    return found
 
 
 def read_config(path: str) -> dict:
@@ -483,21 +772,22 @@ class _Parser(argparse.ArgumentParser):
                 flags.append("--no-" + opt.flag[2:])
             default = opt.default
             if opt.fixed:
-                shown = f"{opt.fixed.default!r} (fixed)"
+                shown = f"{_shown(opt.fixed.default, opt.fixed)} (fixed)"
             elif opt.per_site:
                 # Each declaration's own default, named by its function.
                 kinds = {"declared": "required", "fixed": "{} (fixed)"}
                 shown = "\n".join(
-                    kinds.get(s.kind, "{}").format(_shown(s.default)) + f" ({s.function})"
+                    kinds.get(s.kind, "{}").format(_shown(s.default, s)) + f" ({s.function})"
                     for s in opt.sites
                 )
             elif default is ABSENT:
                 shown = "required"
             else:
-                shown = str(default) if isinstance(default, _Expr) else repr(default)
+                site = next(s for s in opt.sites if s.kind == "default")
+                shown = _shown(default, site)
             table.add_row(
                 ", ".join(flags),
-                opt.type.__name__,
+                opt.type_name,
                 shown,
                 escape(opt.doc),
                 escape("\n".join(s.where for s in opt.sites)),
@@ -537,7 +827,14 @@ def build_parser(
             group.add_argument(*flags, dest=name, action="store_true")
             group.add_argument("--no-" + opt.flag[2:], dest=name, action="store_false")
         else:
-            metavar = (opt.command("metavar") or [opt.type.__name__.upper()])[0]
+            typ = (
+                ":NAME"
+                if opt.by_reference
+                else "VALUE"
+                if opt.type is None
+                else opt.type_name.upper()
+            )
+            metavar = (opt.command("metavar") or [typ])[0]
             parser.add_argument(*flags, dest=name, metavar=metavar, type=_typed(opt))
     return parser
 
@@ -546,12 +843,16 @@ def _typed(opt: Option):
     def parse(text: str) -> Any:
         try:
             return convert(opt, text, "command line")
-        except CliError:
-            raise argparse.ArgumentTypeError(
-                f"expected {opt.type.__name__}, got {text!r}"
-            ) from None
+        except CliError as exc:
+            prefix = f"command line: {opt.flag} expects {opt.type_name}, got "
+            message = str(exc)
+            if message.startswith(prefix):  # argparse names the option already
+                message = f"expected {opt.type_name}, got " + message[len(prefix) :]
+            else:
+                message = message.removeprefix(f"command line: {opt.flag}").lstrip(": ")
+            raise argparse.ArgumentTypeError(message) from None
 
-    parse.__name__ = opt.type.__name__
+    parse.__name__ = opt.type_name
     return parse
 
 
@@ -581,6 +882,26 @@ def _toml_value(value: Any) -> str:
     raise CliError(f"cannot write {value!r} ({type(value).__name__}) to a config")
 
 
+def written(option: Option, value: Any, given: bool) -> Any:
+    """``value`` as a config writes it: the ``:name`` an object was given by, or the value.
+
+    A default that a config cannot hold (an object no ``:name`` reaches, a table) is
+    ``ABSENT``: left out of a dump, the code gives it again. A given one is an error.
+    """
+    if id(value) in option.references:
+        return option.references[id(value)]
+    if isinstance(value, _SCALARS) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value)
+    ):
+        return value
+    for site in option.sites:
+        if site.default is value and site.text and _REFERENCE.fullmatch(":" + site.text):
+            return ":" + site.text
+    if given:
+        raise CliError(f"cannot write {option.flag} = {value!r} to a config")
+    return ABSENT
+
+
 def per_site_defaults(options: dict[str, Option], values: dict) -> dict:
     """``{"enc > lr": 0.1, "dec > lr": 0.2}`` for options whose sites' defaults differ
     and that were given no value."""
@@ -590,7 +911,9 @@ def per_site_defaults(options: dict[str, Option], values: dict) -> dict:
             continue
         for site in opt.sites:
             if site.kind == "default" and not isinstance(site.default, _Expr):
-                out[f"{site.function} > {name}"] = site.default
+                value = written(opt, site.default, given=False)
+                if value is not ABSENT:
+                    out[f"{site.function} > {name}"] = value
     return out
 
 
@@ -615,18 +938,46 @@ def auto_cli(
 
     ``tag`` (default: ``tag.HyperParameter`` and ``tag.CliArgument``) selects the
     variables; ``argv`` defaults to ``sys.argv[1:]``. Returns what ``entry(*args)``
-    returns.
+    returns. ``eval_env`` is where ``:name`` values are looked up first (before the
+    module that declares the option).
+
+    Older ptera's spellings work: ``category=`` is ``tag=``, and with it a tuple as
+    second argument is ``args`` (``auto_cli(f, (1, 2), category=cat.Argument)``).
     """
+    eval_env = kwargs.pop("eval_env", None)
     if "category" in kwargs:  # the name older ptera releases used
-        tag = kwargs.pop("category")
+        category = kwargs.pop("category")
+        if isinstance(tag, tuple) and not any(isinstance(t, (Tag, TagSet)) for t in tag):
+            # Older ptera's `auto_cli(entry, args, category=...)`.
+            if args and tag:
+                raise TypeError(
+                    f"auto_cli: the second argument {tag!r} and args={args!r} both give the"
+                    " entry's arguments; give them once, as args=(...)"
+                )
+            args = tag or args
+        elif tag is not None:
+            raise TypeError(
+                f"auto_cli: got both tag ({tag!r}) and category ({category!r}), which mean"
+                " the same; give tag= only"
+            )
+        tag = category
     if kwargs:
         raise TypeError(f"auto_cli() got unexpected arguments: {', '.join(kwargs)}")
     if not callable(entry):
         raise TypeError(f"auto_cli needs the program's function, not {type(entry).__name__}")
     tags = tag if isinstance(tag, tuple) else (tag,) if tag is not None else ()
     if not all(isinstance(t, Tag) for t in tags):
+        hint = ""
+        if isinstance(tag, tuple) and not any(isinstance(t, (Tag, TagSet)) for t in tag):
+            hint = f"; to call the entry with arguments, write args={tag!r}"
         raise TypeError(
-            f"auto_cli: tag is a Tag (tag.HyperParameter) or a tuple of Tags, not {tag!r}"
+            f"auto_cli: tag is a Tag (tag.HyperParameter) or a tuple of Tags, not {tag!r}" + hint
+        )
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"auto_cli: args is a tuple of the entry's arguments, not {args!r}")
+    if eval_env is not None and not isinstance(eval_env, Mapping):
+        raise TypeError(
+            f"auto_cli: eval_env is a mapping of names (like globals()), not {eval_env!r}"
         )
     if isinstance(argv, (str, bytes)) or not (argv is None or isinstance(argv, Iterable)):
         raise TypeError(f"auto_cli: argv is a list of strings (like sys.argv[1:]), not {argv!r}")
@@ -639,6 +990,8 @@ def auto_cli(
     if environ is not None and not isinstance(environ, Mapping):
         raise TypeError(f"auto_cli: environ is a mapping (like os.environ), not {environ!r}")
     options = find_options(entry, tags)
+    for option in options.values():
+        option.eval_env = eval_env
     try:
         return _run(entry, options, argv, description, args, env_prefix, environ, prog)
     except (CliError, ConflictError) as exc:
@@ -668,6 +1021,15 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
     values.update(from_environment(options, env_prefix, environ))
     values.update(ns)
     for name, value in values.items():
+        for site in options[name].sites:
+            if site.reassigned:
+                lines = ", ".join(map(str, site.reassigned))
+                raise CliError(
+                    f"option {options[name].flag} cannot be set: {site.function} assigns"
+                    f" {name} again at line {lines}, after declaring it at {site.where};"
+                    " the value given would replace those assignments too, so give the"
+                    " later value another name"
+                )
         fixed = options[name].fixed
         if fixed is not None and value != fixed.default:
             raise ConflictError(
@@ -676,13 +1038,14 @@ def _run(entry, options, argv, description, args, env_prefix, environ, prog):
                 " to make it settable"
             )
     if dump:
-        resolved = {
-            n: values.get(n, o.default)
-            for n, o in sorted(options.items())
-            if values.get(n, o.default) is not ABSENT
-            and not isinstance(o.default, _Expr)
-            and (n in values or not o.per_site)
-        }
+        resolved = {}
+        for n, o in sorted(options.items()):
+            value = values.get(n, o.default)
+            if value is ABSENT or isinstance(value, _Expr) or (n not in values and o.per_site):
+                continue
+            value = written(o, value, given=n in values)
+            if value is not ABSENT:
+                resolved[n] = value
         # Declarations with different defaults: one entry per function, so the dump
         # runs each with its own value (user tweaks from a config still win).
         tweaks = {**per_site_defaults(options, values), **tweaks}

@@ -8,12 +8,21 @@ Decisions:
 
 * Tags print as ``ptera.tag.Name``, and a ``TagSet`` prints its members sorted
   (``ptera.tag.Bar & ptera.tag.Foo``), as in 1.4.
+* Older ptera's spellings are kept: ``cat`` is ``tag`` and ``+`` combines
+  like ``&`` (``cat.Learnable + cat.WeightMatrix``).
+* A local's annotation that fails to evaluate is no error (Python never
+  evaluates it) but an ``AnnotationWarning``, raised when the function is
+  instrumented: tag and type filters cannot match that variable.
 * 1.4's string spelling ``x: "@Important"`` (or ``"@A & @B"``) is read as those tags.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class AnnotationWarning(UserWarning):
+    """A local's annotation failed to evaluate, so no tag or type filter matches it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +36,10 @@ class Tag:
 
     def __rand__(self, other: object) -> TagSet:
         return TagSet.of(other, self)
+
+    # Older ptera combined tags with `+` (`cat.Learnable + cat.WeightMatrix`).
+    __add__ = __and__
+    __radd__ = __rand__
 
     def __repr__(self) -> str:
         return f"ptera.tag.{self.name}"
@@ -54,6 +67,9 @@ class TagSet:
     def __rand__(self, other: object) -> TagSet:
         return TagSet.of(other, self)
 
+    __add__ = __and__
+    __radd__ = __rand__
+
     def __repr__(self) -> str:
         return " & ".join(sorted(map(_annotation_repr, self.members)))
 
@@ -77,6 +93,7 @@ class _TagFactory:
 
 
 tag = _TagFactory()
+cat = tag  # older ptera's name for it ("category"): `cat.CliArgument` is `tag.CliArgument`
 
 
 def get_tags(*names: str | Tag) -> Tag | TagSet:

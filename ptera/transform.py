@@ -59,6 +59,7 @@ import linecache
 import sys
 import textwrap
 import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,6 +468,7 @@ def _comment_above(lines: list[str], lineno: int) -> str | None:
 
 
 def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
+    """The value of a local's annotation; raises what evaluating it raises."""
     if expr is None:
         return ABSENT
     if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
@@ -483,16 +485,50 @@ def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
                 env[name] = cell.cell_contents
             except ValueError:
                 pass
-    try:
-        return eval(compile(ast.Expression(expr), "<annotation>", "eval"), env)
-    except Exception:
-        return ABSENT
+    return eval(compile(ast.Expression(expr), "<annotation>", "eval"), env)
+
+
+def _annotations(fn, scan: _Scanner) -> dict[str, Any]:
+    """The evaluated annotations of the body's locals.
+
+    Python never evaluates a local's annotation, so one that fails (a typo such
+    as ``torch.nn.Parmeter``) is no error for the program; but tag and type
+    filters would then skip the variable without a word, so each failure is
+    reported in one ``AnnotationWarning`` and the variable has no annotation.
+    """
+    from .tags import AnnotationWarning
+
+    out, failures = {}, []
+    for name, expr in scan.annotations.items():
+        try:
+            out[name] = _eval_annotation(expr, fn)
+        except Exception as exc:
+            out[name] = ABSENT
+            failures.append((name, expr, exc))
+    if failures:
+        filename = fn.__code__.co_filename
+        lines = "; ".join(
+            f"`{name}: {ast.unparse(expr)}` at {filename}:{expr.lineno}"
+            f" ({type(exc).__name__}: {exc})"
+            for name, expr, exc in failures
+        )
+        one = len(failures) == 1
+        warnings.warn_explicit(
+            f"in {fn.__qualname__}, {'an annotation' if one else 'annotations'} failed to"
+            f" evaluate: {lines}; tag and type filters (`$x:Tag`, `:Parameter`) will not"
+            f" match {'this variable' if one else 'these variables'}",
+            AnnotationWarning,
+            filename,
+            failures[0][1].lineno,
+        )
+    return out
 
 
 def _collect_variables(fn, tree, scan: _Scanner, lines) -> dict[str, Variable]:
     qual = fn.__qualname__
     filename = fn.__code__.co_filename
     out: dict[str, Variable] = {}
+    annotations = _annotations(fn, scan)
     args = tree.args
     arg_nodes = args.posonlyargs + args.args + args.kwonlyargs
     arg_nodes += [a for a in (args.vararg, args.kwarg) if a is not None]
@@ -504,7 +540,7 @@ def _collect_variables(fn, tree, scan: _Scanner, lines) -> dict[str, Variable]:
     for name, line in sorted({**scan.declared, **scan.assigned}.items(), key=lambda kv: kv[1]):
         if name in out:
             continue
-        ann = _eval_annotation(scan.annotations.get(name), fn)
+        ann = annotations.get(name, ABSENT)
         decl_line = scan.declared.get(name, line)
         out[name] = Variable(
             ann, "body", _comment_above(lines, decl_line), (filename, qual, decl_line)

@@ -1,13 +1,18 @@
 """auto_cli: options found in the code, priorities, config files, environment, errors."""
 
+import ast
 import json
+import math
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ptera import ABSENT, ConflictError, auto_cli
+from ptera import ABSENT, ConflictError, auto_cli, cat, default, ptera, tag
 from ptera.cli import CliError, find_options, split_config
 from tests import cli_program
 from tests.cli_program import main
@@ -356,3 +361,324 @@ def test_every_dump_reproduces_its_run(tmp_path, capsys, argv, expected, fmt):
     with pytest.raises(SystemExit):
         run_dup(["--config", str(path), "--dump-config", fmt])
     assert capsys.readouterr().out == path.read_text()
+
+
+# -- defaults that are expressions ---------------------------------------------------
+
+BASE_EPOCHS = 3
+
+
+class Settings:
+    width = 8
+
+
+def relu(x):
+    return max(x, 0)
+
+
+def tanh_ish(x):
+    return x / 2
+
+
+def make_size():
+    return 4
+
+
+@ptera
+def exprs():
+    # number of epochs
+    epochs: tag.HyperParameter = default(BASE_EPOCHS)
+    # learning rate
+    lr: tag.HyperParameter = default(1e-3 * 2)
+    scale: tag.HyperParameter = default(math.pi)
+    width: tag.HyperParameter = default(Settings.width - 1)
+    label: tag.HyperParameter = default("run-" + "a")
+    sizes: tag.HyperParameter = default((BASE_EPOCHS, 2))
+    # activation function
+    actfn: tag.HyperParameter = default(relu)
+    size: tag.HyperParameter = default(make_size())  # a call: not evaluated ahead
+    return epochs, lr, scale, width, label, sizes, actfn(-1.0), size
+
+
+def run_exprs(argv, environ=None, **kwargs):
+    return auto_cli(exprs, argv=argv, environ=environ or {}, exit_on_error=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, typ, default",
+    [
+        ("epochs", int, 3),
+        ("lr", float, 0.002),
+        ("scale", float, math.pi),
+        ("width", int, 7),
+        ("label", str, "run-a"),
+        ("sizes", tuple, (3, 2)),
+        ("actfn", types.FunctionType, relu),
+        ("size", None, "make_size()"),
+    ],
+)
+def test_an_expression_default_is_evaluated_for_its_type(name, typ, default):
+    option = find_options(exprs)[name]
+    assert (option.type, option.default) == (typ, default)
+
+
+DEFAULTS = (3, 0.002, math.pi, 7, "run-a", (3, 2), 0, 4)
+
+
+@pytest.mark.parametrize(
+    "argv, environ, changed",
+    [
+        ([], {}, {}),
+        (["--epochs", "5"], {}, {0: 5}),
+        ([], {"PTERA_EPOCHS": "5"}, {0: 5}),
+        (["--lr", "0.5", "--scale", "2"], {}, {1: 0.5, 2: 2.0}),
+        (["--width", "2", "--label", "b"], {}, {3: 2, 4: "b"}),
+        (["--sizes", "(1, 2, 3)"], {}, {5: (1, 2, 3)}),
+        (["--sizes", "[4]"], {}, {5: (4,)}),  # a list, like a config's, becomes a tuple
+        (["--actfn", ":tanh_ish"], {}, {6: -0.5}),
+        (["--actfn", ":math.fabs"], {}, {6: 1.0}),
+        ([], {"PTERA_ACTFN": ":tanh_ish"}, {6: -0.5}),
+        (["--epochs", ":BASE_EPOCHS", "--width", ":Settings.width"], {}, {0: 3, 3: 8}),
+        (["--size", ":BASE_EPOCHS"], {}, {7: 3}),  # a named object needs no known type
+    ],
+)
+def test_expression_defaults_take_values_of_their_type(argv, environ, changed):
+    expected = tuple(changed.get(i, v) for i, v in enumerate(DEFAULTS))
+    result = run_exprs(argv, environ)
+    assert result == expected
+    assert [type(v) for v in result] == [type(v) for v in expected]
+
+
+@pytest.mark.parametrize(
+    "argv, environ, message",
+    [
+        (["--epochs", "x"], {}, "argument --epochs: expected int, got 'x'"),
+        (["--sizes", "(1, 2"], {}, "argument --sizes: expects a tuple written as in Python"),
+        (["--sizes", "{1: 2}"], {}, "argument --sizes: expected tuple, got {1: 2} (dict)"),
+        (["--actfn", "tanh_ish"], {}, "takes an object named as `:name` or `:module.attr`"),
+        (["--actfn", ":nope"], {}, "no name 'nope' in the module where the option is declared"),
+        (["--actfn", ":math.nope"], {}, "math has no attribute 'nope'"),
+        (["--actfn", ":math.__loader__"], {}, "':math.__loader__' is not a name"),
+        (["--actfn", ":relu(1)"], {}, "is looked up, never evaluated"),
+        (["--actfn", ":math:cos(0)"], {}, "':math:cos(0)' is not a name"),
+        (["--epochs", ":relu"], {}, "argument --epochs: expects int, but :relu is <function relu"),
+        (["--size", "5"], {}, "its default `make_size()` (at "),
+        ([], {"PTERA_SIZE": "5"}, "environment variable PTERA_SIZE: --size cannot be set"),
+        ([], {"PTERA_ACTFN": "x"}, "environment variable PTERA_ACTFN: --actfn takes an object"),
+    ],
+)
+def test_bad_values_for_expression_defaults_are_clear_errors(argv, environ, message):
+    with pytest.raises(CliError) as info:
+        run_exprs(argv, environ)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, changed",
+    [
+        ("epochs = 5", {0: 5}),
+        ('epochs = "5"', {0: 5}),
+        ("lr = 1", {1: 1.0}),
+        ("sizes = [1, 2]", {5: (1, 2)}),  # TOML has no tuples: a list becomes one
+        ('actfn = ":tanh_ish"', {6: -0.5}),
+    ],
+)
+def test_config_values_for_expression_defaults(tmp_path, text, changed):
+    path = tmp_path / "c.toml"
+    path.write_text(text + "\n")
+    expected = tuple(changed.get(i, v) for i, v in enumerate(DEFAULTS))
+    assert run_exprs(["--config", str(path)]) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--epochs", "5", "--lr", "0.5"],
+        ["--actfn", ":tanh_ish", "--sizes", "(1,)"],
+        ["--actfn", ":math.fabs", "--label", "z"],
+    ],
+)
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_dumps_of_expression_defaults_reproduce_the_run(tmp_path, capsys, argv, fmt):
+    expected = run_exprs(argv)
+    with pytest.raises(SystemExit):
+        run_exprs([*argv, "--dump-config", fmt])
+    dumped = capsys.readouterr().out
+    assert "size" not in dumped.replace("sizes", "")  # unknown until the run: left out
+    path = tmp_path / f"dumped.{fmt}"
+    path.write_text(dumped)
+    assert run_exprs(["--config", str(path)]) == expected
+
+
+def test_help_shows_expression_defaults_with_their_types(capsys):
+    with pytest.raises(SystemExit):
+        run_exprs(["--help"])
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│ --" in line}
+    for flag, parts in {
+        "--epochs": ["int", " 3 "],
+        "--lr": ["float", "0.002"],
+        "--actfn": ["object (:name)", " relu "],
+        "--size": ["unknown", "make_size()"],
+    }.items():
+        for part in parts:
+            assert part in rows[flag], (flag, part)
+
+
+def test_eval_env_is_searched_first_for_names():
+    assert run_exprs(["--actfn", ":act"], eval_env={"act": abs})[6] == 1.0
+    assert run_exprs(["--actfn", ":relu"], eval_env={"relu": abs})[6] == 1.0
+    with pytest.raises(CliError, match="no name 'gone' in eval_env or the module"):
+        run_exprs(["--actfn", ":gone"], eval_env={})
+
+
+# -- older ptera's spellings ----------------------------------------------------------
+
+
+@ptera
+def lager(x, y):
+    z: cat.Argument
+    return x + y + z
+
+
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        (lambda: auto_cli(lager, ("a", "b"), category=cat.Argument, argv=["--z=c"]), "abc"),
+        (lambda: auto_cli(lager, category=cat.Argument, args=("a", "b"), argv=["--z=c"]), "abc"),
+        (lambda: auto_cli(lager, cat.Argument, ["--z=c"], args=("a", "b")), "abc"),
+        (
+            lambda: auto_cli(lager, (), category=cat.Argument, argv=["--z=c"], args=("a", "b")),
+            "abc",
+        ),
+    ],
+)
+def test_seed_era_calls(call, expected):
+    assert call() == expected
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((("a", "b"),), {}, r"not \('a', 'b'\); to call the entry with arguments, write args="),
+        ((("a", "b"),), {"category": cat.Argument, "args": ("c",)}, "give them once, as args="),
+        ((cat.Argument,), {"category": cat.Argument}, "got both tag .* and category"),
+        ((), {"eval_env": 3}, r"eval_env is a mapping of names \(like globals\(\)\), not 3"),
+        ((), {"args": "ab"}, "args is a tuple of the entry's arguments, not 'ab'"),
+        ((), {"evalenv": {}}, "unexpected arguments: evalenv"),
+    ],
+)
+def test_seed_era_mistakes_are_type_errors(args, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        auto_cli(lager, *args, argv=["--z=c"], **kwargs)
+
+
+# -- an option the body assigns again --------------------------------------------------
+
+
+@ptera
+def doubled():
+    x: tag.HyperParameter = default(3)
+    x = x * 2
+    return x
+
+
+@ptera
+def grown():
+    x: tag.HyperParameter = default(3)
+    for _ in range(2):
+        x += 1
+    return x
+
+
+@ptera
+def branches(flag=False):
+    if flag:
+        x: tag.HyperParameter = default(3)
+    else:
+        x = default(4)
+    squares = [x * x for x in range(2)]  # a scope of its own
+    return x, squares
+
+
+@ptera
+def unpacked():
+    x: tag.HyperParameter = default(3)
+    x, y = x + 1, 0
+    return x + y
+
+
+@pytest.mark.parametrize(
+    "entry, argv, expected",
+    [
+        (doubled, [], 6),
+        (doubled, ["--x", "5"], "doubled assigns x again at line "),
+        (grown, [], 5),
+        (grown, ["--x", "5"], "grown assigns x again at line "),
+        (unpacked, ["--x", "5"], "unpacked assigns x again at line "),
+        (branches, [], (4, [0, 1])),
+        (branches, ["--x", "5"], (5, [0, 1])),  # every default(...) declares it
+    ],
+)
+def test_an_option_assigned_again_cannot_be_set(entry, argv, expected):
+    # The given value would replace `x = x * 2` too (10 expected, 5 given): refused.
+    if isinstance(expected, str):
+        with pytest.raises(CliError, match="the value given would replace those assignments"):
+            auto_cli(entry, argv=argv, environ={}, exit_on_error=False)
+        with pytest.raises(CliError, match=expected):
+            auto_cli(entry, argv=argv, environ={}, exit_on_error=False)
+    else:
+        assert auto_cli(entry, argv=argv, environ={}, exit_on_error=False) == expected
+
+
+def _arithmetic():
+    leaves = st.one_of(
+        st.integers(-50, 50).map(str),
+        st.floats(-10, 10, allow_nan=False).map(repr),
+        st.sampled_from(["BASE_EPOCHS", "Settings.width", "math.pi"]),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//"]), inner).map(
+                lambda t: f"({t[0]} {t[1]} {t[2]})"
+            )
+            | inner.map(lambda e: f"-{e}")
+        ),
+        max_leaves=6,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(_arithmetic())
+def test_an_arithmetic_default_is_what_python_computes(text):
+    from ptera.cli import _Expr, _static_value
+
+    try:
+        expected = eval(text, globals())
+    except ZeroDivisionError:
+        expected = None
+    value = _static_value(ast.parse(text, mode="eval").body, exprs)
+    if expected is None:
+        assert isinstance(value, _Expr) and value == ast.unparse(ast.parse(text, mode="eval"))
+    else:
+        assert type(value) is type(expected) and (value == expected or value != value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "make_size()",  # a call is never made
+        "relu.__globals__",  # no dunders
+        "Settings().width",
+        "nothing_here + 1",
+        "2 ** 1000",  # a huge power is not computed ahead
+        "'a' * 3",
+    ],
+)
+def test_defaults_that_are_not_evaluated_ahead(text):
+    from ptera.cli import _Expr, _static_value
+
+    value = _static_value(ast.parse(text, mode="eval").body, exprs)
+    assert isinstance(value, _Expr) and value == text

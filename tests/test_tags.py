@@ -1,8 +1,12 @@
 """Tags in annotations, and selectors that filter on them."""
 
+import linecache
+import warnings
+from pathlib import Path
+
 import pytest
 
-from ptera import Tag, TagSet, match_tag, probing, tag, tooled
+from ptera import ABSENT, AnnotationWarning, Tag, TagSet, cat, match_tag, probing, tag, tooled
 
 
 class Parameter(float):
@@ -52,3 +56,73 @@ def test_tag_object_from_env():
     with probing("model > $h:##T", raw=True, env={"##T": tag.HyperParameter}).values() as values:
         model(1)
     assert [v["h"].names[0] for v in values] == ["lr", "n"]
+
+
+def test_cat_and_plus_are_older_spellings_of_tag_and_ampersand():
+    assert cat is tag and cat.Learnable is tag.Learnable
+    assert tag.A + tag.B == tag.A & tag.B
+    assert tag.A + tag.B + int == tag.A & tag.B & int == int + (tag.A + tag.B)
+
+
+@tooled
+def older(x):
+    W: cat.Learnable + cat.WeightMatrix = Parameter(2.0)
+    b: cat.Learnable = Parameter(1.0)
+    return x * W + b
+
+
+@pytest.mark.parametrize(
+    "selector, names",
+    [
+        ("older > $p:WeightMatrix", ["W"]),
+        ("older > $p:Learnable", ["W", "b"]),
+        ("older > $p:Parameter", []),  # the annotations are tags only
+    ],
+)
+def test_plus_annotations_filter_like_ampersand(selector, names):
+    with probing(selector, raw=True).values() as values:
+        older(1)
+    assert [v["p"].names[0] for v in values] == names
+
+
+def define_with(annotation_text):
+    """A new instrumented function whose local ``W`` has the given annotation."""
+    namespace = {"tooled": tooled, "tag": tag}
+    source = f"@tooled\ndef typo(x):\n    W: {annotation_text}\n    return x\n"
+    path = Path(__file__).parent / "_annotation_cases.py"
+    code = compile(source, str(path), "exec")
+    linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
+    exec(code, namespace)
+    return namespace["typo"]
+
+
+@pytest.mark.parametrize(
+    "annotation, error",
+    [
+        ("tag.Learnable + Parmeter", "NameError: name 'Parmeter' is not defined"),
+        ("tag.Learnable & 1 / 0", "ZeroDivisionError: division by zero"),
+        ("tag.nope.deeper", "AttributeError"),
+    ],
+)
+def test_an_annotation_that_fails_is_a_warning_naming_variable_place_and_error(annotation, error):
+    with pytest.warns(AnnotationWarning) as record:
+        fn = define_with(annotation)
+    assert len(record) == 1  # once per instrumentation
+    message = str(record[0].message)
+    for part in [
+        "in typo,",
+        f"`W: {annotation}`",
+        "_annotation_cases.py:3",
+        error,
+        "tag and type filters",
+    ]:
+        assert part in message, part
+    assert record[0].filename.endswith("_annotation_cases.py") and record[0].lineno == 3
+    assert fn.__ptera_info__["W"]["annotation"] is ABSENT
+
+
+def test_annotations_that_evaluate_give_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fn = define_with("tag.Learnable + tag.WeightMatrix")
+    assert fn.__ptera_info__["W"]["annotation"] == tag.Learnable & tag.WeightMatrix
