@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from ptera import ABSENT, AnnotationWarning, Tag, TagSet, cat, match_tag, probing, tag, tooled
+from ptera import (
+    ABSENT,
+    AnnotationWarning,
+    SelectorError,
+    Tag,
+    TagSet,
+    cat,
+    match_tag,
+    probing,
+    tag,
+    tooled,
+)
 
 
 class Parameter(float):
@@ -76,13 +87,18 @@ def older(x):
     [
         ("older > $p:WeightMatrix", ["W"]),
         ("older > $p:Learnable", ["W", "b"]),
-        ("older > $p:Parameter", []),  # the annotations are tags only
     ],
 )
 def test_plus_annotations_filter_like_ampersand(selector, names):
     with probing(selector, raw=True).values() as values:
         older(1)
     assert [v["p"].names[0] for v in values] == names
+
+
+def test_a_type_filter_reads_annotations_not_values():
+    # `W` holds a Parameter but is annotated with tags only: nothing can pass
+    with pytest.raises(SelectorError, match="no variable annotated with the tag or type"):
+        probing("older > $p:Parameter")
 
 
 def define_with(annotation_text):
