@@ -137,10 +137,12 @@ class Overlay:
                 raise TypeError(
                     f"using({str(sel)!r}): a selector without a focus needs a name: using(name=...)"
                 )
-            effects.append(_Effect("using", sel.focus.out_name, sel, None, env))
+            effects.append(
+                _Effect("using", _collection_name(sel.focus.out_name, "using"), sel, None, env)
+            )
         for name, s in named.items():
             target = s if is_plugin(s) else select(s)
-            effects.append(_Effect("using", name, target, None, env))
+            effects.append(_Effect("using", _collection_name(name, "using"), target, None, env))
         return self._with(effects)
 
     def on(self, target: Any, fn: Callable, env: Mapping | None = None) -> Overlay:
@@ -150,7 +152,8 @@ class Overlay:
         check_env(env)
         env = env if env is not None else caller_env(1)
         target = target if is_plugin(target) else select(target)
-        return self._with([_Effect("on", fn.__name__, target, fn, env)])
+        name = _collection_name(getattr(fn, "__name__", type(fn).__name__), "on")
+        return self._with([_Effect("on", name, target, fn, env)])
 
     # -- running ------------------------------------------------------------
     def rules(self) -> tuple[Rule, ...]:
@@ -328,6 +331,16 @@ def tweaking(values: Mapping, env: Mapping | None = None) -> Overlay:
 def rewriting(functions: Mapping, env: Mapping | None = None) -> Overlay:
     """A context manager that recomputes focus values: ``{"f{a} > x": lambda a: a + 1}``."""
     return Overlay().rewrite(functions, env=env if env is not None else caller_env(1))
+
+
+def _collection_name(name: str, where: str) -> str:
+    """``name`` if a ``Result`` can show it as an attribute, else a ``ValueError``."""
+    if name.startswith("_") or hasattr(Result, name) or name in ("value", "fields", "activation"):
+        raise ValueError(
+            f"{where}: '{name}' cannot name a collection: result.{name} is the Result's own"
+            " (result.value is the call's return value); choose another name"
+        )
+    return name
 
 
 def using(*selectors: Any, env: Mapping | None = None, **named: Any) -> Overlay:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from ptera import ptera
 from ptera.capture import Capture
 from ptera.results import call_with, listener_call
 
@@ -42,3 +43,21 @@ def test_listener_call_gives_what_call_with_gives(fn, data):
         assert str(got.value) == str(err)
     else:
         assert listener_call(fn)(caps) == want
+
+
+@pytest.mark.parametrize("name", ["value", "fields", "activation", "field", "_hidden"])
+def test_a_collection_cannot_take_a_name_the_result_uses(name):
+    @ptera
+    def twice(x):
+        y = x * 2
+        return y
+
+    with pytest.raises(ValueError, match=f"'{name}' cannot name a collection"):
+        twice.using(**{name: "twice > y"})
+
+    def listener(y):
+        return y
+
+    listener.__name__ = name
+    with pytest.raises(ValueError, match=f"on: '{name}' cannot name a collection"):
+        twice.clone(return_object=True).on("twice > y")(listener)
