@@ -13,6 +13,7 @@ always import.
 
 from __future__ import annotations
 
+import builtins
 import gc
 import importlib
 import itertools
@@ -251,7 +252,22 @@ def tooled_states() -> list[FnState]:
 
 
 class NotFound(LookupError):
-    """A name in a selector resolves to nothing."""
+    """A name in a selector resolves to nothing (``part``: the piece that failed)."""
+
+    def __init__(self, message: str, part: str | None = None):
+        super().__init__(message)
+        self.part = part
+
+
+def _no_attribute(name: str, head: str, rest: list[str], i: int, obj: Any) -> str:
+    where = ".".join([head, *rest[:i]])
+    children = getattr(obj, "_modules", None)  # a torch Module: say what it has
+    if isinstance(children, dict):
+        known = ", ".join(children) or "none"
+        return (
+            f"'{name}' cannot be resolved: '{where}' has no submodule '{rest[i]}' (it has: {known})"
+        )
+    return f"'{name}' cannot be resolved: '{where}' has no attribute '{rest[i]}'"
 
 
 def functions_of(obj: Any, name: str) -> list[types.FunctionType]:
@@ -364,13 +380,15 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
         return [state_for(f, discover=True) for f in functions_of(obj, name)]
     head, *rest = name.split(".")
     if env is not None and head in env:
-        try:
-            obj = _getattr_path(env[head], rest)
-        except AttributeError:
-            raise NotFound(
-                f"'{name}' cannot be resolved: no attribute '{'.'.join(rest)}'"
-            ) from None
+        obj = env[head]
+        for i, part in enumerate(rest):
+            try:
+                obj = _getattr_path(obj, [part])
+            except AttributeError:
+                raise NotFound(_no_attribute(name, head, rest, i, obj), part) from None
         return [state_for(f, discover=not _is_tooled(f)) for f in functions_of(obj, name)]
+    if not rest and head in vars(builtins) and callable(vars(builtins)[head]):
+        functions_of(vars(builtins)[head], name)  # a builtin: says it cannot be probed
     found = [
         st
         for st in tooled_states()

@@ -326,7 +326,12 @@ class _Compiler:
         found = self.resolved[node.fn]
         if isinstance(found, NotFound):
             message = f"cannot find function '{node.fn}': {found}"
-            raise _error(self.selector, node, node.fn, message)
+            # the caret under the part that failed (`7` in `net.layers.7`)
+            needle = node.fn if found.part is None else f".{found.part}"
+            err = _error(self.selector, node, needle, message)
+            if found.part is not None and err.column < len(err.text):
+                err = type(err)(err.text, err.column + 1, message)
+            raise err
         if isinstance(found, TransformError):
             raise _error(self.selector, node, node.fn, str(found))
         return found

@@ -536,6 +536,10 @@ class _Parser:
 
     def module_path(self) -> str:
         self.pos += 1  # '/'
+        if self.text.startswith("/", self.pos):  # 1.4's refstring of a script's function
+            self.error(
+                "expected a module name after '/' (a function of the main script is /__main__/f)"
+            )
         module = self.dotted("a module name after '/'")
         if not self.text.startswith("/", self.pos):
             self.error("expected '/' after the module name")

@@ -405,3 +405,22 @@ def test_a_selector_of_the_wrong_type_is_a_type_error(wrong):
         select(wrong)
     with pytest.raises(TypeError, match="env must be a mapping"):
         select("f > x", env=3)
+
+
+def test_resolution_errors_say_what_is_there_and_point_at_it():
+    import torch
+
+    from ptera import probing
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    with pytest.raises(SelectorError) as err:
+        probing("model.layers.7 > h", env={"model": model})
+    assert "'model' has no submodule 'layers' (it has: 0, 1)" in str(err.value)
+    assert err.value.column == len("model.")
+    with pytest.raises(SelectorError) as err:
+        probing("model.7 > input", env={"model": model})
+    assert "(it has: 0, 1)" in str(err.value) and err.value.column == len("model.")
+    with pytest.raises(TypeError, match="'len' is a builtin_function_or_method, not a Python"):
+        probing("len > x")
+    with pytest.raises(SelectorError, match=r"/__main__/f"):
+        probing("//f > y")
