@@ -108,6 +108,7 @@ class Rule:
         "plans",
         "cells",
         "offpath",
+        "sides",
         "flat",
     )
 
@@ -130,6 +131,10 @@ class Rule:
         self.wrap = wrap
         self.interest = {st: frozenset(names) for st, names in compiled.interest.items()}
         self.offpath = frozenset() if immediate else _offpath(compiled)
+        # An immediate rule's side branches (`side` in `main(side(y), g(!a))`): what
+        # their calls capture is kept by the nearest call on the focus's path, so a
+        # result gets it after the side call has returned (1.4).
+        self.sides = _offpath(compiled, below=True) if immediate else frozenset()
         self.plans: dict = {}  # plans built with this rule (see overlay.activate)
         self.cells: list = []  # closure cells of handlers that call `emit` directly
         # A flat rule collects into one list per root call (see FlatRoot).
@@ -389,10 +394,11 @@ def _pass(match, name, value, key):
     return value
 
 
-def _offpath(compiled: Compiled) -> frozenset:
+def _offpath(compiled: Compiled, below: bool = False) -> frozenset:
     """Nodes of a total selector beside the focus's path, such as ``nager`` in
     ``canard(coincoin(!x), nager(a))``: their captures are pooled in the root call
-    and every result of that call, emitted when it ends, gets all of them (1.4)."""
+    and every result of that call, emitted when it ends, gets all of them (1.4).
+    With ``below``, also the nodes below the focus's (``f`` in ``h(!w) > f(y)``)."""
     parents = compiled.parents
     focus = next(
         (
@@ -412,6 +418,8 @@ def _offpath(compiled: Compiled) -> frozenset:
             n = parents.get(n)
 
     above = set(line(focus))
+    if below:
+        return frozenset(n for n in parents if n not in above)
     return frozenset(n for n in parents if n not in above and focus not in set(line(n)))
 
 
@@ -436,6 +444,8 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
         return focus
     if fires:
         return lambda match, name, value, key: _fire(match, spec, name, value, key)
+    if t.node in rule.sides and spec.out is not None:
+        return lambda match, name, value, key: _beside(match, spec, name, value, key)
     if spec.key is NOVALUE and spec.key_out is None and spec.value is NOVALUE and spec.out:
         return _fast_capture(spec.out)
     return lambda match, name, value, key: _immediate(match, spec, name, value, key)
@@ -524,6 +534,19 @@ def _immediate(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> 
         match.names[spec.out] = name
     if spec.key_out is not None:
         match.set_key(spec.key_out, key)
+    return value
+
+
+def _beside(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
+    """A capture of a side branch: also kept by the nearest match on the focus's path."""
+    value = _immediate(match, spec, name, value, key)
+    if value is not ABSENT and not match.failed and _key_ok(spec, key):
+        sides, keeper = match.rule.sides, match.parent
+        while keeper is not None and keeper.template.node in sides:
+            keeper = keeper.parent
+        if keeper is not None:
+            keeper.captures[spec.out] = value
+            keeper.names[spec.out] = name
     return value
 
 

@@ -453,3 +453,37 @@ def test_an_item_assignment_is_not_a_value_of_the_container(raw):
     with probing('tally > scores["double"] as d').values() as one:
         tally(3)
     assert one == [{"d": 6}]
+
+
+@tooled
+def side(x):
+    half = x // 2
+    return half
+
+
+@tooled
+def negmul(x, y):
+    a = -x * y
+    return a
+
+
+@tooled
+def family(x):
+    w = negmul(side(x), 2) + side(x + 2)
+    return w
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        # a sibling call that already returned (the 1.x guide's "sibling calls")
+        ("family(x, side(half as h), negmul(!a))", [{"a": -12, "x": 12, "h": 6}]),
+        # a call below the focus's function that returned before the focus was set
+        ("family(!w) > side(half)", [{"half": 7, "w": -5}]),
+        ("family(!w) > negmul(a)", [{"a": -12, "w": -5}]),
+    ],
+)
+def test_a_result_keeps_what_calls_off_the_focus_path_captured(selector, expected):
+    with probing(selector).values() as got:
+        family(12)
+    assert got == expected
