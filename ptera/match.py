@@ -496,7 +496,12 @@ class _Compiler:
                     # An attribute has no annotation: its value's class is checked.
                     one = replace(spec, isa=self.tag(var.tag, var))
                 found.setdefault(name, []).append(one)
-        return {name: tuple(specs) for name, specs in found.items()}
+        # A variable captured under several names (`f(!y, y as yy)`): the plain
+        # captures first, so the result the focus fires has them all.
+        return {
+            name: tuple(specs) if len(specs) == 1 else tuple(sorted(specs, key=_fires_last))
+            for name, specs in found.items()
+        }
 
     def check_found(self, var: Var, node: Scope) -> None:
         """Warn when no function a ``>>`` reaches has ``var`` (a typo, most often).
@@ -769,6 +774,10 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     # never in an env, which turns the fast path off.
     heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
     return heads, tuple(tags)
+
+
+def _fires_last(spec: VarSpec) -> bool:
+    return spec.focus != Focus.NONE
 
 
 def _annotation_text(annotation: Any) -> str:

@@ -487,3 +487,11 @@ def test_a_result_keeps_what_calls_off_the_focus_path_captured(selector, expecte
     with probing(selector).values() as got:
         family(12)
     assert got == expected
+
+
+@pytest.mark.parametrize("probe_type", ["immediate", "total"])
+@pytest.mark.parametrize("selector", ["steps(!y=3, y as yy)", "steps(y as yy, !y=3)"])
+def test_one_variable_under_two_names(selector, probe_type):
+    with probing(selector, probe_type=probe_type).values() as got:
+        steps(1)
+    assert got == [{"y": 3, "yy": 3}]
