@@ -182,12 +182,14 @@ def test_the_seeds_metrics_callback_reads_xb_and_yb():
     seen = []
     learn.on("one_batch(xb, yb) > preds")(lambda xb, yb, preds: seen.append((xb, yb)))
     views = []
-    spy = type("Spy", (), {"after_batch": lambda self, l: views.append((l.xb, l.yb, l.i))})()
+    spy = type(
+        "Spy", (), {"after_batch": lambda self, learn: views.append((learn.xb, learn.yb, learn.i))}
+    )()
     learn.add_cb(spy).fit(2)
     assert [(e, t) for e, t, _, _ in cb.rows] == [(0, True), (0, False), (1, True), (1, False)]
     assert cb.rows[-1][3] > 0.9  # validation accuracy
     assert len(views) == len(seen) == 2 * (len(dls.train) + len(dls.valid))
-    for (xb, yb, i), (sxb, syb) in zip(views, seen):
+    for (xb, yb, _), (sxb, syb) in zip(views, seen):
         assert xb is sxb and yb is syb  # the very tensors the model and loss got
     assert [i for _, _, i in views[: len(dls.train)]] == list(range(len(dls.train)))
 
