@@ -386,6 +386,9 @@ def test_the_seeds_command_lines_parse(line, command, downsampling, latents_dir,
         ("probe --config C --run-id R --prefix a/b", "--prefix must be a non-empty file-name"),
         ("infer_with_altering_delta.py --config C --run-id R", "is not a command here"),
         ("fit --config C --run-id R", "unknown command 'fit'"),
+        ("train_probes --config C --device cuda:0", "--device is for train, extract, probe"),
+        ("receptive-field --config C --run-id R --ray", "--ray is for train, extract, probe,"),
+        ("receptive-field --config C --run-id R -mp 2", "-mp/--processes is for train,"),
     ],
 )
 def test_options_a_command_does_not_use_are_refused(capsys, line, message):

@@ -16,7 +16,9 @@ Decisions:
 * ``-d`` may be given several times: each resolution gets its own latents and its
   own probe results.
 * An option a command does not use is an error, not ignored: ``-d``, ``-f`` only
-  where latents are read or written, ``--prefix`` only where probe results are.
+  where latents are read or written, ``--prefix`` only where probe results are,
+  ``--ray`` only where trials train, ``--device`` not for ``train-probes``
+  (scikit-learn, on the CPU), ``-mp`` not for ``receptive-field``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ SCRIPTS = {
 }
 LATENTS = ("extract", "probe", "train-probes")
 PROBES = ("probe", "train-probes")
+TRAINING = ("train", "extract", "probe")  # the commands that train what is missing
+TRAINED = (*TRAINING, "receptive-field")  # the commands that build the runs' models
 
 
 def _downsampling(text: str):
@@ -112,6 +116,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         ("-d/--downsampling", args.downsampling is not None, LATENTS),
         ("-f/--latents-dir", args.latents_dir is not None, LATENTS),
         ("--prefix", args.prefix is not None, PROBES),
+        ("--device", args.device is not None, TRAINED),
+        ("--ray", args.ray, TRAINING),
+        ("-mp/--processes", args.processes is not None, (*TRAINING, "train-probes")),
     ]
     for option, given, commands in used:
         if given and command not in commands:
