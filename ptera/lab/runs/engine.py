@@ -27,6 +27,10 @@ Decisions:
   are kept. ``extract`` and ``probe`` train what is not trained yet, then do
   their step; extraction is skipped when the latent folder already holds both
   splits of the same checkpoint.
+* Each resolution (``downsampling``) has its own latent folder
+  (``Run.latents_folder``) and its own probe results (``Run.probe_file``, the
+  resolution in the name), so several resolutions of one run never overwrite
+  each other.
 """
 
 from __future__ import annotations
@@ -294,9 +298,9 @@ class Runs:
         frames = []
         for group in self.groups:
             for run in group.runs:
-                for d in resolutions:
-                    latents = self._extract(group, run, d, verbose)
-                    d = run.downsampling if d is _CONFIGURED else d
+                for asked in resolutions:
+                    latents = self._extract(group, run, asked, verbose)
+                    d = run.downsampling if asked is _CONFIGURED else asked
                     out = run.probe_file(self.run_id, d, prefix)
                     frame = train_probes(latents, n_jobs=processes, out=out)
                     if verbose:
