@@ -150,3 +150,65 @@ def test_training_callbacks_reject_bad_settings():
         GradClip(0)
     with pytest.raises(ValueError, match="bfloat16 or torch.float16, got torch.float32"):
         MixedPrecision(torch.float32)
+
+
+class SeedMetrics:
+    """Seed 004's ``Metrics`` callback, as written there (reads ``l.xb``, ``l.yb``)."""
+
+    order = 0
+
+    def after_batch(self, l):  # noqa: E741 -- the seed's name
+        with torch.no_grad():
+            n = len(l.xb)
+            acc = (l.preds.argmax(dim=1) == l.yb).float().sum()
+            self.accs.append(acc)
+            self.losses.append(l.loss * n)
+            self.ns.append(n)
+
+    def before_epoch(self, l):  # noqa: E741
+        self.accs, self.losses, self.ns = [], [], []
+
+    def after_epoch(self, l):  # noqa: E741
+        n = sum(self.ns)
+        self.rows.append((l.epoch, l.model.training, sum(self.losses).item() / n,
+                          sum(self.accs).item() / n))  # fmt: skip
+
+
+def test_the_seeds_metrics_callback_reads_xb_and_yb():
+    cb = SeedMetrics()
+    cb.rows = []
+    dls = classes()
+    learn = Learner(nn.Linear(4, 2), dls, lr=0.5, cbs=[cb])
+    seen = []
+    learn.on("one_batch(xb, yb) > preds")(lambda xb, yb, preds: seen.append((xb, yb)))
+    views = []
+    spy = type(
+        "Spy", (), {"after_batch": lambda self, learn: views.append((learn.xb, learn.yb, learn.i))}
+    )()
+    learn.add_cb(spy).fit(2)
+    assert [(e, t) for e, t, _, _ in cb.rows] == [(0, True), (0, False), (1, True), (1, False)]
+    assert cb.rows[-1][3] > 0.9  # validation accuracy
+    assert len(views) == len(seen) == 2 * (len(dls.train) + len(dls.valid))
+    for (xb, yb, _), (sxb, syb) in zip(views, seen):
+        assert xb is sxb and yb is syb  # the very tensors the model and loss got
+    assert [i for _, _, i in views[: len(dls.train)]] == list(range(len(dls.train)))
+
+
+def test_xb_and_yb_follow_a_replaced_batch_and_are_read_only():
+    learn = Learner(nn.Linear(4, 2), classes(), lr=0.1)
+    assert learn.xb is None and learn.yb is None  # before any batch
+    doubled = []
+
+    class Double:
+        def before_batch(self, l):  # noqa: E741
+            l.batch = (l.batch[0] * 2, l.batch[1])
+            doubled.append(l.xb)
+
+    learn.on("one_batch(xb) > preds")(lambda xb, preds: doubled.append(xb))
+    learn.add_cb(Double()).fit(1, valid=False)
+    assert all(a is b for a, b in zip(doubled[::2], doubled[1::2]))
+    for name in ("xb", "yb", "i"):
+        with pytest.raises(AttributeError):
+            setattr(learn, name, None)
+    learn.loss_f = nn.functional.nll_loss  # the seed's name for loss_fn
+    assert learn.loss_fn is nn.functional.nll_loss

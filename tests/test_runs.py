@@ -311,3 +311,150 @@ def test_runs_that_differ_only_in_epochs_share_a_trial_and_keep_their_own_view(t
     table = pd.read_csv(folder / f"{runs.runs[1].name}.csv")
     assert list(table.epoch) == [0, 1]
     assert torch.load(folder / f"{runs.runs[1].name}.pt", weights_only=True)["epoch"] == 1
+
+
+# -- the seed's spellings ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, given, canonical",
+    [
+        ("metrics", ["Accuracy", "Top5Accuracy", "MCC"], ["accuracy", "top5_accuracy", "mcc"]),
+        ("metrics", ["accuracy", "ACCURACY", "top-5-accuracy"], ["accuracy", "top5_accuracy"]),
+        ("model", ["MLP", "LeNet5"], ["mlp", "lenet5"]),
+        ("optimizer", ["Adam", "RAdam"], ["adam", "radam"]),
+        ("dataset", ["Digits", TINY], ["digits", TINY]),
+    ],
+)
+def test_names_match_regardless_of_case_and_underscores(tmp_path, key, given, canonical):
+    cfg = load_config(config(tmp_path, **{key: given}))
+    assert cfg[key] == canonical
+    run = expand(cfg)[0]
+    assert getattr(run, key) == (tuple(canonical) if key == "metrics" else canonical[0])
+
+
+def test_an_ambiguous_name_is_refused(tmp_path, monkeypatch):
+    from ptera.lab.runs import METRICS_REGISTRY
+
+    monkeypatch.setitem(METRICS_REGISTRY, "top_5_accuracy", METRICS_REGISTRY["top5_accuracy"])
+    with pytest.raises(ValueError, match="metric 'Top5Accuracy' is ambiguous .*top5_accuracy"):
+        load_config(config(tmp_path, metrics=["Top5Accuracy"]))
+    assert load_config(config(tmp_path, metrics=["top5_accuracy"]))["metrics"] == [
+        "top5_accuracy"
+    ]  # an exact name is never ambiguous
+
+
+SEED_LINES = [  # seed 003's command lines, the script name as the command
+    ("probe_meta_execution_script.py --config C -mp 18 -d 4 --device cuda:0 --run-id RES",
+     "probe", [4], None, None),
+    ("train_model.py --config C --device cuda:0 --run-id RES", "train", None, None, None),
+    ("compute_receptive_field.py --config C --device cuda:0 --run-id RES",
+     "receptive-field", None, None, None),
+    ("pixelwise_probe_meta_execution_script.py --config C -mp 56 --device cuda:0 --run-id RES",
+     "probe", ["pixelwise"], None, None),
+    ("extract_latent_representations.py --config C --device cuda:0 --run-id MyRun --downsample 4",
+     "extract", [4], None, None),
+    ("train_probes.py --config C --prefix SomePrefix -mp 4", "train-probes", None, None,
+     "SomePrefix"),
+    ("train_probes.py --config C -f lat -mp 4", "train-probes", None, "lat", None),
+    ("probe_meta_execution_script.py --config C -mp 8 -d pixelwise --device cuda:0 --run-id X",
+     "probe", ["pixelwise"], None, None),
+    ("probes_meta_execution_script --config C -d 4 -d 2 --run-id X", "probe", [4, 2], None, None),
+    ("extract --config C --run-id X --downsampling 4 -d none", "extract", [4, None], None, None),
+    ("probe --config C --run-id RES -d 4 -d pixelwise", "probe", [4, "pixelwise"], None, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("line, command, downsampling, latents_dir, prefix", SEED_LINES)
+def test_the_seeds_command_lines_parse(line, command, downsampling, latents_dir, prefix):
+    from ptera.lab.runs.cli import _arguments
+
+    args = _arguments(line.split())
+    assert (args.command, args.downsampling, args.latents_dir, args.prefix) == (
+        command, downsampling, latents_dir, prefix,
+    )  # fmt: skip
+    assert args.config == "C"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("train --config C --run-id R --prefix P", "--prefix is for probe, train-probes"),
+        ("extract --config C --run-id R --prefix P", "--prefix is for probe, train-probes"),
+        ("train_model.py --config C --run-id R -d 4", "-d/--downsampling is for extract"),
+        ("receptive-field --config C --run-id R -f lat", "-f/--latents-dir is for extract"),
+        ("probe --config C", "probe needs --run-id"),
+        ("probe --config C --run-id R -d 0", "a positive int, 'pixelwise' or 'none'"),
+        ("probe --config C --run-id R --prefix a/b", "--prefix must be a non-empty file-name"),
+        ("infer_with_altering_delta.py --config C --run-id R", "is not a command here"),
+        ("fit --config C --run-id R", "unknown command 'fit'"),
+        ("train_probes --config C --device cuda:0", "--device is for train, extract, probe"),
+        ("receptive-field --config C --run-id R --ray", "--ray is for train, extract, probe,"),
+        ("receptive-field --config C --run-id R -mp 2", "-mp/--processes is for train,"),
+    ],
+)
+def test_options_a_command_does_not_use_are_refused(capsys, line, message):
+    with pytest.raises(SystemExit) as exit:
+        main(line.split())
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def conv_trained(tmp_path_factory):
+    """A trained LeNet-5 run (conv maps: pixelwise and 4x4 latents differ)."""
+    tmp = tmp_path_factory.mktemp("conv")
+    cfg = config(tmp, model=["lenet5"], epoch=[1], metrics=["Accuracy", "MCC"])
+    path = tmp / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train_model.py", "--config", str(path), "--run-id", "RES", "--quiet"]) == 0
+    return tmp, path
+
+
+def test_repeated_d_gives_each_resolution_its_latents_and_probes(conv_trained, tmp_path):
+    tmp, path = conv_trained
+    line = f"probe --config {path} --run-id RES -d 2 -d pixelwise -f {tmp_path} --quiet"
+    assert main(line.split()) == 0
+    run = expand({**load_config(path), "latents_dir": str(tmp_path)})[0]
+    latents = {d: run.latents_folder("RES", d) for d in (2, "pixelwise")}
+    assert all(folder.parent == tmp_path for folder in latents.values())
+    first = {d: np.load(f / "train-features-0.npy") for d, f in latents.items()}
+    assert first[2].shape == (240, 6 * 2 * 2)  # 6 channels pooled to 2x2
+    assert first["pixelwise"].shape[1] == 6 and first["pixelwise"].shape[0] > 240
+    for d in latents:
+        frame = pd.read_csv(run.probe_file("RES", d))
+        assert list(frame.layer)[0] == "features.0"
+    assert run.probe_file("RES", 2).name == f"{run.name}_d2_probe_performance.csv"
+
+
+def test_train_probes_fits_the_latents_there_without_training(conv_trained, tmp_path, capsys):
+    tmp, path = conv_trained
+    store = Store(tmp / "logs" / "runs.db")
+    before = store.epochs()
+    lat = str(tmp_path / "lat")
+    assert (
+        main(f"extract --config {path} --run-id RES --downsample 4 -f {lat} --quiet".split()) == 0
+    )
+    missing = f"train_probes.py --config {path} --prefix P -f {lat} --run-id OTHER".split()
+    assert main(missing) == 2
+    assert "no latents of this configuration's runs under run id 'OTHER'" in capsys.readouterr().err
+    assert main(f"train_probes.py --config {path} --prefix SomePrefix -f {lat} -mp 1".split()) == 0
+    run = expand(load_config(path))[0]
+    out = run.probe_file("RES", 4, "SomePrefix")
+    assert out.name == f"SomePrefix_{run.name}_d4_probe_performance.csv"
+    assert out.exists() and "probes written" in capsys.readouterr().out
+    assert main(f"train_probes --config {path} -f {lat} -d pixelwise --quiet".split()) == 2
+    assert store.epochs() == before  # nothing trained
+
+
+def test_the_readmes_command_lines_parse():
+    from ptera.lab.runs.cli import _arguments
+
+    prefix = "python -m ptera.lab.runs "
+    lines = [
+        line.removeprefix(prefix)
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(prefix)
+    ]
+    assert len(lines) >= 5
+    for line in lines:
+        args = _arguments(line.split())
+        assert args.config == "examples/runs.json"

@@ -320,3 +320,72 @@ def test_any_prune_then_add_is_zeroing_then_the_same_function(pruned, added):
     wb.add_neurons(2, added)
     torch.testing.assert_close(wb.model(x), ref(x), atol=1e-6, rtol=0)
     assert wb.model.out.in_features == 4 * (10 - len(pruned) + added)
+
+
+@pytest.mark.parametrize(
+    "make, layer",
+    [
+        (lambda: bench("seed"), 3),  # the output layer: reinit needs no consumer
+        (lambda: bench("seed"), "out"),
+        (plain(Untraceable), 0),  # nor a traceable forward
+        (plain(Residual), 1),  # nor a route surgery could follow
+    ],
+)
+def test_reinit_works_on_any_layer_and_changes_only_its_rows(make, layer):
+    wb = make()
+    wb.train_n_steps(1)
+    target = wb.layers[layer] if isinstance(layer, int) else wb.layers[-1]
+    before = {k: v.clone() for k, v in wb.model.state_dict().items()}
+    wb.reinit_neurons(layer, {1, 2})
+    after = wb.model.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {f"{target.name}.weight", f"{target.name}.bias"}
+    rows = after[f"{target.name}.weight"]
+    assert not torch.equal(rows[[1, 2]], before[f"{target.name}.weight"][[1, 2]])
+    assert torch.equal(rows[3:], before[f"{target.name}.weight"][3:])
+    assert not wb.optimizer.state[target.module.weight]["exp_avg"][[1, 2]].any()
+    wb.train_n_steps(1)
+
+
+def test_the_seeds_operations_run_on_the_workbench():
+    """Seed 001's "Architecture operations" and freezing, ``exp.model.`` read as ``wb.``."""
+    wb = bench("mlp")
+    wb.train_n_steps(1)
+    wb.add_neurons(layer_index=0, neuron_count=4)
+    wb.prune(layer_index=0, neuron_indices={0, 2, 4})
+    wb.reinit_neurons(layer_index=0, neuron_indices={5, 6})
+    wb.reinit_neurons(layer_index=0, neuron_indices={5, 6}, perturbation_ratio=0.2)
+    wb.layers[0].set_per_neuron_learning_rate(set(range(0, 2)), lr=0.0)
+    wb.layers[0].set_per_incoming_neuron_learning_rate(set(range(0, 2)), lr=0.0)
+    wb.freeze_layers_up_to_idx(1)
+    wb.unfreeze_layers_from_idx(1)
+    assert wb.layers[0].size == 16 + 4 - 3 and wb.frozen_layers == ["0"]
+    wb.unfreeze_layers_from_idx(0)
+    held = wb.model[0].weight.clone()
+    wb.train_n_steps(3)
+    after = wb.model[0].weight
+    assert torch.equal(after[:2], held[:2])  # neurons 0 and 1: factor 0
+    assert torch.equal(after[:, :2], held[:, :2])  # the weights reading inputs 0 and 1
+    assert not torch.equal(after[2:, 2:], held[2:, 2:])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda wb: wb.set_per_neuron_learning_rate(set(range(0, 2)), lr=0.0),
+            r"takes the layer first: .*wb.layers\[i\].set_per_neuron_learning_rate\(neurons",
+        ),
+        (
+            lambda wb: wb.set_per_incoming_neuron_learning_rate({0}, lr=0.0),
+            r"wb.layers\[i\].set_per_incoming_neuron_learning_rate\(neurons, lr=...\)",
+        ),
+        (lambda wb: wb.set_per_neuron_learning_rate(0, {0}), "needs lr="),
+    ],
+)
+def test_the_seeds_layer_form_on_the_workbench_says_what_to_call(call, message):
+    wb = bench("seed")
+    with pytest.raises(TypeError, match=message):
+        call(wb)
+    assert wb.rates.factors == {}

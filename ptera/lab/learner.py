@@ -17,6 +17,11 @@ Decisions:
 * Validation iterates the valid loader in eval mode under ``torch.no_grad()``.
 * Listener results are collected in ``learn.results`` (a ``Result``), by
   listener name, for the last ``fit``.
+* The seed's state names are read-only views where ours differ: ``xb`` and
+  ``yb`` (the current batch's inputs and targets, read from ``batch``, so a
+  callback that moves or replaces the batch is seen) and ``i`` (``iter``);
+  ``loss_f`` is another name for ``loss_fn``. Only ``batch`` is stored, so the
+  views can never disagree with it.
 """
 
 from __future__ import annotations
@@ -110,6 +115,31 @@ class Learner(Stages):
         self.training = False
         self.epoch = self.iter = 0
         self.batch = self.preds = self.loss = None
+
+    # -- the seed's names for the state -------------------------------------------
+    @property
+    def xb(self) -> Any:
+        """The current batch's inputs (``batch[0]``; ``None`` before the first batch)."""
+        return None if self.batch is None else self.split_batch(self.batch)[0]
+
+    @property
+    def yb(self) -> Any:
+        """The current batch's targets (``batch[1]``; ``None`` before the first batch)."""
+        return None if self.batch is None else self.split_batch(self.batch)[1]
+
+    @property
+    def i(self) -> int:
+        """The current batch's index in its loader (``iter``)."""
+        return self.iter
+
+    @property
+    def loss_f(self) -> Callable:
+        """The loss function (``loss_fn``), under the seed's name."""
+        return self.loss_fn
+
+    @loss_f.setter
+    def loss_f(self, fn: Callable) -> None:
+        self.loss_fn = fn
 
     # -- callbacks ---------------------------------------------------------------
     def add_cb(self, cb: Any) -> Learner:

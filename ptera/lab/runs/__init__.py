@@ -1,5 +1,5 @@
-"""Config runs, the seed's workflow: ``python -m ptera.lab.runs train|extract|probe|receptive-field
---config CONFIG.json --run-id RES``.
+"""Config runs, the seed's workflow: ``python -m ptera.lab.runs
+train|extract|probe|train-probes|receptive-field --config CONFIG.json --run-id RES``.
 
 A JSON configuration expands to a grid of runs (every list value is an axis, except
 ``metrics``); the runs are trials of ``ptera.lab.experiments`` (one store, identity,
@@ -9,6 +9,7 @@ is written from the store.
 
 from .config import AXES, DEFAULT_CONFIG, Run, expand, load_config
 from .engine import Runs, TrainingSaturation
+from .probing import probe_latents
 from .registry import (
     DATASET_REGISTRY,
     METRICS_REGISTRY,
@@ -30,4 +31,5 @@ __all__ = [
     "TrainingSaturation",
     "expand",
     "load_config",
+    "probe_latents",
 ]

@@ -1,4 +1,4 @@
-"""``python -m ptera.lab.runs train|extract|probe|receptive-field --config C --run-id R``."""
+"""``python -m ptera.lab.runs train|extract|probe|train-probes|receptive-field --config C``."""
 
 import sys
 

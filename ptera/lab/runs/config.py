@@ -11,6 +11,9 @@ Decisions:
 * ``logs_dir``, ``latents_dir``, ``device``, ``downsampling`` and ``data_parallel``
   are settings of the whole configuration, not axes (a list there is an error).
 * ``data_parallel`` is accepted for the seed's files but only ``false`` runs.
+* Names in ``model``, ``dataset``, ``optimizer`` and ``metrics`` are replaced by
+  their registry entry's own name (``"Top5Accuracy"`` becomes ``top5_accuracy``,
+  see ``Registry.canonical``), so two spellings of a name are one run.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..representations.probes import PROBE_FILE
 from ..representations.saturation import check_options
 from .registry import DATASET_REGISTRY, METRICS_REGISTRY, MODEL_REGISTRY, OPTIMIZER_REGISTRY
 
@@ -97,6 +101,15 @@ class Run:
             / run_id
         )
 
+    def latents_folder(self, run_id: str, downsampling: Any) -> Path:
+        """``latents_dir/<name>_<run_id>_d<downsampling>``: one folder per resolution."""
+        return Path(self.latents_dir) / f"{self.name}_{run_id}_d{downsampling}"
+
+    def probe_file(self, run_id: str, downsampling: Any, prefix: str | None = None) -> Path:
+        """``[<prefix>_]<name>_d<downsampling>_probe_performance.csv`` in the run's folder."""
+        name = f"{self.name}_d{downsampling}_{PROBE_FILE}"
+        return self.folder(run_id) / (f"{prefix}_{name}" if prefix else name)
+
     def config(self) -> dict:
         """This run alone, as a configuration (every axis a one-value list)."""
         out = {k: [getattr(self, k)] for k in AXES}
@@ -145,14 +158,17 @@ def load_config(source: str | os.PathLike | dict) -> dict:
 
 
 def _check(config: dict) -> None:
-    for name in config["model"]:
-        MODEL_REGISTRY.lookup(name, "model")
-    for name in config["dataset"]:
-        DATASET_REGISTRY.lookup(name, "dataset")
-    for name in config["optimizer"]:
-        OPTIMIZER_REGISTRY.lookup(name, "optimizer")
-    for name in config["metrics"]:
-        METRICS_REGISTRY.lookup(name, "metrics")
+    registries = (
+        ("model", MODEL_REGISTRY),
+        ("dataset", DATASET_REGISTRY),
+        ("optimizer", OPTIMIZER_REGISTRY),
+        ("metrics", METRICS_REGISTRY),
+    )
+    for key, registry in registries:
+        for name in config[key]:
+            registry.lookup(name, key)
+        # The registry's own names from here on: "MCC" and "mcc" are one run, one column.
+        config[key] = list(dict.fromkeys(registry.canonical(n, key) for n in config[key]))
     for key in ("epoch", "batch_size", "resolution"):
         for v in config[key]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -27,6 +27,10 @@ Decisions:
   are kept. ``extract`` and ``probe`` train what is not trained yet, then do
   their step; extraction is skipped when the latent folder already holds both
   splits of the same checkpoint.
+* Each resolution (``downsampling``) has its own latent folder
+  (``Run.latents_folder``) and its own probe results (``Run.probe_file``, the
+  resolution in the name), so several resolutions of one run never overwrite
+  each other.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from ..experiments import ChangeOptimizer, ChangeTrainLoader, Experiment, Metric
 from ..representations.flops import computational_info
 from ..representations.latents import extract_latents, load_manifest
 from ..representations.layers import default_layers
-from ..representations.probes import PROBE_FILE, train_probes
+from ..representations.probes import train_probes
 from ..representations.receptive import receptive_field, spatial_layers
 from ..representations.saturation import Saturation, plot_saturation
 from .config import Run, expand, load_config
@@ -132,12 +136,20 @@ class Runs:
     """The runs of a configuration under ``run_id``: ``train``, ``extract``, ``probe``,
     ``receptive_field``. ``device`` overrides the configuration's."""
 
-    def __init__(self, config: dict | str | os.PathLike, run_id: str, device: str | None = None):
+    def __init__(
+        self,
+        config: dict | str | os.PathLike,
+        run_id: str,
+        device: str | None = None,
+        latents_dir: str | os.PathLike | None = None,
+    ):
         if not isinstance(run_id, str) or not run_id or "/" in run_id:
             raise ValueError(f"run_id must be a non-empty name without '/', got {run_id!r}")
         self.config = load_config(config)
         if device is not None:
             self.config["device"] = device
+        if latents_dir is not None:
+            self.config["latents_dir"] = os.fspath(latents_dir)
         self.run_id = run_id
         self.runs = expand(self.config)
         self.store = Path(self.config["logs_dir"]) / STORE
@@ -249,37 +261,51 @@ class Runs:
 
     def extract(
         self,
-        downsampling: int | str | None = None,
+        downsampling: Any = None,
         executor: Any = None,
         processes: int | None = None,
         verbose: bool = True,
     ) -> list[Path]:
-        """Train what is missing, then write each run's latents; returns their folders."""
+        """Train what is missing, then write each run's latents; returns their folders.
+
+        ``downsampling`` is one resolution (``4``, ``"pixelwise"``, ``None``: the
+        configuration's) or a list of them, each extracted to its own folder (in a
+        list, ``None`` is no pooling).
+        """
+        resolutions = _resolutions(downsampling)
         self.train(executor, processes, verbose)
         folders = []
         for group in self.groups:
             for run in group.runs:
-                folders.append(self._extract(group, run, downsampling, verbose))
+                for d in resolutions:
+                    folders.append(self._extract(group, run, d, verbose))
         return folders
 
     def probe(
         self,
-        downsampling: int | str | None = None,
+        downsampling: Any = None,
         executor: Any = None,
         processes: int | None = None,
         verbose: bool = True,
+        prefix: str | None = None,
     ) -> list[Any]:
-        """Train and extract what is missing, then fit the probes of every run."""
+        """Train and extract what is missing, then fit the probes of every run, at each
+        resolution of ``downsampling`` (as in ``extract``): each resolution's results
+        go to ``Run.probe_file`` (``[prefix_]<run>_d<D>_probe_performance.csv``)."""
+        resolutions = _resolutions(downsampling)
+        _check_prefix(prefix)
         self.train(executor, processes, verbose)
         frames = []
         for group in self.groups:
             for run in group.runs:
-                latents = self._extract(group, run, downsampling, verbose)
-                out = run.folder(self.run_id) / f"{run.name}_{PROBE_FILE}"
-                frame = train_probes(latents, n_jobs=processes, out=out)
-                if verbose:
-                    print(f"{run.name}: probes written to {out}", flush=True)
-                frames.append(frame)
+                for asked in resolutions:
+                    latents = self._extract(group, run, asked, verbose)
+                    d = run.downsampling if asked is _CONFIGURED else asked
+                    out = run.probe_file(self.run_id, d, prefix)
+                    frame = train_probes(latents, n_jobs=processes, out=out)
+                    if verbose:
+                        print(f"{run.name}: probes written to {out}", flush=True)
+                    frames.append(frame)
         return frames
 
     def receptive_field(self, verbose: bool = True) -> list[Any]:
@@ -345,11 +371,9 @@ class Runs:
                 shutil.copyfile(source, tmp)
                 os.replace(tmp, folder / f"{run.name}.pt")
 
-    def _extract(
-        self, group: Group, run: Run, downsampling: int | str | None, verbose: bool
-    ) -> Path:
-        d = run.downsampling if downsampling is None else downsampling
-        folder = Path(run.latents_dir) / f"{run.name}_{self.run_id}_d{d}"
+    def _extract(self, group: Group, run: Run, downsampling: Any, verbose: bool) -> Path:
+        d = run.downsampling if downsampling is _CONFIGURED else downsampling
+        folder = run.latents_folder(self.run_id, d)
         checkpoint = str(run.folder(self.run_id) / f"{run.name}.pt")
         trial = f"{group.trials[run].id}@{self.last_epoch(group, run)}"
         manifest = load_manifest(folder)
@@ -370,6 +394,34 @@ class Runs:
         if verbose:
             print(f"{run.name}: latents written to {folder}", flush=True)
         return folder
+
+
+_CONFIGURED = object()  # the configuration's downsampling (None there means "no pooling")
+
+
+def _resolutions(downsampling: Any) -> list:
+    """The resolutions asked for, in order, once each; ``None`` is the configuration's."""
+    if downsampling is None:
+        return [_CONFIGURED]
+    if isinstance(downsampling, (list, tuple)):
+        if not downsampling:
+            raise ValueError("downsampling: an empty list asks for no resolution")
+        asked = list(dict.fromkeys(downsampling))
+    else:
+        asked = [downsampling]
+    for d in asked:
+        if not (
+            d is None
+            or d == "pixelwise"
+            or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+        ):
+            raise ValueError(f"downsampling: a positive int, 'pixelwise' or None, got {d!r}")
+    return asked
+
+
+def _check_prefix(prefix: str | None) -> None:
+    if prefix is not None and (not isinstance(prefix, str) or "/" in prefix or os.sep in prefix):
+        raise ValueError(f"prefix must be a file-name part without '/', got {prefix!r}")
 
 
 def _tables(frame: Any, layers: list[str]) -> tuple[Any, Any]:

@@ -10,6 +10,10 @@ Each registry is a dict from name to factory; add an entry (``MODEL_REGISTRY["mi
 * An optimizer factory returns ``(optimizer class, hyperparameters)``.
 * A metric is ``fn(model, test_set) -> number``, or ``None`` for the loss and
   accuracy that every run records.
+
+Names match regardless of case, ``_`` and ``-`` when exactly one entry does (the
+seed's ``"Top5Accuracy"`` is ``top5_accuracy``, ``"MCC"`` is ``mcc``);
+``canonical`` gives the entry's own name, which the configuration then uses.
 """
 
 from __future__ import annotations
@@ -40,23 +44,43 @@ class Registry(dict):
         super().__init__(entries)
         self.what = what
 
-    def lookup(self, name: Any, key: str) -> Any:
-        """The factory for ``name``; a ``ValueError`` naming the config ``key`` otherwise."""
+    def canonical(self, name: Any, key: str) -> str:
+        """The entry's own name for ``name`` (exact, or the one entry equal to it
+        regardless of case, ``_`` and ``-``); an import path as given. A
+        ``ValueError`` naming the config ``key`` for an unknown or ambiguous name."""
         if not isinstance(name, str):
             raise ValueError(
                 f"config key {key!r}: a {self.what} name must be a string, got {name!r}"
             )
-        if name in self:
-            return self[name]
-        if ":" in name:
-            try:
-                return import_object(name)
-            except ValueError as exc:
-                raise ValueError(f"config key {key!r}: {exc}") from None
+        if name in self or ":" in name:
+            return name
+        matches = [entry for entry in self if _fold(entry) == _fold(name)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ValueError(
+                f"config key {key!r}: {self.what} {name!r} is ambiguous"
+                f" (it matches {', '.join(sorted(matches))}): write one of them exactly"
+            )
         raise ValueError(
             f"config key {key!r}: unknown {self.what} {name!r}"
             f" (known: {', '.join(sorted(self))}; or 'package.module:factory')"
         )
+
+    def lookup(self, name: Any, key: str) -> Any:
+        """The factory for ``name`` (see ``canonical``); a ``ValueError`` naming the
+        config ``key`` otherwise."""
+        name = self.canonical(name, key)
+        if name in self:
+            return self[name]
+        try:
+            return import_object(name)
+        except ValueError as exc:
+            raise ValueError(f"config key {key!r}: {exc}") from None
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
 
 
 # -- datasets ---------------------------------------------------------------------------

@@ -5,9 +5,10 @@ from .neurons import NeuronStats
 from .rates import NeuronRates
 from .routes import SurgeryError
 from .samples import SampleTable
-from .workbench import Workbench
+from .workbench import BenchLayer, Workbench
 
 __all__ = [
+    "BenchLayer",
     "Layer",
     "NeuronRates",
     "NeuronStats",

@@ -102,7 +102,8 @@ def find_route(model: nn.Module, graph: fx.Graph, layer: Layer) -> Route:
             if kind == "output":
                 raise SurgeryError(
                     f"{where} feeds the model's output: its neurons are the model's outputs,"
-                    " and surgery only works on layers followed by another Linear or Conv2d"
+                    " and prune and add_neurons only work on layers followed by another Linear or"
+                    " Conv2d (reinit_neurons works on any layer)"
                 )
             if kind == "unsupported" or (mixed and kind != "pass" and kind != "mix"):
                 raise SurgeryError(

@@ -22,12 +22,21 @@ Decisions:
   change with sizes) and then only edits tensors.
 * Checkpoints go to ``root`` (by default a temporary folder, made at the first
   ``dump``).
+* The seed's ``exp.model.<operation>(...)`` is ``wb.<operation>(...)`` with the
+  same arguments (the user's model class is never given methods), and its
+  ``exp.model.layers[i].set_per_neuron_learning_rate(neurons, lr=)`` is
+  ``wb.layers[i]....``: ``wb.layers`` are ``BenchLayer``s bound to the workbench.
+  The layer method's form called on the workbench (neurons, no layer) is an
+  error saying both ways to write it.
+* ``reinit_neurons`` changes no shape, so it needs no consumer: it works on the
+  output layer; ``prune`` and ``add_neurons`` need one.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +55,25 @@ from .routes import Route, SurgeryError, find_route, trace
 from .samples import AllowedBatches, OrderedBatches, SampleTable
 
 __all__ = ["Workbench"]
+
+
+_LAYER_FIRST: Any = object()  # no neurons given: the seed's per-layer call made on the workbench
+
+
+@dataclass(frozen=True, repr=False)
+class BenchLayer(Layer):
+    """An operable layer of a workbench, with the seed's per-layer operations
+    (``exp.model.layers[0].set_per_neuron_learning_rate(...)`` in WeightsLab)."""
+
+    bench: Workbench = field(compare=False)
+
+    def set_per_neuron_learning_rate(self, neurons: Iterable[int], lr: float) -> None:
+        """``wb.set_per_neuron_learning_rate(this layer, neurons, lr)``."""
+        self.bench.set_per_neuron_learning_rate(self.name, neurons, lr)
+
+    def set_per_incoming_neuron_learning_rate(self, neurons: Iterable[int], lr: float) -> None:
+        """``wb.set_per_incoming_neuron_learning_rate(this layer, neurons, lr)``."""
+        self.bench.set_per_incoming_neuron_learning_rate(self.name, neurons, lr)
 
 
 class _Steps:
@@ -171,9 +199,11 @@ class Workbench:
         return f"Workbench({self.name!r}, step={self.step}, seen={self.seen}, layers=[{layers}])"
 
     @property
-    def layers(self) -> list[Layer]:
-        """The operable layers (``Linear`` and ``Conv2d`` leaves, in module order)."""
-        return operable_layers(self.model)
+    def layers(self) -> list[BenchLayer]:
+        """The operable layers (``Linear`` and ``Conv2d`` leaves, in module order), each
+        with the seed's per-layer methods (``set_per_neuron_learning_rate(neurons, lr=)``)."""
+        return [BenchLayer(layer.index, layer.name, layer.module, self) for layer in
+                operable_layers(self.model)]  # fmt: skip
 
     @property
     def chkpt_manager(self) -> CheckpointStore:
@@ -290,8 +320,12 @@ class Workbench:
         neuron_indices: Iterable[int],
         perturbation_ratio: float | None = None,
     ) -> None:
-        """Re-draw the neurons' incoming weights and biases, or perturb them by a relative noise."""
-        route = self._route(layer_index)
+        """Re-draw the neurons' incoming weights and biases, or perturb them by a relative noise.
+
+        No shape changes, so unlike ``prune`` and ``add_neurons`` this works on any
+        operable layer, the output layer included, and needs no traceable forward.
+        """
+        route = Route(resolve_layer(self.model, layer_index), norms=(), consumers=())
         self._follow(
             surgery.reinit_neurons(
                 route, self.optimizer, neuron_indices, perturbation_ratio, self.generator
@@ -300,6 +334,15 @@ class Workbench:
 
     # -- learning rates and freezing -------------------------------------------------------
     def _set_rate(self, layer_index, neurons, lr, axis: str) -> None:
+        if neurons is _LAYER_FIRST:  # the seed's layer method called on the workbench
+            method = f"set_per{'' if axis == 'out' else '_incoming'}_neuron_learning_rate"
+            raise TypeError(
+                f"wb.{method} takes the layer first: wb.{method}(layer_index, neurons, lr=...),"
+                f" or on the layer, as in the seed: wb.layers[i].{method}(neurons, lr=...)"
+                f" (got {layer_index!r} for layer_index and no neurons)"
+            )
+        if lr is None:
+            raise TypeError("a per-neuron learning rate needs lr= (a factor of the base rate)")
         layer = resolve_layer(self.model, layer_index)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
             raise ValueError(f"a learning-rate factor is a number >= 0, not {lr!r}")
@@ -312,15 +355,21 @@ class Workbench:
         self.rates.set(layer.name, axis, idx, lr)
 
     def set_per_neuron_learning_rate(
-        self, layer_index: int | str, neurons: Iterable[int], lr: float
+        self, layer_index: int | str, neurons: Iterable[int] = _LAYER_FIRST, lr: float | None = None
     ) -> None:
-        """Scale the learning rate of ``neurons`` (their rows and biases) by ``lr``; 0 freezes them."""
+        """Scale the learning rate of ``neurons`` (their rows and biases) by ``lr``; 0 freezes them.
+
+        ``wb.layers[i].set_per_neuron_learning_rate(neurons, lr=...)`` is the seed's form.
+        """
         self._set_rate(layer_index, neurons, lr, "out")
 
     def set_per_incoming_neuron_learning_rate(
-        self, layer_index: int | str, neurons: Iterable[int], lr: float
+        self, layer_index: int | str, neurons: Iterable[int] = _LAYER_FIRST, lr: float | None = None
     ) -> None:
-        """Scale the learning rate of the weights reading input ``neurons`` (columns) by ``lr``."""
+        """Scale the learning rate of the weights reading input ``neurons`` (columns) by ``lr``.
+
+        ``wb.layers[i].set_per_incoming_neuron_learning_rate(neurons, lr=...)`` is the seed's form.
+        """
         self._set_rate(layer_index, neurons, lr, "in")
 
     def freeze_layers_up_to_idx(self, index: int) -> None:
