@@ -417,7 +417,7 @@ class _Parser:
             if is_fn_path or self.peek() == ">":
                 return Scope(fn, span=self.span_from(start))
             self.error("a dotted name or module path names a function: expected '>' or brackets")
-        return self.var_suffix(var, focus, start, name_at)
+        return self.var_suffix(var, focus, start)
 
     def focus_mark(self) -> Focus:
         """Read ``!`` or ``!!`` if present, remembering where (one of each is allowed)."""
@@ -498,19 +498,23 @@ class _Parser:
             scope = replace(scope, children=scope.children + (self.as_var,))
         return scope
 
-    def var_suffix(self, var: Var, focus: Focus, start: int, name_at: int) -> Var:
-        """A variable's ``:tag``, ``=value`` (or ``~predicate``) and ``as name``, in that order."""
+    def var_suffix(self, var: Var, focus: Focus, start: int) -> Var:
+        """A variable's ``:tag``, ``=value`` (or ``~predicate``) and ``as name``."""
         if self.take(":"):
             var = replace(var, tag=self.tag())
-        if self.take("="):
-            var = replace(var, value=self.literal())
-        elif self.take("~"):
-            var = replace(var, value=self.predicate())
-        if self.take_word("as"):
-            if var.name is None and var.capture is not None:
-                self.error("'$name' is already a capture name; 'as' is not allowed", name_at)
+        var = self.var_filter(var)
+        if self.take_word("as"):  # `$v as w` renames the capture too, as 1.4 did
             var = replace(var, capture=self.ident("a name after 'as'"))
+            if var.value is NOVALUE:  # 1.4 also read `x as y=1`
+                var = self.var_filter(var)
         return replace(var, focus=focus, span=self.span_from(start))
+
+    def var_filter(self, var: Var) -> Var:
+        if self.take("="):
+            return replace(var, value=self.literal())
+        if self.take("~"):
+            return replace(var, value=self.predicate())
+        return var
 
     def take_word(self, word: str) -> bool:
         self.skip_ws()

@@ -132,6 +132,8 @@ def test_corpus_is_large_enough():
         ("step{!!loss} >> h[1] as h", "step{!!loss, >> h{#key=1, !#value as h}}"),
         ("f(x, )", "f(x)"),
         ("f(j ~ every( 3, ))", "f{j~every(3)}"),
+        ("f > $v as w", "f > $w"),  # 1.4 let `as` rename a `$` capture
+        ("f(x as xx=1) > y", "f(x=1 as xx) > y"),  # and read a filter after `as`
     ],
 )
 def test_equivalences(left, right):
