@@ -75,7 +75,7 @@ from .selector import SelectorError, select
 from .selfless import PteraFunction
 from .state import ConflictError
 from .tags import Tag, TagSet, annotation_parts, match_tag, tag
-from .transform import ABSENT, priority_wrapper
+from .transform import ABSENT, closure_values, priority_wrapper
 
 __all__ = ["CliError", "auto_cli", "find_options", "read_config"]
 
@@ -106,7 +106,7 @@ class Site:
         """The names the declaring function sees: its closure, its module, builtins."""
         if self.fn is None:
             return {}
-        return ChainMap(_closure(self.fn), self.fn.__globals__, vars(builtins))
+        return ChainMap(closure_values(self.fn), self.fn.__globals__, vars(builtins))
 
     @property
     def where(self) -> str:
@@ -226,16 +226,6 @@ def _shown(value: Any, site: Site | None = None) -> str:
     if site is not None and site.text and not isinstance(value, _SCALARS + _CONTAINERS):
         return site.text  # `torch.relu`, not `<built-in method relu ...>`
     return repr(value)
-
-
-def _closure(fn: types.FunctionType) -> dict:
-    out = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        try:
-            out[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            pass
-    return out
 
 
 def _strip_commands(doc: str) -> str:
@@ -401,7 +391,7 @@ def _static_value(expr: ast.expr, fn: types.FunctionType) -> Any:
         return ast.literal_eval(expr)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         pass
-    namespace = ChainMap(_closure(fn), fn.__globals__, vars(builtins))
+    namespace = ChainMap(closure_values(fn), fn.__globals__, vars(builtins))
 
     def value(node: ast.expr) -> Any:
         if isinstance(node, ast.Constant):

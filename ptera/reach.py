@@ -35,6 +35,8 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
+from .transform import closure_values
+
 __all__ = ["MAX_CALL_DEPTH", "MAX_FUNCTIONS", "reachable"]
 
 # Each step down multiplies what is read (a source per function), and the variables a
@@ -70,16 +72,6 @@ def _functions_in(obj: Any) -> Iterable[types.FunctionType]:
                     break
 
 
-def _cells(fn: types.FunctionType) -> dict[str, Any]:
-    out = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        try:
-            out[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            pass
-    return out
-
-
 def _names(code: types.CodeType) -> set[str]:
     """Names used by a code object and the code nested in it (lambdas, comprehensions)."""
     names = set(code.co_names) | set(code.co_freevars)
@@ -102,7 +94,7 @@ def _owner_class(fn: types.FunctionType) -> type | None:
 
 def _callees(fn: types.FunctionType) -> Iterable[types.FunctionType]:
     names = _names(fn.__code__)
-    scope = {**fn.__globals__, **_cells(fn)}
+    scope = {**fn.__globals__, **closure_values(fn)}
     holders = [scope[n] for n in names if isinstance(scope.get(n), (types.ModuleType, type))]
     owner = _owner_class(fn)
     if owner is not None:

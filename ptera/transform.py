@@ -478,14 +478,19 @@ def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
 
             parts = [p.strip() for p in expr.value.split("&")]
             return get_tags(*(p[1:] for p in parts if p.startswith("@")))
-    env = dict(fn.__globals__)
-    if fn.__closure__:
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
-            try:
-                env[name] = cell.cell_contents
-            except ValueError:
-                pass
+    env = {**fn.__globals__, **closure_values(fn)}
     return eval(compile(ast.Expression(expr), "<annotation>", "eval"), env)
+
+
+def closure_values(fn: types.FunctionType) -> dict[str, Any]:
+    """The values of ``fn``'s closure cells by name (empty cells left out)."""
+    out = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    return out
 
 
 def _annotations(fn, scan: _Scanner) -> dict[str, Any]:
