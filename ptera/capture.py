@@ -538,15 +538,31 @@ def _immediate(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> 
 
 
 def _beside(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
-    """A capture of a side branch: also kept by the nearest match on the focus's path."""
+    """A capture of a side branch: also kept by the nearest match on the focus's path.
+
+    With filters in the branch, its captures go up while none of its filters has
+    seen a wrong value (one not yet set lets them through, as 1.4), and are taken
+    back when one does.
+    """
     value = _immediate(match, spec, name, value, key)
-    if value is not ABSENT and not match.failed and _key_ok(spec, key):
-        sides, keeper = match.rule.sides, match.parent
-        while keeper is not None and keeper.template.node in sides:
-            keeper = keeper.parent
-        if keeper is not None:
-            keeper.captures[spec.out] = value
-            keeper.names[spec.out] = name
+    if value is ABSENT or not _key_ok(spec, key):
+        return value
+    sides, keeper = match.rule.sides, match.parent
+    while keeper is not None and keeper.template.node in sides:
+        keeper = keeper.parent
+    if keeper is None:
+        return value
+    if not match.template.filters:
+        keeper.captures[spec.out] = value
+        keeper.names[spec.out] = name
+        return value
+    refused = any(ok is False for k, ok in match.names.items() if type(k) is tuple)
+    for out, got in match.captures.items():
+        if refused:
+            keeper.captures.pop(out, None)
+        else:
+            keeper.captures[out] = got
+            keeper.names[out] = match.names.get(out, out)
     return value
 
 
@@ -602,13 +618,14 @@ def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         return value
     entry = (name, value)
     if spec.focus == 1:
-        if match.pending is not None:
-            match.flush()
         if spec.value is not NOVALUE:
-            # `f > y=2`: another value of y is no focus value (it only ends the last one)
+            # `f > y=2`: another value of y is no focus value (as in 1.4, the last
+            # one stays current)
             if not filter_eq(value, spec.value):
                 return value
             match.check(spec, value)
+        if match.pending is not None:
+            match.flush()
         pending: dict = {}
         for a in match.chain() or [match]:
             for out, lst in a.captures.items():

@@ -338,7 +338,8 @@ def _collection_name(name: str, where: str) -> str:
     if name.startswith("_") or hasattr(Result, name) or name in ("value", "fields", "activation"):
         raise ValueError(
             f"{where}: '{name}' cannot name a collection: result.{name} is the Result's own"
-            " (result.value is the call's return value); choose another name"
+            " attribute (result.value is the call's return value, result.fields holds the"
+            " collections); choose another name"
         )
     return name
 

@@ -240,7 +240,11 @@ class Satisfies:
         self.fn = fn
 
     def matches(self, value: Any) -> bool:
-        return bool(self.fn(value))
+        try:
+            return bool(self.fn(value))
+        except Exception as exc:
+            exc.add_note(f"(raised by the selector's ~ function {self.fn!r} on {value!r:.80})")
+            raise
 
     def __repr__(self):
         return f"Satisfies({self.fn!r})"
@@ -265,9 +269,15 @@ def satisfies(pred: Predicate, env: Mapping[str, Any] | None) -> Satisfies:
     return Satisfies(fn)
 
 
-def _predicate_head(var: Any, env: Mapping[str, Any] | None) -> Any:
-    head = var.value.name.split(".")[0]
-    return env.get(head) if env else None
+def _predicate_target(var: Any, env: Mapping[str, Any] | None) -> Any:
+    """What a ``~`` name stands for now (``cfg.pred``: the attribute, not ``cfg``)."""
+    head, *rest = var.value.name.split(".")
+    if not env or head not in env:
+        return None
+    try:
+        return _getattr_path(env[head], rest)
+    except AttributeError:
+        return None
 
 
 class _Compiler:
@@ -690,7 +700,7 @@ def compile_selector(
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     ) + tuple(  # `~` filters: the function each names, as bound now
-        (n.value, id(_predicate_head(n, env)))
+        (n.value, id(_predicate_target(n, env)))
         for n in selector.walk()
         if isinstance(n, Var) and isinstance(n.value, Predicate)
     )
@@ -773,6 +783,11 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     # (`/mod/f`) may be rebound behind the object, so those always resolve. "/" is
     # never in an env, which turns the fast path off.
     heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
+    if any(
+        isinstance(n, Var) and isinstance(n.value, Predicate) and "." in n.value.name
+        for n in selector.walk()
+    ):
+        heads += ("/",)  # `~cfg.pred`: the attribute may be rebound behind `cfg`
     return heads, tuple(tags)
 
 

@@ -495,3 +495,69 @@ def test_one_variable_under_two_names(selector, probe_type):
     with probing(selector, probe_type=probe_type).values() as got:
         steps(1)
     assert got == [{"y": 3, "yy": 3}]
+
+
+@tooled
+def checked_side(x, final):
+    s = x + 1
+    t = s * 2
+    t = final
+    return t
+
+
+@tooled
+def keeper(x, final):
+    checked_side(x, final)
+    w = 1
+    return w
+
+
+@pytest.mark.parametrize(
+    "final, expected",
+    [
+        (4, [{"s": 2, "t": 4, "w": 1}]),  # t=4 once the side call is over: kept
+        (5, [{"w": 1}]),  # t ends at 5: the side call's captures are taken back
+    ],
+)
+def test_side_captures_follow_their_filters(final, expected):
+    with probing("keeper(!w) > checked_side(s, t=4)").values() as got:
+        keeper(1, final)
+    assert got == expected
+
+
+@tooled
+def twice_set(x):
+    y = 2
+    y = 3
+    z = 30
+    return z
+
+
+def test_a_filtered_total_focus_stays_current_past_other_values():
+    with probing("twice_set(!y=2, z)", probe_type="total").values() as got:
+        twice_set(1)
+    assert got == [{"y": 2, "z": 30}]
+
+
+def test_a_dotted_match_function_rebound_behind_its_object_is_used():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(pred=lambda v: v > 2)
+    seen = []
+    for rebound in (lambda v: v < 2, None):
+        with probing("steps(x~cfg.pred) > y").values() as got:
+            for k in range(1, 5):
+                steps(k)
+        seen.append(sorted({r["x"] for r in got}))
+        cfg.pred = rebound
+    assert seen == [[3, 4], [1]]
+
+
+def test_an_error_in_a_match_function_says_where_it_came_from():
+    def gt(n):
+        return lambda v: v > n
+
+    with pytest.raises(TypeError) as err:
+        with probing("steps(x~gt(2)) > y"):
+            steps(None)
+    assert "raised by the selector's ~ function" in "".join(err.value.__notes__)
