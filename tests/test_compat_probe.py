@@ -528,7 +528,7 @@ def test_side_captures_follow_their_filters(final, expected):
 @tooled
 def twice_set(x):
     y = 2
-    y = 3
+    y = 3  # noqa: F841 (probed)
     z = 30
     return z
 
