@@ -74,7 +74,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from .capture import FlatRoot, Match, Rule, filter_eq
-from .compiled import overlay_ended, overlay_started
+from .compiled import compiled_meanwhile, nothing_compiled, overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
@@ -140,6 +140,7 @@ class _FnPlan:
         "all_roots",
         "shared_frame",
         "flat_children",
+        "flat_roots",
     )
 
     def __init__(self):
@@ -154,6 +155,9 @@ class _FnPlan:
         # Every entry is a flat rule's template one `>>` below a root: (rule, root node,
         # handlers) for each, the calls report into the root's list (capture.FlatRoot).
         self.flat_children: tuple | None = None
+        # Every entry is a flat rule's root: the call opens one list per entry and pushes
+        # a frame for the calls below, with no parent, key or Python frame to look up.
+        self.flat_roots = False
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
         self.entries.append((t, rule, handlers))
@@ -178,6 +182,8 @@ class _FnPlan:
             self.shared_frame = Frame(None, matches, None, False)
         if all(rule.flat and t.parent is not None for t, rule, _ in self.entries):
             self.flat_children = tuple((rule, t.parent, h) for t, rule, h in self.entries)
+        # (A flat root is never keyed and has no `#exit`: see capture._is_flat.)
+        self.flat_roots = all(rule.flat and t.parent is None for t, rule, _ in self.entries)
 
 
 class Plan:
@@ -217,10 +223,14 @@ class Frame:
     """A live call of an instrumented function that some active template matched.
 
     ``matches`` pairs each match with its handlers; ``match``/``handlers`` repeat the pair
-    when there is exactly one, for the fast path of ``_report``.
+    when there is exactly one, for the fast path of ``_report``. ``parent`` is the frame
+    below on the stack, ``token`` the stack's token when the frame is pushed, ``pyframe``
+    the Python frame when a child must check that it is called directly, ``exit``
+    whether ``_exit`` has work.
     """
 
     __slots__ = ("parent", "matches", "match", "handlers", "token", "pyframe", "exit")
+    flat_roots = False  # every match is a FlatRoot (see _RootsFrame)
 
     def __init__(self, parent, matches, pyframe, exit):
         self.parent = parent
@@ -232,6 +242,14 @@ class Frame:
             self.match, self.handlers = matches[0]
         else:
             self.match = self.handlers = None
+
+
+class _RootsFrame(Frame):
+    """A call where only flat rules' roots start (``_FnPlan.flat_roots``): its exit
+    flushes each ``FlatRoot``, with no exit handlers to look up (flat rules have none)."""
+
+    __slots__ = ()
+    flat_roots = True
 
 
 def _find_parent(frame, rule, node, deep, pyframe, fns=None):
@@ -676,6 +694,8 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             return fp.shared_frame
         if fp.flat_children is not None:
             return _enter_flat(fp.flat_children)
+        if fp.flat_roots:
+            return _enter_roots(fp)
         if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
             # Every template starts here: no parent to find, no key, nothing to push.
             return Frame(
@@ -719,6 +739,21 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             frame.token = frame_var.set(frame)
         return frame
 
+    def _enter_roots(fp: _FnPlan):
+        """``_enter`` for a call where only flat rules' roots start: a fresh list for
+        each, and the frame pushed when rules reach the calls below."""
+        entries = fp.entries
+        if len(entries) == 1:
+            ((t, rule, handlers),) = entries
+            matches = [(FlatRoot(t, rule), handlers)]
+        else:
+            matches = [(FlatRoot(t, rule), handlers) for t, rule, handlers in entries]
+        if not fp.pushes_frame:
+            return _RootsFrame(None, matches, None, True)
+        frame = _RootsFrame(frame_var.get(), matches, None, True)
+        frame.token = frame_var.set(frame)
+        return frame
+
     def _enter_flat(children: tuple):
         """``_enter`` for a call whose templates all report into a flat root above it."""
         stack = frame_var.get()
@@ -744,7 +779,6 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
     def _exit(frame, error):
         if frame is None or not frame.exit:
             return
-        frame.pyframe = None
         if frame.token is not None:
             try:
                 frame_var.reset(frame.token)
@@ -752,16 +786,22 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
                 frame_var.set(frame.parent)
             frame.token = None
         try:
-            for match, handlers in frame.matches:
-                if error is not ABSENT and not isinstance(error, GeneratorExit):
-                    for h in handlers.get("#error", ()):
-                        h(match, "#error", error, ABSENT)
-                for h in handlers.get("#exit", ()):
-                    h(match, "#exit", True, ABSENT)
-                if match.pending is not None and match.template.holder:
-                    match.flush()
-                if match.deferred is not None and match.parent is None:
-                    match.release()
+            if frame.flat_roots:
+                for root, _ in frame.matches:
+                    if root.pending is not None:  # (once, even if exit runs twice)
+                        root.flush()
+            else:
+                frame.pyframe = None
+                for match, handlers in frame.matches:
+                    if error is not ABSENT and not isinstance(error, GeneratorExit):
+                        for h in handlers.get("#error", ()):
+                            h(match, "#error", error, ABSENT)
+                    for h in handlers.get("#exit", ()):
+                        h(match, "#exit", True, ABSENT)
+                    if match.pending is not None and match.template.holder:
+                        match.flush()
+                    if match.deferred is not None and match.parent is None:
+                        match.release()
         except BaseException:
             # A listener of this exit raised: the work it queued goes with it (else a
             # later exit would run it too, e.g. a second SGD step from one Grad).
@@ -856,8 +896,8 @@ class Resident:
         # threads read a consistent pair; the base's identity skips hashing its rules.
         self.last: tuple = (None, None)
 
-    def enter(self) -> tuple[Token, Plan]:
-        """Make the rules active in this context for one call; pass the pair to ``leave``."""
+    def enter(self) -> tuple[Token, Plan, bool]:
+        """Make the rules active in this context for one call; pass the triple to ``leave``."""
         engine = self.engine
         plan = engine.plan.get()
         base, new = self.last
@@ -873,17 +913,23 @@ class Resident:
                 new = engine._plan_with(plan, self.rules, self.plans)
             self.last = (plan, new)
         # torch.compile's stance follows the calls, not the hold: an object kept alive
-        # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
+        # must not keep compiled code elsewhere eager.
         if self.per_call:
             with engine._section:
                 engine._install_counted(self.per_call)
                 overlay_started()
+            counted = True
+        elif nothing_compiled():
+            # No compiled code to keep eager (the common case): no lock and no count;
+            # ``leave`` sees whether something was compiled during the call.
+            counted = False
         else:
             with engine.lock:  # the stance's count changes no interest counts
                 overlay_started()
-        return engine.plan.set(new), new
+            counted = True
+        return engine.plan.set(new), new, counted
 
-    def leave(self, token: Token, plan: Plan) -> None:
+    def leave(self, token: Token, plan: Plan, counted: bool) -> None:
         """End the call's activation (in the context that entered, like a token)."""
         engine = self.engine
         try:
@@ -896,12 +942,16 @@ class Resident:
                 engine.plan.reset(token)
                 engine.plan.set(Plan(_without(rules_now, self.rules), engine.epoch, engine.rules))
         finally:
-            with engine.lock:
-                if self.per_call:
-                    engine._install(_count(engine.counts, self.per_call, -1))
-                overlay_ended()
-                if engine.deferred:  # objects collected inside the engine: released here
-                    engine._release_deferred()
+            if counted or engine.deferred or not nothing_compiled():
+                with engine.lock:
+                    if self.per_call:
+                        engine._install(_count(engine.counts, self.per_call, -1))
+                    if counted:
+                        overlay_ended()
+                    elif not nothing_compiled():
+                        compiled_meanwhile()  # torch.compile first called in the call
+                    if engine.deferred:  # objects collected inside the engine: released here
+                        engine._release_deferred()
 
 
 class _Hold:
