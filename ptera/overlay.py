@@ -343,7 +343,16 @@ def _missing(fid, name):
 
 
 class _After(threading.local):
-    calls: list = []
+    calls: list = []  # never appended to in place: a thread's first call replaces it
+
+
+class _Batch(list):
+    """Requests queued by ``exit_batch`` in one exit, served together after it."""
+
+    __slots__ = ("serve",)
+
+    def __call__(self) -> None:
+        self.serve(self)
 
 
 def _count(counts: dict, interests: Iterable[dict], delta: int) -> list[FnState]:
@@ -525,7 +534,30 @@ class Engine:
 
     def after_exit(self, call: Callable[[], Any]) -> None:
         """Run ``call`` once the exit being processed has emitted all its results."""
-        self.after.calls = [*self.after.calls, call]
+        after = self.after
+        calls = after.calls
+        if calls:
+            calls.append(call)
+        else:
+            after.calls = [call]
+
+    def exit_batch(self, serve: Callable[[list], Any]) -> list:
+        """The list of requests for ``serve`` in the exit being processed: the first call
+        in an exit queues ``serve(requests)`` as ``after_exit`` does, and every call in
+        that exit with an equal ``serve`` returns the same list. It goes with the exit's
+        other queued work."""
+        after = self.after
+        calls = after.calls
+        for call in calls:
+            if type(call) is _Batch and call.serve == serve:  # (a bound method is a new object)
+                return call
+        batch = _Batch()
+        batch.serve = serve
+        if calls:
+            calls.append(batch)
+        else:
+            after.calls = [batch]
+        return batch
 
     def missed_calls(self, fids) -> dict[int, int]:
         """How many calls of each function ran instrumented code for other contexts' overlays."""
@@ -1025,6 +1057,7 @@ activate = ENGINE.activate
 deactivate = ENGINE.deactivate
 check_owner = ENGINE.check_owner
 after_exit = ENGINE.after_exit
+exit_batch = ENGINE.exit_batch
 missed_calls = ENGINE.missed_calls
 engine_lock = ENGINE.engine_lock
 _enter = ENGINE._enter

@@ -17,8 +17,8 @@ Decisions:
   as ``loss.backward()`` accumulates it once: an SGD listener steps it once.
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
-* Nothing is computed when the call raised; its queued request is dropped with
-  it (held weakly), so later calls are served as usual.
+* Nothing is computed when the call raised; its queued requests are dropped with
+  it (``plugin.exit_batch``: the exit's list), so later calls are served as usual.
 * One request in its exit (the common case) goes straight to
   ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
   ``None``, and no check per tensor: torch refuses a value without gradient
@@ -32,15 +32,13 @@ Decisions:
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from . import Scope, SelectorError, select
-from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
+from .plugin import Capture, Rule, collecting_rule, each_sender, exit_batch
 
 __all__ = ["Grad"]
 
@@ -68,13 +66,14 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
+        send = each_sender(emit)
 
         def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
             if others:
                 for name, value, grad in zip(names, values, grads):
                     emit({**others, x: Capture(x, [name], [(value, grad)])})
                 return
-            emit_each(emit, x, names, zip(values, grads))
+            send(x, names, zip(values, grads))
 
         def close(captures: dict[str, Capture]) -> None:
             focus = captures.get(x)
@@ -94,7 +93,7 @@ class Grad:
             values, names = focus.values, focus.names
             if len(values) > 1 and len(set(map(id, values))) < len(values):
                 names, values = _distinct(names, values)
-            _request((target.values[0], values, names, deliver, others, self))
+            exit_batch(_serve).append((target.values[0], values, names, deliver, others, self))
 
         return (collecting_rule(self.selector, env, close),)
 
@@ -155,18 +154,13 @@ def _distinct(names: list, values: list) -> tuple[list, list]:
     return [names[i] for i in keep], [values[i] for i in keep]
 
 
-class _Batch(list):
+def _serve(requests: list) -> None:
     """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
-    served by one backward pass per target when the exit's other rules have reported."""
-
-    __slots__ = ("__weakref__",)
-
-    def __call__(self) -> None:
-        _local.batch = None
-        if len(self) == 1:
-            _serve_one(*self[0])
-        else:
-            _serve_grouped(self)
+    once every rule of the exit has reported: one backward pass per target."""
+    if len(requests) == 1:
+        _serve_one(*requests[0])
+    else:
+        _serve_grouped(requests)
 
 
 def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
@@ -232,22 +226,3 @@ def _serve_grouped(requests: list) -> None:
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
         for _, xs, names, deliver, others, _ in group:
             deliver(names, xs, [grads[seen[id(t)]] for t in xs], others)
-
-
-class _Local(threading.local):
-    # A weak reference: when the exit fails, the engine drops its queued work and the
-    # batch with it, so a stale batch is never appended to (it would never be served).
-    batch: weakref.ref | None = None
-
-
-_local = _Local()
-
-
-def _request(request: tuple) -> None:
-    ref = _local.batch
-    batch = ref() if ref is not None else None
-    if batch is None:
-        batch = _Batch()
-        _local.batch = weakref.ref(batch)
-        after_exit(batch)
-    batch.append(request)
