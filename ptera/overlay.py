@@ -71,6 +71,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
+from functools import partial
 from typing import Any
 
 from .capture import FlatRoot, Match, Rule, filter_eq
@@ -140,6 +141,7 @@ class _FnPlan:
         "all_roots",
         "shared_frame",
         "flat_children",
+        "flat_child",
         "flat_roots",
     )
 
@@ -155,6 +157,7 @@ class _FnPlan:
         # Every entry is a flat rule's template one `>>` below a root: (rule, root node,
         # handlers) for each, the calls report into the root's list (capture.FlatRoot).
         self.flat_children: tuple | None = None
+        self.flat_child: tuple | None = None  # the one entry of `flat_children`, if one
         # Every entry is a flat rule's root: the call opens one list per entry and pushes
         # a frame for the calls below, with no parent, key or Python frame to look up.
         self.flat_roots = False
@@ -182,6 +185,8 @@ class _FnPlan:
             self.shared_frame = Frame(None, matches, None, False)
         if all(rule.flat and t.parent is not None for t, rule, _ in self.entries):
             self.flat_children = tuple((rule, t.parent, h) for t, rule, h in self.entries)
+            if len(self.flat_children) == 1:
+                self.flat_child = self.flat_children[0]
         # (A flat root is never keyed and has no `#exit`: see capture._is_flat.)
         self.flat_roots = all(rule.flat and t.parent is None for t, rule, _ in self.entries)
 
@@ -346,13 +351,11 @@ class _After(threading.local):
     calls: list = []  # never appended to in place: a thread's first call replaces it
 
 
-class _Batch(list):
-    """Requests queued by ``exit_batch`` in one exit, served together after it."""
+class _Batch(partial):
+    """``serve(requests)``, queued by ``exit_batch`` to run after an exit (a ``partial``:
+    calling it runs no Python frame of its own)."""
 
-    __slots__ = ("serve",)
-
-    def __call__(self) -> None:
-        self.serve(self)
+    __slots__ = ()
 
 
 def _count(counts: dict, interests: Iterable[dict], delta: int) -> list[FnState]:
@@ -549,15 +552,14 @@ class Engine:
         after = self.after
         calls = after.calls
         for call in calls:
-            if type(call) is _Batch and call.serve == serve:  # (a bound method is a new object)
-                return call
-        batch = _Batch()
-        batch.serve = serve
+            if type(call) is _Batch and call.func == serve:  # (a bound method is a new object)
+                return call.args[0]
+        requests: list = []
         if calls:
-            calls.append(batch)
+            calls.append(_Batch(serve, requests))
         else:
-            after.calls = [batch]
-        return batch
+            after.calls = [_Batch(serve, requests)]
+        return requests
 
     def missed_calls(self, fids) -> dict[int, int]:
         """How many calls of each function ran instrumented code for other contexts' overlays."""
@@ -724,10 +726,42 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             return None
         if fp.shared_frame is not None:
             return fp.shared_frame
+        child = fp.flat_child
+        if child is not None:
+            # Reports go to one flat root above: find it (`_find_parent`'s walk, written
+            # out here since it runs on every call below the root).
+            rule, node, handlers = child
+            frame = frame_var.get()
+            while frame is not None:
+                for root, _ in frame.matches:
+                    if root.rule is rule and root.template.node == node:
+                        below = root.child
+                        if below is None or below[0] is not handlers:
+                            # Stateless: the calls below this root with these handlers
+                            # share one frame.
+                            below = root.child = (
+                                handlers,
+                                Frame(None, [(root.sink, handlers)], None, False),
+                            )
+                        return below[1]
+                frame = frame.parent
+            return None
         if fp.flat_children is not None:
             return _enter_flat(fp.flat_children)
         if fp.flat_roots:
-            return _enter_roots(fp)
+            # Only flat roots start here: a fresh list for each, and the frame pushed
+            # when rules reach the calls below.
+            entries = fp.entries
+            if len(entries) == 1:
+                ((t, rule, handlers),) = entries
+                matches = [(FlatRoot(t, rule), handlers)]
+            else:
+                matches = [(FlatRoot(t, rule), handlers) for t, rule, handlers in entries]
+            if not fp.pushes_frame:
+                return _RootsFrame(None, matches, None, True)
+            frame = _RootsFrame(frame_var.get(), matches, None, True)
+            frame.token = frame_var.set(frame)
+            return frame
         if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
             # Every template starts here: no parent to find, no key, nothing to push.
             return Frame(
@@ -771,42 +805,9 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             frame.token = frame_var.set(frame)
         return frame
 
-    def _enter_roots(fp: _FnPlan):
-        """``_enter`` for a call where only flat rules' roots start: a fresh list for
-        each, and the frame pushed when rules reach the calls below."""
-        entries = fp.entries
-        if len(entries) == 1:
-            ((t, rule, handlers),) = entries
-            matches = [(FlatRoot(t, rule), handlers)]
-        else:
-            matches = [(FlatRoot(t, rule), handlers) for t, rule, handlers in entries]
-        if not fp.pushes_frame:
-            return _RootsFrame(None, matches, None, True)
-        frame = _RootsFrame(frame_var.get(), matches, None, True)
-        frame.token = frame_var.set(frame)
-        return frame
-
     def _enter_flat(children: tuple):
-        """``_enter`` for a call whose templates all report into a flat root above it."""
-        if len(children) == 1:
-            # The common case, with `_find_parent`'s walk written out (one call less on
-            # every call below the root).
-            ((rule, node, handlers),) = children
-            frame = frame_var.get()
-            while frame is not None:
-                for root, _ in frame.matches:
-                    if root.rule is rule and root.template.node == node:
-                        child = root.child
-                        if child is None or child[0] is not handlers:
-                            # Stateless: the calls below this root with these handlers
-                            # share one frame.
-                            child = root.child = (
-                                handlers,
-                                Frame(None, [(root.sink, handlers)], None, False),
-                            )
-                        return child[1]
-                frame = frame.parent
-            return None
+        """``_enter`` for a call whose templates report into flat roots above it (several
+        entries; one is written out in ``_enter``)."""
         stack = frame_var.get()
         matches = []
         for rule, node, handlers in children:

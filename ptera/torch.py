@@ -156,15 +156,12 @@ def _distinct(names: list, values: list) -> tuple[list, list]:
 
 def _serve(requests: list) -> None:
     """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
-    once every rule of the exit has reported: one backward pass per target."""
-    if len(requests) == 1:
-        _serve_one(*requests[0])
-    else:
+    once every rule of the exit has reported: one backward pass per target. One request
+    (the common case) is served here, with no grouping and its tensors as they are."""
+    if len(requests) != 1:
         _serve_grouped(requests)
-
-
-def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
-    """One request in its exit (the common case): no grouping, its tensors as they are."""
+        return
+    ((target, xs, names, deliver, others, grad),) = requests
     create = grad.create_graph
     retain = create or grad.retain_graph
     try:

@@ -139,16 +139,16 @@ def test_one_request_fast_path_gives_what_the_grouped_path_gives(selectors, monk
             for name in named
         ]
 
-    real, taken = ptorch._serve_one, []
+    real, taken = ptorch._serve, []
 
-    def spy(*request):
-        taken.append(len(request[1]))
-        return real(*request)
+    def spy(requests):
+        taken.append(len(requests))
+        return real(requests)
 
-    monkeypatch.setattr(ptorch, "_serve_one", spy)
+    monkeypatch.setattr(ptorch, "_serve", spy)
     fast = run()
-    assert len(taken) == (1 if len(selectors) == 1 else 0)
-    monkeypatch.setattr(ptorch, "_serve_one", lambda *request: ptorch._serve_grouped([request]))
+    assert taken == [len(selectors)]  # one exit, one batch: served in place when alone
+    monkeypatch.setattr(ptorch, "_serve", ptorch._serve_grouped)
     general = run()
     assert len(fast) == len(general) == len(selectors)
     for got, want in zip(fast, general):
