@@ -33,6 +33,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -66,14 +67,10 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
-        send = each_sender(emit)
-
-        def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
-            if others:
-                for name, value, grad in zip(names, values, grads):
-                    emit({**others, x: Capture(x, [name], [(value, grad)])})
-                return
-            send(x, names, zip(values, grads))
+        # One result per (value, gradient) pair, called as `deliver(names, pairs)`: a
+        # partial, so that the common case runs no Python frame between `_serve` and
+        # the listener.
+        plain = partial(each_sender(emit), x)
 
         def close(captures: dict[str, Capture]) -> None:
             focus = captures.get(x)
@@ -85,15 +82,15 @@ class Grad:
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            others = (
-                {k: c for k, c in captures.items() if k != x and k != y}
-                if len(captures) > 2
-                else None
-            )
+            if len(captures) > 2:
+                others = {k: c for k, c in captures.items() if k != x and k != y}
+                deliver = partial(_deliver_with, emit, x, others)
+            else:
+                deliver = plain
             values, names = focus.values, focus.names
             if len(values) > 1 and len(set(map(id, values))) < len(values):
                 names, values = _distinct(names, values)
-            exit_batch(_serve).append((target.values[0], values, names, deliver, others, self))
+            exit_batch(_serve).append((target.values[0], values, names, deliver, self))
 
         return (collecting_rule(self.selector, env, close),)
 
@@ -145,6 +142,12 @@ class Grad:
         return names, values
 
 
+def _deliver_with(emit: Callable, x: str, others: dict, names: list, pairs) -> None:
+    """Each pair as its own result, with the call's other captures beside it."""
+    for name, pair in zip(names, pairs):
+        emit({**others, x: Capture(x, [name], [pair])})
+
+
 def _distinct(names: list, values: list) -> tuple[list, list]:
     """Each tensor once (the first name it was captured under)."""
     seen: dict[int, int] = {}
@@ -155,13 +158,13 @@ def _distinct(names: list, values: list) -> tuple[list, list]:
 
 
 def _serve(requests: list) -> None:
-    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
+    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, grad)``,
     once every rule of the exit has reported: one backward pass per target. One request
     (the common case) is served here, with no grouping and its tensors as they are."""
     if len(requests) != 1:
         _serve_grouped(requests)
         return
-    ((target, xs, names, deliver, others, grad),) = requests
+    ((target, xs, names, deliver, grad),) = requests
     create = grad.create_graph
     retain = create or grad.retain_graph
     try:
@@ -192,20 +195,18 @@ def _serve(requests: list) -> None:
             # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)]
             break
-    deliver(names, xs, grads, others)
+    deliver(names, zip(xs, grads))
 
 
 def _serve_grouped(requests: list) -> None:
     """Several requests in one exit: one ``autograd.grad`` per target over the union of
     their tensors, the graph retained until the last pass."""
     groups: dict[int, list] = {}
-    for target, xs, names, deliver, others, grad in requests:
+    for target, xs, names, deliver, grad in requests:
         grad._check_target(target)
         kept = grad._differentiable(names, xs)
         if kept is not None:
-            groups.setdefault(id(target), []).append(
-                (target, kept[1], kept[0], deliver, others, grad)
-            )
+            groups.setdefault(id(target), []).append((target, kept[1], kept[0], deliver, grad))
     pending = list(groups.values())
     for i, group in enumerate(pending):
         target = group[0][0]
@@ -215,11 +216,11 @@ def _serve_grouped(requests: list) -> None:
                 if id(t) not in seen:
                     seen[id(t)] = len(inputs)
                     inputs.append(t)
-        create = any(req[5].create_graph for req in group)
-        retain = create or any(req[5].retain_graph for req in group) or i < len(pending) - 1
+        create = any(req[4].create_graph for req in group)
+        retain = create or any(req[4].retain_graph for req in group) or i < len(pending) - 1
         grads = torch.autograd.grad(
             target, inputs, retain_graph=retain, create_graph=create, allow_unused=True
         )
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-        for _, xs, names, deliver, others, _ in group:
-            deliver(names, xs, [grads[seen[id(t)]] for t in xs], others)
+        for _, xs, names, deliver, _ in group:
+            deliver(names, zip(xs, [grads[seen[id(t)]] for t in xs]))

@@ -207,6 +207,22 @@ def test_grad_in_the_same_scope_and_higher_order():
     assert torch.allclose(second, 6 * x)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_grad_result_carries_the_calls_other_captures(grouped):
+    @ptera
+    def weighted(w, v, k):
+        y = (w * v * k).sum()
+        return y
+
+    w, v = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    named = {"q": Grad("weighted{k, !w, !!y}")}
+    if grouped:  # a second request in the same exit: the grouped pass
+        named["r"] = Grad("weighted{!v, !!y}")
+    out = weighted.using(**named)(w, v, 3.0)
+    assert out.q.map("k", "w") == [(3.0, (w, out.q.map("w")[0][1]))]
+    assert torch.equal(out.q.map("w")[0][1], torch.full((2,), 3.0))
+
+
 def test_unused_tensor_gets_zero_gradient_and_bad_focus_is_named():
     @ptera
     def g(a, b, n):
