@@ -853,10 +853,11 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             # later exit would run it too, e.g. a second SGD step from one Grad).
             after.calls = []
             raise
-        if after.calls:
+        calls = after.calls  # (one read: a thread-local's attribute costs ~45 ns)
+        if calls:
             # Work that needs every result of this exit first (Grad's one backward pass);
             # dropped when the call failed.
-            calls, after.calls = after.calls, []
+            after.calls = []
             if error is ABSENT:
                 for call in calls:
                     call()
