@@ -11,9 +11,15 @@ Times are CPU time of this process (``time.process_time``; every case is single-
 steadier than wall time on a shared machine. A second table runs narrow MLPs of 2, 4, 8
 and 16 layers (width 32, batch 8) where the engine's cost is exposed, and fits the extra
 time per step of the Grad listener over ``backward()`` as fixed + per-layer cost.
+
+``BENCH_PARTS=1`` runs, instead, the per-part profile on the seed MLP: each row adds one
+part of the Grad listener's work (the object call, the overlay and the root, the
+``$param`` captures, ``Grad``), every case on the same parameters, and prints the extra
+us per step over ``backward()`` by hand.
 """
 
 import os
+import random
 import statistics
 import time
 
@@ -21,6 +27,7 @@ import torch
 from timing import interleave, report
 
 from ptera import Recurrence, ptera
+from ptera.plugin import collecting_rule
 from ptera.torch import Grad
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
@@ -144,5 +151,81 @@ def depths():
     print(f"extra cost: {fixed:.1f} us fixed + {per_layer:.1f} us per layer")
 
 
+class _ByHand:
+    """A plugin whose rule calls ``step(captures)`` at the root's exit: the engine's work
+    up to the point where ``Grad`` would start, with backward + SGD done by hand."""
+
+    def __init__(self, selector: str, step):
+        self.selector, self.step = selector, step
+
+    def __ptera_rules__(self, emit, env):
+        return (collecting_rule(self.selector, env, self.step),)
+
+
+def parts():
+    """Extra us per step over backward + SGD by hand, adding one part per row.
+
+    Every case runs on the same parameters (clones of one network). Each step is
+    timed alone and the cases run in a fresh random order every step, so that other
+    processes and drift hit all of them alike; a row is the trimmed mean (10% off each
+    end) of its per-step differences to the first case. On a loaded machine this is
+    much steadier than whole rounds, whose times move by 10-20%.
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    network = make_network(64, 256, 256, 10)
+    xs, ys = torch.randn(STEPS, 64, 64), torch.randint(0, 10, (STEPS, 64))
+    params = [lay.state[n] for lay in network.state.model.state.layers for n in ("W", "b")]
+
+    def sgd(loss):
+        loss.backward()
+        for p in params:
+            p.data.sub_(LR * p.grad)
+            p.grad = None
+
+    clone = network.clone(return_object=True)
+    root = network.clone(return_object=True)
+    root.on(_ByHand("step{!!loss}", lambda caps: sgd(caps["loss"].values[0])))(lambda loss: None)
+    captured = network.clone(return_object=True)
+    captured.on(
+        _ByHand("step{!!loss} >> $param:Parameter", lambda caps: sgd(caps["loss"].values[0]))
+    )(lambda loss: None)
+    model = network.clone(return_object=True)
+
+    @model.on(Grad("step{!!loss} >> $param:Parameter"))
+    def update(param):
+        value, grad = param
+        value.data.sub_(LR * grad)
+
+    steps = {
+        "backward + SGD by hand": lambda i: sgd(network(xs[i], ys[i])),
+        "+ the object call (a clone)": lambda i: sgd(clone(xs[i], ys[i]).value),
+        "+ overlay and root (step{!!loss})": lambda i: root(xs[i], ys[i]),
+        "+ the $param captures": lambda i: captured(xs[i], ys[i]),
+        "+ Grad (the listener)": lambda i: model(xs[i], ys[i]),
+    }
+    order = list(steps.items())
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    shuffle = random.Random(0).shuffle
+    for n in range(STEPS * (ROUNDS + 1)):
+        shuffle(order)
+        for name, step_once in order:
+            start = time.process_time()
+            step_once(n % STEPS)
+            times[name].append(time.process_time() - start)
+    base = times["backward + SGD by hand"]
+    print(
+        f"W3 per part: seed MLP, {STEPS * ROUNDS} steps per case (shuffled, each timed alone),"
+        " CPU time; extra us per step over backward + SGD by hand, trimmed mean"
+    )
+    for name, ts in times.items():
+        extra = sorted((t - b) * 1e6 for t, b in zip(ts[STEPS:], base[STEPS:]))  # warm-up off
+        cut = len(extra) // 10
+        print(f"{name:36} {statistics.mean(extra[cut:-cut]):7.1f}")
+
+
 if __name__ == "__main__":
-    main()
+    if os.environ.get("BENCH_PARTS"):
+        parts()
+    else:
+        main()

@@ -22,6 +22,10 @@ Decisions:
   selfless object's overlay stays installed between calls, but the stance
   follows its calls only (``overlay.Resident``), so an object kept alive does
   not keep compiled code elsewhere eager.
+* An object call made while nothing is compiled is not counted at all (no
+  lock, ~0.6 us less a call): it asks ``nothing_compiled()`` again when it
+  ends, and if ``torch.compile`` was first used meanwhile, ``compiled_meanwhile``
+  drops what was compiled, now or when the last counted overlay ends.
 * An overlay started inside a region Dynamo is tracing cannot change the stance
   (torch forbids it); that case is left as torch handles it.
 """
@@ -43,7 +47,7 @@ class _Stance:
 _s = _Stance()
 
 
-def _nothing_compiled() -> bool:
+def nothing_compiled() -> bool:
     """Whether Dynamo has converted no frame yet in this process (an unknown counter
     counts as something compiled)."""
     convert = sys.modules.get("torch._dynamo.convert_frame")
@@ -56,7 +60,7 @@ def overlay_started() -> None:
     if _s.prior is not None:
         return
     frames = sys.modules.get("torch._dynamo.eval_frame")
-    if frames is None or _nothing_compiled():
+    if frames is None or nothing_compiled():
         # Nothing compiled yet (Dynamo is loaded by any torch.optim step): no stance
         # to set, which costs ~4 us a call; what gets compiled meanwhile is dropped
         # when the last overlay ends.
@@ -66,6 +70,16 @@ def overlay_started() -> None:
         _s.prior = frames._set_stance(frames.DynamoStance(_EAGER))
     except RuntimeError:  # inside a compiled region: torch forbids it
         pass
+
+
+def compiled_meanwhile() -> None:
+    """Something was compiled during an overlay that was not counted (it started with
+    nothing compiled): Dynamo's caches go now, or when the last counted overlay ends
+    (called under the engine's lock)."""
+    if _s.active > 0:
+        _s.unguarded = True
+        return
+    sys.modules["torch._dynamo"].reset()
 
 
 def overlay_ended() -> None:
@@ -82,5 +96,5 @@ def overlay_ended() -> None:
             _s.prior = prior
     if _s.unguarded:
         _s.unguarded = False
-        if frames is not None and not _nothing_compiled():
+        if frames is not None and not nothing_compiled():
             sys.modules["torch._dynamo"].reset()

@@ -237,13 +237,13 @@ class Overlay:
         if not resident.rules:
             result.value = fn(*args)
             return result
-        plan_token, plan = resident.enter()
+        plan_token, plan, counted = resident.enter()
         token = current.set(result)
         try:
             result.value = fn(*args)
         finally:
             current.reset(token)
-            resident.leave(plan_token, plan)
+            resident.leave(plan_token, plan, counted)
         return result
 
     def _make_resident(self) -> Resident:

@@ -47,6 +47,12 @@ Decisions:
   section, so counts are never changed mid-update.
 * ``torch.compile``'s eager stance (``compiled.py``) follows activations and
   resident *calls*, not holds: an object kept alive leaves compiled code alone.
+  While nothing is compiled, a resident call takes no lock and is not counted
+  (~0.6 us a call); it asks again when it ends (``compiled_meanwhile``).
+* A call where only flat roots start, and a call below one flat root, are
+  entered without the general path (no parent, key or Python frame to look
+  up), and a ``_RootsFrame`` exits by flushing its roots: W3 runs these on
+  every step.
 * The helpers instrumented code calls at entry and exit (``_enter``, ``_exit``)
   are closures over the engine's fields, made in ``Engine.__init__``, not bound
   methods: against a module function reading globals, a closure reading cells
@@ -71,10 +77,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
+from functools import partial
 from typing import Any
 
 from .capture import KEYED, FlatRoot, Match, Rule, filter_eq
-from .compiled import overlay_ended, overlay_started
+from .compiled import compiled_meanwhile, nothing_compiled, overlay_ended, overlay_started
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
@@ -140,6 +147,8 @@ class _FnPlan:
         "all_roots",
         "shared_frame",
         "flat_children",
+        "flat_child",
+        "flat_roots",
     )
 
     def __init__(self):
@@ -154,6 +163,10 @@ class _FnPlan:
         # Every entry is a flat rule's template one `>>` below a root: (rule, root node,
         # handlers) for each, the calls report into the root's list (capture.FlatRoot).
         self.flat_children: tuple | None = None
+        self.flat_child: tuple | None = None  # the one entry of `flat_children`, if one
+        # Every entry is a flat rule's root: the call opens one list per entry and pushes
+        # a frame for the calls below, with no parent, key or Python frame to look up.
+        self.flat_roots = False
 
     def add(self, t: Template, rule: Rule, handlers: dict) -> None:
         self.entries.append((t, rule, handlers))
@@ -178,6 +191,10 @@ class _FnPlan:
             self.shared_frame = Frame(None, matches, None, False)
         if all(rule.flat and t.parent is not None for t, rule, _ in self.entries):
             self.flat_children = tuple((rule, t.parent, h) for t, rule, h in self.entries)
+            if len(self.flat_children) == 1:
+                self.flat_child = self.flat_children[0]
+        # (A flat root is never keyed and has no `#exit`: see capture._is_flat.)
+        self.flat_roots = all(rule.flat and t.parent is None for t, rule, _ in self.entries)
 
 
 class Plan:
@@ -217,10 +234,14 @@ class Frame:
     """A live call of an instrumented function that some active template matched.
 
     ``matches`` pairs each match with its handlers; ``match``/``handlers`` repeat the pair
-    when there is exactly one, for the fast path of ``_report``.
+    when there is exactly one, for the fast path of ``_report``. ``parent`` is the frame
+    below on the stack, ``token`` the stack's token when the frame is pushed, ``pyframe``
+    the Python frame when a child must check that it is called directly, ``exit``
+    whether ``_exit`` has work.
     """
 
     __slots__ = ("parent", "matches", "match", "handlers", "token", "pyframe", "exit")
+    flat_roots = False  # every match is a FlatRoot (see _RootsFrame)
 
     def __init__(self, parent, matches, pyframe, exit):
         self.parent = parent
@@ -232,6 +253,14 @@ class Frame:
             self.match, self.handlers = matches[0]
         else:
             self.match = self.handlers = None
+
+
+class _RootsFrame(Frame):
+    """A call where only flat rules' roots start (``_FnPlan.flat_roots``): its exit
+    flushes each ``FlatRoot``, with no exit handlers to look up (flat rules have none)."""
+
+    __slots__ = ()
+    flat_roots = True
 
 
 def _find_parent(frame, rule, node, deep, pyframe, fns=None):
@@ -326,7 +355,14 @@ def _missing(fid, name):
 
 
 class _After(threading.local):
-    calls: list = []
+    calls: list = []  # never appended to in place: a thread's first call replaces it
+
+
+class _Batch(partial):
+    """``serve(requests)``, queued by ``exit_batch`` to run after an exit (a ``partial``:
+    calling it runs no Python frame of its own)."""
+
+    __slots__ = ()
 
 
 def _count(counts: dict, interests: Iterable[dict], delta: int) -> list[FnState]:
@@ -508,7 +544,29 @@ class Engine:
 
     def after_exit(self, call: Callable[[], Any]) -> None:
         """Run ``call`` once the exit being processed has emitted all its results."""
-        self.after.calls = [*self.after.calls, call]
+        after = self.after
+        calls = after.calls
+        if calls:
+            calls.append(call)
+        else:
+            after.calls = [call]
+
+    def exit_batch(self, serve: Callable[[list], Any]) -> list:
+        """The list of requests for ``serve`` in the exit being processed: the first call
+        in an exit queues ``serve(requests)`` as ``after_exit`` does, and every call in
+        that exit with an equal ``serve`` returns the same list. It goes with the exit's
+        other queued work."""
+        after = self.after
+        calls = after.calls
+        for call in calls:
+            if type(call) is _Batch and call.func == serve:  # (a bound method is a new object)
+                return call.args[0]
+        requests: list = []
+        if calls:
+            calls.append(_Batch(serve, requests))
+        else:
+            after.calls = [_Batch(serve, requests)]
+        return requests
 
     def missed_calls(self, fids) -> dict[int, int]:
         """How many calls of each function ran instrumented code for other contexts' overlays."""
@@ -675,8 +733,42 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             return None
         if fp.shared_frame is not None:
             return fp.shared_frame
+        child = fp.flat_child
+        if child is not None:
+            # Reports go to one flat root above: find it (`_find_parent`'s walk, written
+            # out here since it runs on every call below the root).
+            rule, node, handlers = child
+            frame = frame_var.get()
+            while frame is not None:
+                for root, _ in frame.matches:
+                    if root.rule is rule and root.template.node == node:
+                        below = root.child
+                        if below is None or below[0] is not handlers:
+                            # Stateless: the calls below this root with these handlers
+                            # share one frame.
+                            below = root.child = (
+                                handlers,
+                                Frame(None, [(root.sink, handlers)], None, False),
+                            )
+                        return below[1]
+                frame = frame.parent
+            return None
         if fp.flat_children is not None:
             return _enter_flat(fp.flat_children)
+        if fp.flat_roots:
+            # Only flat roots start here: a fresh list for each, and the frame pushed
+            # when rules reach the calls below.
+            entries = fp.entries
+            if len(entries) == 1:
+                ((t, rule, handlers),) = entries
+                matches = [(FlatRoot(t, rule), handlers)]
+            else:
+                matches = [(FlatRoot(t, rule), handlers) for t, rule, handlers in entries]
+            if not fp.pushes_frame:
+                return _RootsFrame(None, matches, None, True)
+            frame = _RootsFrame(frame_var.get(), matches, None, True)
+            frame.token = frame_var.set(frame)
+            return frame
         if fp.all_roots and not (fp.pushes_frame or fp.checks_direct):
             # Every template starts here: no parent to find, no key, nothing to push.
             return Frame(
@@ -721,20 +813,9 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
         return frame
 
     def _enter_flat(children: tuple):
-        """``_enter`` for a call whose templates all report into a flat root above it."""
+        """``_enter`` for a call whose templates report into flat roots above it (several
+        entries; one is written out in ``_enter``)."""
         stack = frame_var.get()
-        if len(children) == 1:
-            rule, node, handlers = children[0]
-            root = _find_parent(stack, rule, node, True, None)
-            if root is None:
-                return None
-            child = root.child
-            if child is not None and child[0] is handlers:
-                return child[1]
-            # Stateless: every call below this root with these handlers shares one frame.
-            frame = Frame(None, [(root.sink, handlers)], None, False)
-            root.child = (handlers, frame)
-            return frame
         matches = []
         for rule, node, handlers in children:
             root = _find_parent(stack, rule, node, True, None)
@@ -745,7 +826,6 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
     def _exit(frame, error):
         if frame is None or not frame.exit:
             return
-        frame.pyframe = None
         if frame.token is not None:
             try:
                 frame_var.reset(frame.token)
@@ -753,25 +833,32 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
                 frame_var.set(frame.parent)
             frame.token = None
         try:
-            for match, handlers in frame.matches:
-                if error is not ABSENT and not isinstance(error, GeneratorExit):
-                    for h in handlers.get("#error", ()):
-                        h(match, "#error", error, ABSENT)
-                for h in handlers.get("#exit", ()):
-                    h(match, "#exit", True, ABSENT)
-                if match.pending is not None and match.template.holder:
-                    match.flush()
-                if match.deferred is not None and match.parent is None:
-                    match.release()
+            if frame.flat_roots:
+                for root, _ in frame.matches:
+                    if root.pending is not None:  # (once, even if exit runs twice)
+                        root.flush()
+            else:
+                frame.pyframe = None
+                for match, handlers in frame.matches:
+                    if error is not ABSENT and not isinstance(error, GeneratorExit):
+                        for h in handlers.get("#error", ()):
+                            h(match, "#error", error, ABSENT)
+                    for h in handlers.get("#exit", ()):
+                        h(match, "#exit", True, ABSENT)
+                    if match.pending is not None and match.template.holder:
+                        match.flush()
+                    if match.deferred is not None and match.parent is None:
+                        match.release()
         except BaseException:
             # A listener of this exit raised: the work it queued goes with it (else a
             # later exit would run it too, e.g. a second SGD step from one Grad).
             after.calls = []
             raise
-        if after.calls:
+        calls = after.calls  # (one read: a thread-local's attribute costs ~45 ns)
+        if calls:
             # Work that needs every result of this exit first (Grad's one backward pass);
             # dropped when the call failed.
-            calls, after.calls = after.calls, []
+            after.calls = []
             if error is ABSENT:
                 for call in calls:
                     call()
@@ -857,8 +944,8 @@ class Resident:
         # threads read a consistent pair; the base's identity skips hashing its rules.
         self.last: tuple = (None, None)
 
-    def enter(self) -> tuple[Token, Plan]:
-        """Make the rules active in this context for one call; pass the pair to ``leave``."""
+    def enter(self) -> tuple[Token, Plan, bool]:
+        """Make the rules active in this context for one call; pass the triple to ``leave``."""
         engine = self.engine
         plan = engine.plan.get()
         base, new = self.last
@@ -874,17 +961,23 @@ class Resident:
                 new = engine._plan_with(plan, self.rules, self.plans)
             self.last = (plan, new)
         # torch.compile's stance follows the calls, not the hold: an object kept alive
-        # must not keep compiled code elsewhere eager (free unless Dynamo is loaded).
+        # must not keep compiled code elsewhere eager.
         if self.per_call:
             with engine._section:
                 engine._install_counted(self.per_call)
                 overlay_started()
+            counted = True
+        elif nothing_compiled():
+            # No compiled code to keep eager (the common case): no lock and no count;
+            # ``leave`` sees whether something was compiled during the call.
+            counted = False
         else:
             with engine.lock:  # the stance's count changes no interest counts
                 overlay_started()
-        return engine.plan.set(new), new
+            counted = True
+        return engine.plan.set(new), new, counted
 
-    def leave(self, token: Token, plan: Plan) -> None:
+    def leave(self, token: Token, plan: Plan, counted: bool) -> None:
         """End the call's activation (in the context that entered, like a token)."""
         engine = self.engine
         try:
@@ -897,12 +990,16 @@ class Resident:
                 engine.plan.reset(token)
                 engine.plan.set(Plan(_without(rules_now, self.rules), engine.epoch, engine.rules))
         finally:
-            with engine.lock:
-                if self.per_call:
-                    engine._install(_count(engine.counts, self.per_call, -1))
-                overlay_ended()
-                if engine.deferred:  # objects collected inside the engine: released here
-                    engine._release_deferred()
+            if counted or engine.deferred or not nothing_compiled():
+                with engine.lock:
+                    if self.per_call:
+                        engine._install(_count(engine.counts, self.per_call, -1))
+                    if counted:
+                        overlay_ended()
+                    elif not nothing_compiled():
+                        compiled_meanwhile()  # torch.compile first called in the call
+                    if engine.deferred:  # objects collected inside the engine: released here
+                        engine._release_deferred()
 
 
 class _Hold:
@@ -976,6 +1073,7 @@ activate = ENGINE.activate
 deactivate = ENGINE.deactivate
 check_owner = ENGINE.check_owner
 after_exit = ENGINE.after_exit
+exit_batch = ENGINE.exit_batch
 missed_calls = ENGINE.missed_calls
 engine_lock = ENGINE.engine_lock
 _enter = ENGINE._enter

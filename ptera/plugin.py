@@ -29,11 +29,14 @@ Decisions:
   outermost matched call at once, when that call ends. That is all ``Grad``
   needs, and it keeps the engine's other rule kinds (immediate, intercepting)
   private, since only they can change a running program.
-* Work that must wait for every rule of an exit (one backward pass for several
-  requests) goes through ``after_exit``.
+* Work that must wait for every rule of an exit goes through ``after_exit``;
+  requests that one pass serves together (one backward pass for several ``Grad``
+  requests) go through ``exit_batch``, which gives every rule of the exit the same
+  list. Both belong to the exit: when it fails, its queued work goes with it.
 * One result per value of one capture (``Grad``'s pairs) goes through
   ``emit_each``: it means the same as one ``emit`` per value, and lets the owner
-  of ``emit`` skip building a ``Capture`` for each.
+  of ``emit`` skip building a ``Capture`` for each. ``each_sender(emit)`` looks
+  that up once, for a plugin that sends on every call.
 * ``ptera.torch``, ``ptera.lab`` and the experiments CLI reach the core only
   through the public names of ``ptera``, this module, ``ptera.torch`` and
   ``ptera.cli`` (``tests/test_plugin.py`` checks their imports); the lab
@@ -58,7 +61,9 @@ __all__ = [
     "caller_env",
     "check_selector",
     "collecting_rule",
+    "each_sender",
     "emit_each",
+    "exit_batch",
     "is_plugin",
 ]
 
@@ -92,19 +97,38 @@ def collecting_rule(
 
 def emit_each(emit: Callable[[dict[str, Capture]], Any], name: str, names: list, values: Iterable):
     """``emit({name: Capture(name, [n], [v])})`` for each ``(n, v)`` of ``names`` and
-    ``values`` (any iterable, read once), in order: one result per value. The same for every ``emit``, and
-    faster for a listener that takes just ``name`` (it is called with each value)."""
+    ``values`` (any iterable, read once), in order: one result per value. The same for
+    every ``emit``, and faster for a listener that takes just ``name`` (it is called with
+    each value)."""
+    each_sender(emit)(name, names, values)
+
+
+def each_sender(
+    emit: Callable[[dict[str, Capture]], Any],
+) -> Callable[[str, list, Iterable], None]:
+    """``send(name, names, values)``, the same as ``emit_each(emit, name, names, values)``
+    with the owner's fast path looked up once (build it with the plugin's rules)."""
     each = getattr(emit, "each", None)
     if each is not None:
-        each(name, names, values)
-        return
-    for n, v in zip(names, values):
-        emit({name: Capture(name, [n], [v])})
+        return each
+
+    def send(name: str, names: list, values: Iterable) -> None:
+        for n, v in zip(names, values):
+            emit({name: Capture(name, [n], [v])})
+
+    return send
 
 
 def after_exit(call: Callable[[], Any]) -> None:
     """Run ``call()`` once the call now ending has passed its captures to every rule."""
     _overlay.after_exit(call)
+
+
+# The engine's own method, not a wrapper: it runs on every call of a Grad listener.
+# Its docstring says it all: the list of requests for ``serve`` in the call now
+# ending, shared by all its rules; ``serve(requests)`` runs once after the exit.
+# ``serve`` is the key (compared with ``==``, so a bound method works).
+exit_batch = _overlay.exit_batch
 
 
 def check_selector(selector: str | Scope, env: Mapping[str, Any] | None = None) -> Scope:

@@ -17,8 +17,8 @@ Decisions:
   as ``loss.backward()`` accumulates it once: an SGD listener steps it once.
 * A focus that is not a tensor requiring grad is an error naming the variable;
   a secondary with several values in one call is an error too.
-* Nothing is computed when the call raised; its queued request is dropped with
-  it (held weakly), so later calls are served as usual.
+* Nothing is computed when the call raised; its queued requests are dropped with
+  it (``plugin.exit_batch``: the exit's list), so later calls are served as usual.
 * One request in its exit (the common case) goes straight to
   ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
   ``None``, and no check per tensor: torch refuses a value without gradient
@@ -32,15 +32,14 @@ Decisions:
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 
 from . import Scope, SelectorError, select
-from .plugin import Capture, Rule, after_exit, collecting_rule, emit_each
+from .plugin import Capture, Rule, collecting_rule, each_sender, exit_batch
 
 __all__ = ["Grad"]
 
@@ -68,13 +67,10 @@ class Grad:
 
     def __ptera_rules__(self, emit: Callable[[dict], Any], env) -> tuple[Rule, ...]:
         x, y = self.selector.focus.out_name, self.selector.secondary.out_name
-
-        def deliver(names: list, values: list, grads: list, others: dict | None) -> None:
-            if others:
-                for name, value, grad in zip(names, values, grads):
-                    emit({**others, x: Capture(x, [name], [(value, grad)])})
-                return
-            emit_each(emit, x, names, zip(values, grads))
+        # One result per (value, gradient) pair, called as `deliver(names, pairs)`: a
+        # partial, so that the common case runs no Python frame between `_serve` and
+        # the listener.
+        plain = partial(each_sender(emit), x)
 
         def close(captures: dict[str, Capture]) -> None:
             focus = captures.get(x)
@@ -86,15 +82,15 @@ class Grad:
                     f"{self}: the secondary focus '{y}' has {len(target.values)} values in one"
                     " call; Grad differentiates one value"
                 )
-            others = (
-                {k: c for k, c in captures.items() if k != x and k != y}
-                if len(captures) > 2
-                else None
-            )
+            if len(captures) > 2:
+                others = {k: c for k, c in captures.items() if k != x and k != y}
+                deliver = partial(_deliver_with, emit, x, others)
+            else:
+                deliver = plain
             values, names = focus.values, focus.names
             if len(values) > 1 and len(set(map(id, values))) < len(values):
                 names, values = _distinct(names, values)
-            _request((target.values[0], values, names, deliver, others, self))
+            exit_batch(_serve).append((target.values[0], values, names, deliver, self))
 
         return (collecting_rule(self.selector, env, close),)
 
@@ -146,6 +142,12 @@ class Grad:
         return names, values
 
 
+def _deliver_with(emit: Callable, x: str, others: dict, names: list, pairs) -> None:
+    """Each pair as its own result, with the call's other captures beside it."""
+    for name, pair in zip(names, pairs):
+        emit({**others, x: Capture(x, [name], [pair])})
+
+
 def _distinct(names: list, values: list) -> tuple[list, list]:
     """Each tensor once (the first name it was captured under)."""
     seen: dict[int, int] = {}
@@ -155,22 +157,14 @@ def _distinct(names: list, values: list) -> tuple[list, list]:
     return [names[i] for i in keep], [values[i] for i in keep]
 
 
-class _Batch(list):
-    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, others, grad)``,
-    served by one backward pass per target when the exit's other rules have reported."""
-
-    __slots__ = ("__weakref__",)
-
-    def __call__(self) -> None:
-        _local.batch = None
-        if len(self) == 1:
-            _serve_one(*self[0])
-        else:
-            _serve_grouped(self)
-
-
-def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: Grad) -> None:
-    """One request in its exit (the common case): no grouping, its tensors as they are."""
+def _serve(requests: list) -> None:
+    """The ``Grad`` requests of one exit, ``(target, xs, names, deliver, grad)``,
+    once every rule of the exit has reported: one backward pass per target. One request
+    (the common case) is served here, with no grouping and its tensors as they are."""
+    if len(requests) != 1:
+        _serve_grouped(requests)
+        return
+    ((target, xs, names, deliver, grad),) = requests
     create = grad.create_graph
     retain = create or grad.retain_graph
     try:
@@ -201,20 +195,18 @@ def _serve_one(target, xs: list, names: list, deliver: Callable, others, grad: G
             # Zeros for unused inputs by hand: materialize_grads=True costs ~0.1 ms a call.
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(xs, grads)]
             break
-    deliver(names, xs, grads, others)
+    deliver(names, zip(xs, grads))
 
 
 def _serve_grouped(requests: list) -> None:
     """Several requests in one exit: one ``autograd.grad`` per target over the union of
     their tensors, the graph retained until the last pass."""
     groups: dict[int, list] = {}
-    for target, xs, names, deliver, others, grad in requests:
+    for target, xs, names, deliver, grad in requests:
         grad._check_target(target)
         kept = grad._differentiable(names, xs)
         if kept is not None:
-            groups.setdefault(id(target), []).append(
-                (target, kept[1], kept[0], deliver, others, grad)
-            )
+            groups.setdefault(id(target), []).append((target, kept[1], kept[0], deliver, grad))
     pending = list(groups.values())
     for i, group in enumerate(pending):
         target = group[0][0]
@@ -224,30 +216,11 @@ def _serve_grouped(requests: list) -> None:
                 if id(t) not in seen:
                     seen[id(t)] = len(inputs)
                     inputs.append(t)
-        create = any(req[5].create_graph for req in group)
-        retain = create or any(req[5].retain_graph for req in group) or i < len(pending) - 1
+        create = any(req[4].create_graph for req in group)
+        retain = create or any(req[4].retain_graph for req in group) or i < len(pending) - 1
         grads = torch.autograd.grad(
             target, inputs, retain_graph=retain, create_graph=create, allow_unused=True
         )
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-        for _, xs, names, deliver, others, _ in group:
-            deliver(names, xs, [grads[seen[id(t)]] for t in xs], others)
-
-
-class _Local(threading.local):
-    # A weak reference: when the exit fails, the engine drops its queued work and the
-    # batch with it, so a stale batch is never appended to (it would never be served).
-    batch: weakref.ref | None = None
-
-
-_local = _Local()
-
-
-def _request(request: tuple) -> None:
-    ref = _local.batch
-    batch = ref() if ref is not None else None
-    if batch is None:
-        batch = _Batch()
-        _local.batch = weakref.ref(batch)
-        after_exit(batch)
-    batch.append(request)
+        for _, xs, names, deliver, _ in group:
+            deliver(names, zip(xs, [grads[seen[id(t)]] for t in xs]))

@@ -161,3 +161,23 @@ def test_flat_results_do_not_depend_on_other_active_rules(k, m, with_probe):
             capture_module._is_flat = old
         out[allowed] = got
     assert out[False] == out[True]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_two_flat_rules_reaching_one_function_each_get_their_own(flat, monkeypatch):
+    """`leaf` reports into two roots at once (`top`'s and `middle`'s lists): each rule
+    gets what it gets when it is active alone."""
+    monkeypatch.setattr(capture_module, "_is_flat", _flat_if(flat))
+    selectors = ["top{loss} >> y", "middle{total} >> z"]
+    alone = []
+    for selector in selectors:
+        out: list = []
+        with activate((collecting_rule(selector, globals(), out.append),)):
+            run_top()
+        alone.append(repr(out))
+    together: list = [[], []]
+    rules = tuple(collecting_rule(s, globals(), o.append) for s, o in zip(selectors, together))
+    assert all(rule.flat is flat for rule in rules)
+    with activate(rules):
+        run_top()
+    assert [repr(out) for out in together] == alone

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptera import probing, tooled
+from ptera import probing, ptera, tooled
 from ptera.torch import Grad
 
 
@@ -102,7 +102,7 @@ def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
 
     fake = FakeDynamo()
     monkeypatch.setattr(compiled, "_s", compiled._Stance())
-    monkeypatch.setattr(compiled, "_nothing_compiled", lambda: False)  # something was
+    monkeypatch.setattr(compiled, "nothing_compiled", lambda: False)  # something was
     if loaded_at_start:
         monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
     else:
@@ -133,11 +133,63 @@ def test_with_nothing_compiled_the_stance_is_left_alone(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
     monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
     compiled_now = [False]
-    monkeypatch.setattr(compiled, "_nothing_compiled", lambda: not compiled_now[0])
+    monkeypatch.setattr(compiled, "nothing_compiled", lambda: not compiled_now[0])
     compiled.overlay_started()
     compiled.overlay_ended()
     assert (fake.stance, fake.resets) == ("default", 0)
     compiled.overlay_started()
     compiled_now[0] = True  # torch.compile first called inside the block
+    compiled.overlay_ended()
+    assert (fake.stance, fake.resets) == ("default", 1)
+
+
+@ptera
+def doubled(x):
+    y = x * 2
+    return y
+
+
+def test_an_object_call_that_compiles_first_drops_what_it_compiled(monkeypatch):
+    # With nothing compiled, an object call is not counted (no lock); if torch.compile
+    # is first used during the call, what it compiled goes when the call ends.
+    import sys
+
+    from ptera import compiled, overlay
+
+    fake = FakeDynamo()
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    compiled_now = [False]
+    monkeypatch.setattr(overlay, "nothing_compiled", lambda: not compiled_now[0])
+    monkeypatch.setattr(compiled, "nothing_compiled", lambda: not compiled_now[0])
+    counted = []
+    obj = doubled.clone()
+
+    @obj.on("doubled > y")
+    def compile_now(y):
+        counted.append(compiled._s.active)
+        compiled_now[0] = True
+
+    assert obj(1) == 2 and counted == [0]
+    assert (fake.stance, fake.resets, compiled._s.active) == ("default", 1, 0)
+    obj(1)  # something is compiled now: the call is counted, eager while it runs
+    assert counted == [0, 1] and fake.resets == 1
+    assert (fake.stance, compiled._s.active) == ("default", 0)
+
+
+def test_compiled_during_an_uncounted_call_waits_for_the_counted_ones(monkeypatch):
+    import sys
+
+    from ptera import compiled
+
+    fake = FakeDynamo()
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    monkeypatch.setattr(compiled, "nothing_compiled", lambda: False)
+    compiled.overlay_started()  # a counted overlay (its stance set)
+    compiled.compiled_meanwhile()  # an uncounted call saw something compiled
+    assert (fake.stance, fake.resets) == ("force_eager", 0)
     compiled.overlay_ended()
     assert (fake.stance, fake.resets) == ("default", 1)

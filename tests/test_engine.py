@@ -210,11 +210,11 @@ def test_a_resident_counts_again_after_a_reset(engine):
     assert resident.engine is engine and not is_idle(inner)
     engine.reset()
     assert is_idle(inner)
-    token, plan = resident.enter()  # takes its counts again
+    entered = resident.enter()  # takes its counts again
     try:
         outer(1)
     finally:
-        resident.leave(token, plan)
+        resident.leave(*entered)
     assert seen == [{"y": 2}] and engine.active_rule_count() == 0
     resident.hold.release()
     assert is_idle(inner) and not engine.counts.get(state_for(inner))

@@ -25,7 +25,9 @@ from ptera.plugin import (
     caller_env,
     check_selector,
     collecting_rule,
+    each_sender,
     emit_each,
+    exit_batch,
     is_plugin,
 )
 
@@ -247,6 +249,53 @@ def test_after_exit_runs_once_the_call_is_done():
     assert order == ["rule", "after"]
 
 
+class Batched:
+    """Each match's ``x`` joins the exit's batch; ``serve`` records each batch once."""
+
+    def __init__(self, selector: str, served: list):
+        self.selector, self.served = selector, served
+
+    def serve(self, requests: list) -> None:
+        self.served.append(list(requests))
+
+    def __ptera_rules__(self, emit, env):
+        def on_call(captures: dict[str, Capture]) -> None:
+            exit_batch(self.serve).append(captures["x"].values)
+
+        return [collecting_rule(self.selector, env, on_call)]
+
+
+@ptera.ptera
+def batched_pair(a, boom):
+    x = a + 1
+    y = a * 2
+    if boom:
+        raise ValueError("boom")
+    return x + y
+
+
+def test_an_exit_batch_is_shared_by_the_rules_of_one_exit_and_served_once():
+    served = []
+    plugin = Batched("batched_pair > x", served)
+    twice = Batched("batched_pair(a) > x", served)
+    twice.serve = plugin.serve  # an equal function: the same batch
+    with probing(plugin), probing(twice):
+        batched_pair(1, False)
+        assert served == [[[2], [2]]]
+        batched_pair(5, False)
+    assert served == [[[2], [2]], [[6], [6]]]
+
+
+def test_an_exit_batch_goes_with_a_call_that_raised():
+    served = []
+    with probing(Batched("batched_pair > x", served)):
+        with pytest.raises(ValueError, match="boom"):
+            batched_pair(1, True)
+        assert served == []
+        batched_pair(3, False)  # a fresh batch, not appended to the dropped one
+    assert served == [[[4]]]
+
+
 def test_third_party_plugin_as_learner_listener():
     torch = pytest.importorskip("torch")
     from torch import nn
@@ -293,6 +342,19 @@ class Each:
         return [collecting_rule(self.selector, env, on_call)]
 
 
+class EachSender(Each):
+    """``Each`` with its sender looked up once, when its rules are built."""
+
+    def __ptera_rules__(self, emit, env):
+        send = each_sender(emit)
+
+        def on_call(captures: dict[str, Capture]) -> None:
+            x = captures["x"]
+            send("x", x.names, [v * 2 for v in x.values])
+
+        return [collecting_rule(self.selector, env, on_call)]
+
+
 def positional(x):
     return -x
 
@@ -330,11 +392,11 @@ def after_default(unused=0, /, x=0):
 )
 def test_emit_each_means_one_emit_per_value(listener, expected):
     results = []
-    for plugin in (Each("double_me > x"), Doubled("double_me > x")):
+    for plugin in (Each("double_me > x"), EachSender("double_me > x"), Doubled("double_me > x")):
         traced = double_me.clone(return_object=True)
         traced.on(plugin)(listener)
         results.append(traced(1)[listener.__name__])
-    assert results[0] == results[1] == expected
+    assert results[0] == results[1] == results[2] == expected
 
 
 def test_emit_each_reaches_probes_and_collections_as_captures():

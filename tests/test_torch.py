@@ -139,16 +139,16 @@ def test_one_request_fast_path_gives_what_the_grouped_path_gives(selectors, monk
             for name in named
         ]
 
-    real, taken = ptorch._serve_one, []
+    real, taken = ptorch._serve, []
 
-    def spy(*request):
-        taken.append(len(request[1]))
-        return real(*request)
+    def spy(requests):
+        taken.append(len(requests))
+        return real(requests)
 
-    monkeypatch.setattr(ptorch, "_serve_one", spy)
+    monkeypatch.setattr(ptorch, "_serve", spy)
     fast = run()
-    assert len(taken) == (1 if len(selectors) == 1 else 0)
-    monkeypatch.setattr(ptorch, "_serve_one", lambda *request: ptorch._serve_grouped([request]))
+    assert taken == [len(selectors)]  # one exit, one batch: served in place when alone
+    monkeypatch.setattr(ptorch, "_serve", ptorch._serve_grouped)
     general = run()
     assert len(fast) == len(general) == len(selectors)
     for got, want in zip(fast, general):
@@ -205,6 +205,22 @@ def test_grad_in_the_same_scope_and_higher_order():
     assert value is x and torch.allclose(grad, 3 * x**2)
     (second,) = torch.autograd.grad(grad.sum(), x)
     assert torch.allclose(second, 6 * x)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_grad_result_carries_the_calls_other_captures(grouped):
+    @ptera
+    def weighted(w, v, k):
+        y = (w * v * k).sum()
+        return y
+
+    w, v = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    named = {"q": Grad("weighted{k, !w, !!y}")}
+    if grouped:  # a second request in the same exit: the grouped pass
+        named["r"] = Grad("weighted{!v, !!y}")
+    out = weighted.using(**named)(w, v, 3.0)
+    assert out.q.map("k", "w") == [(3.0, (w, out.q.map("w")[0][1]))]
+    assert torch.equal(out.q.map("w")[0][1], torch.full((2,), 3.0))
 
 
 def test_unused_tensor_gets_zero_gradient_and_bad_focus_is_named():
