@@ -28,8 +28,9 @@ Decisions:
   frames (wrappers, ``nn.Module.__call__``, library code) are transparent, whatever
   code they run for other threads' probes. The same test tells which call a keyed
   assignment's key goes to.
-* Generator frames are not pushed on the stack (they would leak into the
-  consumer's calls while suspended): a generator is a leaf scope.
+* A generator's frame is on the stack while its body runs and off it while it
+  is suspended (each ``yield`` takes it off, the resumption puts it back), so
+  its calls see it as their caller and the consumer's calls never do.
 * ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
   (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
@@ -72,7 +73,6 @@ Decisions:
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -85,6 +85,7 @@ from .compiled import compiled_meanwhile, nothing_compiled, overlay_ended, overl
 from .lookup import FnState, _by_code, state_by_fid
 from .match import Template, compile_selector
 from .selector import NOVALUE, select
+from .sentinel import Sentinel
 from .state import settle, take
 from .transform import (
     ABSENT,
@@ -97,14 +98,14 @@ from .transform import (
     MISSING,
     REPORT,
     REPORT_KEY,
+    RESUME,
     SETKEY,
     SETTLE,
+    SUSPEND,
     TAKE,
     helper_namespace,
     hide_helpers,
 )
-
-_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 class PteraNameError(NameError):
@@ -178,9 +179,7 @@ class _FnPlan:
         self.focus_only &= t.simple
         self.all_roots &= t.parent is None and not t.keyed
 
-    def finish(self, generator: bool) -> None:
-        if generator:
-            self.pushes_frame = False
+    def finish(self) -> None:
         # A frame that keeps its Python frame must drop it at exit (a reference cycle).
         self.exit_work |= self.pushes_frame or self.checks_direct
         if self.focus_only and not (
@@ -225,8 +224,8 @@ class Plan:
                     fp = fns[fid] = _FnPlan()
                 for t in temps:
                     fp.add(t, rule, rule.handlers[id(t)])
-        for fid, fp in fns.items():
-            fp.finish(bool(state_by_fid(fid).original.co_flags & _GENERATOR_FLAGS))
+        for fp in fns.values():
+            fp.finish()
         self.fns = fns
 
 
@@ -447,6 +446,8 @@ class Engine:
         "_enter",
         "_exit",
         "_setkey",
+        "_suspend",
+        "_resume",
     )
 
     def __init__(self):
@@ -464,7 +465,7 @@ class Engine:
         self.after = _After()
         self.missed: dict[int, int] = {}
         self._section = _Section(self)
-        self._enter, self._exit, self._setkey = _call_helpers(self)
+        self._enter, self._exit, self._setkey, self._suspend, self._resume = _call_helpers(self)
         helpers = {
             ENTER: self._enter,
             EXIT: self._exit,
@@ -474,6 +475,8 @@ class Engine:
             SETTLE: settle,
             MISSING: _missing,
             SETKEY: self._setkey,
+            SUSPEND: self._suspend,
+            RESUME: self._resume,
             FREE: _free,
             ABSENT_NAME: ABSENT,
             HIDE: hide_helpers,
@@ -827,10 +830,11 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
         if frame is None or not frame.exit:
             return
         if frame.token is not None:
-            try:
-                frame_var.reset(frame.token)
-            except ValueError:
-                frame_var.set(frame.parent)
+            if frame.token is not _OUT:  # (a generator closed while suspended is off)
+                try:
+                    frame_var.reset(frame.token)
+                except ValueError:
+                    frame_var.set(frame.parent)
             frame.token = None
         try:
             if frame.flat_roots:
@@ -868,7 +872,26 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
         # ABSENT once that call is over (transform clears it).
         key_var.set(ABSENT if key is ABSENT else (key, sys._getframe(1)))
 
-    return _enter, _exit, _setkey
+    def _suspend(frame):
+        # A generator yields: its frame leaves the stack (see transform.paused).
+        if frame is not None and frame.token is not None and frame.token is not _OUT:
+            try:
+                frame_var.reset(frame.token)
+            except ValueError:  # resumed in another context than the one it set
+                frame_var.set(frame.parent)
+            frame.token = _OUT
+
+    def _resume(frame, value):
+        # ... and comes back when the generator is resumed, wherever that is.
+        if frame is not None and frame.token is _OUT:
+            frame.token = frame_var.set(frame)
+        return value
+
+    return _enter, _exit, _setkey, _suspend, _resume
+
+
+# A suspended generator's frame: off the stack until the generator resumes.
+_OUT = Sentinel("SUSPENDED")
 
 
 def _key_of_call(pending: tuple, entered, fns) -> Any:

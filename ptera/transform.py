@@ -73,6 +73,7 @@ STATE = "__ptera_S__"  # the local holding the call's state
 ENTER, EXIT, FREE, TAKE = "enter", "exit", "free", "take"  # once a call
 REPORT, REPORT_KEY, SETTLE = "report", "report_key", "settle"  # at points
 MISSING, SETKEY, HIDE = "missing", "setkey", "hide"  # rarely: errors, keyed calls, locals()
+SUSPEND, RESUME = "suspend", "resume"  # around a generator's yields
 ABSENT_NAME = "ABSENT"  # the sentinel `ABSENT` itself
 # Used at points, maybe many times a call: bound once at entry to a hidden local where
 # the code may use one more than once (see `_bind_helpers`), so that each use costs what
@@ -666,6 +667,12 @@ class _Instrumenter(ast.NodeTransformer):
             for n in external
             if n in source.free_state or (interest is not None and n in interest)
         )
+        # A generator's frame leaves the stack at each yield and comes back after it,
+        # so that the consumer's calls between two values never see it as their caller.
+        generator = source.fn.__code__.co_flags & (
+            inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+        )
+        self.pausing = bool(generator) and (interest is None or bool(interest))
 
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
@@ -746,9 +753,22 @@ class _Instrumenter(ast.NodeTransformer):
             node.value = self.visit(node.value)
         if self.wants("#yield"):
             node.value = ast.copy_location(_report("#yield", node.value or _const(None)), node)
+        out = self.paused(node)
         if self.wants("#receive"):
-            return ast.copy_location(_report("#receive", node), node)
-        return node
+            return ast.copy_location(_report("#receive", out), node)
+        return out
+
+    def visit_YieldFrom(self, node):
+        node.value = self.visit(node.value)
+        return self.paused(node)
+
+    def paused(self, node: ast.expr) -> ast.expr:
+        """``resume(FRAME, (suspend(FRAME), <yield>)[1])``: off the stack while out."""
+        if not self.pausing:
+            return node
+        pair = ast.Tuple(elts=[_call(SUSPEND, _name(FRAME)), node], ctx=ast.Load())
+        inner = ast.Subscript(value=pair, slice=_const(1), ctx=ast.Load())
+        return ast.copy_location(_call(RESUME, _name(FRAME), inner), node)
 
     def visit_Assign(self, node):
         target = node.targets[0]

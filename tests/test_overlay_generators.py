@@ -1,0 +1,99 @@
+"""A generator is a scope for the calls its body makes, and only while its body runs."""
+
+import asyncio
+import threading
+
+import pytest
+
+from ptera import probing, tooled
+
+
+@tooled
+def side(x):
+    s = x + 1
+    return s
+
+
+@tooled
+def numbers(n):
+    for i in range(n):
+        side(i)
+        y = i * 10
+        yield y
+
+
+@tooled
+def consumer(n):
+    total = 0
+    for y in numbers(n):
+        total += side(100 + y)  # between two values: not a call of `numbers`
+    return total
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("numbers > side > s", [1, 2]),
+        ("numbers(i) > side > s", [(0, 1), (1, 2)]),
+        ("consumer > side > s", [101, 111]),  # direct calls of consumer only
+        ("consumer >> side > s", [1, 101, 2, 111]),
+    ],
+)
+def test_calls_in_a_generators_body_have_it_as_caller(selector, expected):
+    with probing(selector).values() as got:
+        consumer(2)
+    values = [(r["i"], r["s"]) if "i" in r else r["s"] for r in got]
+    assert values == expected
+
+
+def test_immediate_and_total_results_get_the_generators_calls():
+    with probing("numbers(!y) > side(s)").values() as immediate:
+        list(numbers(2))
+    assert immediate == [{"s": 1, "y": 0}, {"s": 2, "y": 10}]
+    with probing("numbers{!y} > side(s)", probe_type="total").values() as total:
+        list(numbers(2))
+    assert [r["y"] for r in total] == [0, 10]
+
+
+def test_a_generator_left_suspended_or_closed_early_leaves_the_stack():
+    with probing("numbers > side > s", "consumer > side > s").values() as got:
+        gen = numbers(5)
+        next(gen)  # suspended inside `numbers`
+        assert consumer(1) == 101  # no trace of the suspended generator here
+        gen.close()
+        side(7)  # nobody's call
+    assert [r["s"] for r in got] == [1, 1, 101]
+
+
+def test_a_generator_resumed_in_another_thread_is_its_calls_caller_there():
+    with probing("numbers > side > s").values() as got:
+        gen = numbers(2)
+        first = next(gen)
+        box = []
+        t = threading.Thread(target=lambda: box.append(list(gen)))
+        t.start()
+        t.join()
+    assert (first, box) == (0, [[10]])
+    assert [r["s"] for r in got] == [1]  # the probe is this thread's: the other is not seen
+
+
+@tooled
+async def agen(n):
+    for i in range(n):
+        side(i)
+        await asyncio.sleep(0)
+        yield i
+
+
+@tooled
+async def drain(n):
+    out = []
+    async for v in agen(n):
+        out.append(side(50 + v))
+    return out
+
+
+def test_async_generators_too():
+    with probing("agen > side > s", "drain > side > s").values() as got:
+        assert asyncio.run(drain(2)) == [51, 52]
+    assert [r["s"] for r in got] == [1, 51, 2, 52]
