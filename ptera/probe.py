@@ -458,6 +458,17 @@ class Probe(SourceProxy):
         return super().fail(*args, skip=["ptera.*", "reactivex.*", "giving.*", *skip], **kwargs)
 
 
+def _not_overridable(self, *args: Any, **kwargs: Any) -> Any:
+    """Only an overridable probe overrides (its rules intercept the values)."""
+    raise TypeError(
+        "this probe was made without overridable=True: override and koverride need"
+        " probing(..., overridable=True), as in ptera 1.4"
+    )
+
+
+Probe.override = Probe.koverride = _not_overridable
+
+
 class OverridableProbe(Probe):
     """A probe whose subscribers can replace the focus value (``override``)."""
 

@@ -561,3 +561,12 @@ def test_an_error_in_a_match_function_says_where_it_came_from():
         with probing("steps(x~gt(2)) > y"):
             steps(None)
     assert "raised by the selector's ~ function" in "".join(err.value.__notes__)
+
+
+def test_override_on_a_probe_made_without_overridable_says_what_to_pass():
+    with probing("f > y") as probe:
+        with pytest.raises(TypeError, match=r"overridable=True"):
+            probe.override(3)
+        with pytest.raises(TypeError, match=r"overridable=True"):
+            probe.koverride(lambda y: y)
+        assert f(1) == 2
