@@ -403,9 +403,19 @@ class _Parser:
         return Scope(item.name, span=item.span)
 
     def item(self) -> Node:
-        """One item of a chain: a variable (``!x:T=1 as y``) or a call (``f[k](...) as v``)."""
+        """One item of a chain: a variable (``!x:T=1 as y``), a call (``f[k](...) as v``),
+        or a chain in parentheses (``(f > y)``, ``f > (y)``, which 1.4 read)."""
         self.skip_ws()
         start = self.pos
+        if self.take("("):
+            self.depth += 1
+            if self.depth > _MAX_DEPTH:
+                self.error("selector is nested too deeply")
+            node = self.chain(")")
+            self.depth -= 1
+            if not self.take(")"):
+                self.error("expected ')' to close '('", start)
+            return node
         focus = self.focus_mark()
         self.skip_ws()
         name_at = self.pos

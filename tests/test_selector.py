@@ -134,6 +134,8 @@ def test_corpus_is_large_enough():
         ("f(j ~ every( 3, ))", "f{j~every(3)}"),
         ("f > $v as w", "f > $w"),  # 1.4 let `as` rename a `$` capture
         ("f(x as xx=1) > y", "f(x=1 as xx) > y"),  # and read a filter after `as`
+        ("(f > y)", "f > y"),  # and parentheses around a chain
+        ("f(x) > (g > y)", "f(x) > g > y"),
     ],
 )
 def test_equivalences(left, right):
@@ -206,6 +208,7 @@ def test_parsed_trees_are_cached_and_immutable():
         ("f(x=" + "1" * 5000 + ") > y", 4, "integer literal is too long"),
         ("f[" + "9" * 5000 + "] > y", 2, "integer literal is too long"),
         ("f(x~) > y", 4, "expected a function name after '~'"),
+        ("(f > y", 0, "expected ')' to close '('"),
         ("f(x~g(a=1, 2))", 11, "a positional argument after a keyword argument"),
         ("f(x~g(1 2))", 8, "expected ',' or ')' in the arguments"),
         ("f(x~g(zz))", 6, "expected a literal"),
