@@ -845,10 +845,52 @@ class _Instrumenter(ast.NodeTransformer):
         return stmt
 
     def visit_AugAssign(self, node):
+        target = node.target
+        if (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and self.wants(target.value.id)
+        ):
+            return self.keyed_augassign(node, target)
         node = self.generic_visit(node)
         if isinstance(node.target, ast.Name) and self.wants(node.target.id):
             return [node, _rebind(node.target.id, node)]
         return node
+
+    def keyed_augassign(self, node: ast.AugAssign, target: ast.Subscript) -> ast.stmt:
+        """``h[k] += v``: report ``h`` with key ``k`` and the new value, in Python's
+        order (``h``, ``k``, ``h[k]``, ``v``, the in-place operation, the store)."""
+        name = target.value.id
+        held_dict, held_key, held_value = self.fresh(), self.fresh(), self.fresh()
+
+        def assign(temporary: str, expr: ast.expr) -> ast.stmt:
+            return ast.Assign(targets=[_name(temporary, ast.Store())], value=expr)
+
+        item = ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Load())
+        stored = _call(REPORT_KEY, _name(FRAME), _const(name), _name(held_value), _name(held_key))
+        out = [
+            assign(held_dict, _name(name)),
+            assign(held_key, self.visit(target.slice)),
+            assign(held_value, item),
+            ast.AugAssign(
+                target=_name(held_value, ast.Store()), op=node.op, value=self.visit(node.value)
+            ),
+            ast.Assign(
+                targets=[
+                    ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Store())
+                ],
+                value=stored,
+            ),
+        ]
+        clear = ast.Assign(
+            targets=[_name(t, ast.Store()) for t in (held_dict, held_key, held_value)],
+            value=_const(None),
+        )
+        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=[clear])
+        for s in ast.walk(stmt):
+            if isinstance(s, (ast.stmt, ast.expr)) and not hasattr(s, "lineno"):
+                ast.copy_location(s, node)
+        return stmt
 
     def visit_AnnAssign(self, node):
         if not isinstance(node.target, ast.Name):

@@ -529,3 +529,41 @@ def test_self_attributes_are_points_only_in_methods(selector, ok):
     with probing(selector).values() as got:
         Reads().method(3)
     assert got == [{"scale": 2}]
+
+
+@tooled
+def _accumulate(x):
+    h = {0: x, 1: x}
+    h[1] += 10
+    h[0] *= 2
+    return h
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("_accumulate > h[1] as h", [{"h": 11}]),
+        ("_accumulate > h[$k] as v", [{"v": 11, "k": 1}, {"v": 2, "k": 0}]),
+        ("_accumulate > h", [{"h": {0: 2, 1: 11}}]),  # items are not values of h
+    ],
+)
+def test_augmented_item_assignments_are_keyed(selector, expected):
+    with probing(selector).values() as got:
+        assert _accumulate(1) == {0: 2, 1: 11}
+    assert got == expected
+
+
+def test_augmented_item_assignment_of_a_tensor_is_in_place_as_in_python():
+    import torch
+
+    @tooled
+    def bump(t):
+        view = t[1:]
+        h = {"w": view}
+        h["w"] += 1
+        return h
+
+    t = torch.zeros(3)
+    with probing("bump > h[$k] as v").values() as got:
+        h = bump(t)
+    assert t.tolist() == [0.0, 1.0, 1.0] and h["w"] is got[0]["v"]
