@@ -275,7 +275,7 @@ class Match:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, None
-        if self.chain() is None:
+        if not self._holds(pending):
             return
         if self.rule.offpath:
             root = self.root()
@@ -283,6 +283,24 @@ class Match:
             root.deferred.append(pending)
             return
         self._emit(pending)
+
+    def _holds(self, pending: dict) -> bool:
+        """Whether a total result passes the filters of its call and the calls around
+        it: every value it holds for a filtered variable (as 1.4), so that a focus
+        is never paired with another iteration's value (``loop(j=2, !y)``)."""
+        a = self
+        while a is not None:
+            t = a.template
+            if t.filters:
+                for specs in t.vars.values():
+                    for spec in specs:
+                        if spec.value is NOVALUE or spec.focus == 1:
+                            continue  # (the focus's own filter was checked as it was set)
+                        entries = pending.get(spec.out)
+                        if not entries or not all(filter_eq(v, spec.value) for _, v in entries):
+                            return False
+            a = a.parent
+        return True
 
     def _emit(self, pending: dict) -> None:
         data = {

@@ -570,3 +570,28 @@ def test_override_on_a_probe_made_without_overridable_says_what_to_pass():
         with pytest.raises(TypeError, match=r"overridable=True"):
             probe.koverride(lambda y: y)
         assert f(1) == 2
+
+
+@tooled
+def iterations(n):
+    for j in range(n):
+        y = j * 10
+    return y
+
+
+@pytest.mark.parametrize(
+    "selector, probe_type, expected",
+    [
+        # immediate: j's value when y is set
+        ("iterations(j=2, !y)", "immediate", [{"j": 2, "y": 20}]),
+        # total: y=10's result also holds the j=2 set while it was current, and
+        # y=20's the j=3: no result passes "j == 2" on every value it holds (as 1.4),
+        # rather than pairing y=10 with j=2
+        ("iterations(j=2, !y)", "total", []),
+        ("iterations(j=4, !y)", "total", [{"j": 4, "y": 40}]),
+    ],
+)
+def test_a_total_result_passes_a_filter_on_every_value_it_holds(selector, probe_type, expected):
+    with probing(selector, probe_type=probe_type).values() as got:
+        iterations(5)
+    assert got == expected
