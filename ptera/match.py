@@ -165,12 +165,13 @@ def _is_slot(node: Scope) -> bool:
 
 
 def _slot_var(node: Scope) -> tuple[Var, Var | None]:
-    """``h{#key=1, #value as h}`` seen as the variable ``h`` and its key filter."""
+    """``h{#key=1, #value as h}`` seen as the variable ``h`` and its key filter
+    (``h[1]`` alone captures the slot under ``h``, not nothing)."""
     key = next((c for c in node.children if c.name == "#key"), None)
     val = next((c for c in node.children if c.name == "#value"), None)
     var = Var(
         node.fn,
-        val.capture if val else None,
+        val.capture if val else node.fn,
         focus=val.focus if val else Focus.NONE,
         value=val.value if val else NOVALUE,
         deep=node.deep,

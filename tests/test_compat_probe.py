@@ -595,3 +595,9 @@ def test_a_total_result_passes_a_filter_on_every_value_it_holds(selector, probe_
     with probing(selector, probe_type=probe_type).values() as got:
         iterations(5)
     assert got == expected
+
+
+def test_a_keyed_slot_alone_captures_it_under_its_name():
+    with probing("tally > scores['double']").values() as got:
+        tally(3)
+    assert got == [{"scores": 6}]
