@@ -646,6 +646,17 @@ class _ReadInPlace(ast.NodeTransformer):
         return ast.copy_location(read, node)
 
 
+def _clearing(body: list, temporaries, node: ast.stmt, first: list = ()) -> ast.Try:
+    """``try: body finally: first; temporaries = None``, located at ``node``: the
+    temporaries are cleared even on an error (a value may be a large tensor)."""
+    clear = ast.Assign(targets=[_name(t, ast.Store()) for t in temporaries], value=_const(None))
+    stmt = ast.Try(body=body, handlers=[], orelse=[], finalbody=[*first, clear])
+    for s in ast.walk(stmt):
+        if isinstance(s, ast.stmt):
+            ast.copy_location(s, node)
+    return stmt
+
+
 def _rebind(name: str, node: ast.AST) -> ast.Assign:
     """``name = report(F, "name", name)``, located at ``node``."""
     stmt = ast.Assign(targets=[_name(name, ast.Store())], value=_report(name, _name(name)))
@@ -826,23 +837,19 @@ class _Instrumenter(ast.NodeTransformer):
             hold(held_value, value)
             hold(held_dict, _name(name))
             hold(held_key, self.visit(target.slice))
+        out.append(self.keyed_store(name, held_dict, held_key, held_value))
+        # The key belongs to this call only: later calls (and calls after an error)
+        # must not see it.
+        unset = [ast.Expr(_call(SETKEY, _helper(ABSENT_NAME)))] if keyed_call else []
+        return _clearing(out, held, node, unset)
+
+    def keyed_store(self, name: str, held_dict: str, held_key: str, held_value: str) -> ast.stmt:
+        """``held_dict[held_key] = held_value``, reported as ``name`` with that key."""
         stored = _name(held_value)
         if self.wants(name):
             stored = _call(REPORT_KEY, _name(FRAME), _const(name), stored, _name(held_key))
         sub = ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Store())
-        out.append(ast.Assign(targets=[sub], value=stored))
-        # Clear the temporaries, even on an error: the value may be a large tensor.
-        clear = ast.Assign(targets=[_name(t, ast.Store()) for t in held], value=_const(None))
-        finalbody: list[ast.stmt] = [clear]
-        if keyed_call:
-            # The key belongs to this call only: later calls (and calls after an error)
-            # must not see it.
-            finalbody.insert(0, ast.Expr(_call(SETKEY, _helper(ABSENT_NAME))))
-        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=finalbody)
-        for s in ast.walk(stmt):
-            if isinstance(s, ast.stmt):
-                ast.copy_location(s, node)
-        return stmt
+        return ast.Assign(targets=[sub], value=stored)
 
     def visit_AugAssign(self, node):
         target = node.target
@@ -861,13 +868,12 @@ class _Instrumenter(ast.NodeTransformer):
         """``h[k] += v``: report ``h`` with key ``k`` and the new value, in Python's
         order (``h``, ``k``, ``h[k]``, ``v``, the in-place operation, the store)."""
         name = target.value.id
-        held_dict, held_key, held_value = self.fresh(), self.fresh(), self.fresh()
+        held = held_dict, held_key, held_value = self.fresh(), self.fresh(), self.fresh()
 
         def assign(temporary: str, expr: ast.expr) -> ast.stmt:
             return ast.Assign(targets=[_name(temporary, ast.Store())], value=expr)
 
         item = ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Load())
-        stored = _call(REPORT_KEY, _name(FRAME), _const(name), _name(held_value), _name(held_key))
         out = [
             assign(held_dict, _name(name)),
             assign(held_key, self.visit(target.slice)),
@@ -875,22 +881,9 @@ class _Instrumenter(ast.NodeTransformer):
             ast.AugAssign(
                 target=_name(held_value, ast.Store()), op=node.op, value=self.visit(node.value)
             ),
-            ast.Assign(
-                targets=[
-                    ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Store())
-                ],
-                value=stored,
-            ),
+            self.keyed_store(name, held_dict, held_key, held_value),
         ]
-        clear = ast.Assign(
-            targets=[_name(t, ast.Store()) for t in (held_dict, held_key, held_value)],
-            value=_const(None),
-        )
-        stmt = ast.Try(body=out, handlers=[], orelse=[], finalbody=[clear])
-        for s in ast.walk(stmt):
-            if isinstance(s, (ast.stmt, ast.expr)) and not hasattr(s, "lineno"):
-                ast.copy_location(s, node)
-        return stmt
+        return _clearing(out, held, node)
 
     def visit_AnnAssign(self, node):
         if not isinstance(node.target, ast.Name):
