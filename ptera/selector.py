@@ -276,6 +276,12 @@ class _Parser:
         self.skip_ws()
         return self.text[self.pos : self.pos + n]
 
+    def deeper(self) -> None:
+        """One level of nesting more (the caller steps back out), within ``_MAX_DEPTH``."""
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            self.error("selector is nested too deeply")
+
     def take(self, s: str) -> bool:
         if self.peek(len(s)) == s:
             self.pos += len(s)
@@ -377,9 +383,7 @@ class _Parser:
         op_at = self.pos
         self.pos += 2 if deep else 1
         scope = self.as_scope(item, start, op_at)
-        self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            self.error("selector is nested too deeply")
+        self.deeper()
         rhs = self.chain(closer)
         self.depth -= 1
         if isinstance(rhs, Var):
@@ -408,9 +412,7 @@ class _Parser:
         self.skip_ws()
         start = self.pos
         if self.take("("):
-            self.depth += 1
-            if self.depth > _MAX_DEPTH:
-                self.error("selector is nested too deeply")
+            self.deeper()
             node = self.chain(")")
             self.depth -= 1
             if not self.take(")"):
@@ -593,9 +595,7 @@ class _Parser:
         opener = self.text[self.pos]
         closer = _OPENERS[opener]
         self.pos += 1
-        self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            self.error("selector is nested too deeply")
+        self.deeper()
         children: list[Node] = []
         while not self.take(closer):
             if children and not self.take(","):
