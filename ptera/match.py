@@ -251,15 +251,21 @@ class Satisfies:
         return f"Satisfies({self.fn!r})"
 
 
-def satisfies(pred: Predicate, env: Mapping[str, Any] | None) -> Satisfies:
-    """Resolve a ``~`` filter in ``env`` (``ValueError`` saying what went wrong)."""
-    head, *rest = pred.name.split(".")
+def _bound(name: str, env: Mapping[str, Any] | None) -> Any:
+    """What a ``~`` name (``pred``, ``cfg.pred``) stands for in ``env`` now, or a
+    ``ValueError`` saying why nothing."""
+    head, *rest = name.split(".")
     if not env or head not in env:
         raise ValueError(f"'{head}' is not bound where the selector is used (give it in env=)")
     try:
-        fn = _getattr_path(env[head], rest)
+        return _getattr_path(env[head], rest)
     except AttributeError as exc:
-        raise ValueError(f"cannot resolve '{pred.name}': {exc}") from None
+        raise ValueError(f"cannot resolve '{name}': {exc}") from None
+
+
+def satisfies(pred: Predicate, env: Mapping[str, Any] | None) -> Satisfies:
+    """Resolve a ``~`` filter in ``env`` (``ValueError`` saying what went wrong)."""
+    fn = _bound(pred.name, env)
     if pred.call:
         try:
             fn = fn(*pred.args, **dict(pred.kwargs))
@@ -270,14 +276,11 @@ def satisfies(pred: Predicate, env: Mapping[str, Any] | None) -> Satisfies:
     return Satisfies(fn)
 
 
-def _predicate_target(var: Any, env: Mapping[str, Any] | None) -> Any:
+def _predicate_target(var: Var, env: Mapping[str, Any] | None) -> Any:
     """What a ``~`` name stands for now (``cfg.pred``: the attribute, not ``cfg``)."""
-    head, *rest = var.value.name.split(".")
-    if not env or head not in env:
-        return None
     try:
-        return _getattr_path(env[head], rest)
-    except AttributeError:
+        return _bound(var.value.name, env)
+    except ValueError:
         return None
 
 
@@ -775,20 +778,18 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
         for n in selector.walk()
         if isinstance(n, Var) and n.tag is not None
     }
-    tags.update(
-        (n.value.name.split(".")[0], None)
+    predicates = [
+        n.value.name
         for n in selector.walk()
         if isinstance(n, Var) and isinstance(n.value, Predicate)
-    )
-    # Only plain names qualify: an attribute path (`mod.f`) or an import path
-    # (`/mod/f`) may be rebound behind the object, so those always resolve. "/" is
-    # never in an env, which turns the fast path off.
+    ]
+    tags.update((p.split(".")[0], None) for p in predicates)
+    # Only plain names qualify: an attribute path (`mod.f`, `~cfg.pred`) or an import
+    # path (`/mod/f`) may be rebound behind the object, so those always resolve. "/"
+    # is never in an env, which turns the fast path off.
     heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
-    if any(
-        isinstance(n, Var) and isinstance(n.value, Predicate) and "." in n.value.name
-        for n in selector.walk()
-    ):
-        heads += ("/",)  # `~cfg.pred`: the attribute may be rebound behind `cfg`
+    if any("." in p for p in predicates):
+        heads += ("/",)
     return heads, tuple(tags)
 
 
