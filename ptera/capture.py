@@ -636,16 +636,19 @@ def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
         return value
     entry = (name, value)
     if spec.focus == 1:
-        if spec.value is not NOVALUE:
-            # `f > y=2`: another value of y is no focus value (as in 1.4, the last
-            # one stays current)
-            if not filter_eq(value, spec.value):
-                return value
-            match.check(spec, value)
+        # `f > y=2`: another value of y is no focus value (as in 1.4, the last one
+        # stays current). Other filters are checked on the whole result (Match._holds).
+        if spec.value is not NOVALUE and not filter_eq(value, spec.value):
+            return value
         if match.pending is not None:
             match.flush()
         pending: dict = {}
-        for a in match.chain() or [match]:
+        line = []
+        a = match
+        while a is not None:
+            line.append(a)
+            a = a.parent
+        for a in reversed(line):  # outermost first: an inner capture wins
             for out, lst in a.captures.items():
                 pending[out] = [lst[-1]]
         pending[spec.out] = [entry]
@@ -653,8 +656,6 @@ def _total(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
             pending[spec.key_out] = [("#key", key)]
         match.pending = pending
         return value
-    if spec.value is not NOVALUE:
-        match.check(spec, value)
     match.add(spec.out, entry)
     if spec.key_out is not None:
         match.add(spec.key_out, ("#key", key))
