@@ -94,6 +94,18 @@ class FakeDynamo:
         self.resets += 1
 
 
+def installed(fake: FakeDynamo, monkeypatch) -> FakeDynamo:
+    """``fake`` as torch._dynamo and its eval_frame, with a fresh stance count."""
+    import sys
+
+    from ptera import compiled
+
+    monkeypatch.setattr(compiled, "_s", compiled._Stance())
+    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
+    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    return fake
+
+
 @pytest.mark.parametrize("loaded_at_start", [True, False])
 def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
     import sys
@@ -124,14 +136,10 @@ def test_the_stance_follows_the_overlays(monkeypatch, loaded_at_start):
 def test_with_nothing_compiled_the_stance_is_left_alone(monkeypatch):
     # torch.optim loads Dynamo without compiling anything: no stance to set (it costs
     # ~4 us an object call), but what gets compiled inside the block is dropped after.
-    import sys
 
     from ptera import compiled
 
-    fake = FakeDynamo()
-    monkeypatch.setattr(compiled, "_s", compiled._Stance())
-    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
-    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    fake = installed(FakeDynamo(), monkeypatch)
     compiled_now = [False]
     monkeypatch.setattr(compiled, "nothing_compiled", lambda: not compiled_now[0])
     compiled.overlay_started()
@@ -152,14 +160,10 @@ def doubled(x):
 def test_an_object_call_that_compiles_first_drops_what_it_compiled(monkeypatch):
     # With nothing compiled, an object call is not counted (no lock); if torch.compile
     # is first used during the call, what it compiled goes when the call ends.
-    import sys
 
     from ptera import compiled, overlay
 
-    fake = FakeDynamo()
-    monkeypatch.setattr(compiled, "_s", compiled._Stance())
-    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
-    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    fake = installed(FakeDynamo(), monkeypatch)
     compiled_now = [False]
     monkeypatch.setattr(overlay, "nothing_compiled", lambda: not compiled_now[0])
     monkeypatch.setattr(compiled, "nothing_compiled", lambda: not compiled_now[0])
@@ -179,14 +183,10 @@ def test_an_object_call_that_compiles_first_drops_what_it_compiled(monkeypatch):
 
 
 def test_compiled_during_an_uncounted_call_waits_for_the_counted_ones(monkeypatch):
-    import sys
 
     from ptera import compiled
 
-    fake = FakeDynamo()
-    monkeypatch.setattr(compiled, "_s", compiled._Stance())
-    monkeypatch.setitem(sys.modules, "torch._dynamo.eval_frame", fake)
-    monkeypatch.setitem(sys.modules, "torch._dynamo", fake)
+    fake = installed(FakeDynamo(), monkeypatch)
     monkeypatch.setattr(compiled, "nothing_compiled", lambda: False)
     compiled.overlay_started()  # a counted overlay (its stance set)
     compiled.compiled_meanwhile()  # an uncounted call saw something compiled
