@@ -190,6 +190,13 @@ def parts():
     captured.on(
         _ByHand("step{!!loss} >> $param:Parameter", lambda caps: sgd(caps["loss"].values[0]))
     )(lambda loss: None)
+    def autograd_sgd(caps):
+        values = caps["param"].values
+        for p, g in zip(values, torch.autograd.grad(caps["loss"].values[0], values)):
+            p.data.sub_(LR * g)
+
+    by_autograd = network.clone(return_object=True)
+    by_autograd.on(_ByHand("step{!!loss} >> $param:Parameter", autograd_sgd))(lambda loss: None)
     model = network.clone(return_object=True)
 
     @model.on(Grad("step{!!loss} >> $param:Parameter"))
@@ -202,6 +209,7 @@ def parts():
         "+ the object call (a clone)": lambda i: sgd(clone(xs[i], ys[i]).value),
         "+ overlay and root (step{!!loss})": lambda i: root(xs[i], ys[i]),
         "+ the $param captures": lambda i: captured(xs[i], ys[i]),
+        "... with autograd.grad instead": lambda i: by_autograd(xs[i], ys[i]),
         "+ Grad (the listener)": lambda i: model(xs[i], ys[i]),
     }
     order = list(steps.items())

@@ -68,14 +68,17 @@ def data():
 
 @pytest.fixture
 def count_grads(monkeypatch):
+    """The number of tensors of each backward pass Grad makes."""
+    from ptera import torch as ptorch
+
     calls = []
-    real = torch.autograd.grad
+    real = ptorch._gradients
 
-    def counting(*args, **kwargs):
-        calls.append(len(args[1]))
-        return real(*args, **kwargs)
+    def counting(target, xs, *args):
+        calls.append(len(xs))
+        return real(target, xs, *args)
 
-    monkeypatch.setattr(torch.autograd, "grad", counting)
+    monkeypatch.setattr(ptorch, "_gradients", counting)
     return calls
 
 
@@ -190,6 +193,90 @@ def test_an_error_of_torch_itself_is_not_taken_for_a_bad_focus():
 
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         h.using(g=Grad("h{!w, !!loss}"))(torch.ones(2, requires_grad=True))
+
+
+class _Logged(torch.Tensor):
+    """A tensor subclass with its own ``__torch_function__``: grad must dispatch to it."""
+
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(getattr(func, "__name__", func))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _Mode(torch.overrides.TorchFunctionMode):
+    seen: list = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(getattr(func, "__name__", func))
+        return func(*args, **(kwargs or {}))
+
+
+def _scalar(w):
+    return (w * w).sum()
+
+
+@pytest.mark.parametrize(
+    "make, engine",
+    [
+        # (target and inputs, whether the engine entry is called directly)
+        (lambda w: (_scalar(w), [w]), True),
+        (lambda w: (_scalar(w).double(), [w]), True),
+        (lambda w: (_scalar(w), [w, torch.ones(1, requires_grad=True)]), True),  # unused: None
+        (lambda w: (w * w, [w]), False),  # not a scalar: torch's own error
+        (lambda w: (_scalar(w.as_subclass(_Logged)), [w]), False),  # its __torch_function__
+        (lambda w: (_scalar(w), [w.as_subclass(_Logged)]), False),
+    ],
+)
+def test_each_pass_takes_the_engine_entry_only_where_grad_would_check_nothing(
+    make, engine, monkeypatch
+):
+    from ptera import torch as ptorch
+
+    if ptorch._run_backward is None:
+        pytest.skip("this torch has no torch.autograd.graph._engine_run_backward")
+    called, real = [], ptorch._run_backward
+
+    def spy(*args, **kwargs):
+        called.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ptorch, "_run_backward", spy)
+    _Logged.seen.clear()
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    target, xs = make(w)
+    if target.numel() != 1:
+        with pytest.raises(RuntimeError, match="scalar outputs"):
+            ptorch._gradients(target, xs, False, False)
+        assert called == []
+        return
+    want = torch.autograd.grad(target, xs, retain_graph=True, allow_unused=True)
+    got = ptorch._gradients(target, xs, False, False)
+    assert bool(called) == engine
+    assert len(got) == len(want)
+    for g, h in zip(got, want):
+        assert (g is None and h is None) or torch.equal(g, h)
+    assert ("grad" in _Logged.seen) == (not engine)  # the subclass saw grad itself
+
+
+def test_a_torch_function_mode_sees_grads_pass():
+    from ptera import torch as ptorch
+
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    _Mode.seen.clear()
+    with _Mode():
+        (g,) = ptorch._gradients(_scalar(w), [w], False, False)
+    assert "grad" in _Mode.seen and torch.equal(g, 2 * w.detach())
+
+
+def test_the_engine_entry_is_there_on_the_torch_we_test_with():
+    """If torch moves its private entry, Grad still works through grad: this says so."""
+    from ptera import torch as ptorch
+
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    assert ptorch._run_backward is not None or (major, minor) < (2, 5)
 
 
 def test_grad_in_the_same_scope_and_higher_order():
