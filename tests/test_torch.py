@@ -565,6 +565,24 @@ def test_attributes_a_forward_reads_are_points(selector, expected):
     assert [n for d in got for c in d.values() for n in c.names if n in expected] == expected
 
 
+class Scale(nn.Module):
+    def forward(self, x):
+        return x * self.w
+
+
+def test_an_attribute_whose_class_changes_is_checked_by_its_class_each_time():
+    """``$v:Parameter`` on a point is checked on each value's class (answers kept per class)."""
+    scale = Scale()
+    param, plain = nn.Parameter(torch.ones(2)), torch.ones(2)
+    with probing("Scale > $v:Parameter", raw=True).values() as got:
+        for w in (param, plain, param, plain):
+            scale._parameters.pop("w", None)
+            scale.__dict__.pop("w", None)
+            scale.w = w  # registered as a parameter, or a plain attribute
+            scale(torch.ones(2))
+    assert [c.values[0] is param for d in got for c in d.values()] == [True, True]
+
+
 def test_tweaking_a_stock_modules_weight():
     torch.manual_seed(0)
     lin = nn.Linear(3, 2)
