@@ -190,6 +190,7 @@ def parts():
     captured.on(
         _ByHand("step{!!loss} >> $param:Parameter", lambda caps: sgd(caps["loss"].values[0]))
     )(lambda loss: None)
+
     def autograd_sgd(caps):
         values = caps["param"].values
         for p, g in zip(values, torch.autograd.grad(caps["loss"].values[0], values)):
