@@ -16,6 +16,11 @@ time per step of the Grad listener over ``backward()`` as fixed + per-layer cost
 part of the Grad listener's work (the object call, the overlay and the root, the
 ``$param`` captures, ``Grad``), every case on the same parameters, and prints the extra
 us per step over ``backward()`` by hand.
+
+``BENCH_ENGINE=1`` times the engine alone: the same three functions on floats (each
+layer's ``W`` and ``b`` are parameters it never multiplies), ``Grad``'s backward pass
+replaced by a stub that returns ready tensors, so that what is left is ptera's Python;
+minimum over interleaved rounds of 5,000 calls, us per call.
 """
 
 import os
@@ -233,8 +238,67 @@ def parts():
         print(f"{name:36} {statistics.mean(extra[cut:-cut]):7.1f}")
 
 
+def engine():
+    """us per call of the engine alone (see the module), adding one part per row."""
+    from ptera import torch as ptorch
+
+    @ptera
+    def float_layer(inp):
+        W: torch.nn.Parameter
+        b: torch.nn.Parameter
+        actfn: object
+
+        act = inp + 1
+        return actfn(act)
+
+    layers = [
+        float_layer.new(
+            W=torch.nn.Parameter(torch.zeros(1)),
+            b=torch.nn.Parameter(torch.zeros(1)),
+            actfn=lambda x: x,
+        )
+        for _ in range(3)
+    ]
+    network = step.new(lossfn=lambda o, t: o - t, model=sequential.new(layers=layers))
+    zeros = tuple(torch.zeros(1) for _ in range(6))
+    ptorch._gradients = lambda target, xs, retain, create: zeros[: len(xs)]
+
+    def with_rule(selector):
+        obj = network.clone(return_object=True)
+        obj.on(_ByHand(selector, lambda caps: None))(lambda loss: None)
+        return obj
+
+    model = network.clone(return_object=True)
+    model.on(Grad("step{!!loss} >> $param:Parameter"))(lambda param: None)
+    objects = {
+        "the object (no overlay)": network.clone(return_object=True),
+        "+ a rule on step{!!loss} (no-op)": with_rule("step{!!loss}"),
+        "+ the three layers' $param captures": with_rule("step{!!loss} >> $param:Parameter"),
+        "Grad and a no-op listener instead": model,
+    }
+    calls = 5000
+
+    def repeat(obj):
+        def run():
+            for _ in range(calls):
+                obj(1.0, 0.0)
+
+        return run
+
+    times = interleave({k: repeat(o) for k, o in objects.items()}, 3 * ROUNDS, time.process_time)
+    print(f"W3's engine alone: us per call, minimum of {3 * ROUNDS} rounds of {calls} calls")
+    previous = None
+    for name, ts in times.items():
+        us = min(ts) / calls * 1e6
+        step_us = "" if previous is None else f"(+{us - previous:.2f})"
+        print(f"{name:38} {us:6.2f} {step_us}")
+        previous = us
+
+
 if __name__ == "__main__":
-    if os.environ.get("BENCH_PARTS"):
+    if os.environ.get("BENCH_ENGINE"):
+        engine()
+    elif os.environ.get("BENCH_PARTS"):
         parts()
     else:
         main()
