@@ -609,7 +609,12 @@ class _Compiler:
             if var.name is None:
                 kept += list(st.source.attributes)  # checked on their values (VarSpec.isa)
             if strict and not kept:
-                raise self.no_tagged(var, st, [n for n in names if n in variables], variables)
+                err = self.no_tagged(var, st, [n for n in names if n in variables], variables)
+                if var.name is not None:
+                    raise err
+                # `f > $v:Tag` that no variable has: nothing, with a warning (1.4 gave
+                # nothing, and its own tests rely on it; a named `f > v:Tag` was its error)
+                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
             names = kept
         return names
 

@@ -121,7 +121,7 @@ class PteraNameError(NameError):
         )
         self.varname = name
         self.state = state
-        self.function = state.qualname  # 1.4's attribute: the function's name
+        self.function = state.function  # as in 1.4: the function itself
 
     def info(self) -> dict:
         """The variable's record in ``__ptera_info__`` (coleo reads it)."""

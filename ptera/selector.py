@@ -664,8 +664,11 @@ def select(
 ) -> Scope:
     """Parse a selector (cached by text). ``env`` resolves names and ``##X`` references.
 
-    1.4's ``skip_modules`` and ``skip_frames`` are accepted and not needed: names
-    resolve in the scope where the selector is used. ``strict=True`` resolves the
+    Without ``env``, names resolve in the scope where the selector is used. 1.4's
+    ``skip_frames`` and ``skip_modules`` instead bind them here, as 1.4 did: in the
+    frame ``skip_frames`` above the caller, past frames of ptera, ``contextlib`` and
+    modules named in ``skip_modules`` (a helper that builds selectors for its
+    callers, like a test's ``tapping(pattern)``). ``strict=True`` resolves the
     names at once, so that a function that cannot be found is an error here.
     """
     if not isinstance(text, (str, Scope)):
@@ -675,6 +678,8 @@ def select(
         )
     check_env(env)
     tree = text if isinstance(text, Scope) else _parse(text)
+    if env is None and tree.env is None and (skip_frames or skip_modules):
+        env = _frame_env(skip_frames + 1, ("ptera", "contextlib", *skip_modules))
     if env is not None:
         tree = replace(tree, env=env)
     if strict:
@@ -687,6 +692,19 @@ def select(
             tree = replace(tree, env={**f.f_globals, **f.f_locals})
         compile_selector(tree)
     return tree
+
+
+def _frame_env(skip: int, modules: tuple) -> dict:
+    """Locals over globals of the frame ``skip`` above our caller's caller, past the
+    frames of ``modules`` (names or prefixes, as 1.4 matched them)."""
+    import sys
+
+    f = sys._getframe(skip + 1)
+    while f.f_back is not None and any(
+        f.f_globals.get("__name__", "").startswith(m) for m in modules
+    ):
+        f = f.f_back
+    return {**f.f_globals, **f.f_locals}
 
 
 def check_env(env: Any) -> None:

@@ -12,6 +12,7 @@ from ptera import (
     SelectorError,
     Tag,
     TagSet,
+    UnmatchedSelectorWarning,
     cat,
     match_tag,
     probing,
@@ -97,8 +98,12 @@ def test_plus_annotations_filter_like_ampersand(selector, names):
 
 def test_a_type_filter_reads_annotations_not_values():
     # `W` holds a Parameter but is annotated with tags only: nothing can pass
-    with pytest.raises(SelectorError, match="no variable annotated with the tag or type"):
-        probing("older > $p:Parameter")
+    with pytest.warns(UnmatchedSelectorWarning, match="no variable annotated with the tag"):
+        with probing("older > $p:Parameter").values() as got:
+            older(1)
+    assert got == []
+    with pytest.raises(SelectorError, match="no variable 'W' annotated with the tag or type"):
+        probing("older > W:Parameter")
 
 
 def define_with(annotation_text):
