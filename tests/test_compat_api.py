@@ -415,3 +415,25 @@ def test_total_takes_trigger_and_intercept_beside_close():
 def test_1_4_options_without_an_equivalent_are_refused_plainly(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@ptera.tooled
+def _every_j(n):
+    for j in range(n):
+        y = j * 10
+    return y
+
+
+def test_select_with_skip_frames_binds_names_where_the_helper_is_called():
+    """1.4's test helpers build selectors for their callers (``skip_frames=1``): the
+    names (``every`` here) resolve in the test that calls the helper, not in it."""
+    from ptera.tools import every  # noqa: F401 (used by the selector below)
+    from tests.taps import tapping
+
+    with tapping("_every_j(j~every(3)) > y") as got:
+        _every_j(7)
+    assert [d["y"] for d in got] == [0, 30, 60]
+    # Without skip_frames, names resolve where the selector is used: in the helper.
+    with pytest.raises(ptera.SelectorError, match="'every' is not bound"):
+        with tapping("_every_j(j~every(3)) > y", skip_frames=0):
+            pass
