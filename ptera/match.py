@@ -62,7 +62,7 @@ from .selector import (
     UnresolvedSelectorError,
     Var,
 )
-from .tags import Tag, annotation_matches
+from .tags import Tag, annotation_matches, get_tags
 from .transform import ABSENT, CALLKEY, TransformError, self_name
 
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
@@ -462,6 +462,9 @@ class _Compiler:
         if fns is not None:
             return fns
         candidates = tooled_states()
+        if node.tag is not None:  # `*:Tag(...)`: by the functions' return annotations
+            wanted = self.tag(node.tag)
+            candidates = [st for st in candidates if annotation_matches(_returns(st), wanted)]
         if node.deep:
             # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
             candidates = candidates + [st for st in self.forwards if not st.tooled]
@@ -707,7 +710,7 @@ def compile_selector(
     tags = tuple(
         (n.tag, id(_tag_object(n.tag, env)))
         for n in selector.walk()
-        if isinstance(n, Var) and n.tag is not None
+        if n.tag is not None  # (a variable's, or a function's: `*:Tag(...)`)
     ) + tuple(  # `~` filters: the function each names, as bound now
         (n.value, id(_predicate_target(n, env)))
         for n in selector.walk()
@@ -755,6 +758,21 @@ _cache: dict = {}
 _fast_cache: dict = {}  # (selector, collect, ids of bound names, version) -> (objects, compiled)
 
 
+def _returns(st: FnState) -> Any:
+    """The return annotation of ``st``'s function, evaluated (``ABSENT`` if none, or if
+    it cannot be evaluated: such a function has no tag to match)."""
+    fn = st.function
+    ann = getattr(fn, "__annotations__", {}).get("return", ABSENT) if fn is not None else ABSENT
+    if isinstance(ann, str):
+        if ann.startswith("@"):  # 1.4's spelling, as for variables
+            return get_tags(*(p.strip()[1:] for p in ann.split("&")))
+        try:
+            ann = eval(ann, fn.__globals__)
+        except Exception:
+            return ABSENT
+    return ann
+
+
 def _reaches_attributes(selector: Scope) -> bool:
     """Whether a ``>>`` variable may name module attributes (``f >> $p:Parameter``)."""
     return any(
@@ -781,7 +799,7 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     tags = {
         n.tag if n.tag.startswith("##") else n.tag.split(".")[0]: None
         for n in selector.walk()
-        if isinstance(n, Var) and n.tag is not None
+        if n.tag is not None
     }
     predicates = [
         n.value.name

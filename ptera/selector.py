@@ -206,10 +206,13 @@ class Scope:
     env: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
     source: str | None = field(default=None, compare=False, repr=False)  # the root's typed text
+    tag: str | None = None  # ``*:Tag(...)``: only functions whose return annotation has it
 
     def __str__(self) -> str:
         out = ">> " if self.deep else ""
         out += self.fn or "*"
+        if self.tag is not None:
+            out += f":{self.tag}"
         return out + "{" + ", ".join(map(str, self.children)) + "}"
 
     def walk(self):
@@ -398,6 +401,8 @@ class _Parser:
     def as_scope(self, item: Node, start: int, op_at: int) -> Scope:
         if isinstance(item, Scope):
             return item
+        if item == Var(None, None, tag=item.tag) and item.tag is not None:
+            return Scope(None, span=item.span, tag=item.tag)  # `*:Tag > x`
         if item.focus or item.tag is not None or item.value is not NOVALUE:
             self.error("a function before '>' cannot have '!', ':' or '='", start)
         if item.name is None and item.capture is not None:
@@ -422,6 +427,16 @@ class _Parser:
         self.skip_ws()
         name_at = self.pos
         var, fn, is_fn_path = self.head()
+        if var == Var(None, None) and self.text.startswith(":", self.pos):
+            # `*:Tag(a)`: any function whose return annotation has the tag (1.4), unless
+            # no brackets follow: then `*:Tag` is a variable's filter.
+            back = self.pos
+            self.pos += 1
+            fn_tag = self.tag()
+            key = self.key()
+            if self.peek() in _OPENERS or key is not None:
+                return self.call(var, fn, key, focus, start, name_at, fn_tag)
+            self.pos = back
         key = self.key()
         if self.peek() in _OPENERS or key is not None:
             return self.call(var, fn, key, focus, start, name_at)
@@ -483,6 +498,7 @@ class _Parser:
         focus: Focus,
         start: int,
         name_at: int,
+        tag: str | None = None,
     ) -> Scope:
         """A call: the brackets and key after a function name, then ``as v``."""
         if var is not None:
@@ -498,7 +514,7 @@ class _Parser:
             key = self.key()
         if key is not None:
             children = (key, *children)
-        scope = Scope(fn, children, span=self.span_from(start))
+        scope = Scope(fn, children, span=self.span_from(start), tag=tag)
         self.as_var = None
         self.skip_ws()
         as_at = self.pos

@@ -31,8 +31,9 @@ Decisions:
   scalar target, plain tensors (no ``__torch_function__``, no mode; the entry
   attaches torch's debug logging itself). ``grad``'s argument handling costs ~11 us
   a call on torch 2.13 (CPU time, 21 interleaved rounds), 1.5% of W3's step.
-  Anything else, and a torch without that entry, takes ``torch.autograd.grad``;
-  the gradients are the same tensors either way (``tests/test_torch.py``).
+  Anything else, a torch without that entry, and a ``grad`` that someone wrapped
+  (a profiler, a mock: looked up on each pass) take ``torch.autograd.grad``; the
+  gradients are the same tensors either way (``tests/test_torch.py``).
 * Pairs go out through ``plugin.emit_each``: a listener that takes just the
   focus (``def sgd(param)``) is called with each pair, with no dict or
   ``Capture`` built per parameter.
@@ -168,31 +169,35 @@ def _distinct(names: list, values: list) -> tuple[list, list]:
 
 def _gradients(target: Any, xs: list, retain: bool, create: bool) -> tuple:
     """``torch.autograd.grad(target, xs, allow_unused=True, ...)``, by the engine entry
-    that ``grad`` ends in when ``grad``'s own checks are known to pass (see *Decisions*)."""
+    that ``grad`` ends in when ``grad``'s own checks are known to pass (see *Decisions*).
+
+    Both are looked up on each pass: a ``grad`` that someone wrapped or patched (a
+    profiler, a mock) is called itself, and an entry torch swaps in while tracing
+    (``torch.compiler``) is the one used."""
+    grad = torch.autograd.grad
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None) if grad is _GRAD else None
     if (
-        _run_backward is not None
+        run is not None
         and type(target) is torch.Tensor
         and target.dtype.is_floating_point
         and target.numel() == 1
         and not target.is_nested
         and not has_torch_function((target, *xs))
     ):
-        return _run_backward(
+        return run(
             (target,),
-            (torch.ones_like(target),),
+            (torch.ones_like(target, memory_format=torch.preserve_format),),  # as grad
             retain,
             create,
             tuple(xs),
             True,  # allow_unused
             accumulate_grad=False,
         )
-    return torch.autograd.grad(
-        target, xs, retain_graph=retain, create_graph=create, allow_unused=True
-    )
+    return grad(target, xs, retain_graph=retain, create_graph=create, allow_unused=True)
 
 
-# Private to torch (recent versions): where torch.autograd.grad ends; else grad itself.
-_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
+# torch's own grad: the fast path stands in for it, not for a wrapper around it.
+_GRAD = torch.autograd.grad
 
 
 def _serve(requests: list) -> None:

@@ -106,6 +106,48 @@ def test_a_type_filter_reads_annotations_not_values():
         probing("older > W:Parameter")
 
 
+@tooled
+def cheese(x) -> tag.Fromage:
+    a = x * x
+    return a
+
+
+@tooled
+def dessert(x) -> "tag.Fromage & tag.Sucre":
+    a = x + 1
+    return a
+
+
+@tooled
+def bread(x) -> int:
+    a = x - 1
+    return a
+
+
+@tooled
+def meal(x):
+    return cheese(x) + dessert(x) + bread(x)
+
+
+@pytest.mark.parametrize(
+    "selector, values",
+    [
+        # `*:Tag(...)`: any function whose return annotation has the tag (1.4's spelling)
+        ("*:tag.Fromage(!a)", [4, 3]),
+        ("*:Fromage > a", [4, 3]),
+        ("*:@Sucre{!a}", [3]),  # a string annotation, evaluated in the function's module
+        ("*:int > a", [1]),
+        ("meal > *:Fromage > a", [4, 3]),
+        ("*:tag.Xylophone(!a)", []),
+        ("meal > *:Fruit", []),  # no brackets: a variable's filter, as before
+    ],
+)
+def test_a_function_tag_filter_reads_return_annotations(selector, values):
+    with probing(selector).values() as got:
+        meal(2)
+    assert [v for d in got for v in d.values()] == values
+
+
 def define_with(annotation_text):
     """A new instrumented function whose local ``W`` has the given annotation."""
     namespace = {"tooled": tooled, "tag": tag}
