@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from .match import Compiled, Same, Satisfies, Template, VarSpec
 from .selector import NOVALUE
@@ -472,18 +473,20 @@ def _handler(spec: VarSpec, t: Template, rule: Rule) -> Callable:
 def _checked(wanted: Any, handler: Callable) -> Callable:
     """Handle only values whose class matches ``wanted`` (``$p:Parameter`` on ``self.a``).
 
-    The answer is kept per class: matching a name walks the class's MRO (~1.5 us),
-    and the same few classes come back on every call (past 256, classes made on the
-    fly, the table starts again rather than keep them alive)."""
-    known: dict[type, bool] = {}
+    The answer is kept per class, weakly (classes made on the fly, one per
+    ``torch.fx`` module, are not kept alive): matching a name walks the class's MRO
+    (~1.5 us a value), and the same few classes come back on every call."""
+    known: WeakKeyDictionary = WeakKeyDictionary()
 
     def check(match, name, value, key):
         cls = type(value)
-        ok = known.get(cls)
-        if ok is None:
-            if len(known) >= 256:
-                known.clear()
-            ok = known[cls] = annotation_matches(cls, wanted)
+        try:
+            ok = known.get(cls)
+        except TypeError:  # a metaclass with `__eq__` and no `__hash__`
+            ok = annotation_matches(cls, wanted)
+        else:
+            if ok is None:
+                ok = known[cls] = annotation_matches(cls, wanted)
         if ok:
             return handler(match, name, value, key)
         return value

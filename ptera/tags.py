@@ -114,11 +114,12 @@ def match_tag(wanted: object, annotation: object) -> bool:
     return isinstance(annotation, TagSet) and wanted in annotation.members
 
 
-def annotation_parts(annotation: object) -> frozenset:
-    """The members of an annotation: itself, or the parts of a ``TagSet``."""
+def annotation_parts(annotation: object) -> frozenset | tuple:
+    """The members of an annotation: itself (unhashed: a class may be unhashable), or
+    the parts of a ``TagSet``."""
     if isinstance(annotation, TagSet):
         return annotation.members
-    return frozenset((annotation,))
+    return (annotation,)
 
 
 def annotation_matches(annotation: object, wanted: object) -> bool:

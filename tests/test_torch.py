@@ -600,6 +600,39 @@ def test_an_attribute_whose_class_changes_is_checked_by_its_class_each_time():
     assert [c.values[0] is param for d in got for c in d.values()] == [True, True]
 
 
+class _EqMeta(type):
+    def __eq__(cls, other):  # and so no __hash__: the class is unhashable
+        return cls is other
+
+
+class _Odd(metaclass=_EqMeta):
+    def __rmul__(self, x):
+        return x
+
+
+def test_a_class_filter_takes_unhashable_classes_and_keeps_no_class_alive():
+    import gc
+    import weakref
+
+    scale = Scale()
+    scale.w = _Odd()
+    with probing("Scale > $v:Parameter").values() as got:
+        scale(torch.ones(2))
+    assert got == []
+    classes = []
+    with probing("Scale > $v:Parameter").values() as got:
+        for _ in range(3):
+            cls = type("Made", (nn.Parameter,), {})  # one class per object, as torch.fx does
+            scale.w = cls(torch.ones(2))
+            scale(torch.ones(2))
+            classes.append(weakref.ref(cls))
+            del scale.w, cls
+    assert len(got) == 3
+    got.clear()  # (the values are instances of the classes)
+    gc.collect()
+    assert all(ref() is None for ref in classes)
+
+
 def test_tweaking_a_stock_modules_weight():
     torch.manual_seed(0)
     lin = nn.Linear(3, 2)
