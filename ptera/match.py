@@ -682,8 +682,19 @@ def compile_selector(
     env = env if env is not None else selector.env
     heads, tag_names = _names_of(selector)
     forwards = tuple(module_forwards(env)) if _reaches_attributes(selector) else ()
+    # `j~throttle(5)` makes its function when compiled, and it may keep state: each
+    # compilation (each probe or overlay) gets its own, as 1.4 made one per `select`.
+    fresh = any(
+        isinstance(n, Var) and isinstance(n.value, Predicate) and n.value.call
+        for n in selector.walk()
+    )
     fast = None
-    if env is not None and all(h in env for h in heads) and all(t in env for t in tag_names):
+    if (
+        not fresh
+        and env is not None
+        and all(h in env for h in heads)
+        and all(t in env for t in tag_names)
+    ):
         # Every name is bound in the caller: the bound objects (and the registry's
         # version) decide the result, so a probe entered in a loop skips resolution.
         # Keyed by identities (hashing a selector tree costs more than this lookup).
@@ -719,9 +730,11 @@ def compile_selector(
     for name, obj in _instances(selector, env, resolved).items():
         instances.setdefault(name, Same(obj, capture=True))
     key = (selector, collect, signature, tags, registry_version(), *instances.items(), *forwards)
-    compiled = _cache.get(key)
+    compiled = None if fresh else _cache.get(key)
     if compiled is None:
         compiled = _Compiler(selector, env, collect, resolved, instances, forwards).compile()
+        if fresh:
+            return compiled
         if len(_cache) > CACHE_SIZE:
             _cache.clear()
         _cache[key] = compiled

@@ -231,6 +231,11 @@ class Scope:
             (n for n in self.walk() if isinstance(n, Var) and n.focus == Focus.PRIMARY), None
         )
 
+    @property
+    def main(self) -> Var | None:
+        """1.4's name for ``focus``."""
+        return self.focus
+
     @cached_property
     def secondary(self) -> Var | None:
         """The secondary focus (``!!``), if any."""

@@ -437,3 +437,28 @@ def test_select_with_skip_frames_binds_names_where_the_helper_is_called():
     with pytest.raises(ptera.SelectorError, match="'every' is not bound"):
         with tapping("_every_j(j~every(3)) > y", skip_frames=0):
             pass
+
+
+@ptera.tooled
+def _steps(seq):
+    for i in seq:
+        pass
+    return seq
+
+
+@pytest.mark.parametrize(
+    "seq, kept", [(range(0, 20, 2), [0, 6, 10, 16]), (range(-3, 20, 3), [-3, 3, 9, 12, 18])]
+)
+def test_a_stateful_match_function_starts_afresh_in_each_probe(seq, kept):
+    """``i~throttle(5)`` is made when a probe is: a second probe on the same text does
+    not inherit the first one's state (1.4's own tests run it twice in a row)."""
+    throttle = tools.throttle  # noqa: F841 (the selector names it)
+    for _ in range(2):
+        with probing("_steps > i~throttle(5)")["i"].values() as got:
+            _steps(seq)
+        assert got == kept
+
+
+def test_main_is_the_focus():
+    assert ptera.select("f(x) > y").main == ptera.select("f(x) > y").focus
+    assert ptera.select("i~every(3)").main.capture == "i"
