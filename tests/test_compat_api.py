@@ -441,7 +441,7 @@ def test_select_with_skip_frames_binds_names_where_the_helper_is_called():
 
 @ptera.tooled
 def _steps(seq):
-    for i in seq:
+    for i in seq:  # noqa: B007 (the probe reads i)
         pass
     return seq
 
