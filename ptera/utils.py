@@ -3,7 +3,7 @@
 Decisions:
 
 * ``refstring(fn)`` gives the import-path selector of ``fn``
-  (``/pkg.mod/Cls.meth``), checked by resolving it back to the same code the
+  (``/pkg.mod/Cls/meth``, 1.4's form; selectors also read ``Cls.meth``), checked by resolving it back to the same code the
   way a selector would; a function that this path cannot reach (one defined
   inside another function) raises ``CodeNotFoundError`` instead of giving a
   path that finds nothing. A function of the main script gives
@@ -73,7 +73,7 @@ def refstring(fn: Any) -> str:
         raise TypeError(
             f"cannot make a refstring for {fn!r}: a {type(fn).__name__} has no module and name"
         )
-    ref = f"/{module}/{qualname}"
+    ref = f"/{module}/{qualname.replace('.', '/')}"
     if "<locals>" in qualname or not _leads_back(module, qualname, target):
         raise CodeNotFoundError(
             f"cannot make a refstring for {fn!r}: '{ref}' does not lead back to it"

@@ -222,16 +222,28 @@ def test_base_overlay_fork_and_add():
 
 
 class Cow:
+    def __init__(self):
+        pass
+
     def moo(self):
         return 1
+
+
+class Corn:
+    def __init__(self, x):
+        self.x = x
+
+    def __call__(self):
+        return self.x
 
 
 @pytest.mark.parametrize(
     "obj, ref, call",
     [
         (_plain, "/tests.test_compat_api/_plain", lambda: _plain(1)),
-        (Cow.moo, "/tests.test_compat_api/Cow.moo", lambda: Cow().moo()),
-        (Cow().moo, "/tests.test_compat_api/Cow.moo", lambda: Cow().moo()),
+        (Cow.moo, "/tests.test_compat_api/Cow/moo", lambda: Cow().moo()),
+        (Cow().moo, "/tests.test_compat_api/Cow/moo", lambda: Cow().moo()),
+        (Corn(2), "/tests.test_compat_api/Corn/__call__", lambda: Corn(2)()),
         (tools.every, "/ptera.tools/every", lambda: tools.every(2)),
     ],
 )
@@ -240,6 +252,13 @@ def test_refstring_names_a_function_by_import_path(obj, ref, call):
     with probing(f"{ref} > #value").values() as got:
         value = call()
     assert got == [{"#value": value}]
+
+
+def test_refstring_of_a_class_names_its_init():
+    assert refstring(Cow) == "/tests.test_compat_api/Cow/__init__"
+    with probing(f"{refstring(Cow)} > #enter").values() as got:
+        Cow()
+    assert got == [{"#enter": True}]
 
 
 def test_refstring_refuses_what_it_cannot_reach():
