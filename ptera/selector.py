@@ -48,6 +48,7 @@ from typing import Any
 from .sentinel import Sentinel
 
 __all__ = [
+    "Element",
     "Focus",
     "Predicate",
     "Scope",
@@ -153,7 +154,7 @@ class Var:
     """A variable to capture: ``x``, ``!x as y``, ``$v:Tag``, ``#key=0``."""
 
     name: str | None  # None for ``*`` and ``$v``
-    capture: str | None  # the key in results; None: not captured
+    capture: str | None = None  # the key in results; None: not captured
     focus: Focus = Focus.NONE
     tag: str | None = None  # ``Name``, ``dotted.Name``, ``@enter`` or ``##X``
     value: Any = NOVALUE  # equality filter, or a Predicate (``~``)
@@ -245,6 +246,9 @@ class Scope:
 
 
 Node = Var | Scope
+
+# 1.4's name for a selector's variable node (its tests import it: `Element(name=None)`).
+Element = Var
 
 
 def _default_capture(name: str) -> str | None:
