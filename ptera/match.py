@@ -680,14 +680,8 @@ def compile_selector(
     it ends (what ``Grad`` needs: all the tensors of one call at once).
     """
     env = env if env is not None else selector.env
-    heads, tag_names = _names_of(selector)
+    heads, tag_names, fresh = _names_of(selector)
     forwards = tuple(module_forwards(env)) if _reaches_attributes(selector) else ()
-    # `j~throttle(5)` makes its function when compiled, and it may keep state: each
-    # compilation (each probe or overlay) gets its own, as 1.4 made one per `select`.
-    fresh = any(
-        isinstance(n, Var) and isinstance(n.value, Predicate) and n.value.call
-        for n in selector.walk()
-    )
     fast = None
     if (
         not fresh
@@ -794,8 +788,11 @@ def _reaches_attributes(selector: Scope) -> bool:
     )
 
 
-def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The names of a selector's functions and its tags (what the env binds)."""
+def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """The names of a selector's functions and its tags (what the env binds), and
+    whether it is compiled afresh each time: a ``~`` function made by a call
+    (``j~throttle(5)``) may keep state, so each probe or overlay gets its own, as
+    1.4 made one per ``select``."""
     got = _names_cache.get(id(selector))
     if got is None or got[0] is not selector:
         if len(_names_cache) > NAMES_CACHE_SIZE:
@@ -807,7 +804,7 @@ def _names_of(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
 _names_cache: dict[int, tuple] = {}
 
 
-def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
     names = [n.fn for n in selector.walk() if isinstance(n, Scope) and n.fn is not None]
     tags = {
         n.tag if n.tag.startswith("##") else n.tag.split(".")[0]: None
@@ -826,7 +823,11 @@ def _names(selector: Scope) -> tuple[tuple[str, ...], tuple[str, ...]]:
     heads = tuple(dict.fromkeys(n if n.isidentifier() else "/" for n in names))
     if any("." in p for p in predicates):
         heads += ("/",)
-    return heads, tuple(tags)
+    fresh = any(
+        isinstance(n, Var) and isinstance(n.value, Predicate) and n.value.call
+        for n in selector.walk()
+    )
+    return heads, tuple(tags), fresh
 
 
 def _fires_last(spec: VarSpec) -> bool:

@@ -452,7 +452,12 @@ class _Parser:
         if var is None:
             if is_fn_path or self.peek() == ">":
                 return Scope(fn, span=self.span_from(start))
-            self.error("a dotted name or module path names a function: expected '>' or brackets")
+            if fn.count(".") != 1:
+                self.error(
+                    "a dotted name or module path names a function: expected '>' or brackets"
+                    " (a variable is 'x', or 'obj.attr' for an attribute the function sets)"
+                )
+            var = Var(fn, fn)  # `self.x`: an attribute the function assigns (1.4)
         return self.var_suffix(var, focus, start)
 
     def focus_mark(self) -> Focus:

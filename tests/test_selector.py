@@ -196,7 +196,7 @@ def test_parsed_trees_are_cached_and_immutable():
         ("f{!!x, !!y}", 7, "'!!' appears twice"),
         ("a; b", 1, "';' separates selectors"),
         ("f > x:", 6, "expected a tag or class name after ':'"),
-        ("x.y", 3, "a dotted name or module path names a function"),
+        ("x.y.z", 5, "a dotted name or module path names a function"),  # (`x.y`: an attribute)
         ("f(g > x, h > y)", 0, "ambiguous focus"),
         ("f(x=abc) > y", 4, "expected a literal"),
         ("f(x='abc) > y", 4, "unterminated string"),
