@@ -19,6 +19,16 @@ Decisions:
 * ``h[k] = v`` evaluates ``v``, ``h`` and ``k`` once, in Python's order, and reports
   variable ``h`` with key ``k``. When ``v`` is a call and some active selector keys
   calls, ``k`` is evaluated before the call and becomes the callee's key.
+* An item target anywhere else is the same keyed report: unpacked (``h[0], x =
+  pair``, starred, nested), chained (``x = h[0] = v``), annotated (``h[0]: int =
+  v``), a ``for`` or ``with`` target (``for i, h[i] in ...``). Where it is wanted the
+  statement is written out in Python's own steps: the value unpacked into
+  temporaries, then each target stored in turn, its container and key evaluated
+  just before its store, so that a later key sees the names stored before it and
+  an unpacking that fails midway leaves the earlier stores made. ``with a as h[0],
+  b`` becomes ``with a as t: h[0] = t; with b: ...``. Names in such a statement
+  are still reported after it; a call there gets no key. Comprehension targets
+  are left alone.
 * A declared variable with no value (``z: int``) takes its value from the
   call's *state* (a selfless object's, see ``selfless.py``), else it holds a
   sentinel and reading it raises ``PteraNameError`` naming the variable and the
@@ -832,29 +842,33 @@ class _Instrumenter(ast.NodeTransformer):
         """Whether ``target`` holds an item target ``h[k]`` whose ``h`` is wanted."""
         return any(self.wants(name) for name in _item_names(target))
 
-    def split_assign(self, node: ast.Assign) -> ast.stmt:
+    def split_assign(self, node: ast.Assign) -> list[ast.stmt]:
         """``h[0], x = pair``, ``x = h[0] = v``: Python's steps written out, so that
         each item target is a keyed store. The value is evaluated, then each target
         is stored in turn, left to right: a tuple is unpacked into temporaries and its
         elements stored in order, each container and key evaluated just before its
-        store, as Python does."""
+        store, as Python does. Names are reported after the statement, as when no
+        item target is wanted: overriding a name gives the same program whatever
+        else is probed."""
+        names = [n for t in node.targets for n in _target_names(t)]
         held: list[str] = []
         out: list[ast.stmt] = []
         value = self.visit(node.value)
         (target,) = node.targets if len(node.targets) == 1 else (None,)
         if isinstance(target, (ast.Tuple, ast.List)):
-            out += self.unpack(target, value, held, node)  # no temporary for the whole
+            out += self.unpack(target, value, held)  # no temporary for the whole
         else:
             whole = self.fresh()
             held.append(whole)
             out.append(ast.Assign(targets=[_name(whole, ast.Store())], value=value))
             for target in node.targets:
-                out += self.store(target, whole, held, node)
-        return _clearing(out, held, node)
+                out += self.store(target, whole, held)
+        rebinds = [_rebind(n, node) for n in dict.fromkeys(names) if self.wants(n)]
+        return [_clearing(out, held, node), *rebinds]
 
-    def store(self, target: ast.expr, source: str, held: list[str], at: ast.stmt) -> list:
-        """Store temporary ``source`` into ``target`` as Python would, reporting names
-        as they are stored and item targets of wanted names as keyed stores."""
+    def store(self, target: ast.expr, source: str, held: list[str]) -> list[ast.stmt]:
+        """Store temporary ``source`` into ``target`` as Python would, item targets of
+        wanted names as keyed stores; the temporaries it makes are added to ``held``."""
         if isinstance(target, ast.Starred):
             target = target.value  # the starred value is already a list
         if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
@@ -870,18 +884,10 @@ class _Instrumenter(ast.NodeTransformer):
                     self.keyed_store(name, held_dict, held_key, source),
                 ]
         if isinstance(target, (ast.Tuple, ast.List)) and self.has_keyed_item(target):
-            return self.unpack(target, _name(source), held, at)
-        if isinstance(target, ast.Name):
-            value = _name(source)
-            if self.wants(target.id):
-                value = _report(target.id, value)
-            return [ast.Assign(targets=[target], value=value)]
-        target = self.visit(target)
-        names = [n for n in dict.fromkeys(_target_names(target)) if self.wants(n)]
-        stored = ast.Assign(targets=[target], value=_name(source))
-        return [stored] + [_rebind(n, at) for n in names]
+            return self.unpack(target, _name(source), held)
+        return [ast.Assign(targets=[self.visit(target)], value=_name(source))]
 
-    def unpack(self, target: ast.Tuple | ast.List, value: ast.expr, held: list[str], at):
+    def unpack(self, target: ast.Tuple | ast.List, value: ast.expr, held: list[str]):
         """Unpack ``value`` into one temporary per element of ``target`` (a starred
         one stays starred), then store each element in order."""
         parts = [self.fresh() for _ in target.elts]
@@ -894,7 +900,7 @@ class _Instrumenter(ast.NodeTransformer):
         ]
         out = [ast.Assign(targets=[ast.Tuple(elts=elts, ctx=ast.Store())], value=value)]
         for part, elt in zip(parts, target.elts):
-            out += self.store(elt, part, held, at)
+            out += self.store(elt, part, held)
         return out
 
     def keyed_assign(self, node: ast.Assign, target: ast.Subscript):
@@ -1023,13 +1029,12 @@ class _Instrumenter(ast.NodeTransformer):
         pre = []
         if self.has_keyed_item(node.target):
             # `for h[i] in xs`: each item goes to a temporary, stored into the
-            # target as an assignment would (names reported there).
+            # target as an assignment would.
             target, node.target = node.target, _name(self.fresh(), ast.Store())
             held = [node.target.id]
-            pre.append(_clearing(self.store(target, node.target.id, held, node), held, node))
+            pre.append(_clearing(self.store(target, node.target.id, held), held, node))
         node = self.generic_visit(node)
-        if not pre:
-            pre = [_rebind(n, node) for n in names if self.wants(n)]
+        pre += [_rebind(n, node) for n in names if self.wants(n)]
         loopvars = [n for n in names if self.wants(f"#loop_{n}") or self.wants(f"#endloop_{n}")]
         body = node.body
         for n in loopvars:
@@ -1049,14 +1054,16 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_With(self, node):
         stores = {}  # item index -> the store of its target, for item targets
+        names = []
         for i, item in enumerate(node.items):
             target = item.optional_vars
             if target is not None and self.has_keyed_item(target):
                 item.optional_vars = _name(self.fresh(), ast.Store())
                 held = [item.optional_vars.id]
-                stores[i] = _clearing(self.store(target, held[0], held, node), held, node)
+                names += _target_names(target)
+                stores[i] = _clearing(self.store(target, held[0], held), held, node)
         node = self.generic_visit(node)
-        names = [
+        names += [
             n
             for i, item in enumerate(node.items)
             if item.optional_vars and i not in stores
