@@ -416,7 +416,9 @@ class _Scanner(ast.NodeVisitor):
         else:
             if node.value is not None:
                 self.keyed.update(_item_names(node.target))
-                self.keyed_calls |= isinstance(node.value, ast.Call)
+                self.keyed_calls |= isinstance(node.target, ast.Subscript) and isinstance(
+                    node.value, ast.Call
+                )
             self.generic_visit(node)
 
     def visit_AugAssign(self, node):

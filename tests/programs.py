@@ -462,7 +462,14 @@ def p_item_targets():
     h[key(9)]: int = 13
     for i, h[key(i * 100)] in enumerate("ab"):
         g[key("loop")] = i
-    with contextlib.nullcontext(14) as h[key("with")]:
+
+    @contextlib.contextmanager
+    def manager(tag):
+        log.append(("enter", tag))
+        yield tag
+        log.append(("exit", tag))
+
+    with manager(1) as a, manager(2) as h[key("with")], manager(3), manager(4) as g[key(a)]:
         log.append("body")
     try:
         (h[key(20)], (h[key(21)], y)) = (15, (16,))  # the inner unpacking fails

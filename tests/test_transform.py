@@ -1,6 +1,7 @@
 """Instrumentation preserves the semantics of every program, idle or probed."""
 
 import ast
+import asyncio
 import builtins
 import contextlib
 import importlib
@@ -659,6 +660,27 @@ def _with_target(v):
     return h, z
 
 
+async def _letters(text):
+    for c in text:
+        yield c
+
+
+@tooled
+async def _async_targets(text):
+    h = {}
+    async for h["last"] in _letters(text):
+        pass
+    async with contextlib.nullcontext(len(text)) as h["cm"]:
+        pass
+    return h
+
+
+def test_async_for_and_with_item_targets_are_keyed():
+    with probing("_async_targets > h[$k] as v").values() as got:
+        assert asyncio.run(_async_targets("ab")) == {"last": "b", "cm": 2}
+    assert got == kv(("last", "a"), ("last", "b"), ("cm", 2))
+
+
 def kv(*pairs):
     return [{"k": k, "v": v} for k, v in pairs]
 
@@ -730,7 +752,7 @@ def test_item_targets_keep_the_programs_own_steps(selectors):
         result = programs.p_item_targets()
     assert ("ok", result) == EXPECTED["p_item_targets"]
     log, count = result[:2]
-    assert count == 19 and len([e for e in log if e[0] == "key"]) == 19
+    assert count == 20 and len([e for e in log if e[0] == "key"]) == 20
     assert log[:4] == [("key", 0), ("h", "set", 0, 1), ("key", 1), ("h", "set", 1, 2)]
     stores = [(e[2], e[3]) for e in log if e[:2] == ("h", "set")]
     assert [(d["k"], d["v"]) for d in got if "k" in d] == stores
