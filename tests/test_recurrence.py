@@ -185,3 +185,17 @@ def test_calls_evaluating_a_keyed_calls_arguments_are_not_the_keyed_call(selecto
     with probing(selector).values() as seen:
         keyed_with_calls_in_arguments(1.0)
     assert seen == expected
+
+
+@ptera
+def annotated_step(inp):
+    h = {}
+    h[4]: float = keyed_layer(inp)
+    h[5], h[6] = keyed_layer(inp), 0.0  # one call, two keys: no key
+    return h[4]
+
+
+def test_an_annotated_item_assignment_keys_its_call_and_an_unpacking_does_not():
+    with probing("annotated_step > keyed_layer[$k] > inp").values() as seen:
+        annotated_step(2.0)
+    assert seen == [{"k": 4, "inp": 2.0}, {"inp": 2.0}]
