@@ -5,6 +5,7 @@ import asyncio
 import builtins
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import sys
 import traceback
@@ -12,6 +13,8 @@ import types
 import weakref
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ptera import PteraNameError, SelectorError, instrumented_source, probing, tooled, tweaking
 from ptera.transform import TransformError
@@ -759,3 +762,123 @@ def test_item_targets_keep_the_programs_own_steps(selectors):
     if "g[$j] as w" in selectors[1]:
         stores = [(e[2], e[3]) for e in log if e[:2] == ("g", "set")]
         assert [(d["j"], d["w"]) for d in got if "j" in d] == stores
+
+
+# Any shape of targets: generated programs, run plain and probed.
+
+GENERATED = """
+from tests.programs import Recording
+
+
+def prog():
+    log = []
+
+    def key(k):
+        log.append(("key", k))
+        return k
+
+    h, g, box = Recording(log, "h"), Recording(log, "g"), [Recording(log, "box")]
+    x0 = x1 = x2 = None
+    try:
+        {statement}
+    except (ValueError, TypeError) as err:  # unpacking too few; a key holding a list
+        log.append(repr(err))
+    return log, dict(h), dict(g), dict(box[0]), x0, x1, x2
+"""
+
+# A leaf target: a name, an item of h or g (keyed), an item of an item (not keyed).
+# Keys read the names, so that a key sees the names stored before it.
+LEAF = {
+    "name": "x{i3}",
+    "h": "h[key(({n}, x0))]",
+    "g": "g[key(({n}, x1))]",
+    "deep": "box[0][key(({n}, x2))]",
+}
+
+
+def target_shapes():
+    leaf = st.sampled_from(sorted(LEAF))
+    return st.recursive(
+        leaf,
+        lambda inner: st.tuples(
+            st.lists(inner, min_size=1, max_size=3),
+            st.sampled_from(["()", "[]"]),  # a tuple or a list target
+            st.integers(-1, 2),  # the starred element (a leaf), if any
+            st.integers(0, 2),  # how many more values the starred one takes
+        ),
+        max_leaves=6,
+    )
+
+
+def render(shape, counter: list, short: int, tuples: list) -> tuple[str, str]:
+    """The target text of ``shape`` and a value it unpacks; the ``short``-th tuple
+    (in reading order) gets one value too few."""
+    if isinstance(shape, str):
+        counter.append(0)
+        n = len(counter)
+        return LEAF[shape].format(n=n, i3=n % 3), str(n * 10)
+    elts, brackets, star, extra = shape
+    star = star if star < len(elts) and isinstance(elts[star], str) else -1
+    tuples.append(None)
+    mine = len(tuples) - 1
+    texts, values = [], []
+    for i, elt in enumerate(elts):
+        text, value = render(elt, counter, short, tuples)
+        if i == star:
+            texts.append("*" + text)
+            values += [str(len(counter) * 10 + j) for j in range(extra)]
+        else:
+            texts.append(text)
+            values.append(value)
+    if mine == short and star < 0:
+        values = values[:-1]
+    return (
+        brackets[0] + ", ".join(texts) + ("," if len(texts) == 1 else "") + brackets[1],
+        "(" + ", ".join(values) + ("," if len(values) == 1 else "") + ")",
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    folder, made = tmp_path_factory.mktemp("generated"), []
+
+    def load(statement: str):
+        made.append(statement)
+        path = folder / f"_ptera_generated_{len(made)}.py"
+        path.write_text(GENERATED.format(statement=statement))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.prog
+
+    return load
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=target_shapes(),
+    chained=st.lists(st.sampled_from(sorted(LEAF)), max_size=2),
+    short=st.integers(-1, 3),
+    at=st.integers(0, 2),
+)
+def test_any_target_shape_keeps_pythons_steps_and_reports_each_item(
+    generated, shape, chained, short, at
+):
+    counter = []
+    target, value = render(shape, counter, short, [])
+    others = [render(leaf, counter, -1, [])[0] for leaf in chained]
+    targets = others[:at] + [target] + others[at:]
+    prog = generated(" = ".join(targets) + " = " + value)
+    plain = outcome(prog)
+    tooled(prog)
+    env = {"prog": prog}
+    with (
+        probing("prog > h[$k] as v", env=env).values() as hs,
+        probing("prog > g[$k] as v", env=env).values() as gs,
+        probing("prog > $v", env=env),
+    ):
+        assert outcome(prog) == plain
+    log = plain[1][0]
+    for seen, tag in [(hs, "h"), (gs, "g")]:
+        stores = [(e[2], e[3]) for e in log if e[:2] == (tag, "set")]
+        assert [(d["k"], d["v"]) for d in seen] == stores
