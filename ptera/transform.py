@@ -19,6 +19,16 @@ Decisions:
 * ``h[k] = v`` evaluates ``v``, ``h`` and ``k`` once, in Python's order, and reports
   variable ``h`` with key ``k``. When ``v`` is a call and some active selector keys
   calls, ``k`` is evaluated before the call and becomes the callee's key.
+* An item target anywhere else is the same keyed report: unpacked (``h[0], x =
+  pair``, starred, nested), chained (``x = h[0] = v``), annotated (``h[0]: int =
+  v``), a ``for`` or ``with`` target (``for i, h[i] in ...``). Where it is wanted the
+  statement is written out in Python's own steps: the value unpacked into
+  temporaries, then each target stored in turn, its container and key evaluated
+  just before its store, so that a later key sees the names stored before it and
+  an unpacking that fails midway leaves the earlier stores made. ``with a as h[0],
+  b`` becomes ``with a as t: h[0] = t; with b: ...``. Names in such a statement
+  are still reported after it; a call there gets no key. Comprehension targets
+  are left alone.
 * A declared variable with no value (``z: int``) takes its value from the
   call's *state* (a selfless object's, see ``selfless.py``), else it holds a
   sentinel and reading it raises ``PteraNameError`` naming the variable and the
@@ -314,6 +324,17 @@ def _target_names(target: ast.AST) -> list[str]:
     return []
 
 
+def _item_names(target: ast.AST) -> list[str]:
+    """The names ``h`` of the item targets ``h[k]`` in an assignment target."""
+    if isinstance(target, ast.Subscript):
+        return [target.value.id] if isinstance(target.value, ast.Name) else []
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for elt in target.elts for n in _item_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _item_names(target.value)
+    return []
+
+
 def _pattern_names(pattern: ast.pattern) -> list[str]:
     """The names a ``case`` pattern binds, in source order."""
     found = []
@@ -393,21 +414,39 @@ class _Scanner(ast.NodeVisitor):
                     self.defaulted.add(name)
                 self.visit(node.value)
         else:
+            if node.value is not None:
+                self.keyed.update(_item_names(node.target))
+                self.keyed_calls |= isinstance(node.target, ast.Subscript) and isinstance(
+                    node.value, ast.Call
+                )
             self.generic_visit(node)
+
+    def visit_AugAssign(self, node):
+        self.keyed.update(_item_names(node.target))
+        self.generic_visit(node)
 
     def visit_For(self, node):
         for name in _target_names(node.target):
             self.loops.add(name)
+        self.keyed.update(_item_names(node.target))
         self.generic_visit(node)
 
     visit_AsyncFor = visit_For
+
+    def visit_With(self, node):
+        for item in node.items:
+            if item.optional_vars is not None:
+                self.keyed.update(_item_names(item.optional_vars))
+        self.generic_visit(node)
+
+    visit_AsyncWith = visit_With
 
     def visit_Assign(self, node):
         target = node.targets[0]
         if len(node.targets) == 1 and isinstance(target, ast.Name) and is_priority_call(node.value):
             self.defaulted.add(target.id)
-        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
-            self.keyed.add(target.value.id)
+        for t in node.targets:
+            self.keyed.update(_item_names(t))
         if (
             len(node.targets) == 1
             and isinstance(node.targets[0], ast.Subscript)
@@ -795,9 +834,76 @@ class _Instrumenter(ast.NodeTransformer):
             and (self.wants(target.value.id) or self.wants(CALLKEY))
         ):
             return self.keyed_assign(node, target)
+        if any(self.has_keyed_item(t) for t in node.targets):
+            return self.split_assign(node)
         node = self.generic_visit(node)
         names = [n for t in node.targets for n in _target_names(t)]
         return [node] + [_rebind(n, node) for n in dict.fromkeys(names) if self.wants(n)]
+
+    def has_keyed_item(self, target: ast.expr) -> bool:
+        """Whether ``target`` holds an item target ``h[k]`` whose ``h`` is wanted."""
+        return any(self.wants(name) for name in _item_names(target))
+
+    def split_assign(self, node: ast.Assign) -> list[ast.stmt]:
+        """``h[0], x = pair``, ``x = h[0] = v``: Python's steps written out, so that
+        each item target is a keyed store. The value is evaluated, then each target
+        is stored in turn, left to right: a tuple is unpacked into temporaries and its
+        elements stored in order, each container and key evaluated just before its
+        store, as Python does. Names are reported after the statement, as when no
+        item target is wanted: overriding a name gives the same program whatever
+        else is probed."""
+        names = [n for t in node.targets for n in _target_names(t)]
+        held: list[str] = []
+        out: list[ast.stmt] = []
+        value = self.visit(node.value)
+        (target,) = node.targets if len(node.targets) == 1 else (None,)
+        if isinstance(target, (ast.Tuple, ast.List)):
+            out += self.unpack(target, value, held)  # no temporary for the whole
+        else:
+            whole = self.fresh()
+            held.append(whole)
+            out.append(ast.Assign(targets=[_name(whole, ast.Store())], value=value))
+            for target in node.targets:
+                out += self.store(target, whole, held)
+        rebinds = [_rebind(n, node) for n in dict.fromkeys(names) if self.wants(n)]
+        return [_clearing(out, held, node), *rebinds]
+
+    def store(self, target: ast.expr, source: str, held: list[str]) -> list[ast.stmt]:
+        """Store temporary ``source`` into ``target`` as Python would, item targets of
+        wanted names as keyed stores; the temporaries it makes are added to ``held``."""
+        if isinstance(target, ast.Starred):
+            target = target.value  # the starred value is already a list
+        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+            name = target.value.id
+            if self.wants(name):
+                held_dict, held_key = self.fresh(), self.fresh()
+                held += [held_dict, held_key]
+                return [
+                    ast.Assign(targets=[_name(held_dict, ast.Store())], value=_name(name)),
+                    ast.Assign(
+                        targets=[_name(held_key, ast.Store())], value=self.visit(target.slice)
+                    ),
+                    self.keyed_store(name, held_dict, held_key, source),
+                ]
+        if isinstance(target, (ast.Tuple, ast.List)) and self.has_keyed_item(target):
+            return self.unpack(target, _name(source), held)
+        return [ast.Assign(targets=[self.visit(target)], value=_name(source))]
+
+    def unpack(self, target: ast.Tuple | ast.List, value: ast.expr, held: list[str]):
+        """Unpack ``value`` into one temporary per element of ``target`` (a starred
+        one stays starred), then store each element in order."""
+        parts = [self.fresh() for _ in target.elts]
+        held += parts
+        elts = [
+            ast.Starred(_name(t, ast.Store()), ast.Store())
+            if isinstance(elt, ast.Starred)
+            else _name(t, ast.Store())
+            for t, elt in zip(parts, target.elts)
+        ]
+        out = [ast.Assign(targets=[ast.Tuple(elts=elts, ctx=ast.Store())], value=value)]
+        for part, elt in zip(parts, target.elts):
+            out += self.store(elt, part, held)
+        return out
 
     def keyed_assign(self, node: ast.Assign, target: ast.Subscript):
         """``h[k] = v``: report ``h`` with key ``k``; key a call on the right."""
@@ -886,7 +992,18 @@ class _Instrumenter(ast.NodeTransformer):
         return _clearing(out, held, node)
 
     def visit_AnnAssign(self, node):
-        if not isinstance(node.target, ast.Name):
+        target = node.target
+        if (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and node.value is not None
+            and (self.wants(target.value.id) or self.wants(CALLKEY))
+        ):
+            # In a function Python never evaluates this annotation: `h[0]: int = v`
+            # runs as `h[0] = v`, and is reported as such.
+            plain = ast.copy_location(ast.Assign(targets=[target], value=node.value), node)
+            return self.keyed_assign(plain, target)
+        if not isinstance(target, ast.Name):
             return self.generic_visit(node)
         name = node.target.id
         if node.value is not None:
@@ -910,9 +1027,16 @@ class _Instrumenter(ast.NodeTransformer):
         return ast.copy_location(call, value)
 
     def visit_For(self, node):
-        node = self.generic_visit(node)
         names = _target_names(node.target)
-        pre = [_rebind(n, node) for n in names if self.wants(n)]
+        pre = []
+        if self.has_keyed_item(node.target):
+            # `for h[i] in xs`: each item goes to a temporary, stored into the
+            # target as an assignment would.
+            target, node.target = node.target, _name(self.fresh(), ast.Store())
+            held = [node.target.id]
+            pre.append(_clearing(self.store(target, node.target.id, held), held, node))
+        node = self.generic_visit(node)
+        pre += [_rebind(n, node) for n in names if self.wants(n)]
         loopvars = [n for n in names if self.wants(f"#loop_{n}") or self.wants(f"#endloop_{n}")]
         body = node.body
         for n in loopvars:
@@ -931,15 +1055,36 @@ class _Instrumenter(ast.NodeTransformer):
     visit_AsyncFor = visit_For
 
     def visit_With(self, node):
+        stores = {}  # item index -> the store of its target, for item targets
+        names = []
+        for i, item in enumerate(node.items):
+            target = item.optional_vars
+            if target is not None and self.has_keyed_item(target):
+                item.optional_vars = _name(self.fresh(), ast.Store())
+                held = [item.optional_vars.id]
+                names += _target_names(target)
+                stores[i] = _clearing(self.store(target, held[0], held), held, node)
         node = self.generic_visit(node)
-        names = [
+        names += [
             n
-            for item in node.items
-            if item.optional_vars
+            for i, item in enumerate(node.items)
+            if item.optional_vars and i not in stores
             for n in _target_names(item.optional_vars)
         ]
         node.body = [_rebind(n, node) for n in names if self.wants(n)] + node.body
-        return node
+        if not stores:
+            return node
+        # `with a as h[0], b:` is `with a as h[0]: with b:`; written so, each target
+        # is stored before the next manager is entered, as in Python.
+        kind, last = type(node), max(stores)
+        body = node.body
+        if node.items[last + 1 :]:
+            body = [ast.copy_location(kind(items=node.items[last + 1 :], body=body), node)]
+        for i in sorted(stores, reverse=True):
+            start = max((j for j in stores if j < i), default=-1) + 1
+            outer = kind(items=node.items[start : i + 1], body=[stores[i], *body])
+            body = [ast.copy_location(outer, node)]
+        return body[0]
 
     visit_AsyncWith = visit_With
 

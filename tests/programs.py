@@ -426,6 +426,58 @@ def p_slice_assign():
     return xs
 
 
+class Recording(dict):
+    """A dict that logs each item read and write, to compare a program's own steps."""
+
+    def __init__(self, log, tag):
+        super().__init__()
+        self.log, self.tag = log, tag
+
+    def __getitem__(self, key):
+        self.log.append((self.tag, "get", key))
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self.log.append((self.tag, "set", key, value))
+        super().__setitem__(key, value)
+
+
+def p_item_targets():
+    log, count = [], [0]
+
+    def key(k):
+        count[0] += 1
+        log.append(("key", k))
+        return k
+
+    h, g = Recording(log, "h"), Recording(log, "g")
+    h[key(0)], h[key(1)] = 1, 2
+    (h[key("a")], x) = (h[key(0)], 3)
+    h[key(2)], *rest = [4, 5, 6]
+    first, *h[key("rest")] = "xyz"
+    (h[key(3)], (g[key(4)], y)) = (7, (8, 9))
+    [i, h[key(i)]] = (5, 10)  # the key reads the `i` just stored
+    h[key(6)] = g[key(7)] = x = 11
+    x = h[key(8)] = 12
+    h[key(9)]: int = 13
+    for i, h[key(i * 100)] in enumerate("ab"):
+        g[key("loop")] = i
+
+    @contextlib.contextmanager
+    def manager(tag):
+        log.append(("enter", tag))
+        yield tag
+        log.append(("exit", tag))
+
+    with manager(1) as a, manager(2) as h[key("with")], manager(3), manager(4) as g[key(a)]:
+        log.append("body")
+    try:
+        (h[key(20)], (h[key(21)], y)) = (15, (16,))  # the inner unpacking fails
+    except ValueError as err:
+        log.append(str(err))
+    return log, count[0], dict(h), dict(g), x, y, rest, first
+
+
 def p_docstring():
     """A docstring that must survive."""
     return p_docstring.__doc__

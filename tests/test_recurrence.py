@@ -27,6 +27,32 @@ def test_each_step_is_reported_with_its_key(selector, names, expected):
     assert fib.using(q=selector)(5).q.map(*names) == expected
 
 
+def _cell(x, h, c):
+    c = c + x
+    return h + c, c
+
+
+@ptera
+def two_states(xs):
+    h, c = Recurrence(), Recurrence(window=1)
+    h[0], c[0] = 0, 0
+    for i, x in enumerate(xs):
+        h[i + 1], c[i + 1] = _cell(x, h[i], c[i])
+    return h[len(xs)]
+
+
+@pytest.mark.parametrize(
+    "selector, names, expected",
+    [
+        ("two_states > h[$i] as h", ("i", "h"), [(0, 0), (1, 1), (2, 4), (3, 10)]),
+        ("two_states > c[3] as c", ("c",), [6]),
+        ("two_states(xs) > h[1] as h", ("xs", "h"), [([1, 2, 3], 1)]),
+    ],
+)
+def test_steps_set_by_unpacking_are_reported_with_their_keys(selector, names, expected):
+    assert two_states.using(q=selector)([1, 2, 3]).q.map(*names) == expected
+
+
 def test_window_bounds_memory_and_says_why_a_step_is_gone():
     h = Recurrence(window=2)
     for i in range(5):
@@ -159,3 +185,17 @@ def test_calls_evaluating_a_keyed_calls_arguments_are_not_the_keyed_call(selecto
     with probing(selector).values() as seen:
         keyed_with_calls_in_arguments(1.0)
     assert seen == expected
+
+
+@ptera
+def annotated_step(inp):
+    h = {}
+    h[4]: float = keyed_layer(inp)
+    h[5], h[6] = keyed_layer(inp), 0.0  # one call, two keys: no key
+    return h[4]
+
+
+def test_an_annotated_item_assignment_keys_its_call_and_an_unpacking_does_not():
+    with probing("annotated_step > keyed_layer[$k] > inp").values() as seen:
+        annotated_step(2.0)
+    assert seen == [{"k": 4, "inp": 2.0}, {"inp": 2.0}]

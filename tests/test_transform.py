@@ -1,9 +1,11 @@
 """Instrumentation preserves the semantics of every program, idle or probed."""
 
 import ast
+import asyncio
 import builtins
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import sys
 import traceback
@@ -11,8 +13,10 @@ import types
 import weakref
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ptera import PteraNameError, SelectorError, instrumented_source, probing, tooled
+from ptera import PteraNameError, SelectorError, instrumented_source, probing, tooled, tweaking
 from ptera.transform import TransformError
 
 from . import programs
@@ -283,11 +287,28 @@ def _stores_then_drops(fail):
     return ref() is None
 
 
+@tooled
+def _unpacks_then_drops(fail):
+    h = {}
+    h[0], x = _Big(), 1
+    ref = weakref.ref(h[0])
+    if fail:
+        try:
+            h[[]], x = h[0], 2
+        except TypeError:
+            pass
+    for h[1] in [h[0]]:  # noqa: B020 - the loop stores into h, as tested
+        pass
+    h[0] = h[1] = None
+    return x == 1 and ref() is None
+
+
 @pytest.mark.parametrize("fail", [False, True])
-@pytest.mark.parametrize("selector", [None, "_stores_then_drops > h", "_stores_then_drops > $v"])
-def test_subscript_assignment_does_not_keep_its_value_alive(selector, fail):
-    with probing(selector) if selector else contextlib.nullcontext():
-        assert _stores_then_drops(fail)
+@pytest.mark.parametrize("selector", [None, "{fn} > h", "{fn} > $v", "{fn} > h[$k] as v"])
+@pytest.mark.parametrize("fn", [_stores_then_drops, _unpacks_then_drops])
+def test_subscript_assignment_does_not_keep_its_value_alive(fn, selector, fail):
+    with probing(selector.format(fn=fn.__name__)) if selector else contextlib.nullcontext():
+        assert fn(fail)
 
 
 # -- the rewrite as text: instrumented_source ---------------------------------------
@@ -567,3 +588,297 @@ def test_augmented_item_assignment_of_a_tensor_is_in_place_as_in_python():
     with probing("bump > h[$k] as v").values() as got:
         h = bump(t)
     assert t.tolist() == [0.0, 1.0, 1.0] and h["w"] is got[0]["v"]
+
+
+# -- item targets in every assignment form are keyed reports --------------------------
+
+
+@tooled
+def _unpacked(a, b):
+    h = {}
+    h[0], h[1] = a, b
+    return h
+
+
+@tooled
+def _beside_a_name(pair):
+    h = {}
+    h["k"], x = pair
+    return h, x
+
+
+@tooled
+def _starred(seq):
+    h = {}
+    h[0], *rest = seq
+    first, *h[1] = seq
+    return h, rest, first
+
+
+@tooled
+def _nested(a, b):
+    h = {}
+    (h[0], (h[1], y)) = a, (b, a)
+    [h[2], h[3]] = b, a
+    return h, y
+
+
+@tooled
+def _chained(v):
+    h, g = {}, {}
+    h[0] = g[1] = v
+    x = h[2] = v + 1
+    return h, g, x
+
+
+@tooled
+def _key_after_name(v):
+    h = {}
+    i, h[i] = 7, v
+    return h, i
+
+
+@tooled
+def _annotated(v):
+    h = {}
+    h[0]: int = v
+    return h
+
+
+@tooled
+def _loop_targets(xs):
+    h = {}
+    for h["last"] in xs:
+        pass
+    for i, h[i] in enumerate(xs):  # noqa: B007 - the target uses i
+        pass
+    return h
+
+
+@tooled
+def _with_target(v):
+    h = {}
+    with contextlib.nullcontext(v) as h["cm"], contextlib.nullcontext(v + 1) as z:
+        pass
+    return h, z
+
+
+async def _letters(text):
+    for c in text:
+        yield c
+
+
+@tooled
+async def _async_targets(text):
+    h = {}
+    async for h["last"] in _letters(text):
+        pass
+    async with contextlib.nullcontext(len(text)) as h["cm"]:
+        pass
+    return h
+
+
+def test_async_for_and_with_item_targets_are_keyed():
+    with probing("_async_targets > h[$k] as v").values() as got:
+        assert asyncio.run(_async_targets("ab")) == {"last": "b", "cm": 2}
+    assert got == kv(("last", "a"), ("last", "b"), ("cm", 2))
+
+
+def kv(*pairs):
+    return [{"k": k, "v": v} for k, v in pairs]
+
+
+@pytest.mark.parametrize(
+    "fn, args, selector, expected",
+    [
+        (_unpacked, (1, 2), "h[1] as h", [{"h": 2}]),
+        (_unpacked, (1, 2), "h[$k] as v", kv((0, 1), (1, 2))),
+        (_unpacked, (1, 2), "h", [{"h": {0: 1, 1: 2}}]),  # items are not values of h
+        (_beside_a_name, ((1, 2),), "h[$k] as v", kv(("k", 1))),
+        (_beside_a_name, ((1, 2),), "x", [{"x": 2}]),  # names report as before
+        (_starred, ("abc",), "h[$k] as v", kv((0, "a"), (1, ["b", "c"]))),
+        (_starred, ("abc",), "rest", [{"rest": ["b", "c"]}]),
+        (_nested, (1, 2), "h[$k] as v", kv((0, 1), (1, 2), (2, 2), (3, 1))),
+        (_nested, (1, 2), "y", [{"y": 1}]),
+        (_chained, (5,), "h[$k] as v", kv((0, 5), (2, 6))),
+        (_chained, (5,), "g[1] as g", [{"g": 5}]),
+        (_chained, (5,), "x", [{"x": 6}]),
+        (_key_after_name, (9,), "h[$k] as v", kv((7, 9))),
+        (_annotated, (3,), "h[0] as h", [{"h": 3}]),
+        (
+            _loop_targets,
+            ("ab",),
+            "h[$k] as v",
+            kv(("last", "a"), ("last", "b"), (0, "a"), (1, "b")),
+        ),
+        (_with_target, (4,), "h[$k] as v", kv(("cm", 4))),
+        (_with_target, (4,), "z", [{"z": 5}]),
+    ],
+)
+def test_item_targets_in_every_assignment_form_are_keyed(fn, args, selector, expected):
+    plain = fn(*args)
+    with probing(f"{fn.__name__} > {selector}").values() as got:
+        assert fn(*args) == plain
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "fn, args, tweaks, expected",
+    [
+        (_unpacked, (1, 2), {"h[1] as h": 10}, {0: 1, 1: 10}),
+        (_starred, ("abc",), {"h[$k] as h": 0}, ({0: 0, 1: 0}, ["b", "c"], "a")),
+        (_chained, (5,), {"h[0] as h": 0}, ({0: 0, 2: 6}, {1: 5}, 6)),  # g[1] keeps 5
+        (_chained, (5,), {"x": 0}, ({0: 5, 2: 6}, {1: 5}, 0)),
+        # A name is reported after the statement, whatever else is probed: the key
+        # was computed from the `i` Python stored.
+        (_key_after_name, (9,), {"i": 1}, ({7: 9}, 1)),
+        (_key_after_name, (9,), {"i": 1, "h[$k] as h": 0}, ({7: 0}, 1)),
+        (_loop_targets, ("ab",), {"h[$k] as h": "z"}, {"last": "z", 0: "z", 1: "z"}),
+    ],
+)
+def test_a_tweaked_item_target_stores_the_new_value(fn, args, tweaks, expected):
+    with tweaking({f"{fn.__name__} > {sel}": value for sel, value in tweaks.items()}):
+        assert fn(*args) == expected
+
+
+@pytest.mark.parametrize(
+    "selectors",
+    [
+        ["p_item_targets > h[$k] as v", "p_item_targets > g[$j] as w"],
+        ["p_item_targets > h[$k] as v", "p_item_targets > $v"],
+    ],
+)
+def test_item_targets_keep_the_programs_own_steps(selectors):
+    # The program logs each key it computes and each item it reads and writes; the
+    # log, the key count and the results are those of the plain program.
+    with probing(*selectors).values() as got:
+        result = programs.p_item_targets()
+    assert ("ok", result) == EXPECTED["p_item_targets"]
+    log, count = result[:2]
+    assert count == 20 and len([e for e in log if e[0] == "key"]) == 20
+    assert log[:4] == [("key", 0), ("h", "set", 0, 1), ("key", 1), ("h", "set", 1, 2)]
+    stores = [(e[2], e[3]) for e in log if e[:2] == ("h", "set")]
+    assert [(d["k"], d["v"]) for d in got if "k" in d] == stores
+    if "g[$j] as w" in selectors[1]:
+        stores = [(e[2], e[3]) for e in log if e[:2] == ("g", "set")]
+        assert [(d["j"], d["w"]) for d in got if "j" in d] == stores
+
+
+# Any shape of targets: generated programs, run plain and probed.
+
+GENERATED = """
+from tests.programs import Recording
+
+
+def prog():
+    log = []
+
+    def key(k):
+        log.append(("key", k))
+        return k
+
+    h, g, box = Recording(log, "h"), Recording(log, "g"), [Recording(log, "box")]
+    x0 = x1 = x2 = None
+    try:
+        {statement}
+    except (ValueError, TypeError) as err:  # unpacking too few; a key holding a list
+        log.append(repr(err))
+    return log, dict(h), dict(g), dict(box[0]), x0, x1, x2
+"""
+
+# A leaf target: a name, an item of h or g (keyed), an item of an item (not keyed).
+# Keys read the names, so that a key sees the names stored before it.
+LEAF = {
+    "name": "x{i3}",
+    "h": "h[key(({n}, x0))]",
+    "g": "g[key(({n}, x1))]",
+    "deep": "box[0][key(({n}, x2))]",
+}
+
+
+def target_shapes():
+    leaf = st.sampled_from(sorted(LEAF))
+    return st.recursive(
+        leaf,
+        lambda inner: st.tuples(
+            st.lists(inner, min_size=1, max_size=3),
+            st.sampled_from(["()", "[]"]),  # a tuple or a list target
+            st.integers(-1, 2),  # the starred element (a leaf), if any
+            st.integers(0, 2),  # how many more values the starred one takes
+        ),
+        max_leaves=6,
+    )
+
+
+def render(shape, counter: list, short: int, tuples: list) -> tuple[str, str]:
+    """The target text of ``shape`` and a value it unpacks; the ``short``-th tuple
+    (in reading order) gets one value too few."""
+    if isinstance(shape, str):
+        counter.append(0)
+        n = len(counter)
+        return LEAF[shape].format(n=n, i3=n % 3), str(n * 10)
+    elts, brackets, star, extra = shape
+    star = star if star < len(elts) and isinstance(elts[star], str) else -1
+    tuples.append(None)
+    mine = len(tuples) - 1
+    texts, values = [], []
+    for i, elt in enumerate(elts):
+        text, value = render(elt, counter, short, tuples)
+        if i == star:
+            texts.append("*" + text)
+            values += [str(len(counter) * 10 + j) for j in range(extra)]
+        else:
+            texts.append(text)
+            values.append(value)
+    if mine == short and star < 0:
+        values = values[:-1]
+    return (
+        brackets[0] + ", ".join(texts) + ("," if len(texts) == 1 else "") + brackets[1],
+        "(" + ", ".join(values) + ("," if len(values) == 1 else "") + ")",
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    folder, made = tmp_path_factory.mktemp("generated"), []
+
+    def load(statement: str):
+        made.append(statement)
+        path = folder / f"_ptera_generated_{len(made)}.py"
+        path.write_text(GENERATED.format(statement=statement))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.prog
+
+    return load
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=target_shapes(),
+    chained=st.lists(st.sampled_from(sorted(LEAF)), max_size=2),
+    short=st.integers(-1, 3),
+    at=st.integers(0, 2),
+)
+def test_any_target_shape_keeps_pythons_steps_and_reports_each_item(
+    generated, shape, chained, short, at
+):
+    counter = []
+    target, value = render(shape, counter, short, [])
+    others = [render(leaf, counter, -1, [])[0] for leaf in chained]
+    targets = others[:at] + [target] + others[at:]
+    prog = generated(" = ".join(targets) + " = " + value)
+    plain = outcome(prog)
+    tooled(prog)
+    env = {"prog": prog}
+    with (
+        probing("prog > h[$k] as v", env=env).values() as hs,
+        probing("prog > g[$k] as v", env=env).values() as gs,
+        probing("prog > $v", env=env),
+    ):
+        assert outcome(prog) == plain
+    log = plain[1][0]
+    for seen, tag in [(hs, "h"), (gs, "g")]:
+        stores = [(e[2], e[3]) for e in log if e[:2] == (tag, "set")]
+        assert [(d["k"], d["v"]) for d in seen] == stores
