@@ -198,8 +198,11 @@ class _NoVariable(Exception):
             )
             return _error(selector, self.var, self.name, message)
         known = ", ".join(
-            [n for n, x in self.variables.items() if x.provenance != "external"]
-            + [f"self.{a}" for a in self.st.source.attributes]
+            dict.fromkeys(
+                [n for n, x in self.variables.items() if x.provenance != "external"]
+                + [f"self.{a}" for a in self.st.source.attributes]
+                + list(self.st.source.stores)
+            )
         )
         message = f"'{self.st.qualname}' has no variable '{self.name}' (it has: {known or 'none'})"
         return _error(selector, self.var, self.name, message)
@@ -594,6 +597,8 @@ class _Compiler:
         if var.name is not None:
             v = variables.get(var.name)
             if (v is None or v.provenance == "external") and var.name in st.source.attributes:
+                return [var.name]
+            if v is None and var.name in st.source.stores:  # `self.x`, assigned here
                 return [var.name]
             if v is None and var.name in st.source.comprehended and strict:
                 raise _NoVariable(var, st, variables, comprehended=True)

@@ -96,7 +96,7 @@ def instrumented_source(fn: Any, variables: Iterable[str] | None = None) -> str:
     source = state_for(target).source
     interest = None if variables is None else frozenset(variables)
     if interest is not None:
-        known = source.local_names | source.attributes.keys()
+        known = source.local_names | source.attributes.keys() | source.stores.keys()
         unknown = sorted(n for n in interest if not n.startswith("#") and n not in known)
         if unknown:
             raise ValueError(

@@ -29,6 +29,10 @@ Decisions:
   b`` becomes ``with a as t: h[0] = t; with b: ...``. Names in such a statement
   are still reported after it; a call there gets no key. Comprehension targets
   are left alone.
+* ``obj.attr = v`` (and ``obj.attr: T = v``) is a point named ``"obj.attr"`` when a
+  selector names it (``Koala.moo > self.x``, 1.4): ``v`` is reported, and what the
+  report returns is stored. Only a name's attribute, only a plain or annotated
+  assignment, and never for ``$v`` or the every-point variant: those mean variables.
 * A declared variable with no value (``z: int``) takes its value from the
   call's *state* (a selfless object's, see ``selfless.py``), else it holds a
   sentinel and reading it raises ``PteraNameError`` naming the variable and the
@@ -169,6 +173,8 @@ class Source:
     comprehended: frozenset[str] = frozenset()  # bound only in comprehensions (not points)
     # ``self.a`` read in a method's body, by attribute name: points named ``a``.
     attributes: dict[str, Variable] = field(default_factory=dict)
+    # ``obj.attr = v`` in the body, by ``"obj.attr"``: points a selector names so.
+    stores: dict[str, Variable] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
     # Free names (read, never assigned) that some state gives a value: every
     # variant, the idle one included, reads them from the call's state first.
@@ -241,6 +247,15 @@ def parse_function(fn: types.FunctionType) -> Source:
         keyed_calls=scan.keyed_calls,
         class_name=_class_of(fn.__qualname__),
         attributes=attributes,
+        stores={
+            name: Variable(
+                ABSENT,
+                "attribute",
+                _comment_above(all_lines, line),
+                (filename, fn.__qualname__, line),
+            )
+            for name, line in scan.stores.items()
+        },
         comprehended=frozenset(scan.comprehended - variables.keys()),
     )
 
@@ -324,6 +339,13 @@ def _target_names(target: ast.AST) -> list[str]:
     return []
 
 
+def _stored_attribute(target: ast.AST) -> str | None:
+    """``"obj.attr"`` for an assignment target ``obj.attr`` (a name's attribute)."""
+    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+        return f"{target.value.id}.{target.attr}"
+    return None
+
+
 def _item_names(target: ast.AST) -> list[str]:
     """The names ``h`` of the item targets ``h[k]`` in an assignment target."""
     if isinstance(target, ast.Subscript):
@@ -358,6 +380,7 @@ class _Scanner(ast.NodeVisitor):
         self.keyed: set[str] = set()
         self.keyed_calls = False
         self.comprehended: set[str] = set()  # names bound only by comprehensions
+        self.stores: dict[str, int] = {}  # `obj.attr = v`: "obj.attr" -> first line
 
     def bind(self, name: str, line: int) -> None:
         self.assigned.setdefault(name, line)
@@ -414,6 +437,8 @@ class _Scanner(ast.NodeVisitor):
                     self.defaulted.add(name)
                 self.visit(node.value)
         else:
+            if node.value is not None and _stored_attribute(node.target):
+                self.stores.setdefault(_stored_attribute(node.target), node.lineno)
             if node.value is not None:
                 self.keyed.update(_item_names(node.target))
                 self.keyed_calls |= isinstance(node.target, ast.Subscript) and isinstance(
@@ -445,6 +470,8 @@ class _Scanner(ast.NodeVisitor):
         target = node.targets[0]
         if len(node.targets) == 1 and isinstance(target, ast.Name) and is_priority_call(node.value):
             self.defaulted.add(target.id)
+        if len(node.targets) == 1 and _stored_attribute(target):
+            self.stores.setdefault(_stored_attribute(target), node.lineno)
         for t in node.targets:
             self.keyed.update(_item_names(t))
         if (
@@ -727,6 +754,12 @@ class _Instrumenter(ast.NodeTransformer):
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
 
+    def wants_store(self, target: ast.expr) -> bool:
+        """Whether ``obj.attr = ...`` is wanted: only when a selector names it (``$v``
+        and the every-point variant give variables, not attributes)."""
+        name = _stored_attribute(target)
+        return name is not None and self.interest is not None and name in self.interest
+
     def fresh(self) -> str:
         self.tmp += 1
         return f"__ptera_t{self.tmp}__"
@@ -826,6 +859,14 @@ class _Instrumenter(ast.NodeTransformer):
             node.value = self.settle(target.id, self.visit(node.value))
             if self.wants(target.id):
                 node.value = ast.copy_location(_report(target.id, node.value), node.value)
+            return node
+        if len(node.targets) == 1 and self.wants_store(target):
+            # `self.x = v`: the value is reported as `self.x` before it is stored.
+            node.value = self.visit(node.value)
+            node.value = ast.copy_location(
+                _report(_stored_attribute(target), node.value), node.value
+            )
+            node.targets = [self.visit(target)]
             return node
         if (
             len(node.targets) == 1
@@ -993,6 +1034,10 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_AnnAssign(self, node):
         target = node.target
+        if node.value is not None and self.wants_store(target):
+            # `self.x: T = v` runs as `self.x = v` in a function, and is reported so.
+            plain = ast.copy_location(ast.Assign(targets=[target], value=node.value), node)
+            return self.visit_Assign(plain)
         if (
             isinstance(target, ast.Subscript)
             and isinstance(target.value, ast.Name)

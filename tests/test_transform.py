@@ -882,3 +882,51 @@ def test_any_target_shape_keeps_pythons_steps_and_reports_each_item(
     for seen, tag in [(hs, "h"), (gs, "g")]:
         stores = [(e[2], e[3]) for e in log if e[:2] == (tag, "set")]
         assert [(d["k"], d["v"]) for d in seen] == stores
+
+
+# ---------------------------------------------------------------------------
+# `obj.attr = v`: a point named "obj.attr" (1.4's `Koala.moo > self.x`)
+
+
+class Koala:
+    @tooled
+    def moo(self, x):
+        # where the koala is
+        self.x = x
+        self.y: int = x * 2
+        return self.x + self.y
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("Koala.moo > self.x", [{"self.x": 7}]),
+        ("Koala.moo > self.y", [{"self.y": 14}]),
+        ("Koala.moo(x, !self.y)", [{"x": 7, "self.y": 14}]),
+        ("Koala.moo > self.x as where", [{"where": 7}]),
+        ("Koala.moo > $v", [{"v": 7}]),  # `$v`: variables, not attributes
+    ],
+)
+def test_an_attribute_a_function_assigns_is_a_point(selector, expected):
+    koala = Koala()
+    with probing(selector).values() as got:
+        koala.moo(7)
+    got = [{k: v for k, v in d.items() if not isinstance(v, Koala)} for d in got]
+    assert [d for d in got if d] == expected  # (less `self`, which `$v` also gives)
+
+
+def test_an_attribute_store_can_be_replaced_and_the_object_gets_the_new_value():
+    koala = Koala()
+    with tweaking({"Koala.moo > self.x": 100}):
+        assert koala.moo(7) == 114
+    assert (koala.x, koala.y) == (100, 14)
+    with probing("Koala.moo > self.y", overridable=True) as probe:
+        probe.override(lambda d: -1)
+        assert koala.moo(7) == 6
+    assert koala.moo(7) == 21  # and idle again
+
+
+def test_an_attribute_point_is_listed_and_a_missing_one_named():
+    assert "__ptera__" in instrumented_source(Koala.moo, {"self.x"})
+    with pytest.raises(SelectorError, match=r"no variable 'self\.z' \(it has: .*self\.x"):
+        probing("Koala.moo > self.z")
