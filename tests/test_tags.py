@@ -139,13 +139,19 @@ def meal(x):
         ("*:int > a", [1]),
         ("meal > *:Fromage > a", [4, 3]),
         ("*:tag.Xylophone(!a)", []),
-        ("meal > *:Fruit", []),  # no brackets: a variable's filter, as before
     ],
 )
 def test_a_function_tag_filter_reads_return_annotations(selector, values):
     with probing(selector).values() as got:
         meal(2)
     assert [v for d in got for v in d.values()] == values
+
+
+def test_a_star_tag_without_brackets_is_a_variables_filter():
+    with pytest.warns(UnmatchedSelectorWarning, match="no variable annotated with the tag"):
+        with probing("meal > *:Fruit").values() as got:
+            meal(2)
+    assert got == []
 
 
 def define_with(annotation_text):
