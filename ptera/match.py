@@ -600,6 +600,12 @@ class _Compiler:
                 return [var.name]
             if v is None and var.name in st.source.stores:  # `self.x`, assigned here
                 return [var.name]
+            if v is None and strict and var.name.partition(".")[0] in variables:
+                # `f > x.y` where `f` has `x` but never assigns `x.y`: nothing, with a
+                # warning (1.4 gave nothing; `x.y` may be set by a form not instrumented)
+                err = _NoVariable(var, st, variables).error(self.selector)
+                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+                return []
             if v is None and var.name in st.source.comprehended and strict:
                 raise _NoVariable(var, st, variables, comprehended=True)
             if v is None:

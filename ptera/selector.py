@@ -546,7 +546,9 @@ class _Parser:
             var = replace(var, tag=self.tag())
         var = self.var_filter(var)
         if self.take_word("as"):  # `$v as w` renames the capture too, as 1.4 did
-            var = replace(var, capture=self.ident("a name after 'as'"))
+            self.skip_ws()
+            hashed = "#" if self.take("#") else ""  # `y as #value`: a key 1.4 read too
+            var = replace(var, capture=hashed + self.ident("a name after 'as'"))
             if var.value is NOVALUE:  # 1.4 also read `x as y=1`
                 var = self.var_filter(var)
         return replace(var, focus=focus, span=self.span_from(start))

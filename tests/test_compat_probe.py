@@ -113,6 +113,17 @@ def test_meta_tag_filters_in_loops(selector, names):
     assert got == names
 
 
+@pytest.mark.parametrize(
+    "selector, key",
+    [("f > y as #value", "#value"), ("f(!y as #mine)", "#mine"), ("f > y as plain", "plain")],
+)
+def test_as_can_give_a_hash_name(selector, key):
+    """1.4 read ``y as #value``: the capture's key, with its hash."""
+    with probing(selector).values() as got:
+        f(1)
+    assert [list(d) for d in got] == [[key]] and got[0][key] == 2
+
+
 def test_capture_name_is_the_real_variable_name():
     with probing("f > $v", raw=True) as p:
         got = p.map(lambda d: (d["v"].name, d["v"].capture)).accum()

@@ -928,5 +928,15 @@ def test_an_attribute_store_can_be_replaced_and_the_object_gets_the_new_value():
 
 def test_an_attribute_point_is_listed_and_a_missing_one_named():
     assert "__ptera__" in instrumented_source(Koala.moo, {"self.x"})
-    with pytest.raises(SelectorError, match=r"no variable 'self\.z' \(it has: .*self\.x"):
-        probing("Koala.moo > self.z")
+    with pytest.raises(SelectorError, match=r"no variable 'other\.z' \(it has: .*self\.x"):
+        probing("Koala.moo > other.z")  # (`self.z`: see the next test)
+
+
+def test_an_attribute_of_a_variable_the_function_never_assigns_warns_and_matches_nothing():
+    from ptera import UnmatchedSelectorWarning
+
+    koala = Koala()
+    with pytest.warns(UnmatchedSelectorWarning, match=r"no variable 'x\.y' \(it has: .*self\.x"):
+        with probing("Koala.moo > x.y").values() as got:
+            koala.moo(1)
+    assert got == []
