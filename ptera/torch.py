@@ -19,8 +19,8 @@ Decisions:
   a secondary with several values in one call is an error too.
 * Nothing is computed when the call raised; its queued requests are dropped with
   it (``plugin.exit_batch``: the exit's list), so later calls are served as usual.
-* One request in its exit (the common case) goes straight to
-  ``torch.autograd.grad``: no grouping, zeros built only when a gradient is
+* One request in its exit (the common case) goes straight to one backward
+  pass: no grouping, zeros built only when a gradient is
   ``None``, and no check per tensor: torch refuses a value without gradient
   before it runs anything, and only then are the values checked (the clear
   error, or a frozen tensor skipped) and the pass tried again. Several requests
