@@ -4,10 +4,10 @@ Decisions:
 
 * ``refstring(fn)`` gives the import-path selector of ``fn``
   (``/pkg.mod/Cls/meth``, 1.4's form; selectors also read ``Cls.meth``), checked
-  by resolving it back to the same code the way a selector would; a function that this path cannot reach (one defined
-  inside another function) raises ``CodeNotFoundError`` instead of giving a
-  path that finds nothing. A function of the main script gives
-  ``/__main__/f``, which selectors resolve.
+  by resolving it back to the same code the way a selector would; a function
+  that this path cannot reach (one defined inside another function) raises
+  ``CodeNotFoundError`` instead of giving a path that finds nothing. A function
+  of the main script gives ``/__main__/f``, which selectors resolve.
 * A class stands for its ``__init__`` and a callable object for its
   ``__call__``, as when probing them.
 """
