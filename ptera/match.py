@@ -197,13 +197,12 @@ class _NoVariable(Exception):
                 " (a for loop) to probe it"
             )
             return _error(selector, self.var, self.name, message)
-        known = ", ".join(
-            dict.fromkeys(
-                [n for n, x in self.variables.items() if x.provenance != "external"]
-                + [f"self.{a}" for a in self.st.source.attributes]
-                + list(self.st.source.stores)
-            )
-        )
+        source = self.st.source
+        known = ", ".join(n for n, x in self.variables.items() if x.provenance != "external")
+        if source.stores:
+            known += f"; the attributes it assigns: {', '.join(source.stores)}"
+        if source.attributes:
+            known += f"; the attributes of self it reads: {', '.join(source.attributes)}"
         message = f"'{self.st.qualname}' has no variable '{self.name}' (it has: {known or 'none'})"
         return _error(selector, self.var, self.name, message)
 
@@ -465,9 +464,6 @@ class _Compiler:
         if fns is not None:
             return fns
         candidates = tooled_states()
-        if node.tag is not None:  # `*:Tag(...)`: by the functions' return annotations
-            wanted = self.tag(node.tag)
-            candidates = [st for st in candidates if annotation_matches(_returns(st), wanted)]
         if node.deep:
             # `f >> $p:Parameter` reaches the parameters stock modules read (`self.weight`).
             candidates = candidates + [st for st in self.forwards if not st.tooled]
@@ -475,6 +471,18 @@ class _Compiler:
         if node.deep and named and self.roots.get(parent):
             # Only for named variables: `f >> $v` would instrument every callee.
             candidates = candidates + self.reachable(self.roots[parent], candidates)
+        if node.tag is not None:  # `*:Tag(...)`: by the functions' return annotations
+            wanted = self.tag(node.tag)
+            candidates = [st for st in candidates if annotation_matches(_returns(st), wanted)]
+            if not candidates:
+                err = _error(
+                    self.selector,
+                    node,
+                    node.tag,
+                    f"no decorated function returns a value annotated with the tag or type"
+                    f" '{node.tag}' (yet): this selector matches nothing",
+                )
+                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
         return candidates
 
     def match_vars(
@@ -512,7 +520,9 @@ class _Compiler:
             )
             for name in names:
                 one = spec
-                if name in st.source.attributes and var.tag is not None:
+                if var.tag is not None and (
+                    name in st.source.attributes or name in st.source.stores
+                ):
                     # An attribute has no annotation: its value's class is checked.
                     one = replace(spec, isa=self.tag(var.tag, var))
                 found.setdefault(name, []).append(one)
@@ -600,6 +610,13 @@ class _Compiler:
                 return [var.name]
             if v is None and var.name in st.source.stores:  # `self.x`, assigned here
                 return [var.name]
+            base, _, attr = var.name.partition(".")
+            if (
+                v is None
+                and attr in st.source.attributes
+                and base == self_name(st.source.fn, st.source.tree)
+            ):
+                return [attr]  # `Linear.forward > self.weight`: the attribute it reads
             if v is None and strict and var.name.partition(".")[0] in variables:
                 # `f > x.y` where `f` has `x` but never assigns `x.y`: nothing, with a
                 # warning (1.4 gave nothing; `x.y` may be set by a form not instrumented)
@@ -781,7 +798,9 @@ def _returns(st: FnState) -> Any:
     it cannot be evaluated: such a function has no tag to match)."""
     fn = st.function
     ann = getattr(fn, "__annotations__", {}).get("return", ABSENT) if fn is not None else ABSENT
-    if isinstance(ann, str):
+    for _ in range(2):  # (a quoted annotation under `from __future__ import annotations`)
+        if not isinstance(ann, str):
+            break
         if ann.startswith("@"):  # 1.4's spelling, as for variables
             return get_tags(*(p.strip()[1:] for p in ann.split("&")))
         try:

@@ -160,8 +160,15 @@ def call_with(fn: Callable, data: dict, who: Any = None) -> Any:
     missing = required - data.keys()
     if missing:
         name = getattr(who or fn, "__qualname__", repr(who or fn))
+        odd = [k for k in data if not k.isidentifier()]
+        hint = (
+            f" (a capture such as '{odd[0]}' is no Python name: rename it with 'as',"
+            f" as in '{odd[0]} as x')"
+            if odd
+            else ""
+        )
         raise TypeError(
             f"{name} wants {', '.join(sorted(missing))} but the match has only"
-            f" {', '.join(data) or 'nothing'}; name its parameters after the captures"
+            f" {', '.join(data) or 'nothing'}; name its parameters after the captures{hint}"
         )
     return fn(**{n: data[n] for n in names if n in data})

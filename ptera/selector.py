@@ -182,8 +182,10 @@ class Var:
     def __str__(self) -> str:
         out = ">> " if self.deep else ""
         out += "!" * self.focus
+        # `$w` cannot spell a key with a hash: `* as #w` (what `$v as #w` reads as)
+        hashed = self.name is None and self.capture is not None and self.capture[0] == "#"
         if self.name is None:
-            out += f"${self.capture}" if self.capture is not None else "*"
+            out += f"${self.capture}" if self.capture is not None and not hashed else "*"
         else:
             out += self.name
         if self.tag is not None:
@@ -192,7 +194,7 @@ class Var:
             out += f"~{self.value}"
         elif self.value is not NOVALUE:
             out += f"={self.value!r}"
-        if self.name is not None and self.capture != _default_capture(self.name):
+        if hashed or (self.name is not None and self.capture != _default_capture(self.name)):
             out += f" as {self.capture}"
         return out
 
@@ -711,6 +713,10 @@ def select(
     check_env(env)
     tree = text if isinstance(text, Scope) else _parse(text)
     if env is None and tree.env is None and (skip_frames or skip_modules):
+        if skip_frames < 0:
+            raise ValueError(f"skip_frames counts frames up the stack: not {skip_frames}")
+        if isinstance(skip_modules, str):  # one module, not its letters
+            skip_modules = (skip_modules,)
         env = _frame_env(skip_frames + 1, ("ptera", "contextlib", *skip_modules))
     if env is not None:
         tree = replace(tree, env=env)

@@ -346,6 +346,17 @@ def _stored_attribute(target: ast.AST) -> str | None:
     return None
 
 
+def _attribute_leaves(target: ast.AST) -> list[ast.Attribute]:
+    """The targets ``obj.attr`` (a name's attribute) in an assignment target."""
+    if _stored_attribute(target):
+        return [target]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [a for elt in target.elts for a in _attribute_leaves(elt)]
+    if isinstance(target, ast.Starred):
+        return _attribute_leaves(target.value)
+    return []
+
+
 def _item_names(target: ast.AST) -> list[str]:
     """The names ``h`` of the item targets ``h[k]`` in an assignment target."""
     if isinstance(target, ast.Subscript):
@@ -437,8 +448,8 @@ class _Scanner(ast.NodeVisitor):
                     self.defaulted.add(name)
                 self.visit(node.value)
         else:
-            if node.value is not None and _stored_attribute(node.target):
-                self.stores.setdefault(_stored_attribute(node.target), node.lineno)
+            if node.value is not None:
+                self.store(node.target, node.lineno)
             if node.value is not None:
                 self.keyed.update(_item_names(node.target))
                 self.keyed_calls |= isinstance(node.target, ast.Subscript) and isinstance(
@@ -448,12 +459,19 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_AugAssign(self, node):
         self.keyed.update(_item_names(node.target))
+        self.store(node.target, node.lineno)
         self.generic_visit(node)
+
+    def store(self, target: ast.AST, line: int) -> None:
+        """Record the ``obj.attr`` targets in ``target`` (points named ``"obj.attr"``)."""
+        for attribute in _attribute_leaves(target):
+            self.stores.setdefault(_stored_attribute(attribute), line)
 
     def visit_For(self, node):
         for name in _target_names(node.target):
             self.loops.add(name)
         self.keyed.update(_item_names(node.target))
+        self.store(node.target, node.lineno)
         self.generic_visit(node)
 
     visit_AsyncFor = visit_For
@@ -462,6 +480,7 @@ class _Scanner(ast.NodeVisitor):
         for item in node.items:
             if item.optional_vars is not None:
                 self.keyed.update(_item_names(item.optional_vars))
+                self.store(item.optional_vars, node.lineno)
         self.generic_visit(node)
 
     visit_AsyncWith = visit_With
@@ -470,10 +489,9 @@ class _Scanner(ast.NodeVisitor):
         target = node.targets[0]
         if len(node.targets) == 1 and isinstance(target, ast.Name) and is_priority_call(node.value):
             self.defaulted.add(target.id)
-        if len(node.targets) == 1 and _stored_attribute(target):
-            self.stores.setdefault(_stored_attribute(target), node.lineno)
         for t in node.targets:
             self.keyed.update(_item_names(t))
+            self.store(t, node.lineno)
         if (
             len(node.targets) == 1
             and isinstance(node.targets[0], ast.Subscript)
@@ -754,11 +772,18 @@ class _Instrumenter(ast.NodeTransformer):
     def wants(self, name: str) -> bool:
         return self.interest is None or name in self.interest
 
-    def wants_store(self, target: ast.expr) -> bool:
-        """Whether ``obj.attr = ...`` is wanted: only when a selector names it (``$v``
-        and the every-point variant give variables, not attributes)."""
+    def store_name(self, target: ast.expr) -> str | None:
+        """``"obj.attr"`` for ``obj.attr = ...`` if a selector names it (``$v`` and the
+        every-point variant give variables, not attributes), as the source spells it:
+        ``self.__n`` is mangled (``self._K__n``) before this runs."""
         name = _stored_attribute(target)
-        return name is not None and self.interest is not None and name in self.interest
+        if name is None or self.interest is None:
+            return None
+        base, _, attr = name.partition(".")
+        private = f"_{(self.source.class_name or '').lstrip('_')}__"
+        if self.source.class_name and attr.startswith(private):
+            name = f"{base}.__{attr[len(private) :]}"
+        return name if name in self.interest else None
 
     def fresh(self) -> str:
         self.tmp += 1
@@ -860,12 +885,11 @@ class _Instrumenter(ast.NodeTransformer):
             if self.wants(target.id):
                 node.value = ast.copy_location(_report(target.id, node.value), node.value)
             return node
-        if len(node.targets) == 1 and self.wants_store(target):
+        stored = self.store_name(target) if len(node.targets) == 1 else None
+        if stored is not None:
             # `self.x = v`: the value is reported as `self.x` before it is stored.
             node.value = self.visit(node.value)
-            node.value = ast.copy_location(
-                _report(_stored_attribute(target), node.value), node.value
-            )
+            node.value = ast.copy_location(_report(stored, node.value), node.value)
             node.targets = [self.visit(target)]
             return node
         if (
@@ -875,15 +899,18 @@ class _Instrumenter(ast.NodeTransformer):
             and (self.wants(target.value.id) or self.wants(CALLKEY))
         ):
             return self.keyed_assign(node, target)
-        if any(self.has_keyed_item(t) for t in node.targets):
+        if any(self.has_point_target(t) for t in node.targets):
             return self.split_assign(node)
         node = self.generic_visit(node)
         names = [n for t in node.targets for n in _target_names(t)]
         return [node] + [_rebind(n, node) for n in dict.fromkeys(names) if self.wants(n)]
 
-    def has_keyed_item(self, target: ast.expr) -> bool:
-        """Whether ``target`` holds an item target ``h[k]`` whose ``h`` is wanted."""
-        return any(self.wants(name) for name in _item_names(target))
+    def has_point_target(self, target: ast.expr) -> bool:
+        """Whether ``target`` holds an item target ``h[k]`` whose ``h`` is wanted, or an
+        attribute target ``obj.attr`` that a selector names."""
+        return any(self.wants(name) for name in _item_names(target)) or any(
+            self.store_name(a) is not None for a in _attribute_leaves(target)
+        )
 
     def split_assign(self, node: ast.Assign) -> list[ast.stmt]:
         """``h[0], x = pair``, ``x = h[0] = v``: Python's steps written out, so that
@@ -926,7 +953,10 @@ class _Instrumenter(ast.NodeTransformer):
                     ),
                     self.keyed_store(name, held_dict, held_key, source),
                 ]
-        if isinstance(target, (ast.Tuple, ast.List)) and self.has_keyed_item(target):
+        stored = self.store_name(target)
+        if stored is not None:  # `self.x`: reported, and what the report returns stored
+            return [ast.Assign(targets=[self.visit(target)], value=_report(stored, _name(source)))]
+        if isinstance(target, (ast.Tuple, ast.List)) and self.has_point_target(target):
             return self.unpack(target, _name(source), held)
         return [ast.Assign(targets=[self.visit(target)], value=_name(source))]
 
@@ -1006,6 +1036,20 @@ class _Instrumenter(ast.NodeTransformer):
             and self.wants(target.value.id)
         ):
             return self.keyed_augassign(node, target)
+        stored = self.store_name(target)
+        if stored is not None:
+            # `self.n += v`: Python's steps (read, in-place operation, store), the new
+            # value reported before it is stored.
+            held = self.fresh()
+            load = ast.Attribute(value=_name(target.value.id), attr=target.attr, ctx=ast.Load())
+            out = [
+                ast.Assign(targets=[_name(held, ast.Store())], value=load),
+                ast.AugAssign(
+                    target=_name(held, ast.Store()), op=node.op, value=self.visit(node.value)
+                ),
+                ast.Assign(targets=[self.visit(target)], value=_report(stored, _name(held))),
+            ]
+            return _clearing(out, [held], node)
         node = self.generic_visit(node)
         if isinstance(node.target, ast.Name) and self.wants(node.target.id):
             return [node, _rebind(node.target.id, node)]
@@ -1034,7 +1078,7 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_AnnAssign(self, node):
         target = node.target
-        if node.value is not None and self.wants_store(target):
+        if node.value is not None and self.store_name(target) is not None:
             # `self.x: T = v` runs as `self.x = v` in a function, and is reported so.
             plain = ast.copy_location(ast.Assign(targets=[target], value=node.value), node)
             return self.visit_Assign(plain)
@@ -1074,7 +1118,7 @@ class _Instrumenter(ast.NodeTransformer):
     def visit_For(self, node):
         names = _target_names(node.target)
         pre = []
-        if self.has_keyed_item(node.target):
+        if self.has_point_target(node.target):
             # `for h[i] in xs`: each item goes to a temporary, stored into the
             # target as an assignment would.
             target, node.target = node.target, _name(self.fresh(), ast.Store())
@@ -1104,7 +1148,7 @@ class _Instrumenter(ast.NodeTransformer):
         names = []
         for i, item in enumerate(node.items):
             target = item.optional_vars
-            if target is not None and self.has_keyed_item(target):
+            if target is not None and self.has_point_target(target):
                 item.optional_vars = _name(self.fresh(), ast.Store())
                 held = [item.optional_vars.id]
                 names += _target_names(target)

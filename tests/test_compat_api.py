@@ -488,3 +488,25 @@ def test_a_stateful_match_function_starts_afresh_in_each_probe(seq, kept):
 def test_main_is_the_focus():
     assert ptera.select("f(x) > y").main == ptera.select("f(x) > y").focus
     assert ptera.select("i~every(3)").main.capture == "i"
+
+
+def test_skip_modules_takes_one_name_and_skip_frames_is_not_negative():
+    # a string is one module (its letters would skip every module starting with one)
+    tree = ptera.select("_every_j > y", skip_modules="tests.taps")
+    assert "_every_j" in tree.env and tree.env["__name__"] == __name__
+    with pytest.raises(ValueError, match="skip_frames"):
+        ptera.select("f > y", skip_frames=-1)
+
+
+def test_a_rewrite_of_a_dotted_capture_says_to_rename_it():
+    class Cell:
+        @ptera.tooled
+        def fill(self, v):
+            self.x = v
+            return self.x
+
+    with pytest.raises(TypeError, match=r"'self\.x' is no Python name: rename it with 'as'"):
+        with ptera.rewriting({"Cell.fill > self.x": lambda x: x + 1}):
+            Cell().fill(1)
+    with ptera.rewriting({"Cell.fill > self.x as x": lambda x: x + 1}):
+        assert Cell().fill(1) == 2

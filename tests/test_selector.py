@@ -133,6 +133,7 @@ def test_corpus_is_large_enough():
         ("f(x, )", "f(x)"),
         ("f(j ~ every( 3, ))", "f{j~every(3)}"),
         ("f > $v as w", "f > $w"),  # 1.4 let `as` rename a `$` capture
+        ("f > $v as #w", "f > * as #w"),  # (which `str` prints: `$#w` would not parse)
         ("f(x as xx=1) > y", "f(x=1 as xx) > y"),  # and read a filter after `as`
         ("(f > y)", "f > y"),  # and parentheses around a chain
         ("f(x) > (g > y)", "f(x) > g > y"),

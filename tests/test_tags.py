@@ -138,13 +138,29 @@ def meal(x):
         ("*:@Sucre{!a}", [3]),  # a string annotation, evaluated in the function's module
         ("*:int > a", [1]),
         ("meal > *:Fromage > a", [4, 3]),
-        ("*:tag.Xylophone(!a)", []),
+        ("meal >> *:Fromage > a", [4, 3]),  # (not `bread`, which `>>` also reaches)
     ],
 )
 def test_a_function_tag_filter_reads_return_annotations(selector, values):
     with probing(selector).values() as got:
         meal(2)
     assert [v for d in got for v in d.values()] == values
+
+
+def test_a_function_tag_no_function_has_warns():
+    with pytest.warns(UnmatchedSelectorWarning, match="no decorated function returns"):
+        with probing("*:tag.Xylophone(!a)").values() as got:
+            meal(2)
+    assert got == []
+
+
+@pytest.mark.parametrize("selector, values", [("*:Fromage > a", [2, 3]), ("*:tag.Bleu > a", [3])])
+def test_a_quoted_return_annotation_under_future_annotations(selector, values):
+    from tests.future_returns import platter
+
+    with probing(selector).values() as got:
+        platter(1)
+    assert [d["a"] for d in got] == values
 
 
 def test_a_star_tag_without_brackets_is_a_variables_filter():

@@ -645,7 +645,9 @@ def test_tweaking_a_stock_modules_weight():
 
 
 def test_an_attribute_a_forward_never_reads_is_named_in_the_error():
-    with pytest.raises(SelectorError, match=r"no variable 'weigth'.*self\.weight"):
+    with pytest.raises(
+        SelectorError, match=r"no variable 'weigth'.*attributes of self it reads: .*weight"
+    ):
         probing("Linear > weigth")
 
 

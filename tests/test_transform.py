@@ -905,6 +905,8 @@ class Koala:
         ("Koala.moo(x, !self.y)", [{"x": 7, "self.y": 14}]),
         ("Koala.moo > self.x as where", [{"where": 7}]),
         ("Koala.moo > $v", [{"v": 7}]),  # `$v`: variables, not attributes
+        ("Koala.moo > self.x:int", [{"self.x": 7}]),  # a type: the value's class
+        ("Koala.moo > self.x:str", []),
     ],
 )
 def test_an_attribute_a_function_assigns_is_a_point(selector, expected):
@@ -940,3 +942,58 @@ def test_an_attribute_of_a_variable_the_function_never_assigns_warns_and_matches
         with probing("Koala.moo > x.y").values() as got:
             koala.moo(1)
     assert got == []
+
+
+class Panda:
+    scale = 3
+
+    @tooled
+    def step(self, pair):
+        self.h, (self.c, _) = pair  # unpacking
+        self.a = self.b = pair[0]  # chained
+        self.n += 1  # augmented
+        for self.i in range(2):
+            pass
+        self.__secret = self.scale  # mangled: `self._Panda__secret`
+        return self.h
+
+
+@pytest.mark.parametrize(
+    "selector, values",
+    [
+        ("Panda.step > self.h", [1]),
+        ("Panda.step > self.c", [2]),
+        ("Panda.step > self.a", [1]),
+        ("Panda.step > self.b", [1]),
+        ("Panda.step > self.n", [1]),
+        ("Panda.step > self.i", [0, 1]),
+        ("Panda.step > self.__secret", [3]),
+        ("Panda.step > self.scale", [3]),  # an attribute it only reads: that point
+    ],
+)
+def test_attribute_stores_in_every_assignment_form(selector, values):
+    panda = Panda()
+    panda.n = 0
+    with probing(selector).values() as got:
+        panda.step((1, (2, 9)))
+    assert [v for d in got for v in d.values()] == values
+
+
+def test_an_augmented_attribute_store_stores_the_override():
+    panda = Panda()
+    panda.n = 5
+    with tweaking({"Panda.step > self.n": 100}):
+        panda.step((1, (2, 9)))
+    assert (panda.n, panda.h, panda.c, panda.b, panda.i) == (100, 1, 2, 1, 1)
+    panda.step((1, (2, 9)))
+    assert panda.n == 101  # idle, as Python
+
+
+def test_a_missing_attribute_names_what_is_assigned_and_read():
+    from ptera import UnmatchedSelectorWarning
+
+    with pytest.warns(UnmatchedSelectorWarning) as caught:
+        probing("Panda.step > self.q")
+    text = str(caught[0].message)
+    assert "the attributes it assigns: self.h, self.c, self.a, self.b, self.n, self.i" in text
+    assert "the attributes of self it reads: scale" in text
