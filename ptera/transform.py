@@ -29,10 +29,11 @@ Decisions:
   b`` becomes ``with a as t: h[0] = t; with b: ...``. Names in such a statement
   are still reported after it; a call there gets no key. Comprehension targets
   are left alone.
-* ``obj.attr = v`` (and ``obj.attr: T = v``) is a point named ``"obj.attr"`` when a
-  selector names it (``Koala.moo > self.x``, 1.4): ``v`` is reported, and what the
-  report returns is stored. Only a name's attribute, only a plain or annotated
-  assignment, and never for ``$v`` or the every-point variant: those mean variables.
+* ``obj.attr = v`` is a point named ``"obj.attr"`` when a selector names it
+  (``Koala.moo > self.x``, 1.4), in any assignment form (annotated, unpacked,
+  chained, ``+=``, a ``for`` or ``with`` target; ``self.__n`` as the source spells
+  it): ``v`` is reported, and what the report returns is stored. Only a name's
+  attribute, and never for ``$v`` or the every-point variant: those mean variables.
 * A declared variable with no value (``z: int``) takes its value from the
   call's *state* (a selfless object's, see ``selfless.py``), else it holds a
   sentinel and reading it raises ``PteraNameError`` naming the variable and the
