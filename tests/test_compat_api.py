@@ -41,7 +41,7 @@ def test_every_141_name_exists(name):
         ("ptera.interpret", ["Capture", "Immediate", "Total"]),
         ("ptera.selector", ["Element", "parse", "select", "SelectorError"]),
         ("ptera.tags", ["match_tag", "Tag", "TagSet", "tag"]),
-        ("ptera.utils", ["ABSENT", "is_tooled", "refstring"]),
+        ("ptera.utils", ["ABSENT", "is_tooled", "refstring", "_build_refstring"]),
         ("ptera.tools", ["every", "between", "gt", "gte", "lt", "lte", "throttle"]),
         ("ptera.opparse", ["Lexer", "Parser", "OperatorPrecedenceTower", "lassoc"]),
     ],
@@ -259,6 +259,14 @@ def test_refstring_names_a_function_by_import_path(obj, ref, call):
     with probing(f"{ref} > #value").values() as got:
         value = call()
     assert got == [{"#value": value}]
+
+
+def test_build_refstring_spells_a_path_as_refstring_does():
+    from ptera.utils import _build_refstring
+
+    assert _build_refstring("a", "b") == "/a/b"
+    assert _build_refstring("a.b", "C.meth") == "/a.b/C/meth"
+    assert _build_refstring("__main__", "f") == "/__main__/f"  # (1.4: "//f")
 
 
 def test_refstring_of_a_class_names_its_init():
