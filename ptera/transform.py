@@ -330,14 +330,18 @@ def _arg_names(args: ast.arguments) -> set[str]:
     return set(names)
 
 
-def _target_names(target: ast.AST) -> list[str]:
-    if isinstance(target, ast.Name):
-        return [target.id]
+def _leaves(target: ast.AST) -> list[ast.AST]:
+    """The single targets of an assignment target, in order (tuples, lists and
+    starred targets opened)."""
     if isinstance(target, (ast.Tuple, ast.List)):
-        return [n for elt in target.elts for n in _target_names(elt)]
+        return [leaf for elt in target.elts for leaf in _leaves(elt)]
     if isinstance(target, ast.Starred):
-        return _target_names(target.value)
-    return []
+        return _leaves(target.value)
+    return [target]
+
+
+def _target_names(target: ast.AST) -> list[str]:
+    return [leaf.id for leaf in _leaves(target) if isinstance(leaf, ast.Name)]
 
 
 def _stored_attribute(target: ast.AST) -> str | None:
@@ -349,24 +353,16 @@ def _stored_attribute(target: ast.AST) -> str | None:
 
 def _attribute_leaves(target: ast.AST) -> list[ast.Attribute]:
     """The targets ``obj.attr`` (a name's attribute) in an assignment target."""
-    if _stored_attribute(target):
-        return [target]
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return [a for elt in target.elts for a in _attribute_leaves(elt)]
-    if isinstance(target, ast.Starred):
-        return _attribute_leaves(target.value)
-    return []
+    return [leaf for leaf in _leaves(target) if _stored_attribute(leaf)]
 
 
 def _item_names(target: ast.AST) -> list[str]:
     """The names ``h`` of the item targets ``h[k]`` in an assignment target."""
-    if isinstance(target, ast.Subscript):
-        return [target.value.id] if isinstance(target.value, ast.Name) else []
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return [n for elt in target.elts for n in _item_names(elt)]
-    if isinstance(target, ast.Starred):
-        return _item_names(target.value)
-    return []
+    return [
+        leaf.value.id
+        for leaf in _leaves(target)
+        if isinstance(leaf, ast.Subscript) and isinstance(leaf.value, ast.Name)
+    ]
 
 
 def _pattern_names(pattern: ast.pattern) -> list[str]:
