@@ -30,7 +30,9 @@ Decisions:
   assignment's key goes to.
 * A generator's frame is on the stack while its body runs and off it while it
   is suspended (each ``yield`` takes it off, the resumption puts it back), so
-  its calls see it as their caller and the consumer's calls never do.
+  its calls see it as their caller and the consumer's calls never do. Through
+  ``yield from x`` it stays on while ``x`` runs (``_delegate``, PEP 380's steps):
+  a recursive generator is the caller of the one it delegates to.
 * ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``
   (as in 1.4; the loop variable itself is ``i``); ``#error`` is the exception.
 * ``activate`` returns an ``Activation``; removing it takes away exactly its own
@@ -90,6 +92,7 @@ from .state import settle, take
 from .transform import (
     ABSENT,
     ABSENT_NAME,
+    DELEGATE,
     ENTER,
     EXIT,
     FREE,
@@ -448,6 +451,7 @@ class Engine:
         "_setkey",
         "_suspend",
         "_resume",
+        "_delegate",
     )
 
     def __init__(self):
@@ -465,7 +469,14 @@ class Engine:
         self.after = _After()
         self.missed: dict[int, int] = {}
         self._section = _Section(self)
-        self._enter, self._exit, self._setkey, self._suspend, self._resume = _call_helpers(self)
+        (
+            self._enter,
+            self._exit,
+            self._setkey,
+            self._suspend,
+            self._resume,
+            self._delegate,
+        ) = _call_helpers(self)
         helpers = {
             ENTER: self._enter,
             EXIT: self._exit,
@@ -477,6 +488,7 @@ class Engine:
             SETKEY: self._setkey,
             SUSPEND: self._suspend,
             RESUME: self._resume,
+            DELEGATE: self._delegate,
             FREE: _free,
             ABSENT_NAME: ABSENT,
             HIDE: hide_helpers,
@@ -719,9 +731,10 @@ class Engine:
         return Resident(rules, self)
 
 
-def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
-    """The engine's ``_enter`` and ``_exit``: closures over its fields, which run the
-    hot path as fast as module functions over globals (faster than bound methods)."""
+def _call_helpers(engine: Engine) -> tuple[Callable, ...]:
+    """The engine's ``_enter``, ``_exit`` and the other helpers of instrumented code:
+    closures over its fields, which run the hot path as fast as module functions over
+    globals (faster than bound methods)."""
     plan_var, frame_var, key_var = engine.plan, engine.frame, engine.pending_key
     missed, after = engine.missed, engine.after
 
@@ -887,7 +900,42 @@ def _call_helpers(engine: Engine) -> tuple[Callable, Callable]:
             frame.token = frame_var.set(frame)
         return value
 
-    return _enter, _exit, _setkey, _suspend, _resume
+    def _delegate(frame, iterable):
+        # `yield from iterable` of an instrumented generator (PEP 380's steps written
+        # out): its frame is on the stack while `iterable` runs, as the caller of what
+        # it delegates to, and off it while the consumer runs between values.
+        it = iter(iterable)
+        try:
+            value = next(it)
+        except StopIteration as stop:
+            return stop.value
+        while True:
+            _suspend(frame)
+            try:
+                sent = yield value
+            except GeneratorExit:
+                _resume(frame, None)
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as exc:
+                _resume(frame, None)
+                throw = getattr(it, "throw", None)
+                if throw is None:
+                    raise
+                try:
+                    value = throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                _resume(frame, None)
+                try:
+                    value = next(it) if sent is None else it.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+    return _enter, _exit, _setkey, _suspend, _resume, _delegate
 
 
 # A suspended generator's frame: off the stack until the generator resumes.

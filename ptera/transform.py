@@ -89,6 +89,7 @@ ENTER, EXIT, FREE, TAKE = "enter", "exit", "free", "take"  # once a call
 REPORT, REPORT_KEY, SETTLE = "report", "report_key", "settle"  # at points
 MISSING, SETKEY, HIDE = "missing", "setkey", "hide"  # rarely: errors, keyed calls, locals()
 SUSPEND, RESUME = "suspend", "resume"  # around a generator's yields
+DELEGATE = "delegate"  # `yield from x` of a generator some rule reaches
 ABSENT_NAME = "ABSENT"  # the sentinel `ABSENT` itself
 # Used at points, maybe many times a call: bound once at entry to a hidden local where
 # the code may use one more than once (see `_bind_helpers`), so that each use costs what
@@ -865,7 +866,12 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_YieldFrom(self, node):
         node.value = self.visit(node.value)
-        return self.paused(node)
+        if not self.pausing:
+            return node
+        # `yield from delegate(FRAME, x)`: the generator stays on the stack while `x`
+        # runs (it is the caller of what it delegates to) and leaves it at each value.
+        node.value = ast.copy_location(_call(DELEGATE, _name(FRAME), node.value), node.value)
+        return node
 
     def paused(self, node: ast.expr) -> ast.expr:
         """``resume(FRAME, (suspend(FRAME), <yield>)[1])``: off the stack while out."""

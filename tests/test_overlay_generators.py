@@ -97,3 +97,78 @@ def test_async_generators_too():
     with probing("agen > side > s", "drain > side > s").values() as got:
         assert asyncio.run(drain(2)) == [51, 52]
     assert [r["s"] for r in got] == [1, 51, 2, 52]
+
+
+@tooled
+def walk(n):
+    if n > 0:
+        yield n
+        got = yield from walk(n - 1)
+        return got + 1
+    return 0
+
+
+@tooled
+def relay(it):
+    got = yield from it
+    return got
+
+
+def _echo():
+    """A generator that answers what it is sent, logs throws, returns its count."""
+    log, count = [], 0
+    try:
+        while True:
+            try:
+                sent = yield count
+            except ValueError as exc:
+                log.append(f"threw {exc}")
+                sent = -1
+            log.append(sent)
+            count += 1
+    finally:
+        log.append("closed")
+        _echo.log = log
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("walk > walk > n", [2, 1, 0]),  # the delegating generator is the caller
+        ("walk > walk > walk > n", [1, 0]),
+        ("walk(!n)", [3, 2, 1, 0]),
+    ],
+)
+def test_yield_from_keeps_the_delegating_generator_as_caller(selector, expected):
+    with probing(selector)["n"].values() as got:
+        assert list(walk(3)) == [3, 2, 1]
+    assert got == expected
+
+
+def test_a_consumers_calls_between_delegated_values_do_not_see_the_generator():
+    with probing("walk > side > x").values() as got:
+        for _ in walk(2):
+            side(1)
+    assert got == []
+
+
+@pytest.mark.parametrize("probed", [False, True])
+def test_yield_from_passes_send_throw_close_and_the_return_value(probed):
+    def drive():
+        gen = relay(_echo())
+        steps = [next(gen), gen.send("a"), gen.throw(ValueError("boom")), gen.send("b")]
+        gen.close()
+        return steps, _echo.log
+
+    if probed:
+        with probing("relay > it").values() as seen:
+            result = drive()
+        assert len(seen) == 1
+    else:
+        result = drive()
+    assert result == ([0, 1, 2, 3], ["a", "threw boom", -1, "b", "closed"])
+    gen = walk(2)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    assert stop.value.value == 2  # `return got + 1` through two delegations
