@@ -520,8 +520,10 @@ class _Compiler:
             )
             for name in names:
                 one = spec
+                store = st.source.stores.get(name)
                 if var.tag is not None and (
-                    name in st.source.attributes or name in st.source.stores
+                    name in st.source.attributes
+                    or (store is not None and store.annotation is ABSENT)
                 ):
                     # An attribute has no annotation: its value's class is checked.
                     one = replace(spec, isa=self.tag(var.tag, var))
@@ -608,7 +610,10 @@ class _Compiler:
             v = variables.get(var.name)
             if (v is None or v.provenance == "external") and var.name in st.source.attributes:
                 return [var.name]
-            if v is None and var.name in st.source.stores:  # `self.x`, assigned here
+            store = st.source.stores.get(var.name) if v is None else None
+            if store is not None:  # `self.x`, assigned here
+                if var.tag is not None and not self.store_passes(var, st, store, strict):
+                    return []
                 return [var.name]
             base, _, attr = var.name.partition(".")
             if (
@@ -648,6 +653,27 @@ class _Compiler:
                 warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
             names = kept
         return names
+
+    def store_passes(self, var: Var, st: FnState, store, strict: bool) -> bool:
+        """Whether ``self.x:T`` can match the store ``self.x``: by its annotation if
+        it has one (``self.x: T = v``), else by each value's class (checked as it
+        comes); a tag needs the annotation, since no value carries one."""
+        wanted = self.tag(var.tag, var)
+        if store.annotation is not ABSENT:
+            ok = annotation_matches(store.annotation, wanted)
+            why = f"is annotated {_annotation_text(store.annotation)}"
+        else:
+            ok = not isinstance(wanted, Tag)
+            why = "has no annotation, and a tag filter reads annotations"
+        if not ok and strict:
+            raise _error(
+                self.selector,
+                var,
+                var.tag,
+                f"'{st.qualname}' assigns '{var.name}' but it {why}: '{var.tag}'"
+                " never passes, so this selector matches nothing",
+            )
+        return ok
 
     def value_filter(self, var: Var) -> Any:
         """``var``'s ``=`` literal, or its ``~`` function resolved (once per node)."""

@@ -201,6 +201,16 @@ def _class_of(qualname: str) -> str | None:
     return None
 
 
+def _mangling_class(qualname: str) -> str | None:
+    """The class whose name Python mangles ``__private`` names with in this function:
+    the nearest class around it (``K`` for ``K.m.<locals>.inner`` too)."""
+    scopes = qualname.split(".")[:-1]
+    for i in range(len(scopes) - 1, -1, -1):
+        if scopes[i] != "<locals>" and scopes[i + 1 : i + 2] != ["<locals>"]:
+            return scopes[i]
+    return None
+
+
 def parse_function(fn: types.FunctionType) -> Source:
     """Read and parse the source of ``fn``; collect its variables."""
     code = fn.__code__
@@ -234,7 +244,8 @@ def parse_function(fn: types.FunctionType) -> Source:
     scan = _Scanner()
     for stmt in tree.body:
         scan.visit(stmt)
-    variables = _collect_variables(fn, tree, scan, all_lines)
+    annotations = _annotations(fn, scan)  # (locals' and `self.x: T = v`'s)
+    variables = _collect_variables(fn, tree, scan, all_lines, annotations)
     attributes = {} if plain else _self_attributes(fn, tree, variables)
     return Source(
         fn=fn,
@@ -251,7 +262,7 @@ def parse_function(fn: types.FunctionType) -> Source:
         attributes=attributes,
         stores={
             name: Variable(
-                ABSENT,
+                annotations.get(name, ABSENT),
                 "attribute",
                 _comment_above(all_lines, line),
                 (filename, fn.__qualname__, line),
@@ -295,16 +306,18 @@ def _self_attributes(fn, tree, variables: dict[str, Variable]) -> dict[str, Vari
 
 
 def _walk_own_scope(node: ast.AST):
-    """``ast.walk`` that does not enter nested functions, lambdas and classes."""
-    todo = [node]
+    """``ast.walk`` that does not enter nested functions, lambdas and classes (``node``
+    itself being one included)."""
+    todo = [] if isinstance(node, _SCOPES) else [node]
     while todo:
         n = todo.pop()
         yield n
         for child in ast.iter_child_nodes(n):
-            if not isinstance(
-                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-            ):
+            if not isinstance(child, _SCOPES):
                 todo.append(child)
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
 
 def _source_lines(fn: types.FunctionType) -> list[str]:
@@ -446,6 +459,8 @@ class _Scanner(ast.NodeVisitor):
                     self.defaulted.add(name)
                 self.visit(node.value)
         else:
+            if node.value is not None and _stored_attribute(node.target):
+                self.annotations.setdefault(_stored_attribute(node.target), node.annotation)
             if node.value is not None:
                 self.store(node.target, node.lineno)
             if node.value is not None:
@@ -612,11 +627,10 @@ def _annotations(fn, scan: _Scanner) -> dict[str, Any]:
     return out
 
 
-def _collect_variables(fn, tree, scan: _Scanner, lines) -> dict[str, Variable]:
+def _collect_variables(fn, tree, scan: _Scanner, lines, annotations) -> dict[str, Variable]:
     qual = fn.__qualname__
     filename = fn.__code__.co_filename
     out: dict[str, Variable] = {}
-    annotations = _annotations(fn, scan)
     args = tree.args
     arg_nodes = args.posonlyargs + args.args + args.kwonlyargs
     arg_nodes += [a for a in (args.vararg, args.kwarg) if a is not None]
@@ -734,7 +748,11 @@ def _clearing(body: list, temporaries, node: ast.stmt, first: list = ()) -> ast.
     clear = ast.Assign(targets=[_name(t, ast.Store()) for t in temporaries], value=_const(None))
     stmt = ast.Try(body=body, handlers=[], orelse=[], finalbody=[*first, clear])
     for s in ast.walk(stmt):
-        if isinstance(s, ast.stmt):
+        # Statements, and the expressions made for them, at `node`'s line: what the
+        # program raises there is shown at its own line (visited expressions keep theirs).
+        if isinstance(s, ast.stmt) or (
+            "lineno" in s._attributes and getattr(s, "lineno", None) is None
+        ):
             ast.copy_location(s, node)
     return stmt
 
@@ -753,6 +771,7 @@ class _Instrumenter(ast.NodeTransformer):
         self.interest = interest
         self.tmp = 0
         self.me = self_name(source.fn, source.tree) if source.attributes else None
+
         # Free names that are points here: read from the state or reported at entry.
         external = {n for n, v in source.variables.items() if v.provenance == "external"}
         self.free = sorted(
@@ -772,16 +791,9 @@ class _Instrumenter(ast.NodeTransformer):
 
     def store_name(self, target: ast.expr) -> str | None:
         """``"obj.attr"`` for ``obj.attr = ...`` if a selector names it (``$v`` and the
-        every-point variant give variables, not attributes), as the source spells it:
-        ``self.__n`` is mangled (``self._K__n``) before this runs."""
+        every-point variant give variables, not attributes), as the source spells it."""
         name = _stored_attribute(target)
-        if name is None or self.interest is None:
-            return None
-        base, _, attr = name.partition(".")
-        private = f"_{(self.source.class_name or '').lstrip('_')}__"
-        if self.source.class_name and attr.startswith(private):
-            name = f"{base}.__{attr[len(private) :]}"
-        return name if name in self.interest else None
+        return name if name is not None and self.interest and name in self.interest else None
 
     def fresh(self) -> str:
         self.tmp += 1
@@ -950,7 +962,9 @@ class _Instrumenter(ast.NodeTransformer):
                 held_dict, held_key = self.fresh(), self.fresh()
                 held += [held_dict, held_key]
                 return [
-                    ast.Assign(targets=[_name(held_dict, ast.Store())], value=_name(name)),
+                    ast.Assign(
+                        targets=[_name(held_dict, ast.Store())], value=self.visit(_name(name))
+                    ),
                     ast.Assign(
                         targets=[_name(held_key, ast.Store())], value=self.visit(target.slice)
                     ),
@@ -1012,10 +1026,10 @@ class _Instrumenter(ast.NodeTransformer):
             held.append(call.func.id)
             out.append(ast.Expr(_call(SETKEY, _name(held_key))))
             hold(held_value, call)
-            hold(held_dict, _name(name))
+            hold(held_dict, self.visit(_name(name)))
         else:
             hold(held_value, value)
-            hold(held_dict, _name(name))
+            hold(held_dict, self.visit(_name(name)))
             hold(held_key, self.visit(target.slice))
         out.append(self.keyed_store(name, held_dict, held_key, held_value))
         # The key belongs to this call only: later calls (and calls after an error)
@@ -1043,16 +1057,25 @@ class _Instrumenter(ast.NodeTransformer):
         if stored is not None:
             # `self.n += v`: Python's steps (read, in-place operation, store), the new
             # value reported before it is stored.
-            held = self.fresh()
-            load = ast.Attribute(value=_name(target.value.id), attr=target.attr, ctx=ast.Load())
+            obj, held = self.fresh(), self.fresh()
             out = [
-                ast.Assign(targets=[_name(held, ast.Store())], value=load),
+                ast.Assign(targets=[_name(obj, ast.Store())], value=self.visit(target.value)),
+                ast.Assign(
+                    targets=[_name(held, ast.Store())],
+                    value=ast.Attribute(value=_name(obj), attr=target.attr, ctx=ast.Load()),
+                ),
                 ast.AugAssign(
                     target=_name(held, ast.Store()), op=node.op, value=self.visit(node.value)
                 ),
-                ast.Assign(targets=[self.visit(target)], value=_report(stored, _name(held))),
+                ast.Assign(
+                    targets=[ast.Attribute(value=_name(obj), attr=target.attr, ctx=ast.Store())],
+                    value=_report(stored, _name(held)),
+                ),
             ]
-            return _clearing(out, [held], node)
+            for stmt in out:
+                for sub in ast.walk(stmt):
+                    ast.copy_location(sub, node)
+            return _clearing(out, [obj, held], node)
         node = self.generic_visit(node)
         if isinstance(node.target, ast.Name) and self.wants(node.target.id):
             return [node, _rebind(node.target.id, node)]
@@ -1069,7 +1092,7 @@ class _Instrumenter(ast.NodeTransformer):
 
         item = ast.Subscript(value=_name(held_dict), slice=_name(held_key), ctx=ast.Load())
         out = [
-            assign(held_dict, _name(name)),
+            assign(held_dict, self.visit(_name(name))),
             assign(held_key, self.visit(target.slice)),
             assign(held_value, item),
             ast.AugAssign(
@@ -1336,10 +1359,11 @@ def instrument(source: Source, interest: frozenset | None) -> ast.FunctionDef:
     """
     import copy
 
-    tree = copy.deepcopy(source.tree)
-    if source.class_name:
-        tree = _Mangler(source.class_name).visit(tree)
-    return _Instrumenter(source, interest).instrument(tree)
+    tree = _Instrumenter(source, interest).instrument(copy.deepcopy(source.tree))
+    # Mangled after the rewrite, so that points keep the names the source spells
+    # (`__x`, `self.__n`); ptera's own names end in `__`, which Python never mangles.
+    cls = _mangling_class(source.fn.__qualname__)
+    return _Mangler(cls).visit(tree) if cls else tree
 
 
 def compile_variant(source: Source, interest: frozenset | None) -> types.CodeType:

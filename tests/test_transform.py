@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptera import PteraNameError, SelectorError, instrumented_source, probing, tooled, tweaking
+from ptera import ptera as ptera_fn
+from ptera import tag as tags
 from ptera.transform import TransformError
 
 from . import programs
@@ -997,3 +999,164 @@ def test_a_missing_attribute_names_what_is_assigned_and_read():
     text = str(caught[0].message)
     assert "the attributes it assigns: self.h, self.c, self.a, self.b, self.n, self.i" in text
     assert "the attributes of self it reads: scale" in text
+
+
+# -- what a probed program stores is what it stores unprobed (review findings) ----------
+
+
+class Cfg:
+    def __init__(self, n):
+        self.n = n
+
+
+shared_cfg = Cfg(0)
+shared_h: dict = {}
+
+
+@ptera_fn
+def bump():
+    shared_cfg.n += 1
+    return shared_cfg.n
+
+
+@ptera_fn
+def fill(v):
+    shared_h[0] = v
+    shared_h[1], x = v, v
+    shared_h[2] += v
+    return x
+
+
+@pytest.mark.parametrize("selector", [None, "bump > shared_cfg.n"])
+def test_an_augmented_store_goes_to_the_object_the_state_gives(selector):
+    mine = Cfg(100)
+    obj = bump.new(shared_cfg=mine)
+    with probing(selector) if selector else contextlib.nullcontext():
+        assert obj() == 101
+    assert (shared_cfg.n, mine.n) == (0, 101)
+
+
+@pytest.mark.parametrize("selector", [None, "fill > shared_h[$k] as w"])
+def test_keyed_stores_go_to_the_container_the_state_gives(selector):
+    mine = {2: 0}
+    obj = fill.new(shared_h=mine)
+    with probing(selector) if selector else contextlib.nullcontext():
+        obj(1)
+    assert shared_h == {} and mine == {0: 1, 1: 1, 2: 1}
+
+
+class Swap:
+    def __init__(self, n):
+        self.n = n
+
+    @tooled
+    def take(self, other):
+        self.n += (self := other).n  # `self` is read once, before the value
+        return self
+
+
+@pytest.mark.parametrize("selector", [None, "Swap.take > self.n"])
+def test_an_augmented_store_reads_its_object_once_before_the_value(selector):
+    a, b = Swap(0), Swap(10)
+    with probing(selector) if selector else contextlib.nullcontext():
+        a.take(b)
+    assert (a.n, b.n) == (10, 10)
+
+
+class Private:
+    def __init__(self):
+        self.__s = 7
+
+    @tooled
+    def m(self):
+        __local = self.__s * 2
+        self.__n = __local
+        self._Private__z = 1
+        return __local
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("Private.m > self.__s", [7]),  # a private read, as the source spells it
+        ("Private.m > __s", [7]),
+        ("Private.m > __local", [14]),  # a private local
+        ("Private.m > self.__n", [14]),
+        ("Private.m > self._Private__z", [1]),  # spelled mangled in the source
+    ],
+)
+def test_private_names_are_points_as_the_source_spells_them(selector, expected):
+    with probing(selector).values() as got:
+        Private().m()
+    assert [v for d in got for v in d.values()] == expected
+
+
+class Outer:
+    def make(self):
+        @tooled
+        def inner(o, v):
+            o.__n = v  # mangled with `Outer`, probed or not
+            y = v
+            return y
+
+        return inner
+
+
+def test_a_function_nested_in_a_method_is_mangled_with_its_class_when_probed():
+    inner = Outer().make()
+    for selector in (None, "inner > y"):
+        o = types.SimpleNamespace()
+        with probing(selector) if selector else contextlib.nullcontext():
+            inner(o, 2)
+        assert vars(o) == {"_Outer__n": 2}
+
+
+class Maker:
+    @tooled
+    def make(self, v):
+        def setter(w):
+            self.y = w  # the nested function's, not make's
+            return self.y
+
+        return setter
+
+
+def test_attributes_a_nested_function_uses_are_not_the_methods():
+    with pytest.raises(SelectorError, match="has no variable 'y'"):
+        probing("Maker.make > y")
+
+
+class Annotated:
+    @tooled
+    def m(self, v):
+        self.x: tags.Thing = v
+        self.f: float = v
+        self.u = v
+        return v
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("Annotated.m > self.x:Thing", [1]),  # an annotated store: its annotation
+        ("Annotated.m > self.f:float", [1]),
+        ("Annotated.m > self.u:int", [1]),  # none: each value's class
+        ("Annotated.m > self.u:str", []),
+    ],
+)
+def test_a_filter_on_an_attribute_store_reads_its_annotation_or_its_values(selector, expected):
+    with probing(selector).values() as got:
+        Annotated().m(1)
+    assert [v for d in got for v in d.values()] == expected
+
+
+@pytest.mark.parametrize(
+    "selector, why",
+    [
+        ("Annotated.m > self.f:int", "is annotated float"),
+        ("Annotated.m > self.u:tags.Thing", "has no annotation, and a tag filter reads"),
+    ],
+)
+def test_a_filter_an_attribute_store_never_passes_is_an_error(selector, why):
+    with pytest.raises(SelectorError, match=why):
+        probing(selector)
