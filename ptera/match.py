@@ -134,6 +134,9 @@ class Compiled:
     parents: dict[int, int | None]  # node -> parent node
     pushers: set[int]  # nodes with child nodes
     total_handlers: dict = field(default_factory=dict)  # shared by total rules (capture.Rule)
+    # What could match nothing (each warned about once, when compiled): the errors
+    # that `select(..., strict=True)` raises.
+    unmatched: tuple[SelectorError, ...] = ()
 
 
 def _user_level() -> int:
@@ -306,6 +309,7 @@ class _Compiler:
         self.resolved = resolved
         self.env = env
         self.templates: dict[int, list[Template]] = {}
+        self.unmatched_errors: list[SelectorError] = []
         self.interest: dict[FnState, set[str]] = {}
         self.parents: dict[int, int | None] = {}
         self.pushers: set[int] = set()
@@ -334,6 +338,7 @@ class _Compiler:
             self.selector.secondary,
             self.parents,
             self.pushers,
+            unmatched=tuple(self.unmatched_errors),
         )
 
     def functions(self, node: Scope) -> list[FnState] | None:
@@ -482,7 +487,7 @@ class _Compiler:
                     f"no decorated function returns a value annotated with the tag or type"
                     f" '{node.tag}' (yet): this selector matches nothing",
                 )
-                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+                self.unmatched(err)
         return candidates
 
     def match_vars(
@@ -535,6 +540,11 @@ class _Compiler:
             for name, specs in found.items()
         }
 
+    def unmatched(self, err: SelectorError) -> None:
+        """A part of the selector that can match nothing: a warning (see ``Compiled``)."""
+        self.unmatched_errors.append(err)
+        warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+
     def check_found(self, var: Var, node: Scope) -> None:
         """Warn when no function a ``>>`` reaches has ``var`` (a typo, most often).
 
@@ -567,7 +577,7 @@ class _Compiler:
             f"no function ptera can reach {where} has {what} (yet): this"
             " selector matches nothing (a misspelled name?)",
         )
-        warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+        self.unmatched(err)
 
     def check_keyed(self, node: Scope, fns: list[FnState] | None) -> None:
         """``Linear[1] > x`` can match only if something calls ``Linear`` with a key."""
@@ -626,7 +636,7 @@ class _Compiler:
                 # `f > x.y` where `f` has `x` but never assigns `x.y`: nothing, with a
                 # warning (1.4 gave nothing; `x.y` may be set by a form not instrumented)
                 err = _NoVariable(var, st, variables).error(self.selector)
-                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+                self.unmatched(err)
                 return []
             if v is None and var.name in st.source.comprehended and strict:
                 raise _NoVariable(var, st, variables, comprehended=True)
@@ -650,7 +660,7 @@ class _Compiler:
                     raise err
                 # `f > $v:Tag` that no variable has: nothing, with a warning (1.4 gave
                 # nothing, and its own tests rely on it; a named `f > v:Tag` was its error)
-                warnings.warn(str(err), UnmatchedSelectorWarning, stacklevel=_user_level())
+                self.unmatched(err)
             names = kept
         return names
 

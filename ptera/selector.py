@@ -703,7 +703,8 @@ def select(
     frame ``skip_frames`` above the caller, past frames of ptera, ``contextlib`` and
     modules named in ``skip_modules`` (a helper that builds selectors for its
     callers, like a test's ``tapping(pattern)``). ``strict=True`` resolves the
-    names at once, so that a function that cannot be found is an error here.
+    names at once, so that a function that cannot be found is an error here, and
+    so is what would only warn (``UnmatchedSelectorWarning``) when the selector is used.
     """
     if not isinstance(text, (str, Scope)):
         raise TypeError(
@@ -728,7 +729,9 @@ def select(
         if tree.env is None:
             f = sys._getframe(1)
             tree = replace(tree, env={**f.f_globals, **f.f_locals})
-        compile_selector(tree)
+        unmatched = compile_selector(tree).unmatched
+        if unmatched:
+            raise unmatched[0]  # strict: what only warns elsewhere is an error here
     return tree
 
 

@@ -5,6 +5,7 @@ import gc
 import string
 import sys
 import time
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,13 @@ from hypothesis import strategies as st
 
 from ptera import Scope, SelectorError, Var, select, tooled
 from ptera.match import compile_selector
-from ptera.selector import NOVALUE, Focus, split_selectors
+from ptera.selector import (
+    NOVALUE,
+    Focus,
+    UnmatchedSelectorWarning,
+    UnresolvedSelectorError,
+    split_selectors,
+)
 
 # Every example of the seeds and of the spec, plus forms users write every day.
 CORPUS = [
@@ -430,3 +437,20 @@ def test_resolution_errors_say_what_is_there_and_point_at_it():
         probing("len > x")
     with pytest.raises(SelectorError, match=r"/__main__/f"):
         probing("//f > y")
+
+
+@pytest.mark.parametrize("selector", ["f > *:@nothing", "f >> nothing_here"])
+def test_strict_select_raises_what_would_only_warn(selector):
+    """``strict=True`` (1.4: "statically resolvable"): a warning of the selector's use
+    is its error, each time (compilations are cached)."""
+
+    @tooled
+    def f(x):
+        y = x
+        return y
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnmatchedSelectorWarning)  # (said once, when compiled)
+        for _ in range(2):
+            with pytest.raises(UnresolvedSelectorError, match="matches nothing"):
+                select(selector, env={"f": f}, strict=True)
