@@ -672,8 +672,8 @@ class _Compiler:
         if store.annotation is not ABSENT:
             ok = annotation_matches(store.annotation, wanted)
             why = f"is annotated {_annotation_text(store.annotation)}"
-        else:
-            ok = not isinstance(wanted, Tag)
+        else:  # (`@Name` is 1.4's spelling of a tag)
+            ok = not (isinstance(wanted, Tag) or var.tag.startswith("@"))
             why = "has no annotation, and a tag filter reads annotations"
         if not ok and strict:
             raise _error(

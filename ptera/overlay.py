@@ -903,7 +903,9 @@ def _call_helpers(engine: Engine) -> tuple[Callable, ...]:
     def _delegate(frame, iterable):
         # `yield from iterable` of an instrumented generator (PEP 380's steps written
         # out): its frame is on the stack while `iterable` runs, as the caller of what
-        # it delegates to, and off it while the consumer runs between values.
+        # it delegates to, and off it while the consumer runs between values. What is
+        # thrown in is passed on outside the `except` that caught it, so the delegate
+        # sees no exception context that plain `yield from` would not give it.
         it = iter(iterable)
         try:
             value = next(it)
@@ -911,29 +913,31 @@ def _call_helpers(engine: Engine) -> tuple[Callable, ...]:
             return stop.value
         while True:
             _suspend(frame)
+            thrown = None
             try:
                 sent = yield value
-            except GeneratorExit:
-                _resume(frame, None)
-                close = getattr(it, "close", None)
-                if close is not None:
-                    close()
-                raise
             except BaseException as exc:
-                _resume(frame, None)
-                throw = getattr(it, "throw", None)
-                if throw is None:
-                    raise
-                try:
-                    value = throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                _resume(frame, None)
-                try:
+                thrown = exc
+            _resume(frame, None)
+            try:
+                if thrown is None:
                     value = next(it) if sent is None else it.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+                elif isinstance(thrown, GeneratorExit):
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
+                    raise thrown
+                else:
+                    throw = getattr(it, "throw", None)
+                    if throw is None:
+                        raise thrown
+                    value = throw(thrown)
+            except StopIteration as stop:
+                if thrown is not None and stop is thrown:
+                    raise
+                return stop.value
+            finally:
+                thrown = None  # (no cycle through the traceback)
 
     return _enter, _exit, _setkey, _suspend, _resume, _delegate
 

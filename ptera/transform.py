@@ -1322,7 +1322,10 @@ def _free_local(name: str) -> str:
 
 
 class _Mangler(ast.NodeTransformer):
-    """Apply class-private name mangling, since the method is compiled outside its class."""
+    """Apply class-private name mangling, since the method is compiled outside its
+    class: every name a scope binds or reads (``__x``, ``self.__n``, ``except ... as
+    __e``, ``def __f``, imports, patterns, ``global``/``nonlocal``), a nested class
+    with its own name; keyword names in calls are not mangled (Python leaves them)."""
 
     def __init__(self, cls: str):
         self.prefix = "_" + cls.lstrip("_")
@@ -1345,10 +1348,50 @@ class _Mangler(ast.NodeTransformer):
         node.arg = self.mangle(node.arg)
         return node
 
-    def visit_keyword(self, node):
-        self.generic_visit(node)
-        node.arg = self.mangle(node.arg)
+    def visit_ExceptHandler(self, node):
+        node.name = self.mangle(node.name)
+        return self.generic_visit(node)
+
+    def visit_FunctionDef(self, node):
+        node.name = self.mangle(node.name)
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):
+        # Its name is the enclosing class's; its body mangles with its own name.
+        node.name, own = self.mangle(node.name), _Mangler(node.name)
+        node.bases = [self.visit(b) for b in node.bases]
+        node.keywords = [self.visit(k) for k in node.keywords]
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.body = [own.visit(stmt) for stmt in node.body]
         return node
+
+    def visit_alias(self, node):
+        bound = node.asname or node.name.split(".")[0]
+        if node.asname is not None or "." not in node.name:
+            mangled = self.mangle(bound)
+            if mangled != bound:
+                node.asname = mangled  # `import __m` binds `_K__m`: spelled out
+        return node
+
+    def visit_Global(self, node):
+        node.names = [self.mangle(n) for n in node.names]
+        return node
+
+    visit_Nonlocal = visit_Global
+
+    def visit_MatchAs(self, node):
+        node.name = self.mangle(node.name)
+        return self.generic_visit(node)
+
+    def visit_MatchStar(self, node):
+        node.name = self.mangle(node.name)
+        return node
+
+    def visit_MatchMapping(self, node):
+        node.rest = self.mangle(node.rest)
+        return self.generic_visit(node)
 
 
 def instrument(source: Source, interest: frozenset | None) -> ast.FunctionDef:

@@ -172,3 +172,36 @@ def test_yield_from_passes_send_throw_close_and_the_return_value(probed):
         while True:
             next(gen)
     assert stop.value.value == 2  # `return got + 1` through two delegations
+
+
+@tooled
+def _raises_after(handled):
+    try:
+        yield 1
+    except ValueError:
+        pass
+    raise KeyError("k")
+
+
+@tooled
+def _delegating(src):
+    z = 0
+    yield from src(True)
+    z = 1
+    return z
+
+
+@pytest.mark.parametrize("probed", [False, True])
+def test_a_thrown_exception_reaches_the_delegate_without_a_context(probed):
+    def context():
+        gen = _delegating(_raises_after)
+        next(gen)
+        with pytest.raises(KeyError) as info:
+            gen.throw(ValueError("v"))
+        return info.value.__context__
+
+    if probed:
+        with probing("_delegating > z"):
+            assert context() is None
+    else:
+        assert context() is None

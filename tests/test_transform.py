@@ -1155,8 +1155,87 @@ def test_a_filter_on_an_attribute_store_reads_its_annotation_or_its_values(selec
     [
         ("Annotated.m > self.f:int", "is annotated float"),
         ("Annotated.m > self.u:tags.Thing", "has no annotation, and a tag filter reads"),
+        ("Annotated.m > self.u:@Thing", "has no annotation, and a tag filter reads"),
     ],
 )
 def test_a_filter_an_attribute_store_never_passes_is_an_error(selector, why):
     with pytest.raises(SelectorError, match=why):
         probing(selector)
+
+
+def _kwargs(**kw):
+    return sorted(kw)
+
+
+class Mangled:
+    """Private names in every binding form: the probed method must do what it does."""
+
+    @tooled
+    def caught(self):
+        try:
+            raise ValueError("v")
+        except ValueError as __e:
+            return repr(__e)
+
+    @tooled
+    def nested_def(self):
+        def __helper():
+            return 5
+
+        return __helper()
+
+    @tooled
+    def patterns(self, v):
+        match v:
+            case [__a, *__rest]:
+                return (__a, __rest)
+            case {"k": __b, **__kw}:
+                return (__b, __kw)
+
+    @tooled
+    def imports(self):
+        import os.path as __p
+        from os import sep as __s
+
+        return (__p.__name__, __s)
+
+    @tooled
+    def nonlocals(self):
+        __c = 1
+
+        def inc():
+            nonlocal __c
+            __c += 1
+
+        inc()
+        return __c
+
+    @tooled
+    def keywords(self):
+        return _kwargs(__k=1)  # a keyword in a call is not mangled
+
+    @tooled
+    def nested_class(self):
+        class Inner:
+            __v = 3  # mangled with Inner
+
+        return sorted(n for n in vars(Inner) if n.endswith("__v"))
+
+
+@pytest.mark.parametrize(
+    "method, args",
+    [
+        ("caught", ()),
+        ("nested_def", ()),
+        ("patterns", ([1, 2, 3],)),
+        ("patterns", ({"k": 1, "z": 2},)),
+        ("imports", ()),
+        ("nonlocals", ()),
+        ("keywords", ()),
+        ("nested_class", ()),
+    ],
+)
+def test_private_names_behave_as_unprobed(method, args):
+    plain = getattr(Mangled(), method)(*args)
+    with probing(f"Mangled.{method} > self"):
+        assert getattr(Mangled(), method)(*args) == plain
