@@ -1348,15 +1348,13 @@ class _Mangler(ast.NodeTransformer):
         node.arg = self.mangle(node.arg)
         return node
 
-    def visit_ExceptHandler(self, node):
+    def visit_named(self, node):
+        # A node that binds `node.name`: a handler's `as`, a `def`, a pattern's name.
         node.name = self.mangle(node.name)
         return self.generic_visit(node)
 
-    def visit_FunctionDef(self, node):
-        node.name = self.mangle(node.name)
-        return self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_FunctionDef
+    visit_ExceptHandler = visit_FunctionDef = visit_AsyncFunctionDef = visit_named
+    visit_MatchAs = visit_MatchStar = visit_named
 
     def visit_ClassDef(self, node):
         # Its name is the enclosing class's; its body mangles with its own name.
@@ -1380,14 +1378,6 @@ class _Mangler(ast.NodeTransformer):
         return node
 
     visit_Nonlocal = visit_Global
-
-    def visit_MatchAs(self, node):
-        node.name = self.mangle(node.name)
-        return self.generic_visit(node)
-
-    def visit_MatchStar(self, node):
-        node.name = self.mangle(node.name)
-        return node
 
     def visit_MatchMapping(self, node):
         node.rest = self.mangle(node.rest)
