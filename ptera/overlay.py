@@ -30,7 +30,9 @@ Decisions:
   assignment's key goes to.
 * A generator's frame is on the stack while its body runs and off it while it
   is suspended (each ``yield`` takes it off, the resumption puts it back), so
-  its calls see it as their caller and the consumer's calls never do. Through
+  its calls see it as their caller and the consumer's calls never do; a
+  ``yield`` statement comes back on however it resumes (``throw()`` and
+  ``close()`` included, for its ``except`` and ``finally`` blocks). Through
   ``yield from x`` it stays on while ``x`` runs (``_delegate``, PEP 380's steps):
   a recursive generator is the caller of the one it delegates to.
 * ``#enter``, ``#exit``, ``#loop_i`` and ``#endloop_i`` have the value ``True``

@@ -876,6 +876,38 @@ class _Instrumenter(ast.NodeTransformer):
             return ast.copy_location(_report("#receive", out), node)
         return out
 
+    def visit_Expr(self, node):
+        if not (isinstance(node.value, ast.Yield) and self.pausing) or self.wants("#receive"):
+            return self.generic_visit(node)
+        # `yield v` alone: off the stack while out, and back on it however it resumes,
+        # a `throw()` or `close()` included, so that its `except` and `finally` blocks'
+        # calls have it as their caller.
+        yielded = node.value
+        if yielded.value is not None:
+            yielded.value = self.visit(yielded.value)
+        if self.wants("#yield"):
+            value = yielded.value or _const(None)
+            yielded.value = ast.copy_location(_report("#yield", value), node)
+        back = ast.Expr(_call(RESUME, _name(FRAME), _const(None)))
+        out = [
+            ast.Expr(_call(SUSPEND, _name(FRAME))),
+            ast.Try(
+                body=[node],
+                handlers=[
+                    ast.ExceptHandler(
+                        type=_name("BaseException"), name=None, body=[back, ast.Raise()]
+                    )
+                ],
+                orelse=[back],
+                finalbody=[],
+            ),
+        ]
+        for stmt in out:
+            for sub in ast.walk(stmt):
+                if "lineno" in sub._attributes and getattr(sub, "lineno", None) is None:
+                    ast.copy_location(sub, node)
+        return out
+
     def visit_YieldFrom(self, node):
         node.value = self.visit(node.value)
         if not self.pausing:

@@ -205,3 +205,24 @@ def test_a_thrown_exception_reaches_the_delegate_without_a_context(probed):
             assert context() is None
     else:
         assert context() is None
+
+
+@tooled
+def _cleaning():
+    try:
+        yield 1
+    except KeyError:
+        side(10)
+        yield 2
+    finally:
+        side(20)
+
+
+def test_a_generator_resumed_by_throw_or_close_is_its_handlers_caller():
+    with probing("_cleaning > side > x")["x"].values() as got:
+        gen = _cleaning()
+        next(gen)
+        assert gen.throw(KeyError("k")) == 2
+        side(30)  # the consumer's call, the generator suspended
+        gen.close()
+    assert got == [10, 20]
