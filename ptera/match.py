@@ -62,7 +62,7 @@ from .selector import (
     UnresolvedSelectorError,
     Var,
 )
-from .tags import Tag, annotation_matches, get_tags
+from .tags import Tag, annotation_matches, spelled_tags
 from .transform import ABSENT, CALLKEY, TransformError, self_name
 
 META_TAGS = {"@enter": ("#enter", "#receive"), "@exit": ("#exit", "#yield")}
@@ -632,7 +632,7 @@ class _Compiler:
                 and base == self_name(st.source.fn, st.source.tree)
             ):
                 return [attr]  # `Linear.forward > self.weight`: the attribute it reads
-            if v is None and strict and var.name.partition(".")[0] in variables:
+            if v is None and strict and base in variables:
                 # `f > x.y` where `f` has `x` but never assigns `x.y`: nothing, with a
                 # warning (1.4 gave nothing; `x.y` may be set by a form not instrumented)
                 err = _NoVariable(var, st, variables).error(self.selector)
@@ -838,7 +838,7 @@ def _returns(st: FnState) -> Any:
         if not isinstance(ann, str):
             break
         if ann.startswith("@"):  # 1.4's spelling, as for variables
-            return get_tags(*(p.strip()[1:] for p in ann.split("&")))
+            return spelled_tags(ann)
         try:
             ann = eval(ann, fn.__globals__)
         except Exception:

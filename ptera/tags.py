@@ -102,6 +102,13 @@ def get_tags(*names: str | Tag) -> Tag | TagSet:
     return tags[0] if len(tags) == 1 else TagSet.of(*tags)
 
 
+def spelled_tags(text: str) -> Tag | TagSet:
+    """The tags of 1.4's string spelling, ``"@Important & @Other"`` (parts without
+    ``@`` are not tags and are left out)."""
+    parts = [p.strip() for p in text.split("&")]
+    return get_tags(*(p[1:] for p in parts if p.startswith("@")))
+
+
 def match_tag(wanted: object, annotation: object) -> bool:
     """Whether ``annotation`` is the tag ``wanted`` or a ``TagSet`` containing it.
 

@@ -459,11 +459,11 @@ class _Scanner(ast.NodeVisitor):
                     self.defaulted.add(name)
                 self.visit(node.value)
         else:
-            if node.value is not None and _stored_attribute(node.target):
-                self.annotations.setdefault(_stored_attribute(node.target), node.annotation)
             if node.value is not None:
+                stored = _stored_attribute(node.target)
+                if stored:
+                    self.annotations.setdefault(stored, node.annotation)
                 self.store(node.target, node.lineno)
-            if node.value is not None:
                 self.keyed.update(_item_names(node.target))
                 self.keyed_calls |= isinstance(node.target, ast.Subscript) and isinstance(
                     node.value, ast.Call
@@ -572,10 +572,9 @@ def _eval_annotation(expr: ast.expr | None, fn: types.FunctionType) -> Any:
     if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
         if expr.value.startswith("@"):
             # 1.4's spelling of tags: `x: "@Important & @Other"`.
-            from .tags import get_tags
+            from .tags import spelled_tags
 
-            parts = [p.strip() for p in expr.value.split("&")]
-            return get_tags(*(p[1:] for p in parts if p.startswith("@")))
+            return spelled_tags(expr.value)
     env = {**fn.__globals__, **closure_values(fn)}
     return eval(compile(ast.Expression(expr), "<annotation>", "eval"), env)
 
@@ -747,14 +746,21 @@ def _clearing(body: list, temporaries, node: ast.stmt, first: list = ()) -> ast.
     temporaries are cleared even on an error (a value may be a large tensor)."""
     clear = ast.Assign(targets=[_name(t, ast.Store()) for t in temporaries], value=_const(None))
     stmt = ast.Try(body=body, handlers=[], orelse=[], finalbody=[*first, clear])
-    for s in ast.walk(stmt):
-        # Statements, and the expressions made for them, at `node`'s line: what the
-        # program raises there is shown at its own line (visited expressions keep theirs).
-        if isinstance(s, ast.stmt) or (
-            "lineno" in s._attributes and getattr(s, "lineno", None) is None
-        ):
-            ast.copy_location(s, node)
+    _located([stmt], node, statements=True)
     return stmt
+
+
+def _located(made: list, node: ast.stmt, statements: bool = False) -> list:
+    """``made`` (code written for ``node``) at ``node``'s line: what the program raises
+    there is shown at its own line. Nodes that have a location (visited user code)
+    keep it; with ``statements``, every statement takes ``node``'s."""
+    for stmt in made:
+        for s in ast.walk(stmt):
+            if (statements and isinstance(s, ast.stmt)) or (
+                "lineno" in s._attributes and getattr(s, "lineno", None) is None
+            ):
+                ast.copy_location(s, node)
+    return made
 
 
 def _rebind(name: str, node: ast.AST) -> ast.Assign:
@@ -866,11 +872,15 @@ class _Instrumenter(ast.NodeTransformer):
             node.value = ast.copy_location(_report("#value", value), node)
         return node
 
-    def visit_Yield(self, node):
+    def yielded(self, node: ast.Yield) -> None:
+        """Rewrite what ``node`` yields in place: visited, and reported as ``#yield``."""
         if node.value is not None:
             node.value = self.visit(node.value)
         if self.wants("#yield"):
             node.value = ast.copy_location(_report("#yield", node.value or _const(None)), node)
+
+    def visit_Yield(self, node):
+        self.yielded(node)
         out = self.paused(node)
         if self.wants("#receive"):
             return ast.copy_location(_report("#receive", out), node)
@@ -882,12 +892,7 @@ class _Instrumenter(ast.NodeTransformer):
         # `yield v` alone: off the stack while out, and back on it however it resumes,
         # a `throw()` or `close()` included, so that its `except` and `finally` blocks'
         # calls have it as their caller.
-        yielded = node.value
-        if yielded.value is not None:
-            yielded.value = self.visit(yielded.value)
-        if self.wants("#yield"):
-            value = yielded.value or _const(None)
-            yielded.value = ast.copy_location(_report("#yield", value), node)
+        self.yielded(node.value)
         back = ast.Expr(_call(RESUME, _name(FRAME), _const(None)))
         out = [
             ast.Expr(_call(SUSPEND, _name(FRAME))),
@@ -902,11 +907,7 @@ class _Instrumenter(ast.NodeTransformer):
                 finalbody=[],
             ),
         ]
-        for stmt in out:
-            for sub in ast.walk(stmt):
-                if "lineno" in sub._attributes and getattr(sub, "lineno", None) is None:
-                    ast.copy_location(sub, node)
-        return out
+        return _located(out, node)
 
     def visit_YieldFrom(self, node):
         node.value = self.visit(node.value)
@@ -1104,9 +1105,6 @@ class _Instrumenter(ast.NodeTransformer):
                     value=_report(stored, _name(held)),
                 ),
             ]
-            for stmt in out:
-                for sub in ast.walk(stmt):
-                    ast.copy_location(sub, node)
             return _clearing(out, [obj, held], node)
         node = self.generic_visit(node)
         if isinstance(node.target, ast.Name) and self.wants(node.target.id):
@@ -1136,20 +1134,18 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_AnnAssign(self, node):
         target = node.target
-        if node.value is not None and self.store_name(target) is not None:
-            # `self.x: T = v` runs as `self.x = v` in a function, and is reported so.
+        if node.value is not None and (
+            self.store_name(target) is not None
+            or (
+                isinstance(target, ast.Subscript)
+                and isinstance(target.value, ast.Name)
+                and (self.wants(target.value.id) or self.wants(CALLKEY))
+            )
+        ):
+            # In a function Python never evaluates this annotation: `self.x: T = v` and
+            # `h[0]: T = v` run as `self.x = v` and `h[0] = v`, and are reported so.
             plain = ast.copy_location(ast.Assign(targets=[target], value=node.value), node)
             return self.visit_Assign(plain)
-        if (
-            isinstance(target, ast.Subscript)
-            and isinstance(target.value, ast.Name)
-            and node.value is not None
-            and (self.wants(target.value.id) or self.wants(CALLKEY))
-        ):
-            # In a function Python never evaluates this annotation: `h[0]: int = v`
-            # runs as `h[0] = v`, and is reported as such.
-            plain = ast.copy_location(ast.Assign(targets=[target], value=node.value), node)
-            return self.keyed_assign(plain, target)
         if not isinstance(target, ast.Name):
             return self.generic_visit(node)
         name = node.target.id
