@@ -387,15 +387,15 @@ def resolve(name: str, env: Mapping[str, Any] | None) -> list[FnState]:
             except AttributeError:
                 raise NotFound(_no_attribute(name, head, rest, i, obj), part) from None
         return [state_for(f, discover=not _is_tooled(f)) for f in functions_of(obj, name)]
-    if not rest and head in vars(builtins) and callable(vars(builtins)[head]):
-        functions_of(vars(builtins)[head], name)  # a builtin: says it cannot be probed
     found = [
         st
         for st in tooled_states()
         if st.name == name or st.qualname == name or st.qualname.endswith("." + name)
     ]
     if found:
-        return found
+        return found  # (a decorated function named like a builtin, `sum`, included)
+    if not rest and head in vars(builtins) and callable(vars(builtins)[head]):
+        functions_of(vars(builtins)[head], name)  # a builtin: says it cannot be probed
     classes = _module_classes(head)
     if classes:
         fns = {f: None for c in classes for f in functions_of(_getattr_path(c, rest), name)}

@@ -439,6 +439,15 @@ def test_resolution_errors_say_what_is_there_and_point_at_it():
         probing("//f > y")
 
 
+def test_a_decorated_function_named_like_a_builtin_is_found_by_its_name():
+    from ptera import probing
+    from tests.builtin_named import sum as summed
+
+    with probing("sum > total")["total"].values() as got:  # (`sum` is not bound here)
+        assert summed([1, 2]) == 3
+    assert got == [0, 1, 3]
+
+
 @pytest.mark.parametrize("selector", ["f > *:@nothing", "f >> nothing_here"])
 def test_strict_select_raises_what_would_only_warn(selector):
     """``strict=True`` (1.4: "statically resolvable"): a warning of the selector's use
