@@ -211,8 +211,10 @@ class Match:
             holder = a if a is not self else None
         self.holder = holder
 
-    def check(self, spec: VarSpec, value: Any) -> None:
-        ok = filter_eq(value, spec.value)
+    def check(self, spec: VarSpec, value: Any, ok: bool | None = None) -> None:
+        """Count whether ``value`` passes ``spec``'s filter (``ok``: already known)."""
+        if ok is None:
+            ok = filter_eq(value, spec.value)
         key = ("#filter", spec.out)
         seen = self.names.get(key)
         if seen is None:
@@ -607,7 +609,7 @@ def _fire(match: Match, spec: VarSpec, name: str, value: Any, key: Any) -> Any:
     if spec.value is not NOVALUE:
         if not filter_eq(value, spec.value):
             return value
-        match.check(spec, value)  # the focus meets its own filter (`f > y=2`)
+        match.check(spec, value, True)  # the focus meets its own filter (`f > y=2`)
     chain = match.chain()
     if chain is None:
         return value

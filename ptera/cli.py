@@ -104,9 +104,7 @@ class Site:
     @property
     def namespace(self) -> Mapping:
         """The names the declaring function sees: its closure, its module, builtins."""
-        if self.fn is None:
-            return {}
-        return ChainMap(closure_values(self.fn), self.fn.__globals__, vars(builtins))
+        return {} if self.fn is None else _namespace(self.fn)
 
     @property
     def where(self) -> str:
@@ -186,11 +184,14 @@ class Option:
         return next((s for s in self.sites if isinstance(s.default, _Expr)), None)
 
     @property
+    def default_site(self) -> Site | None:
+        """The first site that declares a default, if any."""
+        return next((s for s in self.sites if s.kind == "default"), None)
+
+    @property
     def default(self) -> Any:
-        for site in self.sites:
-            if site.kind == "default":
-                return site.default
-        return ABSENT
+        site = self.default_site
+        return ABSENT if site is None else site.default
 
     @property
     def per_site(self) -> bool:
@@ -380,6 +381,11 @@ _OPERATORS = {
 }
 
 
+def _namespace(fn: types.FunctionType) -> Mapping:
+    """The names ``fn`` sees: its closure, its module, builtins."""
+    return ChainMap(closure_values(fn), fn.__globals__, vars(builtins))
+
+
 def _static_value(expr: ast.expr, fn: types.FunctionType) -> Any:
     """The value of a default, when it can be known without running code; else ``_Expr``.
 
@@ -391,7 +397,7 @@ def _static_value(expr: ast.expr, fn: types.FunctionType) -> Any:
         return ast.literal_eval(expr)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         pass
-    namespace = ChainMap(closure_values(fn), fn.__globals__, vars(builtins))
+    namespace = _namespace(fn)
 
     def value(node: ast.expr) -> Any:
         if isinstance(node, ast.Constant):
@@ -773,8 +779,7 @@ class _Parser(argparse.ArgumentParser):
             elif default is ABSENT:
                 shown = "required"
             else:
-                site = next(s for s in opt.sites if s.kind == "default")
-                shown = _shown(default, site)
+                shown = _shown(default, opt.default_site)
             table.add_row(
                 ", ".join(flags),
                 opt.type_name,

@@ -34,7 +34,8 @@ Decisions:
   Anything else, a torch without that entry, and a ``grad`` that someone wrapped
   (a profiler, a mock: looked up on each pass) take ``torch.autograd.grad``; the
   gradients are the same tensors either way (``tests/test_torch.py``).
-* Pairs go out through ``plugin.emit_each``: a listener that takes just the
+* Pairs go out through ``plugin.each_sender`` (``emit_each``'s sender, looked up
+  once when the rules are built): a listener that takes just the
   focus (``def sgd(param)``) is called with each pair, with no dict or
   ``Capture`` built per parameter.
 """

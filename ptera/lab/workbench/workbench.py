@@ -112,7 +112,7 @@ class _Tracker(Callback):
         if learn.loss is None:
             return
         wb = self.wb
-        _, targets = learn.split_batch(learn.batch)
+        targets = learn.yb
         predictions = learn.preds.detach().argmax(1)
         table = wb.train_samples if learn.training else wb.eval_samples
         table.record(wb._ids, wb._per_sample, predictions, targets, wb.seen)
